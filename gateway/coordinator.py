@@ -1,0 +1,231 @@
+"""The coordinator: consumes the results stream and advances each item to its next stage.
+
+Each result is applied exactly once in effect: one Lua script marks the task id as applied,
+writes the item records, bumps the counters, enqueues the next tasks, appends the progress
+events and acks the result entry — all or nothing. A crash before the script leaves the result
+pending, and it is reclaimed after the visibility timeout; a duplicate delivery finds the task
+id already applied and is only acked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from gateway import jobs
+from gateway.jobs import ResolvedSpec
+from gateway.pipeline import Plan, advance, manifest_row
+from services.common.blobs import BlobStore
+from services.common.dataset import DatasetWriter
+from services.common.queue import COORDINATOR_GROUP, RESULTS_STREAM, RedisQueue, TaskResult, stage_stream
+
+log = logging.getLogger("sfhq.coordinator")
+EVENTS_MAXLEN = 200_000
+
+# KEYS: applied set, job hash, items hash, events stream, results stream
+# ARGV: task id ("" = not a result, e.g. job creation), result entry id, group, plan JSON, now (ISO)
+APPLY_LUA = """
+if ARGV[1] ~= '' then
+  if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
+    if ARGV[2] ~= '' then redis.call('XACK', KEYS[5], ARGV[3], ARGV[2]) end
+    return 0
+  end
+end
+local plan = cjson.decode(ARGV[4])
+for id, rec in pairs(plan.items) do redis.call('HSET', KEYS[3], id, rec) end
+for fieldname, n in pairs(plan.counters) do redis.call('HINCRBY', KEYS[2], fieldname, n) end
+for _, t in ipairs(plan.tasks) do redis.call('XADD', unpack(t)) end
+for _, e in ipairs(plan.events) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', plan.events_maxlen, '*', unpack(e))
+end
+redis.call('HSET', KEYS[2], 'updated_at', ARGV[5])
+if ARGV[2] ~= '' then redis.call('XACK', KEYS[5], ARGV[3], ARGV[2]) end
+local state = redis.call('HGET', KEYS[2], 'state')
+local in_flight = tonumber(redis.call('HGET', KEYS[2], 'in_flight') or '0')
+if in_flight <= 0 and (state == 'RUNNING' or state == 'CANCELLING') then
+  local next_state = 'FINALIZING'
+  if state == 'CANCELLING' then next_state = 'CANCELLED' end
+  redis.call('HSET', KEYS[2], 'state', next_state)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', plan.events_maxlen, '*', 'kind', 'state', 'state', next_state,
+             'time_ms', plan.time_ms)
+  return 2
+end
+return 1
+"""
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def event_fields(event: dict[str, Any], time_ms: int) -> list[str]:
+    flat = {k: ("" if v is None else str(v)) for k, v in event.items()}
+    flat["time_ms"] = str(time_ms)
+    return [x for kv in flat.items() for x in kv]
+
+
+class JobStore:
+    """Reads and atomically updates job state in Redis. Shared by the gateway's API and the coordinator."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._apply = client.register_script(APPLY_LUA)
+
+    def apply(self, job_id: str, plan: Plan, *, task_id: str = "", result_entry: str = "") -> int:
+        """Applies a plan atomically; returns 0 (already applied), 1 (applied) or 2 (job has drained)."""
+        time_ms = int(time.time() * 1000)
+        payload = {
+            "items": {item_id: json.dumps(rec, sort_keys=True) for item_id, rec in plan.items.items()},
+            "counters": plan.counters,
+            "tasks": [[stage_stream(t.stage), "*", *[x for kv in t.to_fields().items() for x in kv]]
+                      for t in plan.tasks],
+            "events": [event_fields(e, time_ms) for e in plan.events],
+            "events_maxlen": EVENTS_MAXLEN,
+            "time_ms": time_ms,
+        }
+        # cjson turns an empty Lua table into {} but we need [] for ipairs; both iterate fine as empty.
+        keys = [jobs.applied_key(job_id), jobs.job_key(job_id), jobs.items_key(job_id), jobs.events_key(job_id),
+                RESULTS_STREAM]
+        return int(self._apply(keys=keys, args=[task_id, result_entry, COORDINATOR_GROUP, json.dumps(payload),
+                                                now_iso()]))
+
+    def job(self, job_id: str) -> dict[str, str]:
+        return self.redis.hgetall(jobs.job_key(job_id))
+
+    def item(self, job_id: str, item_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(jobs.items_key(job_id), item_id)
+        return json.loads(raw) if raw else None
+
+    def items(self, job_id: str) -> list[dict[str, Any]]:
+        out = []
+        for _, raw in self.redis.hscan_iter(jobs.items_key(job_id), count=1000):
+            out.append(json.loads(raw))
+        return sorted(out, key=lambda r: r["id"])
+
+    def set_state(self, job_id: str, state: str, *, error: str = "", only_from: set[str] | None = None) -> bool:
+        """Moves a job to ``state`` (optionally only from some states) and records an event."""
+        key = jobs.job_key(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current = pipe.hget(key, "state")
+                    if current is None or (only_from is not None and current not in only_from):
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping={"state": state, "updated_at": now_iso(), "error": error})
+                    pipe.xadd(jobs.events_key(job_id), {"kind": "state", "state": state, "message": error,
+                                                        "time_ms": str(int(time.time() * 1000))},
+                              maxlen=EVENTS_MAXLEN, approximate=True)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+
+class Coordinator:
+    """A thread that applies task results to job state and finalizes drained jobs."""
+
+    def __init__(self, queue: RedisQueue, store: JobStore, blobs: BlobStore, *, consumer: str,
+                 batch: int = 64, block_ms: int = 500, provenance: dict[str, Any] | None = None) -> None:
+        self.queue = queue
+        self.store = store
+        self.blobs = blobs
+        self.consumer = consumer
+        self.batch = batch
+        self.block_ms = block_ms
+        self.provenance = provenance or {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
+        self._specs: dict[str, ResolvedSpec] = {}
+
+    def start(self) -> None:
+        self.finalize_pending()  # a gateway that died mid-finalization finishes the job on restart
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _spec(self, job_id: str, job: dict[str, str]) -> ResolvedSpec:
+        if job_id not in self._specs:
+            self._specs[job_id] = ResolvedSpec.from_json(job["resolved"])
+        return self._specs[job_id]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                entries = self.queue.read_results(self.consumer, self.batch, self.block_ms)
+                for entry_id, result in entries:
+                    self.handle(entry_id, result)
+            except redis.ConnectionError as exc:
+                log.warning("redis unavailable (%s); retrying", exc)
+                self._stop.wait(1.0)
+            except Exception:  # keep coordinating; the entry stays pending and is retried
+                log.exception("coordinator loop error")
+                self._stop.wait(0.5)
+
+    def handle(self, entry_id: str, result: TaskResult) -> None:
+        job = self.store.job(result.job_id)
+        if not job or "resolved" not in job:
+            log.error("result %s for unknown job %s (state lost?); dropping", result.task_id, result.job_id)
+            self.queue.ack_results([entry_id])
+            return
+        item = self.store.item(result.job_id, result.item_id)
+        if item is None:
+            log.error("result %s for unknown item; dropping", result.task_id)
+            self.queue.ack_results([entry_id])
+            return
+        cancelling = job.get("state") in (jobs.CANCELLING, jobs.CANCELLED)
+        plan = advance(self._spec(result.job_id, job), result.job_id, item, result, cancelling=cancelling)
+        outcome = self.store.apply(result.job_id, plan, task_id=result.task_id, result_entry=entry_id)
+        if outcome == 2:
+            self.finalize(result.job_id)
+
+    def finalize_pending(self) -> None:
+        for job_id in self.store.redis.zrange(jobs.JOBS_INDEX, 0, -1):
+            if self.store.redis.hget(jobs.job_key(job_id), "state") == jobs.FINALIZING:
+                self.finalize(job_id)
+
+    def finalize(self, job_id: str) -> None:
+        """Writes manifest + dataset_info and marks the job done. Idempotent (rewrites the same files)."""
+        job = self.store.job(job_id)
+        if job.get("state") != jobs.FINALIZING:
+            return
+        spec = self._spec(job_id, job)
+        items = self.store.items(job_id)
+        writer = DatasetWriter(spec.dataset_uri)
+        rows = []
+        for item in items:
+            if item["state"] != "written":
+                continue
+            files = (item["outputs"].get("annotate") or {}).get("files", {})
+            provenance = {**self.provenance, **(item["outputs"].get("annotate") or {}).get("provenance", {})}
+            for stage_out in item["outputs"].values():
+                provenance.update(stage_out.get("provenance", {}) if isinstance(stage_out, dict) else {})
+            rows.append(manifest_row(spec, job_id, item, files, provenance))
+        counts = {name: int(job.get(name, 0)) for name in jobs.COUNTERS}
+        failures = [{"item_id": i["id"], **i["error"]} for i in items if i["state"] == "failed" and i["error"]]
+        info = {"job_id": job_id, "spec": json.loads(job["spec"]), "resolved": json.loads(job["resolved"]),
+                "counts": counts, "failures": failures[:1000], "provenance": self.provenance,
+                "finished_at": now_iso()}
+        try:
+            writer.write_manifest(rows, info)
+        except Exception as exc:  # the dataset location is broken: the job fails with the reason
+            log.exception("writing the manifest of %s failed", job_id)
+            self.store.set_state(job_id, jobs.FAILED, error=f"writing the manifest failed: {exc}",
+                                 only_from={jobs.FINALIZING})
+            return
+        if not rows and counts["failed"] > 0:
+            first = failures[0] if failures else {}
+            self.store.set_state(job_id, jobs.FAILED, only_from={jobs.FINALIZING},
+                                 error=f"all {counts['failed']} items failed; first: {first.get('message', '')}")
+        else:
+            self.store.set_state(job_id, jobs.SUCCEEDED, only_from={jobs.FINALIZING})
+        self._specs.pop(job_id, None)

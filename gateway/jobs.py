@@ -1,0 +1,209 @@
+"""Job specs: validation, defaults, and the Redis keys that hold job state.
+
+The gateway is the only writer of these keys. A job is one hash, its items one hash
+(item id -> JSON record), its progress one stream of events, and the ids of the task results
+already applied one set (the idempotency record of the coordinator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+
+from sfhq.v1 import common_pb2, gateway_pb2
+
+# SFHQ's own two candidates per inspiration image (SFHQ_FACTS.md §7.2).
+DEFAULT_STRATEGIES = (("e4e_strict_prior", {}), ("low_prior", {}))
+DEFAULT_CORRECTION = ("encoder_truncation", {"coarse": 0.3, "middle": 0.3, "fine": 0.3})
+KNOWN_STRATEGIES = {"e4e_strict_prior", "low_prior", "style_mix", "encoder_truncation"}
+MAX_INPUTS = 100_000
+MAX_SAMPLES = 1_000_000
+MAX_CANDIDATE_STRATEGIES = 16
+MAX_NAME = 200
+MAX_LABELS = 64
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+# Internal job states (the API maps FINALIZING to RUNNING).
+QUEUED, RUNNING, FINALIZING, CANCELLING = "QUEUED", "RUNNING", "FINALIZING", "CANCELLING"
+SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
+TERMINAL = {SUCCEEDED, FAILED, CANCELLED}
+COUNTERS = ("inputs", "items", "candidates", "accepted", "rejected_taste", "rejected_duplicate", "failed",
+            "written", "cancelled")
+
+
+class SpecError(ValueError):
+    """A job spec field is invalid; the message names the field."""
+
+
+def job_key(job_id: str) -> str:
+    return f"sfhq:job:{job_id}"
+
+
+def items_key(job_id: str) -> str:
+    return f"sfhq:job:{job_id}:items"
+
+
+def applied_key(job_id: str) -> str:
+    return f"sfhq:job:{job_id}:applied"
+
+
+def events_key(job_id: str) -> str:
+    return f"sfhq:job:{job_id}:events"
+
+
+JOBS_INDEX = "sfhq:jobs"  # zset job_id -> created time (ms)
+EPOCH_KEY = "sfhq:epoch"  # set once per Redis dataset; its disappearance means Redis lost its data
+
+
+def request_key(request_id: str) -> str:
+    return f"sfhq:request:{request_id}"
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from the job seed and item identity (same job spec -> same candidates)."""
+    digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A validated job spec with every default filled in (what the coordinator reads)."""
+
+    mode: str  # "inspiration" | "sampling" | "annotate_only"
+    strategies: list[dict[str, Any]]
+    sampling: dict[str, Any]
+    taste_model: str
+    accept_threshold: float | None
+    dedup_threshold: float  # negative = dedup off
+    dataset_uri: str
+    part: int
+    image_size: int
+    jpeg_quality: int
+    annotation_size: int
+    seed: int
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ResolvedSpec:
+        return cls(**json.loads(text))
+
+
+def _finite(value: float, field: str, lo: float, hi: float) -> float:
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise SpecError(f"{field}: {value} is outside [{lo}, {hi}]")
+    return float(value)
+
+
+def _strategy(msg: common_pb2.Strategy, field: str) -> dict[str, Any]:
+    if msg.name not in KNOWN_STRATEGIES:
+        raise SpecError(f"{field}.name: unknown strategy {msg.name!r} (known: {sorted(KNOWN_STRATEGIES)})")
+    params = {}
+    for key, value in msg.params.items():
+        if len(key) > 64:
+            raise SpecError(f"{field}.params: parameter name too long")
+        params[key] = _finite(value, f"{field}.params[{key!r}]", -1e6, 1e6)
+    return {"name": msg.name, "params": params, "seed": int(msg.seed)}
+
+
+def validate_spec(spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_image_bytes: int) -> ResolvedSpec:
+    """Checks every field; raises SpecError naming the first bad one."""
+    if len(spec.name) > MAX_NAME:
+        raise SpecError(f"name: longer than {MAX_NAME} characters")
+    if len(spec.labels) > MAX_LABELS or any(len(k) > 128 or len(v) > 1024 for k, v in spec.labels.items()):
+        raise SpecError("labels: too many or too long")
+    modes = {gateway_pb2.JOB_MODE_INSPIRATION: "inspiration", gateway_pb2.JOB_MODE_SAMPLING: "sampling",
+             gateway_pb2.JOB_MODE_ANNOTATE_ONLY: "annotate_only"}
+    if spec.mode not in modes:
+        raise SpecError(f"mode: must be one of INSPIRATION, SAMPLING, ANNOTATE_ONLY (got {spec.mode})")
+    mode = modes[spec.mode]
+    if mode == "sampling":
+        if spec.inputs or spec.input_folder:
+            raise SpecError("inputs: a SAMPLING job takes no input images")
+        if not 1 <= spec.sampling.count <= MAX_SAMPLES:
+            raise SpecError(f"sampling.count: must be in [1, {MAX_SAMPLES}]")
+    else:
+        if not spec.inputs and not spec.input_folder:
+            raise SpecError("inputs: give input images or an input_folder")
+        if len(spec.inputs) > MAX_INPUTS:
+            raise SpecError(f"inputs: more than {MAX_INPUTS} images; use input_folder")
+        for i, image in enumerate(spec.inputs):
+            kind = image.WhichOneof("source")
+            if kind is None:
+                raise SpecError(f"inputs[{i}]: neither data nor uri is set")
+            if kind == "data" and not image.data:
+                raise SpecError(f"inputs[{i}].data: empty")
+            if kind == "data" and len(image.data) > max_image_bytes:
+                raise SpecError(f"inputs[{i}].data: {len(image.data)} bytes is over the {max_image_bytes}-byte limit")
+            if kind == "uri" and (not image.uri or len(image.uri) > 4096 or ".." in image.uri.split("/")):
+                raise SpecError(f"inputs[{i}].uri: invalid")
+        if len(spec.input_folder) > 4096 or ".." in spec.input_folder.split("/"):
+            raise SpecError("input_folder: invalid path")
+
+    if len(spec.strategies) > MAX_CANDIDATE_STRATEGIES:
+        raise SpecError(f"strategies: at most {MAX_CANDIDATE_STRATEGIES}")
+    strategies = [_strategy(s, f"strategies[{i}]") for i, s in enumerate(spec.strategies)]
+    if not strategies:
+        strategies = [{"name": n, "params": dict(p), "seed": 0} for n, p in DEFAULT_STRATEGIES]
+
+    sampling: dict[str, Any] = {}
+    if mode == "sampling":
+        s = spec.sampling
+        psi_min = _finite(s.psi_min or 1.2, "sampling.psi_min", 0.0, 4.0)
+        psi_max = _finite(s.psi_max or 2.0, "sampling.psi_max", 0.0, 4.0)
+        if psi_max < psi_min:
+            raise SpecError("sampling.psi_max: smaller than psi_min")
+        if s.HasField("correction"):
+            correction = _strategy(s.correction, "sampling.correction")
+        else:
+            correction = {"name": DEFAULT_CORRECTION[0], "params": dict(DEFAULT_CORRECTION[1]), "seed": 0}
+        sampling = {"count": int(s.count), "first_seed": int(s.first_seed), "psi_min": psi_min,
+                    "psi_max": psi_max, "correction": correction}
+
+    cur = spec.curation
+    if len(cur.taste_model) > 128:
+        raise SpecError("curation.taste_model: too long")
+    accept = _finite(cur.accept_threshold, "curation.accept_threshold", 0.0, 1.0) \
+        if cur.HasField("accept_threshold") else None
+    dedup = _finite(cur.dedup_threshold, "curation.dedup_threshold", 0.0, 1.0) \
+        if cur.HasField("dedup_threshold") else 0.92
+    if cur.disable_dedup:
+        dedup = -1.0
+
+    out = spec.output
+    if len(out.dataset_uri) > 4096 or ".." in out.dataset_uri.split("/"):
+        raise SpecError("output.dataset_uri: invalid")
+    part = out.part or 1
+    if not 0 <= part <= 9999:
+        raise SpecError("output.part: must be in [0, 9999]")
+    image_size = out.image_size or 1024
+    if not 64 <= image_size <= 4096:
+        raise SpecError("output.image_size: must be in [64, 4096]")
+    quality = out.jpeg_quality or 95
+    if not 1 <= quality <= 100:
+        raise SpecError("output.jpeg_quality: must be in [1, 100]")
+    annotation = out.annotation_size or 256
+    if not 64 <= annotation <= 1024:
+        raise SpecError("output.annotation_size: must be in [64, 1024]")
+    return ResolvedSpec(mode=mode, strategies=strategies, sampling=sampling, taste_model=cur.taste_model,
+                        accept_threshold=accept, dedup_threshold=dedup,
+                        dataset_uri=out.dataset_uri or default_dataset_uri, part=part, image_size=image_size,
+                        jpeg_quality=quality, annotation_size=annotation, seed=int(spec.seed))
+
+
+def spec_for_display(spec: gateway_pb2.JobSpec) -> str:
+    """The spec as JSON without inline image bytes (those can be large)."""
+    light = gateway_pb2.JobSpec()
+    light.CopyFrom(spec)
+    for image in light.inputs:
+        if image.WhichOneof("source") == "data":
+            size = len(image.data)
+            image.ClearField("data")
+            image.name = image.name or f"<{size} bytes>"
+    return json_format.MessageToJson(light, preserving_proto_field_name=True, indent=None)

@@ -1,0 +1,382 @@
+"""Python SDK for the sfhq-factory gateway (sync `Client` and `AsyncClient`). Light: grpc + numpy only.
+
+    from sfhq.sdk import Client
+    with Client("127.0.0.1:50050") as client:
+        job = client.submit_images(["face1.jpg", "face2.png"], output_uri="out/my_dataset")
+        for event in client.watch(job.job_id):
+            print(event.kind, event.counts.accepted)
+        hits = client.search("old asian man with a beard", job_id=job.job_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from sfhq.tensors import numpy_to_tensor
+from sfhq.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, search_pb2
+
+DEFAULT_ADDRESS = "127.0.0.1:50050"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+TERMINAL_STATES = (gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED, gateway_pb2.JOB_STATE_CANCELLED)
+MODES = {"inspiration": gateway_pb2.JOB_MODE_INSPIRATION, "sampling": gateway_pb2.JOB_MODE_SAMPLING,
+         "annotate": gateway_pb2.JOB_MODE_ANNOTATE_ONLY, "annotate_only": gateway_pb2.JOB_MODE_ANNOTATE_ONLY}
+
+
+class SfhqError(RuntimeError):
+    """A gateway call failed; ``code`` is the gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def parse_strategy(text: str) -> common_pb2.Strategy:
+    """'low_prior' or 'e4e_strict_prior:coarse=0.2,fine=0.1' -> Strategy."""
+    name, _, params = text.partition(":")
+    strategy = common_pb2.Strategy(name=name.strip())
+    for pair in filter(None, (p.strip() for p in params.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"strategy parameter {pair!r} is not key=value")
+        strategy.params[key.strip()] = float(value)
+    return strategy
+
+
+def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expands folders into their image files (sorted), keeps files as given."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    return out
+
+
+def build_spec(*, mode: str = "inspiration", images: Sequence[str | os.PathLike | bytes] = (),
+               input_folder: str = "", strategies: Sequence[str | common_pb2.Strategy] = (),
+               samples: int = 0, first_seed: int = 0, psi_min: float = 0.0, psi_max: float = 0.0,
+               taste_model: str = "", accept_threshold: float | None = None, dedup_threshold: float | None = None,
+               disable_dedup: bool = False, output_uri: str = "", part: int = 0, image_size: int = 0,
+               annotation_size: int = 0, seed: int = 0, name: str = "") -> gateway_pb2.JobSpec:
+    """A JobSpec from plain arguments; local image files are sent inline."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}")
+    spec = gateway_pb2.JobSpec(name=name, mode=MODES[mode], input_folder=input_folder, seed=seed)
+    for image in images:
+        if isinstance(image, bytes):
+            spec.inputs.add(data=image)
+        elif isinstance(image, str) and "://" in image:
+            spec.inputs.add(uri=image, name=image)
+        else:
+            spec.inputs.add(data=Path(image).read_bytes(), name=Path(image).name)
+    for s in strategies:
+        spec.strategies.append(parse_strategy(s) if isinstance(s, str) else s)
+    if mode == "sampling":
+        spec.sampling.count = samples
+        spec.sampling.first_seed = first_seed
+        spec.sampling.psi_min = psi_min
+        spec.sampling.psi_max = psi_max
+    spec.curation.taste_model = taste_model
+    if accept_threshold is not None:
+        spec.curation.accept_threshold = accept_threshold
+    if dedup_threshold is not None:
+        spec.curation.dedup_threshold = dedup_threshold
+    spec.curation.disable_dedup = disable_dedup
+    spec.output.dataset_uri = output_uri
+    spec.output.part = part
+    spec.output.image_size = image_size
+    spec.output.annotation_size = annotation_size
+    return spec
+
+
+def search_request(text: str | None = None, image: bytes | str | os.PathLike | None = None,
+                   vector: np.ndarray | None = None, *, top_k: int = 10, job_id: str = "", source: str = "",
+                   min_taste_score: float | None = None, max_taste_score: float | None = None) -> search_pb2.SearchRequest:
+    if sum(x is not None for x in (text, image, vector)) != 1:
+        raise ValueError("give exactly one of text, image or vector")
+    request = search_pb2.SearchRequest(top_k=top_k, filter=search_pb2.SearchFilter(job_id=job_id, source=source))
+    if min_taste_score is not None:
+        request.filter.min_taste_score = min_taste_score
+    if max_taste_score is not None:
+        request.filter.max_taste_score = max_taste_score
+    if text is not None:
+        request.text = text
+    elif vector is not None:
+        request.vector.CopyFrom(numpy_to_tensor(np.asarray(vector)))
+    else:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        request.image.data = data
+    return request
+
+
+def _channel_options(max_message_mb: int) -> list[tuple[str, Any]]:
+    size = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size),
+            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
+
+
+def _credentials(token: str | None, root_certificates: bytes | None, tls: bool) -> grpc.ChannelCredentials | None:
+    if not tls and root_certificates is None:
+        return None
+    creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    if token:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    return creds
+
+
+class Client:
+    """Synchronous client. Retries UNAVAILABLE with exponential backoff; every call has a deadline."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0,
+                 retries: int = 5, tls: bool = False, root_certificates: bytes | None = None,
+                 max_message_mb: int = 64) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.retries = retries
+        self._token = token or os.environ.get("SFHQ_TOKEN") or None
+        creds = _credentials(self._token, root_certificates, tls)
+        options = _channel_options(max_message_mb)
+        self._channel = grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address, options)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        # Without TLS the token travels as plain metadata (loopback / trusted networks only).
+        self._metadata = (("authorization", f"Bearer {self._token}"),) if self._token and not creds else ()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            try:
+                return getattr(self._stub, method)(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() in RETRYABLE and attempt < self.retries:
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise SfhqError(exc.code(), exc.details() or "") from None
+        raise AssertionError("unreachable")
+
+    # jobs
+    def submit(self, spec: gateway_pb2.JobSpec, *, request_id: str | None = None) -> gateway_pb2.Job:
+        """Submits a job. The request_id makes retries safe: the same id returns the same job."""
+        request = gateway_pb2.SubmitJobRequest(spec=spec, request_id=request_id or os.urandom(12).hex())
+        return self._call("SubmitJob", request, timeout=max(self.timeout, 120.0))
+
+    def submit_images(self, paths: Iterable[str | os.PathLike], **options: Any) -> gateway_pb2.Job:
+        """Uploads local images (files or folders) as an inspiration (or ``mode=``) job."""
+        return self.submit(build_spec(images=image_files(paths), **options))
+
+    def get_job(self, job_id: str) -> gateway_pb2.Job:
+        return self._call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
+
+    def cancel(self, job_id: str) -> gateway_pb2.Job:
+        return self._call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job_id))
+
+    def list_jobs(self, limit: int = 50, state: int = 0) -> list[gateway_pb2.Job]:
+        return list(self._call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state)).jobs)
+
+    def watch(self, job_id: str, after_event_id: str = "") -> Iterator[gateway_pb2.JobEvent]:
+        """Progress events until the job ends; reconnects and resumes after the last event seen."""
+        last = after_event_id
+        failures = 0
+        while True:
+            try:
+                for event in self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last),
+                                                 metadata=self._metadata):
+                    last = event.event_id
+                    failures = 0
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or failures >= self.retries * 4:
+                    raise SfhqError(exc.code(), exc.details() or "") from None
+                failures += 1
+                time.sleep(min(0.2 * 2 ** failures, 5.0))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> gateway_pb2.Job:
+        """Blocks until the job is finished (or ``timeout`` seconds pass: TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in self.watch(job_id):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+        job = self.get_job(job_id)
+        while job.state not in TERMINAL_STATES:  # the stream ended early (e.g. state lost): poll
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+            time.sleep(0.5)
+            job = self.get_job(job_id)
+        return job
+
+    # items
+    def list_items(self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0) -> list[gateway_pb2.Item]:
+        request = gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
+        return list(self._call("ListItems", request).items)
+
+    def get_item(self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True) -> gateway_pb2.Item:
+        request = gateway_pb2.GetItemRequest(job_id=job_id, item_id=item_id, include_image=image,
+                                             include_annotations=annotations)
+        return self._call("GetItem", request, timeout=max(self.timeout, 60.0))
+
+    def download(self, job_id: str, dest: str | os.PathLike, *, item_ids: Sequence[str] | None = None,
+                 query: str | None = None, top_k: int = 100) -> list[Path]:
+        """Fetches some items of a job into ``dest`` in the SFHQ layout (by ids, by a text query, or all written)."""
+        if item_ids is None and query is not None:
+            item_ids = [hit.item_id for hit in self.search(query, job_id=job_id, top_k=top_k).hits]
+        if item_ids is None:
+            item_ids = [i.item_id for i in self.list_items(job_id, state="written")]
+        return [write_item_files(self.get_item(job_id, item_id), Path(dest)) for item_id in item_ids]
+
+    # search and labels
+    def search(self, text: str | None = None, *, image: bytes | str | os.PathLike | None = None,
+               vector: np.ndarray | None = None, top_k: int = 10, job_id: str = "", source: str = "",
+               min_taste_score: float | None = None, max_taste_score: float | None = None) -> search_pb2.SearchResponse:
+        return self._call("Search", search_request(text, image, vector, top_k=top_k, job_id=job_id, source=source,
+                                                    min_taste_score=min_taste_score, max_taste_score=max_taste_score))
+
+    def label(self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = "") -> search_pb2.LabelResponse:
+        """Labels indexed items as good (True) or bad (False) for a taste model."""
+        request = search_pb2.LabelRequest(taste_model=taste_model)
+        for item_id, positive in labels.items():
+            request.labels.add(item_id=item_id, positive=positive, labeler=labeler)
+        return self._call("Label", request)
+
+
+def write_item_files(item: gateway_pb2.Item, dest: Path) -> Path:
+    """Writes one fetched item in the SFHQ layout under ``dest``; returns the image path."""
+    stem = item.stem or item.item_id
+    paths = {"images": dest / "images" / f"{stem}.jpg"}
+    paths["images"].parent.mkdir(parents=True, exist_ok=True)
+    paths["images"].write_bytes(item.image.data)
+    if item.segmentation.data:
+        seg = dest / "segmentations" / f"{stem}.png"
+        seg.parent.mkdir(parents=True, exist_ok=True)
+        seg.write_bytes(item.segmentation.data)
+    if item.landmarks.data:
+        from sfhq.tensors import tensor_to_numpy
+        lm = dest / "landmarks" / f"{stem}.npz"
+        lm.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, landmarks=tensor_to_numpy(item.landmarks))
+        lm.write_bytes(buf.getvalue())
+    meta = dest / "items" / f"{stem}.json"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"item_id": item.item_id, "job_id": item.job_id, "state": item.state,
+                                "stem": item.stem, "provenance": json.loads(item.provenance_json or "{}")}, indent=2))
+    return paths["images"]
+
+
+class AsyncClient:
+    """asyncio client with the same methods as Client (awaitables; ``watch`` is an async iterator)."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0,
+                 retries: int = 5, tls: bool = False, root_certificates: bytes | None = None,
+                 max_message_mb: int = 64) -> None:
+        self.timeout = timeout
+        self.retries = retries
+        token = token or os.environ.get("SFHQ_TOKEN") or None
+        creds = _credentials(token, root_certificates, tls)
+        options = _channel_options(max_message_mb)
+        self._channel = grpc.aio.secure_channel(address, creds, options) if creds else \
+            grpc.aio.insecure_channel(address, options)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token and not creds else ()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            try:
+                return await getattr(self._stub, method)(request, timeout=timeout or self.timeout,
+                                                         metadata=self._metadata)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in RETRYABLE and attempt < self.retries:
+                    await asyncio.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise SfhqError(exc.code(), exc.details() or "") from None
+        raise AssertionError("unreachable")
+
+    async def submit(self, spec: gateway_pb2.JobSpec, *, request_id: str | None = None) -> gateway_pb2.Job:
+        request = gateway_pb2.SubmitJobRequest(spec=spec, request_id=request_id or os.urandom(12).hex())
+        return await self._call("SubmitJob", request, timeout=max(self.timeout, 120.0))
+
+    async def get_job(self, job_id: str) -> gateway_pb2.Job:
+        return await self._call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
+
+    async def cancel(self, job_id: str) -> gateway_pb2.Job:
+        return await self._call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job_id))
+
+    async def list_jobs(self, limit: int = 50, state: int = 0) -> list[gateway_pb2.Job]:
+        return list((await self._call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state))).jobs)
+
+    async def list_items(self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0) -> list[gateway_pb2.Item]:
+        request = gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
+        return list((await self._call("ListItems", request)).items)
+
+    async def get_item(self, job_id: str, item_id: str, *, image: bool = True,
+                       annotations: bool = True) -> gateway_pb2.Item:
+        request = gateway_pb2.GetItemRequest(job_id=job_id, item_id=item_id, include_image=image,
+                                             include_annotations=annotations)
+        return await self._call("GetItem", request, timeout=max(self.timeout, 60.0))
+
+    async def search(self, text: str | None = None, **kwargs: Any) -> search_pb2.SearchResponse:
+        image, vector = kwargs.pop("image", None), kwargs.pop("vector", None)
+        return await self._call("Search", search_request(text, image, vector, **kwargs))
+
+    async def watch(self, job_id: str, after_event_id: str = "") -> AsyncIterator[gateway_pb2.JobEvent]:
+        last = after_event_id
+        failures = 0
+        while True:
+            try:
+                call = self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last),
+                                           metadata=self._metadata)
+                async for event in call:
+                    last = event.event_id
+                    failures = 0
+                    yield event
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or failures >= self.retries * 4:
+                    raise SfhqError(exc.code(), exc.details() or "") from None
+                failures += 1
+                await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+
+    async def wait(self, job_id: str) -> gateway_pb2.Job:
+        async for _ in self.watch(job_id):
+            pass
+        job = await self.get_job(job_id)
+        while job.state not in TERMINAL_STATES:
+            await asyncio.sleep(0.5)
+            job = await self.get_job(job_id)
+        return job

@@ -1,0 +1,220 @@
+from sfhq.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("images", "texts")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("image_features", "text_features")
+    IMAGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    image_features: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    text_features: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    def __init__(self, image_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., text_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ...) -> None: ...
+
+class SearchFilter(_message.Message):
+    __slots__ = ("job_id", "source", "min_taste_score", "max_taste_score")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    source: str
+    min_taste_score: float
+    max_taste_score: float
+    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., min_taste_score: _Optional[float] = ..., max_taste_score: _Optional[float] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("text", "image", "vector", "top_k", "filter")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: _common_pb2.Image
+    vector: _common_pb2.Tensor
+    top_k: int
+    filter: SearchFilter
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[SearchFilter, _Mapping]] = ...) -> None: ...
+
+class SearchHit(_message.Message):
+    __slots__ = ("item_id", "score", "image_uri", "job_id", "source", "taste_score")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    image_uri: str
+    job_id: str
+    source: str
+    taste_score: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
+
+class IndexedItem(_message.Message):
+    __slots__ = ("item_id", "vector", "image_uri", "job_id", "source", "taste_score")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    vector: _common_pb2.Tensor
+    image_uri: str
+    job_id: str
+    source: str
+    taste_score: float
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ...) -> None: ...
+
+class AddRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[IndexedItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[IndexedItem, _Mapping]]] = ...) -> None: ...
+
+class AddResponse(_message.Message):
+    __slots__ = ("index_size",)
+    INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    index_size: int
+    def __init__(self, index_size: _Optional[int] = ...) -> None: ...
+
+class RemoveRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveResponse(_message.Message):
+    __slots__ = ("removed", "index_size")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    index_size: int
+    def __init__(self, removed: _Optional[int] = ..., index_size: _Optional[int] = ...) -> None: ...
+
+class DedupRequest(_message.Message):
+    __slots__ = ("vectors", "scores", "threshold", "worst_first", "against_index")
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    WORST_FIRST_FIELD_NUMBER: _ClassVar[int]
+    AGAINST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    threshold: float
+    worst_first: bool
+    against_index: bool
+    def __init__(self, vectors: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., scores: _Optional[_Iterable[float]] = ..., threshold: _Optional[float] = ..., worst_first: _Optional[bool] = ..., against_index: _Optional[bool] = ...) -> None: ...
+
+class Duplicate(_message.Message):
+    __slots__ = ("index", "duplicate_of", "similarity")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    duplicate_of: str
+    similarity: float
+    def __init__(self, index: _Optional[int] = ..., duplicate_of: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class DedupResponse(_message.Message):
+    __slots__ = ("kept", "duplicates")
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    kept: _containers.RepeatedScalarFieldContainer[int]
+    duplicates: _containers.RepeatedCompositeFieldContainer[Duplicate]
+    def __init__(self, kept: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[_Union[Duplicate, _Mapping]]] = ...) -> None: ...
+
+class ItemLabel(_message.Message):
+    __slots__ = ("item_id", "vector", "positive", "labeler")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    LABELER_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    vector: _common_pb2.Tensor
+    positive: bool
+    labeler: str
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., positive: _Optional[bool] = ..., labeler: _Optional[str] = ...) -> None: ...
+
+class LabelRequest(_message.Message):
+    __slots__ = ("taste_model", "labels")
+    TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    taste_model: str
+    labels: _containers.RepeatedCompositeFieldContainer[ItemLabel]
+    def __init__(self, taste_model: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[ItemLabel, _Mapping]]] = ...) -> None: ...
+
+class LabelResponse(_message.Message):
+    __slots__ = ("positives", "negatives")
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    positives: int
+    negatives: int
+    def __init__(self, positives: _Optional[int] = ..., negatives: _Optional[int] = ...) -> None: ...
+
+class TrainTasteRequest(_message.Message):
+    __slots__ = ("taste_model",)
+    TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    taste_model: str
+    def __init__(self, taste_model: _Optional[str] = ...) -> None: ...
+
+class TasteModelInfo(_message.Message):
+    __slots__ = ("name", "version", "positives", "negatives", "cv_accuracy", "cv_auc", "low_threshold", "high_threshold", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    CV_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    CV_AUC_FIELD_NUMBER: _ClassVar[int]
+    LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    HIGH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    positives: int
+    negatives: int
+    cv_accuracy: float
+    cv_auc: float
+    low_threshold: float
+    high_threshold: float
+    created_at: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., positives: _Optional[int] = ..., negatives: _Optional[int] = ..., cv_accuracy: _Optional[float] = ..., cv_auc: _Optional[float] = ..., low_threshold: _Optional[float] = ..., high_threshold: _Optional[float] = ..., created_at: _Optional[str] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("taste_model", "vectors", "images")
+    TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    taste_model: str
+    vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
+    images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
+    def __init__(self, taste_model: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("scores", "model")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    model: TasteModelInfo
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[TasteModelInfo, _Mapping]] = ...) -> None: ...
