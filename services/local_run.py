@@ -84,24 +84,82 @@ def redis_for_run(workdir: Path, console: Console) -> Iterator[str]:
         yield redis_server.url
 
 
-def _stop(processes: dict[str, subprocess.Popen]) -> None:
-    for proc in processes.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in processes.values():
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.1, deadline - time.monotonic()))
+class LocalCluster:
+    """The five service processes on free loopback ports, sharing one Redis, blob store and weights.
+
+    Used by `sfhq run`, the end-to-end tests and the fault tests (which kill and restart members).
+    """
+
+    def __init__(self, workdir: Path, redis_url: str, weights_dir: Path, *, blob_url: str | None = None,
+                 extra_env: dict[str, str] | None = None, services: tuple[str, ...] = SERVICE_ORDER) -> None:
+        self.workdir = workdir
+        self.services = services
+        self.ports = {name: free_port() for name in DEFAULT_PORTS}
+        self.env = {**os.environ, "SFHQ_REDIS_URL": redis_url, "SFHQ_BLOB_URL": blob_url or str(workdir / "blobs"),
+                    "SFHQ_WEIGHTS_DIR": str(weights_dir), "SFHQ_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1",
+                    **{f"SFHQ_{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in self.ports.items()},
+                    **(extra_env or {})}
+        self.env.pop("REDIS_URL", None)
+        self.processes: dict[str, subprocess.Popen] = {}
+        (workdir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def addr(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(self.log_path(name), "ab") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "sfhq.cli", "serve", name],
+                                    env={**self.env, "SFHQ_PORT": str(self.ports[name]), **(env or {})},
+                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def start_all(self, timeout_s: float = 180.0) -> None:
+        for name in self.services:
+            self.start(name)
+        self.wait_all(timeout_s)
+
+    def wait_all(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for name in self.services:
+            try:
+                wait_healthy(self.addr(name), deadline, self.processes[name])
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{name} did not start ({exc}); its log:\n{self.tail(name)}") from None
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would."""
+        proc = self.processes[name]
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.wait()
 
+    def tail(self, name: str, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
@@ -145,48 +203,30 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
     else:
         images = []
 
-    with redis_for_run(workdir, console) as redis_url:
-        ports = {name: free_port() for name in DEFAULT_PORTS}
-        env = {**os.environ, "SFHQ_REDIS_URL": redis_url, "SFHQ_BLOB_URL": str(workdir / "blobs"),
-               "SFHQ_WEIGHTS_DIR": str(weights_dir), "SFHQ_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1",
-               **{f"SFHQ_{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in ports.items()}}
-        env.pop("REDIS_URL", None)
-        processes: dict[str, subprocess.Popen] = {}
-        logs = {name: workdir / "logs" / f"{name}.log" for name in SERVICE_ORDER}
-        try:
-            for name in SERVICE_ORDER:
-                with open(logs[name], "ab") as log_file:
-                    processes[name] = subprocess.Popen(
-                        [sys.executable, "-m", "sfhq.cli", "serve", name], env={**env, "SFHQ_PORT": str(ports[name])},
-                        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            deadline = time.monotonic() + options.startup_timeout_s
-            with console.status("starting services ..."):
-                for name in SERVICE_ORDER:
-                    try:
-                        wait_healthy(f"127.0.0.1:{ports[name]}", deadline, processes[name])
-                    except (RuntimeError, TimeoutError) as exc:
-                        console.print(f"[bold red]{name} did not start ({exc}); its log:[/]\n{_tail(logs[name])}")
-                        return 1
-            console.print(f"services up: " + ", ".join(f"{n} :{ports[n]}" for n in SERVICE_ORDER))
-
-            spec = build_spec(mode=options.mode, images=images, strategies=options.strategies,
-                              samples=options.samples if options.mode == "sampling" else 0,
-                              taste_model=options.taste_model,
-                              dedup_threshold=options.dedup if options.dedup > 0 else None,
-                              disable_dedup=options.dedup <= 0, output_uri=str(output),
-                              image_size=options.image_size, seed=options.seed, name="sfhq run")
-            with Client(f"127.0.0.1:{ports['gateway']}", timeout=60) as client:
-                try:
-                    job = client.submit(spec)
-                    console.print(f"job {job.job_id}: {len(images) or options.samples} inputs -> {output}")
-                    job = follow(client, job.job_id)
-                except SfhqError as exc:
-                    console.print(f"[bold red]job failed:[/] {exc}")
-                    return 1
-                _report(console, client, job, output, weights_dir, options.random_weights)
-            return 0 if job.state == 5 else 1  # JOB_STATE_SUCCEEDED
-        finally:
-            _stop(processes)
+    with redis_for_run(workdir, console) as redis_url, LocalCluster(workdir, redis_url, weights_dir) as cluster:
+        with console.status("starting services ..."):
+            try:
+                cluster.start_all(options.startup_timeout_s)
+            except RuntimeError as exc:
+                console.print(f"[bold red]{exc}[/]")
+                return 1
+        console.print("services up: " + ", ".join(f"{n} {cluster.addr(n)}" for n in SERVICE_ORDER))
+        spec = build_spec(mode=options.mode, images=images, strategies=options.strategies,
+                          samples=options.samples if options.mode == "sampling" else 0,
+                          taste_model=options.taste_model,
+                          dedup_threshold=options.dedup if options.dedup > 0 else None,
+                          disable_dedup=options.dedup <= 0, output_uri=str(output),
+                          image_size=options.image_size, seed=options.seed, name="sfhq run")
+        with Client(cluster.addr("gateway"), timeout=60) as client:
+            try:
+                job = client.submit(spec)
+                console.print(f"job {job.job_id}: {len(images) or options.samples} inputs -> {output}")
+                job = follow(client, job.job_id)
+            except SfhqError as exc:
+                console.print(f"[bold red]job failed:[/] {exc}")
+                return 1
+            _report(console, client, job, output, weights_dir, options.random_weights)
+        return 0 if job.state == 5 else 1  # JOB_STATE_SUCCEEDED
 
 
 def _report(console: Console, client, job, output: Path, weights_dir: Path, random_weights: bool) -> None:

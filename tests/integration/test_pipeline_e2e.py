@@ -1,0 +1,189 @@
+"""End to end with real processes: Redis, the four services and the gateway, tiny random models.
+
+One cluster serves every test in this module (starting five torch processes on two cores takes
+a while); each test submits its own job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.local_run import LocalCluster
+from sfhq.sdk import Client, SfhqError, build_spec
+from sfhq.v1 import gateway_pb2
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+INSPIRATION = sorted((TESTDATA / "inspiration").glob("sd_0[0-2].jpg"))
+
+
+@pytest.fixture(scope="module")
+def random_weights_dir(tmp_path_factory) -> Path:
+    from services.random_weights import write_random_weights
+    folder = tmp_path_factory.mktemp("weights")
+    write_random_weights(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_server, random_weights_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cluster")
+    with LocalCluster(workdir, redis_server, random_weights_dir,
+                      extra_env={"SFHQ_VISIBILITY_TIMEOUT_S": "5", "SFHQ_BATCH_WAIT_MS": "20"}) as c:
+        c.start_all(timeout_s=240)
+        yield c
+
+
+@pytest.fixture()
+def client(cluster):
+    with Client(cluster.addr("gateway"), timeout=60) as c:
+        yield c
+
+
+def run_job(client: Client, spec: gateway_pb2.JobSpec, timeout: float = 300) -> gateway_pb2.Job:
+    job = client.submit(spec)
+    return client.wait(job.job_id, timeout=timeout)
+
+
+def check_dataset(root: Path, job: gateway_pb2.Job) -> list[dict]:
+    """Every manifest row has its four SFHQ files in the right formats, and nothing else is there."""
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == job.counts.written
+    stems = {row["stem"] for row in rows}
+    assert {p.stem for p in (root / "images").glob("*.jpg")} == stems
+    assert {p.stem for p in (root / "segmentations").glob("*.png")} == stems
+    assert {p.stem for p in (root / "landmarks").glob("*.npz")} == stems
+    assert {p.stem for p in (root / "pretrained_features").glob("*.pickle")} == stems
+    for row in rows:
+        stem = row["stem"]
+        image = Image.open(root / "images" / f"{stem}.jpg")
+        assert image.size == (1024, 1024) and image.mode == "RGB"
+        seg = Image.open(root / "segmentations" / f"{stem}.png")
+        assert seg.size == (1024, 1024) and seg.mode in ("L", "P")
+        assert np.asarray(seg).max() <= 18
+        landmarks = np.load(root / "landmarks" / f"{stem}.npz")["landmarks"]
+        assert landmarks.shape == (110, 2) and landmarks.dtype == np.float32
+        assert np.isfinite(landmarks).all()
+        with open(root / "pretrained_features" / f"{stem}.pickle", "rb") as f:
+            features = pickle.load(f)  # our own file, written by this test's job
+        assert list(features) == ["CLIP_ViTL_14@336"] and features["CLIP_ViTL_14@336"].shape[0] == 1
+    assert (root / "manifest.parquet").exists() and (root / "dataset_info.json").exists()
+    return rows
+
+
+def test_inspiration_job_writes_a_complete_consistent_dataset(client, tmp_path):
+    out = tmp_path / "dataset"
+    spec = build_spec(images=INSPIRATION, strategies=["e4e_strict_prior", "low_prior:steps=3"],
+                      output_uri=str(out), disable_dedup=True, seed=1)
+    job = run_job(client, spec)
+    assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
+    c = job.counts
+    assert (c.inputs, c.candidates, c.accepted, c.written, c.failed) == (3, 6, 6, 6, 0)
+    assert c.in_flight == 0
+    rows = check_dataset(out, job)
+    assert sorted(row["strategy"]["name"] for row in rows) == ["e4e_strict_prior"] * 3 + ["low_prior"] * 3
+    assert all(row["provenance"] for row in rows)
+
+    # Items are reachable through the API, with annotations.
+    item = client.get_item(job.job_id, rows[0]["item_id"])
+    assert item.state == "written" and item.stem == rows[0]["stem"]
+    assert Image.open(io.BytesIO(item.image.data)).size == (1024, 1024)
+    assert item.landmarks.shape == [110, 2]
+
+    # Search finds this job's items (text and by the stored vector of an item).
+    hits = client.search("a portrait photo of a smiling woman", job_id=job.job_id, top_k=5).hits
+    assert hits and {h.job_id for h in hits} == {job.job_id}
+    assert {h.item_id for h in hits} <= {row["item_id"] for row in rows}
+
+    # Progress events were recorded and can be replayed from any point.
+    events = list(client.watch(job.job_id))
+    assert events[-1].state == gateway_pb2.JOB_STATE_SUCCEEDED
+    later = list(client.watch(job.job_id, after_event_id=events[len(events) // 2].event_id))
+    assert [e.event_id for e in later] == [e.event_id for e in events[len(events) // 2 + 1:]]
+
+
+def test_a_second_identical_job_is_deterministic(client, tmp_path):
+    outs = []
+    for n in range(2):
+        out = tmp_path / f"run{n}"
+        spec = build_spec(images=INSPIRATION[:2], strategies=["e4e_strict_prior", "low_prior:steps=2"],
+                          output_uri=str(out), disable_dedup=True, seed=5)
+        job = run_job(client, spec)
+        assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
+        outs.append(out)
+    first = sorted(p.name for p in (outs[0] / "images").glob("*.jpg"))
+    assert first == sorted(p.name for p in (outs[1] / "images").glob("*.jpg")) and len(first) == 4
+    for name in first:
+        a = np.asarray(Image.open(outs[0] / "images" / name), dtype=np.int16)
+        b = np.asarray(Image.open(outs[1] / "images" / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1, name
+        la = np.load(outs[0] / "latents" / name.replace(".jpg", ".npy"))
+        lb = np.load(outs[1] / "latents" / name.replace(".jpg", ".npy"))
+        np.testing.assert_allclose(la, lb, atol=1e-5)
+
+
+def test_a_poison_input_fails_only_its_own_item(client, tmp_path):
+    out = tmp_path / "dataset"
+    spec = build_spec(images=[INSPIRATION[0], b"this is not an image", np.zeros(10).tobytes()],
+                      strategies=["e4e_strict_prior"], output_uri=str(out), seed=2)
+    # a blank image: decodes fine but has no face
+    blank = io.BytesIO()
+    Image.new("RGB", (300, 300), (128, 128, 128)).save(blank, "PNG")
+    spec.inputs.add(data=blank.getvalue(), name="blank.png")
+    job = run_job(client, spec)
+    assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED
+    assert job.counts.written == 1 and job.counts.failed == 3
+    failed = {item.item_id: item for item in client.list_items(job.job_id, state="failed")}
+    assert set(failed) == {"i000001", "i000002", "i000003"}
+    assert all(item.error.code == "INVALID_ARGUMENT" for item in failed.values())
+    assert "no face" in failed["i000003"].error.message.lower()
+    check_dataset(out, job)
+
+
+def test_annotate_only_and_sampling_jobs(client, tmp_path):
+    faces = sorted((TESTDATA / "faces").glob("sfhq_sample_0[0-1].jpg"))
+    job = run_job(client, build_spec(mode="annotate", images=faces, output_uri=str(tmp_path / "ann"),
+                                     disable_dedup=True))
+    assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.counts.written == 2
+    check_dataset(tmp_path / "ann", job)
+
+    job = run_job(client, build_spec(mode="sampling", samples=2, first_seed=10, psi_min=1.5, psi_max=1.8,
+                                     output_uri=str(tmp_path / "p3"), disable_dedup=True, part=3))
+    assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
+    rows = check_dataset(tmp_path / "p3", job)
+    assert [row["stem"] for row in rows] == ["SFHQ_pt3_00000000", "SFHQ_pt3_00000001"]
+    assert {row["source"]["seed"] for row in rows} == {10, 11}
+
+
+def test_bad_requests_get_clear_status_codes(client):
+    with pytest.raises(SfhqError) as err:
+        client.submit(gateway_pb2.JobSpec(mode=gateway_pb2.JOB_MODE_INSPIRATION))
+    assert err.value.code.name == "INVALID_ARGUMENT" and "inputs" in err.value.details
+    with pytest.raises(SfhqError) as err:
+        client.get_job("no-such-job")
+    assert err.value.code.name == "NOT_FOUND"
+
+
+def test_folder_input_and_cancel(client, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in INSPIRATION:
+        shutil.copy(path, folder / path.name)
+    spec = build_spec(input_folder=str(folder), strategies=["e4e_strict_prior"], output_uri=str(tmp_path / "o"))
+    job = client.submit(spec)
+    assert job.counts.inputs == 3
+    cancelled = client.cancel(job.job_id)
+    assert cancelled.state in (gateway_pb2.JOB_STATE_CANCELLING, gateway_pb2.JOB_STATE_CANCELLED)
+    final = client.wait(job.job_id, timeout=120)
+    assert final.state == gateway_pb2.JOB_STATE_CANCELLED
+    assert final.counts.in_flight == 0
+    assert final.counts.written < 3
