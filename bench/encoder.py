@@ -1,0 +1,199 @@
+"""Encoder (e4e) throughput and load time: ours vs the naive way, side by side in one run.
+
+Throughput (images/s, preprocessing of aligned PIL faces included):
+* naive: what a direct port of e4e's inference does per image: one image at a time, NCHW
+  tensors, `torch.no_grad()`.
+* ours: `Encoder.encode_images` (inference mode, channels_last on CPU, fp16 autocast on CUDA)
+  at batch 1 and batch 8.
+
+Load time of a checkpoint file:
+* naive: what pSp does: build the module (random init of every weight), `torch.load` the whole
+  file into RAM, copy the weights in.
+* ours: `load_encoder`: memory-mapped `weights_only` load, a meta-device module that adopts the
+  checkpoint tensors (no init, no copy), decoder left unread.
+
+    python bench/encoder.py            # the official IR-SE-50 / 18-style / 256-px config, random weights
+    python bench/encoder.py --quick    # a tiny config (< 60 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from services.encoder.model import (  # noqa: E402
+    Encoder,
+    Encoder4Editing,
+    EncoderConfig,
+    encoder_from_checkpoint,
+    load_encoder,
+    preprocess,
+    split_state_dict,
+)
+from services.encoder.random_weights import e4e_opts, random_encoder_state_dict  # noqa: E402
+
+FACES = ROOT.parent / "shared" / "testdata" / "faces"
+
+
+def timed(run: Callable[[], object], *, min_seconds: float, max_runs: int = 50) -> float:
+    """Seconds per call: one warm-up call, then repeat until min_seconds have passed."""
+    run()
+    runs, started = 0, time.perf_counter()
+    while runs < max_runs:
+        run()
+        runs += 1
+        if time.perf_counter() - started >= min_seconds:
+            break
+    return (time.perf_counter() - started) / runs
+
+
+def faces(count: int) -> list[Image.Image]:
+    files = sorted(FACES.glob("*.jpg"))
+    if files:
+        return [Image.open(files[i % len(files)]).convert("RGB") for i in range(count)]
+    # Without the shared test data: random 512-px images (the encoder does not care for timing).
+    generator = torch.Generator().manual_seed(0)
+    return [
+        Image.fromarray(torch.randint(0, 256, (512, 512, 3), generator=generator, dtype=torch.uint8).numpy())
+        for _ in range(count)
+    ]
+
+
+def naive_encode(
+    net: Encoder4Editing, latent_avg: torch.Tensor, images: list[Image.Image], device: torch.device
+):
+    size = net.config.input_size
+    codes = []
+    with torch.no_grad():
+        for image in images:
+            x = preprocess([image], size=size).to(device)
+            codes.append(net(x) + latent_avg)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return codes
+
+
+def ours_encode(encoder: Encoder, images: list[Image.Image], batch_size: int):
+    codes = encoder.encode_images(images, batch_size=batch_size, as_numpy=False)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+    return codes
+
+
+def throughput_rows(
+    config: EncoderConfig, device: torch.device, n_images: int, min_seconds: float
+) -> list[str]:
+    state = random_encoder_state_dict(config, seed=0)
+    latent_avg = torch.randn(config.n_styles, 512)
+    checkpoint = {
+        "state_dict": {f"encoder.{k}": v for k, v in state.items()},
+        "opts": e4e_opts(config.stylegan_size),
+        "latent_avg": latent_avg,
+    }
+    images = faces(n_images)
+    rows = []
+
+    naive_net = Encoder4Editing(config)
+    naive_net.load_state_dict(state)
+    naive_net = naive_net.to(device).eval()
+    average = latent_avg.to(device)
+    seconds = timed(lambda net=naive_net: naive_encode(net, average, images, device), min_seconds=min_seconds)
+    naive_rate = n_images / seconds
+    rows.append(f"| naive: 1 image at a time, NCHW, no_grad, fp32 | {naive_rate:.2f} | 1.00x |")
+    del naive_net
+
+    variants = [("fp32", False)] + ([("fp16 autocast", True)] if device.type == "cuda" else [])
+    for label, fp16 in variants:
+        encoder = encoder_from_checkpoint(checkpoint, device, fp16=fp16)
+        for batch_size in (1, 8):
+            seconds = timed(
+                lambda e=encoder, b=batch_size: ours_encode(e, images, b), min_seconds=min_seconds
+            )
+            rate = n_images / seconds
+            layout = "channels_last, " if device.type == "cpu" else ""
+            rows.append(
+                f"| ours: encode_images batch {batch_size}, {layout}inference_mode, {label} "
+                f"| {rate:.2f} | {rate / naive_rate:.2f}x |"
+            )
+        del encoder
+    return rows
+
+
+def load_rows(config: EncoderConfig, repeats: int) -> list[str]:
+    state = random_encoder_state_dict(config, seed=0)
+    checkpoint = {
+        "state_dict": {f"encoder.{k}": v for k, v in state.items()},
+        "opts": e4e_opts(config.stylegan_size),
+        "latent_avg": torch.randn(config.n_styles, 512),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "e4e.pt"
+        torch.save(checkpoint, path)
+        size_mb = path.stat().st_size / 2**20
+        del checkpoint, state
+
+        def naive_load() -> None:
+            net = Encoder4Editing(config)  # pSp builds (and randomly initialises) the module first
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            encoder_part, _ = split_state_dict(loaded["state_dict"])
+            net.load_state_dict(encoder_part, strict=True)
+
+        def ours_load() -> None:
+            load_encoder(path)
+
+        naive = min(timed(naive_load, min_seconds=0, max_runs=1) for _ in range(repeats))
+        ours = min(timed(ours_load, min_seconds=0, max_runs=1) for _ in range(repeats))
+    return [
+        f"| naive: init module + torch.load whole file + copy ({size_mb:.0f} MB file) | {naive:.2f} | 1.00x |",
+        f"| ours: load_encoder (mmap, meta module, assign) | {ours:.2f} | {naive / ours:.2f}x |",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny config, < 60 s")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--output", default=str(BENCH / "results" / "encoder.md"))
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
+    if args.quick:
+        config = EncoderConfig(n_styles=10, units_per_stage=(1, 1, 1, 1), input_size=64)
+        n_images, min_seconds, repeats = 8, 1.0, 2
+    else:
+        config = EncoderConfig()
+        n_images, min_seconds, repeats = 8, 5.0, 2
+    cpu_name = "CPU" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    title = (
+        f"e4e encoder, {'quick (tiny) config' if args.quick else 'official config'}: "
+        f"IR-SE units {config.units_per_stage}, {config.n_styles} styles, {config.input_size}-px input, "
+        f"random weights; {cpu_name}, {torch.get_num_threads()} torch threads; {n_images} aligned 512-px faces per run."
+    )
+    print(title, flush=True)
+    lines = [title, "", "| method | images/s | vs naive |", "| --- | ---: | ---: |"]
+    lines += throughput_rows(config, device, n_images, min_seconds)
+    lines += ["", "| checkpoint load | seconds | vs naive |", "| --- | ---: | ---: |"]
+    lines += load_rows(config, repeats)
+    table = "\n".join(lines) + "\n"
+    print(table)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,571 @@
+"""gRPC set-up shared by every service: server, interceptors, health, reflection, process life cycle.
+
+``build_server`` returns a ``grpc.Server`` with message-size limits from the settings and two
+interceptors:
+
+* observability (outermost): counts requests and records latency by method and status code,
+  logs failures, and turns the typed errors of ``services.common.errors`` raised by a servicer
+  (``ImageError``, ``PermanentError``, ``WeightsMissing``, ``QueueFull``...) into the matching
+  status, so servicers can simply raise;
+* auth: with ``auth_tokens`` set, every call but health checks needs ``authorization: Bearer <token>``
+  (compared in constant time), else UNAUTHENTICATED.
+
+``ServiceProcess`` is the life cycle of one service process: gRPC server + stage workers +
+Prometheus endpoint; SIGTERM/SIGINT stop it gracefully (health NOT_SERVING, workers finish their
+batch, in-flight calls get ``grace`` seconds).
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import DEFAULT_PORTS, Settings
+from services.common.errors import STATUS_NAMES, error_status
+from services.common.metrics import METRICS, Metrics
+
+__all__ = [
+    "HEALTH_SERVICE",
+    "ServiceProcess",
+    "abort_with",
+    "add_health_and_reflection",
+    "bind_server",
+    "build_server",
+    "client_channel",
+]
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Calls that never need a token: load balancers and orchestrators probe health without one.
+AUTH_EXEMPT_PREFIXES = (f"/{HEALTH_SERVICE}/",)
+# Client keepalive pings; the server must accept pings at least this often or it hangs up.
+KEEPALIVE_MS = 60_000
+# Status codes that mean "the caller asked for something wrong", logged quietly.
+_CLIENT_ERRORS = {
+    "CANCELLED", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNAUTHENTICATED", "DEADLINE_EXCEEDED",
+}  # fmt: skip
+
+
+def abort_with(context: grpc.ServicerContext, code_name: str | grpc.StatusCode, message: str) -> NoReturn:
+    """End the call with a status (by name, e.g. "INVALID_ARGUMENT") and a message naming the problem."""
+    if isinstance(code_name, grpc.StatusCode):
+        code = code_name
+    elif code_name in STATUS_NAMES and code_name != "OK":
+        code = grpc.StatusCode[code_name]
+    else:
+        raise ValueError(f"{code_name!r} is not a gRPC error status name")
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+# ---- interceptors -----------------------------------------------------------------------------
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped; ``wrap(behavior, streams_responses)``."""
+    kinds = (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+    )
+    for attribute, factory, streams in kinds:
+        behavior = getattr(handler, attribute)
+        if behavior is not None:
+            return factory(
+                wrap(behavior, streams),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    raise TypeError(f"unsupported RPC handler {handler!r}")
+
+
+def _code_name(context: grpc.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Bearer-token check; health checks are exempt so probes work without a token."""
+
+    def __init__(self, tokens: Sequence[str], exempt_prefixes: Sequence[str] = AUTH_EXEMPT_PREFIXES) -> None:
+        if not tokens:
+            raise ValueError("AuthInterceptor needs at least one token")
+        self._tokens = [token.encode() for token in tokens]
+        self._exempt = tuple(exempt_prefixes)
+
+    def _check(self, metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+        """None when authorised, else the reason."""
+        header = next((value for key, value in metadata or () if key == "authorization"), None)
+        if header is None:
+            return "missing bearer token (send 'authorization: Bearer <token>')"
+        if isinstance(header, bytes):
+            header = header.decode(errors="replace")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return "malformed authorization header (expected 'Bearer <token>')"
+        given_bytes = given.strip().encode()
+        # Compare with every token, without stopping at a match, so timing reveals nothing.
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(given_bytes, token)
+        return None if matched else "invalid bearer token"
+
+    def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        if handler_call_details.method.startswith(self._exempt):
+            return continuation(handler_call_details)
+        reason = self._check(handler_call_details.invocation_metadata)
+        if reason is None:
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def deny(_behavior: Behavior, _streams: bool) -> Behavior:
+            def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+            return refuse
+
+        return _rebuild(handler, deny)
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):
+    """Request metrics and logs; typed errors from servicers become their gRPC status."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or METRICS
+
+    def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return _rebuild(handler, lambda behavior, streams: self._observe(method, behavior, streams))
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.grpc_requests.labels(method, code).inc()
+        self.metrics.grpc_latency.labels(method, code).observe(elapsed)
+        if code == "OK":
+            log.debug("%s OK %.1f ms", method, elapsed * 1000)
+        elif code in _CLIENT_ERRORS:
+            log.info("%s %s %.1f ms", method, code, elapsed * 1000)
+        else:
+            log.warning("%s %s %.1f ms", method, code, elapsed * 1000)
+
+    def _status_of(
+        self, method: str, exc: Exception, context: grpc.ServicerContext
+    ) -> tuple[str, str | None]:
+        """(status name, message to abort with) for an exception out of a servicer.
+
+        The message is None when there is nothing to add: the servicer aborted itself, or the
+        error is unexpected (grpc then answers UNKNOWN).
+        """
+        if context.code() is not None:
+            return _code_name(context), None
+        status = error_status(exc)
+        if status is None:
+            log.error("%s raised an unexpected error", method, exc_info=exc)
+            return "UNKNOWN", None
+        return status
+
+    def _observe(self, method: str, behavior: Behavior, streams: bool) -> Behavior:
+        if streams:
+
+            def observed_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started, code = time.perf_counter(), "UNKNOWN"
+                try:
+                    yield from behavior(request, context)
+                    code = _code_name(context)
+                except GeneratorExit:
+                    code = "CANCELLED"
+                    raise
+                except Exception as exc:
+                    code, message = self._status_of(method, exc, context)
+                    if message is not None:
+                        context.abort(grpc.StatusCode[code], message)
+                    raise
+                finally:
+                    self._record(method, code, started)
+
+            return observed_stream
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            started, code = time.perf_counter(), "UNKNOWN"
+            try:
+                response = behavior(request, context)
+                code = _code_name(context)
+                return response
+            except Exception as exc:
+                code, message = self._status_of(method, exc, context)
+                if message is not None:
+                    context.abort(grpc.StatusCode[code], message)
+                raise
+            finally:
+                self._record(method, code, started)
+
+        return observed
+
+
+# ---- server -----------------------------------------------------------------------------------
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    size = settings.max_message_bytes
+    return [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        # fail loudly when the port is taken, instead of silently sharing it
+        ("grpc.so_reuseport", 0),
+        # accept the clients' keepalive pings (see client_channel)
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def build_server(
+    settings: Settings,
+    *,
+    max_workers: int = 16,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    metrics: Metrics | None = None,
+) -> grpc.Server:
+    """A gRPC server with size limits, metrics/logging and (when tokens are set) auth.
+
+    Not bound yet: add the servicers, then ``bind_server`` (which applies TLS/mTLS from the
+    settings) and ``server.start()`` -- or let ``ServiceProcess`` do all of that.
+    """
+    chain: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(metrics)]
+    if settings.auth_tokens:
+        chain.append(AuthInterceptor(settings.auth_tokens))
+    chain.extend(interceptors)
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=chain,
+        options=server_options(settings),
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings (mTLS when ``tls_ca`` is set); None for plaintext."""
+    if not settings.tls_enabled:
+        return None
+    key = _read(settings.tls_key, "TLS private key")
+    cert = _read(settings.tls_cert, "TLS certificate")
+    ca = _read(settings.tls_ca, "TLS CA bundle") if settings.tls_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def bind_server(server: grpc.Server, settings: Settings, address: str) -> int:
+    """Bind ``address`` (``host:port``; port 0 = any free one) with TLS if configured; returns the port."""
+    credentials = server_credentials(settings)
+    try:
+        port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind the gRPC server to {address}: {exc}") from None
+    if not port:
+        raise OSError(f"cannot bind the gRPC server to {address} (in use?)")
+    return port
+
+
+def add_health_and_reflection(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
+    """Register the standard health service (all SERVING) and reflection listing ``service_names``."""
+    servicer = health.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health"),
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ["", *service_names]:
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([*service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    return servicer
+
+
+# ---- client -----------------------------------------------------------------------------------
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"]
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _BearerTokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call (plaintext channels cannot carry call credentials)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), self._header],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_token(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_token(details), request_iterator)
+
+
+def client_channel(addr: str, settings: Settings, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A channel to another service: TLS when ``tls_ca``/``tls_cert`` are set, the first auth token, limits."""
+    size = settings.max_message_bytes
+    channel_options = [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        *options,
+    ]
+    token = settings.auth_tokens[0] if settings.auth_tokens else None
+    if settings.tls_ca or settings.tls_enabled:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(settings.tls_ca, "TLS CA bundle") if settings.tls_ca else None,
+            private_key=_read(settings.tls_key, "TLS private key") if settings.tls_enabled else None,
+            certificate_chain=_read(settings.tls_cert, "TLS certificate") if settings.tls_enabled else None,
+        )
+        if token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(token)
+            )
+        return grpc.secure_channel(addr, credentials, options=channel_options)
+    channel = grpc.insecure_channel(addr, options=channel_options)
+    return grpc.intercept_channel(channel, _BearerTokenInterceptor(token)) if token else channel
+
+
+# ---- the process ------------------------------------------------------------------------------
+
+
+class ServiceProcess:
+    """One service process: gRPC server, stage workers, health, metrics endpoint, graceful stop.
+
+    Typical use::
+
+        process = ServiceProcess("generator", settings)
+        generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, process.server)
+        process.add_worker("synthesize", handle_synthesize)
+        process.serve_forever(["sfhq.v1.Generator"])
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        service_names: Sequence[str] = (),
+        max_workers: int = 16,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        grace_s: float = 10.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.metrics = metrics or METRICS
+        self.grace_s = grace_s
+        self.server = build_server(
+            settings, max_workers=max_workers, interceptors=interceptors, metrics=self.metrics
+        )
+        self.workers: list[Any] = []  # StageWorker; typed loosely so gRPC-only processes skip Redis imports
+        self.health: health.HealthServicer | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._service_names = list(service_names)
+        self._on_stop: list[Callable[[], Any]] = []
+        self._queue: Any = None
+        self._metrics_server: Any = None
+        self._started = False
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    @property
+    def queue(self) -> Any:
+        """The process's RedisQueue (created on first use from ``settings.redis_url``)."""
+        if self._queue is None:
+            from services.common.queue import RedisQueue, connect_redis
+
+            if not self.settings.redis_url:
+                raise RuntimeError(f"{self.name}: stage workers need Redis; set REDIS_URL")
+            client = connect_redis(self.settings.redis_url, client_name=f"{self.name}-{os.getpid()}")
+            self._queue = RedisQueue.from_settings(self.settings, client)
+        return self._queue
+
+    def add_service_name(self, service_name: str) -> None:
+        """A full gRPC service name (``sfhq.v1.Generator``) for health and reflection."""
+        self._service_names.append(service_name)
+
+    def on_stop(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` during stop, after the workers stopped and before the server is gone."""
+        self._on_stop.append(callback)
+
+    def add_worker(
+        self,
+        stage: str,
+        handler: Callable[[list[Any]], list[Any]],
+        *,
+        batch_size: int | None = None,
+        consumer: str | None = None,
+    ) -> Any:
+        """Consume ``stage`` with ``handler``, unless the ``stages`` setting leaves this stage out (then None)."""
+        from services.common.worker import StageWorker, default_consumer_name
+
+        if self.settings.stages is not None and stage not in self.settings.stages:
+            log.info(
+                "%s: not consuming stage %s (SFHQ_STAGES=%s)",
+                self.name,
+                stage,
+                ",".join(self.settings.stages),
+            )
+            return None
+        worker = StageWorker(
+            self.queue,
+            stage,
+            handler,
+            consumer=consumer or f"{default_consumer_name(self.name)}-{stage}",
+            batch_size=batch_size or self.settings.batch_size,
+            block_ms=self.settings.batch_wait_ms,
+            metrics=self.metrics,
+        )
+        self.workers.append(worker)
+        if self._started:
+            worker.start()
+        return worker
+
+    def start(self, service_names: Sequence[str] | None = None) -> int:
+        """Bind and start everything; returns the gRPC port."""
+        if self._started:
+            return self.port or 0
+        for service_name in service_names or ():
+            self.add_service_name(service_name)
+        if self.settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            self._metrics_server, _ = start_http_server(
+                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+            )
+            self.metrics_port = self._metrics_server.server_port
+        self.health = add_health_and_reflection(self.server, self._service_names)
+        # Services have a default port; any other name (tests, tools) takes `port` or a free one.
+        port = self.settings.port_for(self.name) if self.name in DEFAULT_PORTS else (self.settings.port or 0)
+        address = f"{self.settings.host}:{port}"
+        self.port = bind_server(self.server, self.settings, address)
+        self.server.start()
+        if self.workers:
+            self.queue.ensure_groups()
+        for worker in self.workers:
+            worker.start()
+        self._started = True
+        log.info(
+            "%s serving on %s:%d (%d workers: %s)",
+            self.name, self.settings.host, self.port, len(self.workers), ", ".join(w.stage for w in self.workers),
+        )  # fmt: skip
+        return self.port
+
+    def serve_forever(self, service_names: Sequence[str] | None = None) -> None:
+        """Start, then block until SIGTERM/SIGINT (or ``stop()``), then stop gracefully."""
+        self.start(service_names)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._on_signal)
+        while not self._stop_requested.wait(0.5):
+            pass
+        self.stop()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop_requested.is_set():
+            log.warning("%s: second %s, exiting now", self.name, signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: %s received, stopping", self.name, signal.Signals(signum).name)
+        self._stop_requested.set()
+
+    def request_stop(self) -> None:
+        """Ask ``serve_forever`` to stop (safe from any thread)."""
+        self._stop_requested.set()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, finish worker batches and in-flight calls."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            grace = self.grace_s if grace is None else grace
+            self._stop_requested.set()
+            if self.health is not None:
+                self.health.enter_graceful_shutdown()  # probes see NOT_SERVING at once
+            server_done = self.server.stop(grace) if self._started else None
+            for worker in self.workers:
+                worker.request_stop()
+            for worker in self.workers:
+                if not worker.stop(grace):
+                    log.warning(
+                        "%s: worker %s still busy after %.0f s; its tasks will be redelivered",
+                        self.name,
+                        worker.stage,
+                        grace,
+                    )
+            for callback in self._on_stop:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("%s: stop callback %r failed", self.name, callback)
+            if server_done is not None:
+                server_done.wait(grace + 1)
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+            self._stopped.set()
+            log.info("%s stopped", self.name)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the process has stopped; True if it did."""
+        return self._stopped.wait(timeout)

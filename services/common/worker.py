@@ -1,0 +1,245 @@
+"""Stage workers: a thread that pulls batches of one stage from the queue and runs a handler on them.
+
+The loop is read_batch -> handler -> one result per task (published and acked in one Redis
+transaction). Failures are sorted so that one bad input never costs the others:
+
+* the handler raises for a whole batch -> the tasks are retried one by one to find the culprit;
+* ``PermanentError`` (or another typed error of ``services.common.errors``) for one task -> a failed
+  result is published and the entry acked: no retry;
+* any other exception for one task -> it is logged and recorded, and the entry stays unacked, so it
+  is redelivered after the visibility timeout and dead-lettered after ``max_deliveries``.
+
+While a batch runs, a lease thread renews the visibility timeout of its entries, so that a slow
+batch is not handed to a second worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import redis
+
+from services.common.errors import PermanentError, error_status
+from services.common.metrics import METRICS, Metrics
+from services.common.queue import RedisQueue, Task, TaskResult
+from services.common.stages import check_stage
+
+__all__ = ["HandlerContractError", "PermanentError", "StageHandler", "StageWorker", "default_consumer_name"]
+
+log = logging.getLogger(__name__)
+
+StageHandler = Callable[[list[Task]], list[TaskResult]]
+
+# How often the backlog gauge is refreshed (an XLEN per refresh).
+DEPTH_REFRESH_S = 2.0
+
+
+class HandlerContractError(RuntimeError):
+    """The handler broke its contract: not one TaskResult per task, in order."""
+
+
+def default_consumer_name(service: str) -> str:
+    """A consumer name unique to this process: ``<service>-<host>-<pid>``."""
+    return f"{service}-{socket.gethostname()}-{os.getpid()}"
+
+
+class StageWorker(threading.Thread):
+    """Consumes one stage with one handler until ``stop()``."""
+
+    def __init__(
+        self,
+        queue: RedisQueue,
+        stage: str,
+        handler: StageHandler,
+        *,
+        consumer: str,
+        batch_size: int,
+        block_ms: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(name=f"sfhq-worker-{stage}", daemon=True)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.queue = queue
+        self.stage = check_stage(stage)
+        self.handler = handler
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.metrics = metrics or METRICS
+        self.batches_done = 0
+        self._stopping = threading.Event()
+        self._finished = threading.Event()  # set when run() returns; ends the lease thread
+        # Entry ids of the batch in hand, renewed by the lease thread.
+        self._in_hand: list[str] = []
+        self._in_hand_lock = threading.Lock()
+        self._next_depth_refresh = 0.0
+
+    # ---- control ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop reading new batches; returns at once (see ``stop`` to wait)."""
+        self._stopping.set()
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """Stop reading, let the batch in hand finish, and wait up to ``timeout`` s.
+
+        Returns False if the batch was still running at the timeout. Its entries stay unacked
+        and another worker reclaims them after the visibility timeout.
+        """
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+        return not self.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # ---- main loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        lease_thread = threading.Thread(target=self._renew_leases, name=f"{self.name}-lease", daemon=True)
+        lease_thread.start()
+        log.info("worker %s consuming stage %s (batch <= %d)", self.consumer, self.stage, self.batch_size)
+        try:
+            self._loop()
+        finally:
+            self._finished.set()
+        log.info("worker %s stopped (%d batches)", self.consumer, self.batches_done)
+
+    def _loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                tasks = self.queue.read_batch(self.stage, self.consumer, self.batch_size, self.block_ms)
+                self._refresh_depth()
+            except redis.RedisError as exc:
+                # Redis restarting or unreachable: keep the worker alive and try again.
+                log.warning(
+                    "worker %s: reading %s failed (%s); retrying in %.1f s",
+                    self.consumer,
+                    self.stage,
+                    exc,
+                    backoff,
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if not tasks:
+                continue
+            # Delivered to us, so finished even when a stop was requested meanwhile.
+            try:
+                self._process(tasks)
+            except Exception:
+                # A bug in the bookkeeping, not in the handler: the entries stay pending and are retried.
+                log.exception("worker %s: unexpected error around a batch of %d", self.consumer, len(tasks))
+
+    def _process(self, tasks: list[Task]) -> None:
+        with self._in_hand_lock:
+            self._in_hand = [task.entry_id for task in tasks]
+        started = time.perf_counter()
+        try:
+            done, transient = self._run_isolating(tasks)
+        finally:
+            with self._in_hand_lock:
+                self._in_hand = []
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_size.labels(self.stage).observe(len(tasks))
+        self.metrics.batch_latency.labels(self.stage).observe(elapsed)
+        for _, result in done:
+            self.metrics.tasks.labels(self.stage, "ok" if result.ok else "failed").inc()
+        try:
+            if done:
+                self.queue.complete(self.stage, done)
+            for task, error in transient:
+                self.queue.record_failure(self.stage, task.entry_id, error)
+        except redis.RedisError as exc:
+            # The entries stay pending and are redone after the visibility timeout: idempotent.
+            log.error("worker %s: could not publish/ack %d results: %s", self.consumer, len(done), exc)
+        self.batches_done += 1
+
+    def _run_isolating(
+        self, tasks: list[Task]
+    ) -> tuple[list[tuple[str, TaskResult]], list[tuple[Task, str]]]:
+        """Run the batch; if it fails as a whole, run its tasks one by one. Returns (done, transient)."""
+        try:
+            results = self._call(tasks)
+            return [(task.entry_id, result) for task, result in zip(tasks, results, strict=True)], []
+        except Exception as exc:
+            if len(tasks) == 1:
+                return self._single_failure(tasks[0], exc)
+            log.warning(
+                "worker %s: batch of %d %s tasks failed (%s: %s); retrying one by one to isolate the bad input",
+                self.consumer, len(tasks), self.stage, type(exc).__name__, exc,
+            )  # fmt: skip
+        done: list[tuple[str, TaskResult]] = []
+        transient: list[tuple[Task, str]] = []
+        for task in tasks:
+            try:
+                done.append((task.entry_id, self._call([task])[0]))
+            except Exception as exc:
+                one_done, one_transient = self._single_failure(task, exc)
+                done += one_done
+                transient += one_transient
+        return done, transient
+
+    def _call(self, tasks: list[Task]) -> list[TaskResult]:
+        results = self.handler(list(tasks))
+        if not isinstance(results, Sequence) or len(results) != len(tasks):
+            count = len(results) if isinstance(results, Sequence) else type(results).__name__
+            raise HandlerContractError(f"handler returned {count} results for {len(tasks)} tasks")
+        for task, result in zip(tasks, results, strict=True):
+            if not isinstance(result, TaskResult) or result.task_id != task.task_id:
+                raise HandlerContractError(
+                    f"handler result {result!r} does not belong to task {task.task_id}"
+                )
+            if not result.worker:
+                result.worker = self.consumer
+        return list(results)
+
+    def _single_failure(
+        self, task: Task, exc: Exception
+    ) -> tuple[list[tuple[str, TaskResult]], list[tuple[Task, str]]]:
+        status = error_status(exc)
+        if status is not None:
+            code, message = status
+            log.info("task %s failed permanently: %s %s", task.task_id, code, message)
+            self.metrics.task_failures.labels(self.stage, "permanent").inc()
+            result = TaskResult.failure(task, code, message)
+            result.worker = self.consumer
+            return [(task.entry_id, result)], []
+        then = "retried" if task.deliveries < self.queue.max_deliveries else "dead-lettered"
+        log.error(
+            "task %s failed (delivery %d of %d); it will be %s",
+            task.task_id, task.deliveries, self.queue.max_deliveries, then, exc_info=exc,
+        )  # fmt: skip
+        self.metrics.task_failures.labels(self.stage, "transient").inc()
+        return [], [(task, f"{type(exc).__name__}: {exc}")]
+
+    # ---- background duties ------------------------------------------------------------------
+
+    def _renew_leases(self) -> None:
+        """Renew the entries in hand every third of the visibility timeout, until the loop ends."""
+        period = max(self.queue.visibility_timeout_s / 3.0, 0.05)
+        while not self._finished.wait(period):
+            with self._in_hand_lock:
+                ids = list(self._in_hand)
+            if not ids:
+                continue
+            try:
+                self.queue.extend(self.stage, self.consumer, ids)
+            except redis.RedisError as exc:
+                log.warning("worker %s: could not renew %d leases: %s", self.consumer, len(ids), exc)
+
+    def _refresh_depth(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_depth_refresh:
+            self._next_depth_refresh = now + DEPTH_REFRESH_S
+            self.metrics.queue_depth.labels(self.stage).set(self.queue.backlog(self.stage))

@@ -1,0 +1,296 @@
+"""Near-duplicate removal on CLIP features (SFHQ: no two released images have cosine similarity > ~0.92).
+
+Rule (greedy, in order): a candidate is dropped when its cosine similarity to an already accepted image
+(an item of `index`) or to an earlier *kept* candidate exceeds the threshold; otherwise it is kept.
+`worst_first=True` orders candidates by score, best first, so each near-duplicate group keeps its
+best-scored member; this is what VTA's `delete_worst_near_duplicates` aims at (it sorts by classifier
+probability and drops the worse members).
+
+Difference from VTA's `delete_near_duplicates`, on purpose: VTA drops a row when *any* not-yet-dropped
+row is similar, which in a chain a~b~c (a !~ c) drops both a and b. Here a dropped candidate always has a
+kept twin above the threshold, and no two kept candidates are above it: fewer images lost, same guarantee.
+
+Scale: pairs come from a partitioned (IVF-style) self-join, never an all-pairs loop. Up to
+EXACT_PAIRS_LIMIT candidates, exact dense blocks; beyond, a k-means partition where each list is compared
+by dense BLAS blocks with the rows that have it among their p nearest centroids, p being the smallest that
+finds the true pairs of a measured sample (so the recall of duplicates is known, not assumed). A FAISS IVF
+range search gives the same pairs and is kept as `pair_method="faiss_ivf"`; on CPU it is several times
+slower because it scans lists one vector at a time instead of with matrix products (bench/search.py).
+Against already accepted images the index's own range search is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from services.search.index import SearchFilter, VectorIndex, nlist_for, normalize_rows
+
+log = logging.getLogger(__name__)
+
+SFHQ_THRESHOLD = 0.92
+EXACT_PAIRS_LIMIT = 10_000  # up to this, exact dense blocks are fast enough (n² d flops)
+PAIR_SAMPLE_QUERIES = 1_000
+TARGET_PAIR_RECALL = 0.995
+
+
+class DedupInputError(ValueError):
+    """Bad dedup request (threshold out of range, scores missing or mismatched...)."""
+
+
+@dataclass
+class DedupResult:
+    kept: list[int]  # positions of the kept candidates, ascending
+    duplicates: list[tuple[int, int | str, float]]  # (position, duplicate_of, similarity), by position
+    # duplicate_of is a kept candidate's position (int) or an indexed item id (str)
+    method: str = ""  # how pairs were found ("exact", "ivf nlist=… nprobe=…")
+    pair_recall: float | None = None  # measured recall of above-threshold pairs (1.0 when exact)
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+
+def near_duplicates(vectors: np.ndarray, threshold: float = SFHQ_THRESHOLD, scores: np.ndarray | None = None,
+                    worst_first: bool = False, index: VectorIndex | None = None, *,
+                    index_filter: SearchFilter | None = None, pair_method: str = "auto",
+                    seed: int = 0) -> DedupResult:
+    """Greedy near-duplicate removal of `vectors` (raw or normalised features, [N, D], in order).
+
+    `index`: already accepted images; a candidate above the threshold to any of them (optionally only
+    those matching `index_filter`, e.g. one job) is a duplicate of that item id.
+    `scores` + `worst_first`: keep the best-scored member of each group.
+    """
+    started = time.perf_counter()
+    if not -1.0 <= threshold < 1.0:
+        raise DedupInputError(f"threshold must be a cosine similarity in [-1, 1), got {threshold}")
+    unit = normalize_rows(vectors, dim=index.dim if index is not None else None, what="dedup vectors") \
+        if len(np.asarray(vectors)) else np.zeros((0, 1), np.float32)
+    n = len(unit)
+    order = np.arange(n)
+    if worst_first:
+        if scores is None:
+            raise DedupInputError("worst_first needs one quality score per candidate")
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        if len(scores) != n:
+            raise DedupInputError(f"{len(scores)} scores for {n} candidates")
+        if not np.isfinite(scores).all():
+            raise DedupInputError("scores contain NaN or infinity")
+        order = np.argsort(-scores, kind="stable")  # best first; ties keep input order
+    if n == 0:
+        return DedupResult(kept=[], duplicates=[], method="empty", pair_recall=1.0)
+
+    duplicate_of: dict[int, tuple[int | str, float]] = {}
+    if index is not None and len(index):
+        for pos, matches in enumerate(index.range_search(unit, threshold, filter=index_filter)):
+            if matches:
+                duplicate_of[pos] = matches[0]  # the most similar accepted item
+
+    pairs = find_pairs(unit, threshold, method=pair_method, seed=seed)
+    lims, neighbours, sims = pairs.csr(n)
+    # Candidates with no twin in the batch are decided at once; only the others need the greedy walk.
+    has_twins = np.diff(lims) > 0
+    kept = ~has_twins
+    for pos in duplicate_of:
+        kept[pos] = False
+    for pos in order[has_twins[order]]:
+        if pos in duplicate_of:
+            continue
+        row_neighbours = neighbours[lims[pos]:lims[pos + 1]]
+        twins = kept[row_neighbours]
+        if not twins.any():
+            kept[pos] = True
+            continue
+        row_sims = sims[lims[pos]:lims[pos + 1]]
+        best = int(np.argmax(np.where(twins, row_sims, -np.inf)))
+        duplicate_of[pos] = (int(row_neighbours[best]), float(row_sims[best]))
+
+    duplicates = sorted((pos, other, float(sim)) for pos, (other, sim) in duplicate_of.items())
+    result = DedupResult(kept=np.flatnonzero(kept).tolist(), duplicates=duplicates, method=pairs.method,
+                         pair_recall=pairs.recall, seconds=time.perf_counter() - started,
+                         stats={"candidates": n, "pairs": len(pairs.a)})
+    log.info("dedup of %d candidates at %.3f: kept %d, %d duplicates (%s, %.1f s)", n, threshold,
+             len(result.kept), len(duplicates), pairs.method, result.seconds)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ pair finding
+
+
+@dataclass
+class PairSet:
+    """Unordered above-threshold pairs (a < b) among the candidates, and how they were found."""
+
+    a: np.ndarray
+    b: np.ndarray
+    sims: np.ndarray
+    method: str
+    recall: float  # measured fraction of true pairs found (1.0 when exact)
+
+    def csr(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both directions as compressed rows: neighbours of i are `rows[lims[i]:lims[i+1]]`."""
+        src = np.concatenate([self.a, self.b])
+        dst = np.concatenate([self.b, self.a])
+        sims = np.concatenate([self.sims, self.sims])
+        order = np.argsort(src, kind="stable")
+        lims = np.searchsorted(src[order], np.arange(n + 1))
+        return lims, dst[order], sims[order]
+
+
+def find_pairs(unit: np.ndarray, threshold: float, *, method: str = "auto", seed: int = 0) -> PairSet:
+    """All pairs of unit rows with cosine similarity > threshold.
+
+    method: "exact" (blocked dense products, n² d work), "cluster_join" (k-means partition; each list is
+    compared, by dense blocks, with the rows that have it among their p nearest centroids; p measured),
+    "faiss_ivf" (FAISS IVF range search, nprobe measured), or "auto" (exact up to EXACT_PAIRS_LIMIT rows,
+    cluster_join beyond).
+    """
+    n = len(unit)
+    if method == "auto":
+        method = "exact" if n <= EXACT_PAIRS_LIMIT else "cluster_join"
+    if method == "exact" or n < 2:
+        a, b, sims = _block_pairs(unit, np.arange(n), np.arange(n), threshold)
+        return _unique_pairs(a, b, sims, "exact", 1.0)
+    if method == "cluster_join":
+        return _cluster_join(unit, threshold, seed)
+    if method == "faiss_ivf":
+        return _faiss_ivf_pairs(unit, threshold, seed)
+    raise DedupInputError(f"unknown pair method {method!r} (auto, exact, cluster_join, faiss_ivf)")
+
+
+def _block_pairs(unit: np.ndarray, rows: np.ndarray, cols: np.ndarray, threshold: float,
+                 block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (rows[i], cols[j]) above threshold, by BLAS blocks small enough to stay in cache-sized memory."""
+    found_a, found_b, found_s = [], [], []
+    for r0 in range(0, len(rows), block):
+        row_ids = rows[r0:r0 + block]
+        left = unit[row_ids]
+        for c0 in range(0, len(cols), block):
+            col_ids = cols[c0:c0 + block]
+            sims = left @ unit[col_ids].T
+            i, j = np.nonzero(sims > threshold)
+            if len(i):
+                found_a.append(row_ids[i])
+                found_b.append(col_ids[j])
+                found_s.append(sims[i, j])
+    if not found_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray, sims: np.ndarray, method: str, recall: float) -> PairSet:
+    """Drop self pairs, orient as (low, high), and keep one copy of each pair."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    not_self = a != b
+    a, b, sims = a[not_self], b[not_self], np.asarray(sims, np.float32)[not_self]
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    _, first = np.unique(low * (int(high.max(initial=0)) + 1) + high, return_index=True)
+    return PairSet(a=low[first], b=high[first], sims=sims[first], method=method, recall=recall)
+
+
+def _sample_truth(unit: np.ndarray, threshold: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What pair recall is measured on: for a random sample of rows, their exact above-threshold pairs
+    and their exact nearest-neighbour pairs.
+
+    The nearest-neighbour pairs are included because a sample holds few true duplicates (too few to
+    resolve a 0.5 % miss rate) while every row has a nearest neighbour, and it is usually *less* similar
+    than a duplicate, hence harder to find: recall measured on both is a conservative estimate.
+    Returns (above-threshold pairs [P, 2], nearest-neighbour pairs [Q, 2], sample rows).
+    """
+    n = len(unit)
+    sample_rows = np.sort(rng.choice(n, size=min(n, PAIR_SAMPLE_QUERIES), replace=False))
+    a, b, _ = _block_pairs(unit, sample_rows, np.arange(n), threshold)
+    keep = a != b
+    above = np.stack([a[keep], b[keep]], axis=1)
+    _, nearest = faiss.knn(unit[sample_rows], unit, 2, metric=faiss.METRIC_INNER_PRODUCT)
+    # The nearest other row (the row itself is normally first, but exact copies may swap places).
+    other = np.where(nearest[:, 0] == sample_rows, nearest[:, 1], nearest[:, 0])
+    return above, np.stack([sample_rows, other], axis=1), sample_rows
+
+
+def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int = 16) -> PairSet:
+    n, dim = unit.shape
+    nlist = nlist_for(n)
+    rng = np.random.default_rng(seed)
+    # 40 points per centroid: just above FAISS's minimum; the partition only has to be reasonable,
+    # because the probe count is measured afterwards.
+    kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=seed, spherical=True, max_points_per_centroid=40)
+    kmeans.train(unit[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))])
+    max_probe = min(max_probe, nlist)
+    _, lists = faiss.knn(unit, kmeans.centroids, max_probe, metric=faiss.METRIC_INNER_PRODUCT)
+    primary = lists[:, 0]
+
+    # A pair (q, r) is compared when r's list is among q's p nearest, or q's among r's: its "rank" is the
+    # smaller of the two positions. The smallest p covering TARGET_PAIR_RECALL of the sample's pairs wins.
+    above, nearest, _ = _sample_truth(unit, threshold, rng)
+    truth = np.concatenate([above, nearest])
+    rank_qr = _position(lists[truth[:, 0]], primary[truth[:, 1]], max_probe)
+    rank_rq = _position(lists[truth[:, 1]], primary[truth[:, 0]], max_probe)
+    ranks = np.minimum(rank_qr, rank_rq)
+    probe, recall = max_probe, float(np.mean(ranks < max_probe)) if len(ranks) else 1.0
+    for p in range(1, max_probe + 1):
+        covered = float(np.mean(ranks < p)) if len(ranks) else 1.0
+        if covered >= TARGET_PAIR_RECALL:
+            probe, recall = p, covered
+            break
+
+    by_primary = np.argsort(primary, kind="stable")
+    member_bounds = np.searchsorted(primary[by_primary], np.arange(nlist + 1))
+    probed_lists = lists[:, :probe].ravel()
+    probed_rows = np.repeat(np.arange(n), probe)
+    by_probe = np.argsort(probed_lists, kind="stable")
+    probe_bounds = np.searchsorted(probed_lists[by_probe], np.arange(nlist + 1))
+    found_a, found_b, found_s = [], [], []
+    for cell in range(nlist):
+        members = by_primary[member_bounds[cell]:member_bounds[cell + 1]]
+        if len(members) == 0:
+            continue
+        visitors = probed_rows[by_probe[probe_bounds[cell]:probe_bounds[cell + 1]]]
+        a, b, sims = _block_pairs(unit, members, visitors, threshold)
+        found_a.append(a)
+        found_b.append(b)
+        found_s.append(sims)
+    return _unique_pairs(np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s),
+                         f"cluster_join nlist={nlist} probe={probe}", recall)
+
+
+def _position(lists: np.ndarray, wanted: np.ndarray, missing: int) -> np.ndarray:
+    """Index of `wanted[i]` in `lists[i]`, or `missing` where absent."""
+    hit = lists == wanted[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), missing)
+
+
+def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int) -> PairSet:
+    """FAISS IVF range search of every row, with nprobe doubled until the sample's pairs are found."""
+    n, dim = unit.shape
+    nlist = nlist_for(n)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.seed = seed
+    ivf.cp.max_points_per_centroid = 40
+    rng = np.random.default_rng(seed)
+    ivf.train(unit[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))])
+    ivf.add(unit)
+    above, nearest, sample_rows = _sample_truth(unit, threshold, rng)
+    wanted_above = {tuple(p) for p in above.tolist()}
+    wanted_nearest = {tuple(p) for p in nearest.tolist()}
+    nprobe = 1
+    while True:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        lims, _, rows = ivf.range_search(unit[sample_rows], threshold, params=params)
+        found = {(int(q), int(r)) for i, q in enumerate(sample_rows) for r in rows[lims[i]:lims[i + 1]]}
+        _, top = ivf.search(unit[sample_rows], 2, params=params)
+        found |= {(int(q), int(r)) for q, row in zip(sample_rows, top, strict=True) for r in row}
+        hits = len(wanted_above & found) + len(wanted_nearest & found)
+        recall = hits / (len(wanted_above) + len(wanted_nearest))
+        if recall >= TARGET_PAIR_RECALL or nprobe >= nlist:
+            break
+        nprobe = min(nlist, 2 * nprobe)
+    lims, sims, rows = ivf.range_search(unit, threshold, params=faiss.SearchParametersIVF(nprobe=nprobe))
+    queries = np.repeat(np.arange(n), np.diff(lims.astype(np.int64)))
+    return _unique_pairs(queries, rows, sims, f"faiss_ivf nlist={nlist} nprobe={nprobe}", recall)
+
+
+__all__ = ["SFHQ_THRESHOLD", "DedupInputError", "DedupResult", "PairSet", "find_pairs", "near_duplicates"]

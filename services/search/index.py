@@ -1,0 +1,777 @@
+"""The vector index: FAISS over L2-normalised CLIP features (inner product = cosine similarity).
+
+What it keeps, per row (a row is one added vector; FAISS ids are the row numbers):
+- the normalised vector in float16 (the source of truth for rebuilds, exact filtered search, labels;
+  SFHQ's own features are float16 too), and the item metadata used by filters and results:
+  item id, job id, source, image URI, taste score;
+- an "alive" flag: removal is a tombstone, because HNSW cannot delete and FAISS renumbers on removal.
+  Tombstoned rows are excluded with an ID selector and dropped at the next rebuild (compaction).
+
+The index type follows the size and a target recall@10, and its search parameter is tuned by measuring
+recall against exact search on the data at hand (`choose_index_type`, `tune_search_parameter`):
+    n <= 20k: exact flat (float32) · n <= 200k: flat with an fp16 scalar quantiser (half the memory,
+    recall ≈ 1) · beyond: IVF-Flat or HNSW, whichever reaches the target recall with the lower latency on
+    a sample (IVF on a tie: it builds faster and is cheap to rebuild).
+
+Persistence writes a new version folder and then flips a small `CURRENT` pointer (BlobStore.put is atomic),
+so a reader never loads half an index, on a local folder or on S3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FLAT_LIMIT = 20_000  # exact float32 search up to here
+EXACT_LIMIT = 200_000  # exact fp16 search up to here; approximate (IVF/HNSW) beyond
+TUNING_QUERIES = 300  # data rows used as queries when measuring recall@10
+RECALL_K = 10
+MAX_TOP_K = 1000
+BRUTE_FORCE_ROWS = 20_000  # a filter selecting at most this many rows is answered exactly from float16 copies
+FORMAT_VERSION = 1
+INDEX_KINDS = ("flat", "sq_fp16", "ivf", "hnsw")
+
+
+class IndexInputError(ValueError):
+    """Bad input to the index (wrong dimension, non-finite or zero vectors, mismatched lengths...)."""
+
+
+# ------------------------------------------------------------------------------------------ data types
+
+
+@dataclass
+class ItemMeta:
+    """What the index stores about an item besides its vector."""
+
+    job_id: str = ""
+    source: str = ""
+    image_uri: str = ""
+    taste_score: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Restrict results. `source` matches exactly, or as a family: "job" matches "job:<id>" sources."""
+
+    job_id: str | None = None
+    source: str | None = None
+    min_taste: float | None = None
+    max_taste: float | None = None
+
+    def is_empty(self) -> bool:
+        return not self.job_id and not self.source and self.min_taste is None and self.max_taste is None
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float  # cosine similarity
+    image_uri: str
+    job_id: str
+    source: str
+    taste_score: float | None
+
+
+@dataclass
+class IndexSpec:
+    """Which FAISS index to build and how to search it (the search parameter is measured, not guessed)."""
+
+    kind: str = "flat"
+    nlist: int = 0  # ivf: number of inverted lists
+    nprobe: int = 0  # ivf: lists visited per query
+    hnsw_m: int = 0  # hnsw: graph degree
+    ef_construction: int = 0
+    ef_search: int = 0  # hnsw: candidate list length per query
+    target_recall: float = 0.95
+    measured_recall: float | None = None  # recall@10 vs exact search, measured on the data at hand
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise IndexInputError(f"unknown index kind {self.kind!r}; expected one of {INDEX_KINDS}")
+
+    def describe(self) -> str:
+        if self.kind == "ivf":
+            return f"IVF{self.nlist},Flat nprobe={self.nprobe}"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat efSearch={self.ef_search}"
+        return {"flat": "Flat", "sq_fp16": "SQfp16"}[self.kind]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IndexSpec:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+# ------------------------------------------------------------------------------------------ FAISS helpers
+
+
+def normalize_rows(vectors: np.ndarray, *, dim: int | None = None, what: str = "vectors") -> np.ndarray:
+    """Validate [N, D] (or [D]) features and return float32 unit rows; raises IndexInputError naming the problem."""
+    array = np.asarray(vectors)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise IndexInputError(f"{what} must be [N, D], got shape {list(array.shape)}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise IndexInputError(f"{what} must be numeric, got dtype {array.dtype}")
+    if dim is not None and array.shape[1] != dim:
+        raise IndexInputError(f"{what} have dimension {array.shape[1]}, the index holds {dim}-d vectors")
+    array = np.array(array, dtype=np.float32, copy=True)
+    if not np.isfinite(array).all():
+        raise IndexInputError(f"{what} contain NaN or infinity")
+    norms = np.linalg.norm(array, axis=1)
+    if array.shape[0] and norms.min() < 1e-12:
+        raise IndexInputError(f"{what} contain an all-zero row (row {int(norms.argmin())}); it has no direction")
+    array /= norms[:, None]
+    return array
+
+
+def nlist_for(n: int) -> int:
+    """Inverted lists for n vectors: ~2·√n (a few hundred vectors per list), within FAISS's training needs."""
+    return int(min(max(16, round(2 * math.sqrt(max(n, 1)))), max(16, n // 39)))
+
+
+def build_faiss_index(spec: IndexSpec, dim: int, vectors: np.ndarray, *, seed: int = 0,
+                      chunk: int = 65_536) -> faiss.Index:
+    """Build the index of `spec` over unit float32 `vectors` (row i gets FAISS id i)."""
+    metric = faiss.METRIC_INNER_PRODUCT
+    if spec.kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif spec.kind == "sq_fp16":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, metric)
+    elif spec.kind == "ivf":
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, metric)  # keeps a reference to its quantizer
+        index.cp.seed = seed
+        # 64 points per centroid are plenty for k-means on CLIP features, and keep training fast.
+        index.cp.max_points_per_centroid = 64
+        index.train(_training_sample(vectors, 64 * spec.nlist, seed))
+        index.nprobe = max(1, spec.nprobe)
+    else:
+        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
+        index.hnsw.efConstruction = spec.ef_construction
+        index.hnsw.efSearch = max(RECALL_K, spec.ef_search)
+    for start in range(0, len(vectors), chunk):
+        index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
+    return index
+
+
+def _training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if len(vectors) <= size:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def search_parameters(spec: IndexSpec, selector: faiss.IDSelector | None = None,
+                      effort: float = 1.0) -> faiss.SearchParameters:
+    """FAISS per-call parameters: the tuned nprobe/efSearch (scaled by `effort`) and an optional ID selector."""
+    if spec.kind == "ivf":
+        params = faiss.SearchParametersIVF(nprobe=min(spec.nlist, max(1, int(round(spec.nprobe * effort)))))
+    elif spec.kind == "hnsw":
+        params = faiss.SearchParametersHNSW(efSearch=max(RECALL_K, int(round(spec.ef_search * effort))))
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+    return params
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int,
+                     exclude: np.ndarray | None = None) -> np.ndarray:
+    """Exact top-k ids by inner product ([Q, k]); `exclude[q]` (a row id) is dropped from query q's list."""
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    extra = 1 if exclude is not None else 0
+    _, ids = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k + extra)
+    return _drop_self(ids, exclude, k)
+
+
+def _drop_self(ids: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
+    if exclude is None:
+        return ids[:, :k]
+    out = np.full((len(ids), k), -1, np.int64)
+    for q, row in enumerate(ids):
+        kept = row[row != exclude[q]][:k]
+        out[q, :len(kept)] = kept
+    return out
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K) -> float:
+    """Mean fraction of the true top-k found in the returned top-k."""
+    hits = 0
+    for f, t in zip(found[:, :k], truth[:, :k], strict=True):
+        hits += len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
+    return hits / max(1, truth[:, :k].size)
+
+
+def tune_search_parameter(index: faiss.Index, spec: IndexSpec, queries: np.ndarray, truth: np.ndarray,
+                          query_rows: np.ndarray | None = None) -> IndexSpec:
+    """Smallest nprobe / efSearch reaching `spec.target_recall` recall@10 on these queries (measured).
+
+    Doubling finds a bracket, bisection the smallest passing value. If nothing reaches the target, the
+    most thorough setting is kept and the recall it measured is recorded.
+    """
+    if spec.kind not in ("ivf", "hnsw"):
+        found = _search_ids(index, spec, queries, query_rows)
+        spec.measured_recall = recall_at_k(found, truth)
+        return spec
+    field_name = "nprobe" if spec.kind == "ivf" else "ef_search"
+    low_limit, high_limit = (1, spec.nlist) if spec.kind == "ivf" else (RECALL_K, 4096)
+
+    def measure(value: int) -> float:
+        setattr(spec, field_name, value)
+        return recall_at_k(_search_ids(index, spec, queries, query_rows), truth)
+
+    value, failed = low_limit, low_limit - 1
+    recall = measure(value)
+    while recall < spec.target_recall and value < high_limit:
+        failed, value = value, min(high_limit, value * 2)
+        recall = measure(value)
+    if recall >= spec.target_recall:
+        best, best_recall = value, recall
+        lo, hi = failed, value  # lo fails (or is below the range), hi passes
+        while hi - lo > max(1, hi // 16):  # bisect to within ~6 %: finer steps are within noise
+            mid = (lo + hi) // 2
+            mid_recall = measure(mid)
+            if mid_recall >= spec.target_recall:
+                hi, best, best_recall = mid, mid, mid_recall
+            else:
+                lo = mid
+        value, recall = best, best_recall
+    setattr(spec, field_name, value)
+    spec.measured_recall = recall
+    return spec
+
+
+def _search_ids(index: faiss.Index, spec: IndexSpec, queries: np.ndarray, query_rows: np.ndarray | None) -> np.ndarray:
+    extra = 1 if query_rows is not None else 0
+    _, ids = index.search(queries, RECALL_K + extra, params=search_parameters(spec))
+    return _drop_self(ids, query_rows, RECALL_K)
+
+
+def _time_per_query(index: faiss.Index, spec: IndexSpec, queries: np.ndarray) -> float:
+    params = search_parameters(spec)
+    start = time.perf_counter()
+    for q in queries:
+        index.search(q[None, :], RECALL_K, params=params)
+    return (time.perf_counter() - start) / max(1, len(queries))
+
+
+def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: np.ndarray | None = None,
+                      max_sample: int = 30_000, seed: int = 0) -> IndexSpec:
+    """Pick the index kind for `n` vectors and tune it to `target_recall` recall@10 on `sample`.
+
+    `sample` (unit rows of the data at hand) is required beyond EXACT_LIMIT: IVF and HNSW are both built
+    on (up to `max_sample` rows of) it, each tuned to the target, and the faster one at that recall wins.
+    The returned nprobe is scaled to the full size's nlist; `VectorIndex.rebuild` re-tunes on the real index.
+    """
+    if not 0.0 < target_recall <= 1.0:
+        raise IndexInputError(f"target recall must be in (0, 1], got {target_recall}")
+    if n <= FLAT_LIMIT:
+        return IndexSpec("flat", target_recall=target_recall, measured_recall=1.0)
+    if sample is None:
+        raise IndexInputError("choose_index_type needs a sample of the data to measure recall beyond "
+                              f"{FLAT_LIMIT} vectors")
+    rng = np.random.default_rng(seed)
+    if len(sample) > max_sample:
+        sample = sample[np.sort(rng.choice(len(sample), size=max_sample, replace=False))]
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    query_rows = rng.choice(len(sample), size=min(TUNING_QUERIES, len(sample)), replace=False)
+    queries = sample[query_rows]
+    truth = exact_neighbours(sample, queries, RECALL_K, exclude=query_rows)
+
+    if n <= EXACT_LIMIT:
+        spec = IndexSpec("sq_fp16", target_recall=target_recall)
+        spec = tune_search_parameter(build_faiss_index(spec, dim, sample), spec, queries, truth, query_rows)
+        if spec.measured_recall >= target_recall:
+            return spec
+        return IndexSpec("flat", target_recall=target_recall, measured_recall=1.0)
+
+    candidates: list[tuple[float, IndexSpec]] = []
+    for spec in (IndexSpec("ivf", nlist=nlist_for(len(sample)), nprobe=1, target_recall=target_recall),
+                 IndexSpec("hnsw", hnsw_m=32, ef_construction=40, ef_search=RECALL_K, target_recall=target_recall)):
+        index = build_faiss_index(spec, dim, sample, seed=seed)
+        spec = tune_search_parameter(index, spec, queries, truth, query_rows)
+        latency = _time_per_query(index, spec, queries[:100])
+        log.info("index candidate %s: recall@10 %.3f, %.2f ms/query on %d rows", spec.describe(),
+                 spec.measured_recall, latency * 1e3, len(sample))
+        # Missing the target is penalised so a candidate that reaches it always wins.
+        penalty = 0.0 if spec.measured_recall >= target_recall else 1e3
+        candidates.append((latency + penalty, spec))
+    (ivf_cost, ivf), (hnsw_cost, hnsw) = candidates
+    chosen = ivf if ivf_cost <= 1.25 * hnsw_cost else hnsw
+    if chosen.kind == "ivf":
+        full_nlist = nlist_for(n)
+        chosen.nprobe = min(full_nlist, math.ceil(chosen.nprobe * full_nlist / chosen.nlist))
+        chosen.nlist = full_nlist
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ the index
+
+
+class _Column:
+    """A growable numpy column (amortised O(1) append)."""
+
+    def __init__(self, dtype, width: int | None = None, fill=0) -> None:
+        shape = (16,) if width is None else (16, width)
+        self.data = np.full(shape, fill, dtype=dtype)
+        self.size = 0
+        self.fill = fill
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.size + len(values)
+        if need > len(self.data):
+            grown = np.full((max(need, 2 * len(self.data)),) + self.data.shape[1:], self.fill, self.data.dtype)
+            grown[:self.size] = self.data[:self.size]
+            self.data = grown
+        self.data[self.size:need] = values
+        self.size = need
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.data[:self.size]
+
+    @classmethod
+    def of(cls, values: np.ndarray, fill=0) -> _Column:
+        column = cls(values.dtype, values.shape[1] if values.ndim == 2 else None, fill)
+        column.extend(values)
+        return column
+
+
+class _Vocabulary:
+    """Strings ⇄ small integer codes (job ids and sources repeat across many rows)."""
+
+    def __init__(self, words: Sequence[str] = ()) -> None:
+        self.words: list[str] = list(words)
+        self.codes: dict[str, int] = {w: i for i, w in enumerate(self.words)}
+
+    def code(self, word: str) -> int:
+        if word not in self.codes:
+            self.codes[word] = len(self.words)
+            self.words.append(word)
+        return self.codes[word]
+
+
+@dataclass
+class _Rows:
+    """Everything stored per row, column by column."""
+
+    dim: int
+    vectors: _Column = field(init=False)
+    alive: _Column = field(init=False)
+    job: _Column = field(init=False)
+    source: _Column = field(init=False)
+    taste: _Column = field(init=False)
+    item_ids: list[str] = field(default_factory=list)
+    image_uris: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.vectors = _Column(np.float16, self.dim)
+        self.alive = _Column(np.bool_)
+        self.job = _Column(np.int32)
+        self.source = _Column(np.int32)
+        self.taste = _Column(np.float32, fill=np.nan)
+
+    def __len__(self) -> int:
+        return self.alive.size
+
+
+class VectorIndex:
+    """Item-addressed vector index with metadata filters, range search, tuning and blob-store persistence.
+
+    Thread-safe: one lock serialises mutations and searches (FAISS searches are short and use every core).
+    """
+
+    def __init__(self, dim: int, *, target_recall: float = 0.95, spec: IndexSpec | None = None,
+                 auto_rebuild: bool = True) -> None:
+        if dim <= 0:
+            raise IndexInputError(f"dimension must be positive, got {dim}")
+        self.dim = dim
+        self.target_recall = target_recall
+        self.auto_rebuild = auto_rebuild
+        self.spec = spec or IndexSpec("flat", target_recall=target_recall, measured_recall=1.0)
+        self._rows = _Rows(dim)
+        self._row_of: dict[str, int] = {}
+        self._jobs = _Vocabulary([""])
+        self._sources = _Vocabulary([""])
+        self._faiss = build_faiss_index(self.spec, dim, np.zeros((0, dim), np.float32)) \
+            if self.spec.kind in ("flat", "sq_fp16", "hnsw") else None
+        self._built_at = 0  # alive rows at the last (re)build: growth triggers the next one
+        self._bulk_depth = 0
+        self._lock = threading.RLock()
+        self.version: str | None = None  # the persisted version this was loaded from / saved as
+
+    # ---- size and look-up ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._row_of
+
+    @property
+    def dead_rows(self) -> int:
+        return len(self._rows) - len(self._row_of)
+
+    def item_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._row_of)
+
+    def get_vector(self, item_id: str) -> np.ndarray | None:
+        """The stored unit vector of `item_id` (float32), or None."""
+        with self._lock:
+            row = self._row_of.get(item_id)
+            return None if row is None else self._rows.vectors.view[row].astype(np.float32)
+
+    def get_meta(self, item_id: str) -> ItemMeta | None:
+        with self._lock:
+            row = self._row_of.get(item_id)
+            return None if row is None else self._meta(row)
+
+    def _meta(self, row: int) -> ItemMeta:
+        taste = float(self._rows.taste.view[row])
+        return ItemMeta(job_id=self._jobs.words[self._rows.job.view[row]],
+                        source=self._sources.words[self._rows.source.view[row]],
+                        image_uri=self._rows.image_uris[row], taste_score=None if math.isnan(taste) else taste)
+
+    # ---- mutation -----------------------------------------------------------------------------------
+
+    def add(self, item_ids: Sequence[str], vectors: np.ndarray, metas: Sequence[ItemMeta] | None = None) -> int:
+        """Add (or replace) items; vectors are raw features, normalised here. Returns the index size."""
+        item_ids = list(item_ids)
+        unit = normalize_rows(vectors, dim=self.dim)
+        if len(item_ids) != len(unit):
+            raise IndexInputError(f"{len(item_ids)} item ids but {len(unit)} vectors")
+        if metas is not None and len(metas) != len(item_ids):
+            raise IndexInputError(f"{len(item_ids)} item ids but {len(metas)} metadata records")
+        for item_id in item_ids:
+            if not isinstance(item_id, str) or not item_id:
+                raise IndexInputError(f"item ids must be non-empty strings, got {item_id!r}")
+        if len(set(item_ids)) != len(item_ids):
+            raise IndexInputError("item ids in one add() must be unique")
+        metas = list(metas) if metas is not None else [ItemMeta() for _ in item_ids]
+        if not item_ids:
+            return len(self)
+        with self._lock:
+            self._tombstone([i for i in item_ids if i in self._row_of])  # re-adding replaces
+            first = len(self._rows)
+            rows = self._rows
+            rows.vectors.extend(unit.astype(np.float16))
+            rows.alive.extend(np.ones(len(unit), np.bool_))
+            rows.job.extend(np.array([self._jobs.code(m.job_id or "") for m in metas], np.int32))
+            rows.source.extend(np.array([self._sources.code(m.source or "") for m in metas], np.int32))
+            rows.taste.extend(np.array([np.nan if m.taste_score is None else m.taste_score for m in metas],
+                                       np.float32))
+            rows.item_ids.extend(item_ids)
+            rows.image_uris.extend(m.image_uri or "" for m in metas)
+            for offset, item_id in enumerate(item_ids):
+                self._row_of[item_id] = first + offset
+            if self._faiss is not None:
+                # The float16-rounded vectors, so FAISS and the stored copy agree exactly.
+                self._faiss.add(rows.vectors.view[first:].astype(np.float32))
+            else:
+                self._rebuild_locked(self.spec)  # an untrained IVF (e.g. loaded without FAISS data)
+            self._maybe_rebuild_locked()
+            return len(self)
+
+    def remove(self, item_ids: Iterable[str]) -> int:
+        """Remove items (unknown ids are ignored); returns how many were removed."""
+        with self._lock:
+            removed = self._tombstone([i for i in item_ids if i in self._row_of])
+            self._maybe_rebuild_locked()
+            return removed
+
+    def set_taste_scores(self, scores: dict[str, float | None]) -> int:
+        """Update stored taste scores (e.g. after a new taste model); returns how many items were known."""
+        with self._lock:
+            known = 0
+            for item_id, score in scores.items():
+                row = self._row_of.get(item_id)
+                if row is not None:
+                    self._rows.taste.view[row] = np.nan if score is None else score
+                    known += 1
+            return known
+
+    def _tombstone(self, item_ids: list[str]) -> int:
+        for item_id in item_ids:
+            row = self._row_of.pop(item_id)
+            self._rows.alive.view[row] = False
+        return len(item_ids)
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[VectorIndex]:
+        """Suspend automatic rebuilds during a large import; rebuild once at the end if warranted."""
+        with self._lock:
+            self._bulk_depth += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._bulk_depth -= 1
+                self._maybe_rebuild_locked()
+
+    def _maybe_rebuild_locked(self) -> None:
+        if not self.auto_rebuild or self._bulk_depth:
+            return
+        alive, total = len(self._row_of), len(self._rows)
+        grew = alive > max(FLAT_LIMIT, 2 * self._built_at)
+        too_many_dead = total > 1000 and (total - alive) > 0.25 * total
+        if grew or too_many_dead:
+            self.rebuild()
+
+    def rebuild(self, spec: IndexSpec | None = None) -> IndexSpec:
+        """Compact tombstones and rebuild; with no `spec`, choose and tune the index type for the current size."""
+        with self._lock:
+            return self._rebuild_locked(spec)
+
+    def _rebuild_locked(self, spec: IndexSpec | None) -> IndexSpec:
+        started = time.perf_counter()
+        self._compact()
+        vectors = self._rows.vectors.view.astype(np.float32)
+        n = len(vectors)
+        if spec is None:
+            spec = choose_index_type(n, self.dim, self.target_recall, sample=vectors if n > FLAT_LIMIT else None)
+        spec = IndexSpec.from_dict(spec.to_dict())
+        if spec.kind == "ivf":
+            # Training needs ~39 points per list; a tiny index falls back to exact search.
+            if n < 39 * 16:
+                spec = IndexSpec("flat", target_recall=spec.target_recall, measured_recall=1.0)
+            else:
+                spec.nlist = min(spec.nlist or nlist_for(n), nlist_for(n))
+        index = build_faiss_index(spec, self.dim, vectors)
+        if spec.kind in ("ivf", "hnsw") and n > RECALL_K + 1:
+            rng = np.random.default_rng(0)
+            query_rows = rng.choice(n, size=min(TUNING_QUERIES, n), replace=False)
+            truth = exact_neighbours(vectors, vectors[query_rows], RECALL_K, exclude=query_rows)
+            spec = tune_search_parameter(index, spec, vectors[query_rows], truth, query_rows)
+        self._faiss, self.spec, self._built_at = index, spec, n
+        log.info("index rebuilt: %d vectors, %s, recall@10 %s, %.1f s", n, spec.describe(),
+                 "n/a" if spec.measured_recall is None else f"{spec.measured_recall:.3f}",
+                 time.perf_counter() - started)
+        return spec
+
+    def _compact(self) -> None:
+        """Drop tombstoned rows and renumber (FAISS ids are row numbers, so this precedes a rebuild)."""
+        rows = self._rows
+        keep = np.flatnonzero(rows.alive.view)
+        if len(keep) == len(rows):
+            return
+        fresh = _Rows(self.dim)
+        fresh.vectors = _Column.of(rows.vectors.view[keep])
+        fresh.alive = _Column.of(np.ones(len(keep), np.bool_))
+        fresh.job = _Column.of(rows.job.view[keep])
+        fresh.source = _Column.of(rows.source.view[keep])
+        fresh.taste = _Column.of(rows.taste.view[keep], fill=np.nan)
+        fresh.item_ids = [rows.item_ids[r] for r in keep]
+        fresh.image_uris = [rows.image_uris[r] for r in keep]
+        self._rows = fresh
+        self._row_of = {item_id: row for row, item_id in enumerate(fresh.item_ids)}
+
+    # ---- search -------------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int = 10, filter: SearchFilter | None = None) -> list[list[Hit]]:
+        """Top-k items by cosine similarity for each query ([D] or [Q, D] raw features) → one hit list per query."""
+        if not 1 <= int(k) <= MAX_TOP_K:
+            raise IndexInputError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+        unit = normalize_rows(queries, dim=self.dim, what="query vectors")
+        with self._lock:
+            if not self._row_of or not len(unit):
+                return [[] for _ in unit]
+            selection = self._selection(filter)
+            if selection is None:
+                scores, rows = self._faiss.search(unit, k, params=search_parameters(self.spec))
+            elif not selection.any():
+                return [[] for _ in unit]
+            elif self._answer_exactly(selection):
+                scores, rows = self._exact_subset_search(unit, k, selection)
+            else:
+                with self._bitmap_selector(selection) as selector:
+                    scores, rows = self._faiss.search(
+                        unit, k, params=search_parameters(self.spec, selector, self._effort(selection)))
+            return [[self._hit(int(r), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+                    for srow, rrow in zip(scores, rows, strict=True)]
+
+    def range_search(self, queries: np.ndarray, threshold: float,
+                     filter: SearchFilter | None = None) -> list[list[tuple[str, float]]]:
+        """For each query, every item with cosine similarity > `threshold`, as (item_id, similarity), best first."""
+        unit = normalize_rows(queries, dim=self.dim, what="query vectors")
+        with self._lock:
+            if not self._row_of or not len(unit):
+                return [[] for _ in unit]
+            lims, sims, rows = self._range_rows(unit, float(threshold), filter)
+            out = []
+            for q in range(len(unit)):
+                found = sorted(zip(sims[lims[q]:lims[q + 1]].tolist(), rows[lims[q]:lims[q + 1]].tolist(),
+                                   strict=True), reverse=True)
+                out.append([(self._rows.item_ids[r], s) for s, r in found])
+            return out
+
+    def _range_rows(self, unit: np.ndarray, threshold: float,
+                    filter: SearchFilter | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        selection = self._selection(filter)
+        if selection is None:
+            return self._faiss.range_search(unit, threshold, params=search_parameters(self.spec))
+        if not selection.any():
+            return np.zeros(len(unit) + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if self._answer_exactly(selection):
+            chosen = np.flatnonzero(selection)
+            sims = unit @ self._rows.vectors.view[chosen].astype(np.float32).T
+            lims, all_sims, all_rows = [0], [], []
+            for row_sims in sims:
+                above = np.flatnonzero(row_sims > threshold)
+                all_sims.append(row_sims[above])
+                all_rows.append(chosen[above])
+                lims.append(lims[-1] + len(above))
+            return np.array(lims), np.concatenate(all_sims), np.concatenate(all_rows)
+        with self._bitmap_selector(selection) as selector:
+            return self._faiss.range_search(unit, threshold, params=search_parameters(self.spec, selector))
+
+    def _selection(self, filter: SearchFilter | None) -> np.ndarray | None:
+        """Boolean mask over rows (alive and matching), or None when every row qualifies."""
+        rows = self._rows
+        if (filter is None or filter.is_empty()) and self.dead_rows == 0:
+            return None
+        mask = rows.alive.view.copy()
+        if filter is not None:
+            if filter.job_id:
+                code = self._jobs.codes.get(filter.job_id)
+                mask &= rows.job.view == (-1 if code is None else code)
+            if filter.source:
+                family = filter.source + ":"
+                codes = [c for w, c in self._sources.codes.items() if w == filter.source or w.startswith(family)]
+                mask &= np.isin(rows.source.view, codes)
+            if filter.min_taste is not None:
+                mask &= rows.taste.view >= filter.min_taste  # NaN (unscored) compares False: excluded
+            if filter.max_taste is not None:
+                mask &= rows.taste.view <= filter.max_taste
+        return mask
+
+    def _answer_exactly(self, selection: np.ndarray) -> bool:
+        # Few selected rows: a dense product over their stored copies is exact and faster than a
+        # graph or list walk that keeps discarding non-selected neighbours.
+        count = int(selection.sum())
+        return count <= BRUTE_FORCE_ROWS or (self.spec.kind == "hnsw" and count < 0.1 * len(selection))
+
+    def _effort(self, selection: np.ndarray) -> float:
+        # HNSW finds only what its candidate list reaches; widen it when most rows are filtered out.
+        if self.spec.kind != "hnsw":
+            return 1.0
+        return min(10.0, len(selection) / max(1, int(selection.sum())))
+
+    def _exact_subset_search(self, unit: np.ndarray, k: int, selection: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chosen = np.flatnonzero(selection)
+        sims = unit @ self._rows.vectors.view[chosen].astype(np.float32).T
+        k = min(k, len(chosen))
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        return np.take_along_axis(top_sims, order, axis=1), chosen[np.take_along_axis(top, order, axis=1)]
+
+    @contextlib.contextmanager
+    def _bitmap_selector(self, selection: np.ndarray) -> Iterator[faiss.IDSelector]:
+        bitmap = np.packbits(selection, bitorder="little")
+        # FAISS keeps a raw pointer into `bitmap`: it must stay referenced until the search returns.
+        yield faiss.IDSelectorBitmap(len(selection), faiss.swig_ptr(bitmap))
+        del bitmap
+
+    def _hit(self, row: int, score: float) -> Hit:
+        meta = self._meta(row)
+        return Hit(item_id=self._rows.item_ids[row], score=score, image_uri=meta.image_uri, job_id=meta.job_id,
+                   source=meta.source, taste_score=meta.taste_score)
+
+    # ---- persistence --------------------------------------------------------------------------------
+
+    def save(self, store, key: str = "index/main", *, keep_versions: int = 2) -> str:
+        """Write a new version under `key/<version>/` and atomically point `key/CURRENT` at it."""
+        with self._lock:
+            # Nanosecond time first, so versions sort in write order; the suffix separates concurrent writers.
+            version = f"v{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+            rows = self._rows
+            arrays = io.BytesIO()
+            np.savez(arrays, vectors=rows.vectors.view, alive=rows.alive.view, job=rows.job.view,
+                     source=rows.source.view, taste=rows.taste.view)
+            manifest = {
+                "format": FORMAT_VERSION, "dim": self.dim, "target_recall": self.target_recall,
+                "spec": self.spec.to_dict(), "built_at": self._built_at, "rows": len(rows), "items": len(self),
+                "item_ids": rows.item_ids, "image_uris": rows.image_uris,
+                "jobs": self._jobs.words, "sources": self._sources.words,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            faiss_bytes = faiss.serialize_index(self._faiss).tobytes() if self._faiss is not None else b""
+        # The version folder is complete before the pointer moves; readers follow only the pointer.
+        store.put(f"{key}/{version}/arrays.npz", arrays.getvalue())
+        store.put(f"{key}/{version}/faiss.index", faiss_bytes)
+        store.put(f"{key}/{version}/manifest.json", json.dumps(manifest).encode())
+        store.put(f"{key}/CURRENT", json.dumps({"version": version}).encode())
+        self.version = version
+        self._drop_old_versions(store, key, version, keep_versions)
+        return version
+
+    @staticmethod
+    def _drop_old_versions(store, key: str, current: str, keep: int) -> None:
+        """Delete all but the `keep` newest versions; never the one CURRENT now points at."""
+        prefix = f"{key}/"
+        versions = sorted({k[len(prefix):].split("/", 1)[0] for k in store.list(prefix)
+                           if k[len(prefix):].startswith("v") and "/" in k[len(prefix):]})
+        older = [v for v in versions if v != current]
+        for old in older[:max(0, len(older) - (keep - 1))]:
+            for blob in store.list(f"{prefix}{old}/"):
+                with contextlib.suppress(OSError):
+                    store.delete(blob)
+
+    @classmethod
+    def load(cls, store, key: str = "index/main", *, auto_rebuild: bool = True) -> VectorIndex:
+        """Load the version `key/CURRENT` points at (raises the store's not-found error when there is none)."""
+        pointer = json.loads(store.get(f"{key}/CURRENT"))
+        version = pointer["version"]
+        manifest = json.loads(store.get(f"{key}/{version}/manifest.json"))
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"index {key}/{version} has format {manifest.get('format')}, expected {FORMAT_VERSION}")
+        with np.load(io.BytesIO(store.get(f"{key}/{version}/arrays.npz")), allow_pickle=False) as arrays:
+            columns = {name: arrays[name] for name in arrays.files}
+        index = cls(manifest["dim"], target_recall=manifest["target_recall"],
+                    spec=IndexSpec.from_dict(manifest["spec"]), auto_rebuild=auto_rebuild)
+        rows = _Rows(index.dim)
+        rows.vectors = _Column.of(columns["vectors"])
+        rows.alive = _Column.of(columns["alive"])
+        rows.job = _Column.of(columns["job"])
+        rows.source = _Column.of(columns["source"])
+        rows.taste = _Column.of(columns["taste"], fill=np.nan)
+        rows.item_ids, rows.image_uris = manifest["item_ids"], manifest["image_uris"]
+        index._rows = rows
+        index._row_of = {rows.item_ids[r]: int(r) for r in np.flatnonzero(rows.alive.view)}
+        index._jobs = _Vocabulary(manifest["jobs"])
+        index._sources = _Vocabulary(manifest["sources"])
+        index._built_at = manifest["built_at"]
+        index.version = version
+        faiss_bytes = store.get(f"{key}/{version}/faiss.index")
+        loaded = faiss.deserialize_index(np.frombuffer(faiss_bytes, np.uint8)) if faiss_bytes else None
+        if loaded is None or loaded.ntotal != len(rows) or loaded.d != index.dim:
+            log.warning("index %s/%s: FAISS data missing or inconsistent; rebuilding from stored vectors", key, version)
+            index._rebuild_locked(index.spec)
+        else:
+            index._faiss = loaded
+        return index
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"items": len(self), "rows": len(self._rows), "dead_rows": self.dead_rows, "dim": self.dim,
+                    "index": self.spec.describe(), "measured_recall": self.spec.measured_recall,
+                    "target_recall": self.target_recall, "version": self.version}
