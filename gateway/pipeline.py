@@ -129,6 +129,14 @@ def advance(spec: ResolvedSpec, job_id: str, item: dict[str, Any], result: TaskR
     plan.items[item["id"]] = item
     event = {"kind": "stage_done", "item_id": item["id"], "stage": result.stage}
 
+    if cancelling:  # record what came back, schedule nothing (workers answer CANCELLED for queued tasks)
+        if result.ok:
+            item["outputs"][result.stage] = result.output
+        item["state"] = "cancelled"
+        plan.bump("cancelled")
+        plan.events.append(event)
+        return plan
+
     if not result.ok:
         item["state"] = "failed"
         item["error"] = {"stage": result.stage, "code": result.error_code or "UNKNOWN",
@@ -140,10 +148,6 @@ def advance(spec: ResolvedSpec, job_id: str, item: dict[str, Any], result: TaskR
 
     item["outputs"][result.stage] = result.output
     plan.events.append(event)
-    if cancelling:
-        item["state"] = "cancelled"
-        plan.bump("cancelled")
-        return plan
 
     def enqueue(target: dict, stage: str, payload: dict) -> None:
         target["stage"] = stage

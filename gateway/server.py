@@ -202,6 +202,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def CancelJob(self, request: gateway_pb2.CancelJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
         self._job_or_abort(request.job_id, context)
         if self.store.set_state(request.job_id, jobs.CANCELLING, only_from={jobs.QUEUED, jobs.RUNNING}):
+            self.queue.mark_cancelled(request.job_id)
             self.store.apply(request.job_id, Plan())  # drained already -> CANCELLED now
         return job_message(request.job_id, self.store.job(request.job_id))
 

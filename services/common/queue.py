@@ -50,6 +50,8 @@ __all__ = [
 
 RESULTS_STREAM = "sfhq:results"
 DEAD_STREAM = "sfhq:dead"
+# Job ids whose queued tasks workers skip (the gateway adds a job here when it is cancelled).
+CANCELLED_JOBS = "sfhq:cancelled"
 WORKER_GROUP = "workers"
 COORDINATOR_GROUP = "coordinator"
 
@@ -648,6 +650,16 @@ class RedisQueue:
                 letter["deliveries"] = int(fields["deliveries"])
             letters.append(letter)
         return letters
+
+    def mark_cancelled(self, job_id: str) -> None:
+        self.redis.sadd(CANCELLED_JOBS, job_id)
+
+    def cancelled_among(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these jobs were cancelled (one round trip)."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return set()
+        return {job_id for job_id, hit in zip(ids, self.redis.smismember(CANCELLED_JOBS, ids), strict=True) if hit}
 
     def stats(self) -> dict[str, Any]:
         """Backlog and pending counts per stage, the same for results, and the dead-letter count."""

@@ -202,7 +202,9 @@ def _safe_load_storage(data: Any) -> Any:
         try:
             storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as error:
-            raise UnsafePickleError(f"pickled storage refused by torch's weights_only reader: {error}") from None
+            raise UnsafePickleError(
+                f"pickled storage refused by torch's weights_only reader: {error}"
+            ) from None
     if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
         raise UnsafePickleError(f"pickled storage decoded to {type(storage).__name__}, not a storage")
     return storage

@@ -247,6 +247,10 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         # accept the clients' keepalive pings (see client_channel)
         ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Clients re-resolve and rebalance only on new connections: age them out so that scaled-up
+        # replicas behind a headless Service get traffic (deploy/k8s uses dns:/// + round_robin).
+        ("grpc.max_connection_age_ms", 300_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
     ]
 
 
@@ -366,6 +370,8 @@ def client_channel(addr: str, settings: Settings, *, options: Sequence[tuple[str
         ("grpc.max_receive_message_length", size),
         ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # spread calls over every address a (headless) Service name resolves to
+        ("grpc.lb_policy_name", "round_robin"),
         *options,
     ]
     token = settings.auth_tokens[0] if settings.auth_tokens else None

@@ -295,10 +295,14 @@ class WeightsRegistry:
             return {}
 
     def _write_cache(self, cache: dict[str, Any]) -> None:
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        # The cache only saves re-hashing; a read-only weights volume (containers) must not break loading.
         tmp = self.weights_dir / f"{HASH_CACHE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, self.weights_dir / HASH_CACHE)
+        try:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            os.replace(tmp, self.weights_dir / HASH_CACHE)
+        except OSError as exc:
+            log.debug("cannot write the checksum cache in %s: %s", self.weights_dir, exc)
 
     def _stamp(self, path: Path) -> dict[str, int]:
         stat = path.stat()

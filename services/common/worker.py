@@ -145,8 +145,14 @@ class StageWorker(threading.Thread):
         with self._in_hand_lock:
             self._in_hand = [task.entry_id for task in tasks]
         started = time.perf_counter()
+        # Tasks of cancelled jobs are answered without running: cancel drains a big job quickly.
+        cancelled = self.queue.cancelled_among(task.job_id for task in tasks)
+        skipped = [(t.entry_id, TaskResult.failure(t, "CANCELLED", "job cancelled")) for t in tasks
+                   if t.job_id in cancelled]
+        tasks = [t for t in tasks if t.job_id not in cancelled]
         try:
-            done, transient = self._run_isolating(tasks)
+            done, transient = self._run_isolating(tasks) if tasks else ([], [])
+            done = skipped + done
         finally:
             with self._in_hand_lock:
                 self._in_hand = []

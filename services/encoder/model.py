@@ -521,7 +521,9 @@ class Encoder:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.fp16 else nullcontext()
-        with torch.inference_mode(), autocast:
+        # no_grad rather than inference_mode: the codes are often the start of a latent optimisation,
+        # and inference tensors cannot join autograd later.
+        with torch.no_grad(), autocast:
             codes = self.net(x).float()
         if add_latent_avg:
             if self.latent_avg is None:
@@ -541,8 +543,10 @@ class Encoder:
             images = [images]
         if len(images) == 0:
             raise EncoderInputError("no images to encode")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         chunks = []
-        for start in range(0, len(images), max(1, batch_size)):
+        for start in range(0, len(images), batch_size):
             batch = preprocess(images[start : start + batch_size], size=self.input_size)
             chunks.append(self.encode(batch, add_latent_avg=add_latent_avg).cpu())
         codes = torch.cat(chunks)

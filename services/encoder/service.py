@@ -163,6 +163,8 @@ def typed_errors() -> Iterator[None]:
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
+    """`sfhq.v1.Encoder`. Errors are raised as PermanentError; the shared interceptor sets the status."""
+
     def __init__(
         self,
         runner: EncoderRunner,

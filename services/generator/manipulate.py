@@ -16,7 +16,8 @@ layer group of layer ``l`` (:func:`layer_groups`: coarse / middle / fine).
     :func:`pixel_multiscale_loss` at ``loss_size`` pixels; a perceptual loss can be passed in.
 ``style_mix`` — fine layers from another sample, for variety:
     ``w'_l = w_l + α·(d − w_l)`` for ``l ≥ start`` (else ``w_l``), ``d = w̄ + ψ·(mapping(z_seed) − w̄)``,
-    ``z_seed`` = NVlabs' seed → z (params ``start`` (default 8, the first fine layer), ``strength`` α, ``psi`` ψ).
+    ``z_seed`` = NVlabs' seed → z (params ``start`` (default 8, the first fine layer; the last layer on
+    generators under 64 px), ``strength`` α, ``psi`` ψ).
 ``encoder_truncation`` (SFHQ part 3) — with ``w_s`` a psi > 1 sample and ``w`` the e4e code of
     ``G(w_s)``: ``w'_l = w_l + a_g(l)·(w_s,l − w_l)``; the e4e code plays the role w̄ plays in the usual
     truncation trick (params ``coarse``, ``middle``, ``fine`` = a per group).
@@ -230,13 +231,22 @@ def low_prior(
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One strategy parameter: default and closed range; ``integer`` ones must be whole numbers."""
+    """One strategy parameter: default and closed range; ``integer`` ones must be whole numbers.
+
+    ``default_for_layers(n_latent)``, when set, gives the default for a generator with that many layers.
+    """
 
     default: float
     low: float
     high: float
     integer: bool = False
     help: str = ""
+    default_for_layers: Callable[[int], float] | None = None
+
+    def default_value(self, n_latent: int | None) -> float:
+        if n_latent is not None and self.default_for_layers is not None:
+            return float(self.default_for_layers(n_latent))
+        return float(self.default)
 
 
 @dataclass(frozen=True)
@@ -324,7 +334,13 @@ STRATEGIES: dict[str, Strategy] = {
             "w'_l = w_l + strength * (donor - w_l) for l >= start, donor = w_avg + psi * (mapping(z_seed) - w_avg)",
             {
                 "start": ParamSpec(
-                    8, 0, 17, integer=True, help="first layer taken from the donor (8 = first fine layer)"
+                    8,
+                    0,
+                    17,
+                    integer=True,
+                    help="first layer taken from the donor (default: the first fine layer, 8)",
+                    # Generators under 9 layers (< 64 px) have no fine layers: mix the last one.
+                    default_for_layers=lambda n_latent: min(8, n_latent - 1),
                 ),
                 "strength": ParamSpec(1.0, 0.0, 1.0, help="how far the layers move toward the donor"),
                 "psi": ParamSpec(0.7, 0.0, 2.0, help="truncation of the donor sample"),
@@ -375,12 +391,16 @@ class StrategySpec:
             checked[key] = _check_param(self.name, key, value, spec)
         object.__setattr__(self, "params", checked)
 
-    def resolved(self) -> StrategySpec:
-        """The same spec with every parameter present (defaults filled in)."""
+    def resolved(self, n_latent: int | None = None) -> StrategySpec:
+        """The same spec with every parameter present (defaults filled in, for a generator with
+        ``n_latent`` layers when given — a few defaults depend on it)."""
         strategy = STRATEGIES[self.name]
         return StrategySpec(
             self.name,
-            {key: self.params.get(key, spec.default) for key, spec in strategy.params.items()},
+            {
+                key: self.params.get(key, spec.default_value(n_latent))
+                for key, spec in strategy.params.items()
+            },
             self.seed,
         )
 
@@ -472,7 +492,7 @@ def candidate_latents(
         sampled_w=_sampled_w(generator, sampled_w) if sampled_w is not None else None,
         loss_fn=loss_fn,
     )
-    resolved = [spec.resolved() for spec in specs]
+    resolved = [spec.resolved(generator.n_latent) for spec in specs]
     return [(spec, STRATEGIES[spec.name].build(inputs, spec.params, spec.seed).detach()) for spec in resolved]
 
 

@@ -245,8 +245,10 @@ class EqualLinear(nn.Module):
         self, in_dim: int, out_dim: int, lr_mul: float = 1.0, bias_init: float = 0.0, activate: bool = False
     ):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
-        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        # Values come from a checkpoint or Generator.reset_parameters; allocation only here.
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.empty(out_dim))
+        self.bias_init = bias_init
         self.weight_gain = lr_mul / math.sqrt(in_dim)
         self.lr_mul = lr_mul
         self.activate = activate
@@ -289,7 +291,7 @@ class ModulatedConv2d(nn.Module):
         # Registration order = rosinality's state-dict order: weight, blur.kernel, modulation.*.
         if upsample:
             self.blur = Blur(pad=(1, 1))
-        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(torch.empty(1, out_channels, in_channels, kernel_size, kernel_size))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
 
@@ -348,7 +350,7 @@ class ModulatedConv2d(nn.Module):
 class NoiseInjection(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1))
+        self.weight = nn.Parameter(torch.empty(1))
 
     def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
         if noise is None:
@@ -361,7 +363,7 @@ class BiasActivation(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.empty(channels))
 
     def forward(self, x: Tensor, clamp: float | None) -> Tensor:
         return _lrelu_gain(x, self.bias, clamp)
@@ -384,7 +386,7 @@ class ToRGB(nn.Module):
     def __init__(self, in_channels: int, style_dim: int, upsample: bool = True):
         super().__init__()
         # Registration order = rosinality's state-dict order: bias, upsample.kernel, conv.*.
-        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.bias = nn.Parameter(torch.empty(1, 3, 1, 1))
         if upsample:
             self.upsample = Upsample()
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
@@ -413,7 +415,7 @@ class Upsample(nn.Module):
 class ConstantInput(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.input = nn.Parameter(torch.randn(1, channels, 4, 4))
+        self.input = nn.Parameter(torch.empty(1, channels, 4, 4))
 
 
 class _NoiseBuffers(nn.Module):
@@ -424,12 +426,15 @@ class _NoiseBuffers(nn.Module):
 
 
 class Generator(nn.Module):
-    """StyleGAN2 generator. Build it with :func:`load_generator` (or :func:`generator_from_state_dict`);
-    constructing one directly gives random weights, which is only meant for tests and tools."""
+    """StyleGAN2 generator. Build it with :func:`load_generator` (or :func:`generator_from_state_dict`).
+
+    Constructing one directly gives random weights (``random_init=True``, rosinality's initialisation),
+    meant for tests and tools; ``random_init=False`` only allocates, for a checkpoint to fill.
+    """
 
     latent_avg: Tensor
 
-    def __init__(self, config: GeneratorConfig):
+    def __init__(self, config: GeneratorConfig, *, random_init: bool = True, seed: int = 0):
         super().__init__()
         self.config = config
         ch = config.channels
@@ -452,7 +457,7 @@ class Generator(nn.Module):
             self.to_rgbs.append(ToRGB(ch[res], config.style_dim))
         for index in range(config.num_noises):
             side = config.noise_resolution(index)
-            self.noises.register_buffer(f"noise_{index}", torch.randn(1, 1, side, side))
+            self.noises.register_buffer(f"noise_{index}", torch.empty(1, 1, side, side))
         # The truncation centre; not part of the rosinality state dict (it travels beside it).
         self.register_buffer("latent_avg", torch.zeros(config.style_dim), persistent=False)
         # Run-time choices (set_runtime); they never change the float32 results beyond rounding.
@@ -461,6 +466,33 @@ class Generator(nn.Module):
         self.fp16_resolutions = 0
         self.channels_last = False
         self.source: dict[str, Any] = {}  # provenance filled in by the loaders: path, format
+        if random_init:
+            self.reset_parameters(seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """rosinality's initialisation, seeded: N(0, 1) weights (mapping ×1/lr_mul), style biases 1,
+        other biases and noise strengths 0, N(0, 1) constant input and noise buffers."""
+        gen = torch.Generator().manual_seed(seed)
+
+        def normal(tensor: Tensor, scale: float = 1.0) -> None:
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * scale)
+
+        for module in self.modules():
+            if isinstance(module, EqualLinear):
+                normal(module.weight, 1.0 / module.lr_mul)
+                module.bias.fill_(module.bias_init)
+            elif isinstance(module, ModulatedConv2d):
+                normal(module.weight)
+            elif isinstance(module, NoiseInjection):
+                module.weight.zero_()
+            elif isinstance(module, BiasActivation | ToRGB):
+                module.bias.zero_()
+            elif isinstance(module, ConstantInput):
+                normal(module.input)
+        for buffer in self.noises.buffers():
+            normal(buffer)
+        self.latent_avg.zero_()
 
     # -- properties other code relies on
 
@@ -715,13 +747,12 @@ def infer_config(state_dict: Mapping[str, Tensor], conv_clamp: float | None = No
     )
 
 
-def check_state_dict(state_dict: Mapping[str, Tensor], config: GeneratorConfig) -> None:
-    """Strict check against the layout ``config`` implies: every key present and used, every shape right.
+def check_state_dict(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
+    """Strict check of ``state_dict`` against the layout ``expected`` (an empty model's state dict):
+    every key present and used, every shape right, the resample filters the standard ones.
 
     Raises :class:`CheckpointLayoutError` naming the first mismatch (in state-dict order).
     """
-    with torch.device("meta"):
-        expected = Generator(config).state_dict()
     for key, reference in expected.items():
         if key not in state_dict:
             raise CheckpointLayoutError(
@@ -764,9 +795,8 @@ def generator_from_state_dict(
     Without it, w_avg is the mean of 4096 seeded mapped z (what rosinality's generate.py computes).
     """
     config = infer_config(state_dict, conv_clamp=conv_clamp)
-    check_state_dict(state_dict, config)
-    with torch.device("meta"):
-        generator = Generator(config)
+    generator = Generator(config, random_init=False)  # allocation only: the checkpoint fills it
+    check_state_dict(state_dict, generator.state_dict())
     weights = {
         key: value.detach().to(device=device, dtype=torch.float32) for key, value in state_dict.items()
     }

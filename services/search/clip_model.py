@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from services.common.weights import WeightsError, WeightsMissing
 from services.search.random_weights import RANDOM_MARKER
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,8 @@ Backend = Literal["torch", "onnx"]
 Towers = Literal["both", "text", "image"]
 
 
-class ClipWeightsError(RuntimeError):
-    """The CLIP folder is missing, incomplete, or does not match the official key layout."""
+class ClipWeightsError(WeightsError):
+    """The CLIP folder does not match the official key layout (a missing folder raises WeightsMissing)."""
 
 
 class ClipInputError(ValueError):
@@ -165,7 +167,9 @@ class ClipEmbedder:
         tower = _ImageTower(self._model).to("cpu", torch.float32).eval()
         example = torch.zeros(1, 3, self.image_size, self.image_size)
         tmp = path.with_suffix(".tmp.onnx")
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # The tracer warns about shape checks that are constant for a fixed image size: expected.
+            warnings.simplefilter("ignore")
             torch.onnx.export(tower, (example,), str(tmp), input_names=["pixel_values"],
                               output_names=["image_features"], opset_version=17, dynamo=False,
                               dynamic_axes={"pixel_values": {0: "batch"}, "image_features": {0: "batch"}})
@@ -251,7 +255,8 @@ def load_clip(path: str | Path, device: str = "cpu", backend: Backend = "torch",
     model = model.to(torch_device, dtype).eval()
     config = model.config
     vision_config = getattr(config, "vision_config", config if towers == "image" else None)
-    is_random = (folder / RANDOM_MARKER).exists()
+    # The marker sits in the CLIP folder (write_random_clip_folder) or in the whole weights folder.
+    is_random = (folder / RANDOM_MARKER).exists() or (folder.parent / RANDOM_MARKER).exists()
     if is_random:
         log.warning("CLIP weights in %s are RANDOM (made by `sfhq weights make-random`): features are meaningless",
                     folder)
@@ -295,11 +300,8 @@ class _VisionOnly(torch.nn.Module):
 def _check_folder(folder: Path) -> None:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
-        raise ClipWeightsError(
-            f"CLIP weights folder {folder} is missing {', '.join(missing)}. Register the official "
-            f"openai/clip-vit-large-patch14-336 folder with `sfhq weights add {REGISTRY_NAME} <folder>` "
-            f"or fetch it with `sfhq weights download {REGISTRY_NAME}`."
-        )
+        raise WeightsMissing(REGISTRY_NAME, folder, f" (missing files: {', '.join(missing)}; the folder must be "
+                                                    "the official openai/clip-vit-large-patch14-336 layout)")
 
 
 def _check_loading_info(folder: Path, towers: Towers, info: dict) -> None:

@@ -22,6 +22,7 @@ Against already accepted images the index's own range search is used.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 
 SFHQ_THRESHOLD = 0.92
 EXACT_PAIRS_LIMIT = 10_000  # up to this, exact dense blocks are fast enough (n² d flops)
-PAIR_SAMPLE_QUERIES = 1_000
+PAIR_SAMPLE_QUERIES = 500
+MIN_TRUTH_PAIRS = 200
+PROXY_MARGIN = 0.05
 TARGET_PAIR_RECALL = 0.995
 
 
@@ -190,25 +193,40 @@ def _unique_pairs(a: np.ndarray, b: np.ndarray, sims: np.ndarray, method: str, r
     return PairSet(a=low[first], b=high[first], sims=sims[first], method=method, recall=recall)
 
 
-def _sample_truth(unit: np.ndarray, threshold: float,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What pair recall is measured on: for a random sample of rows, their exact above-threshold pairs
-    and their exact nearest-neighbour pairs.
+@dataclass
+class _Truth:
+    """Exact pairs (sample row, other row) that pair recall is measured on."""
 
-    The nearest-neighbour pairs are included because a sample holds few true duplicates (too few to
-    resolve a 0.5 % miss rate) while every row has a nearest neighbour, and it is usually *less* similar
-    than a duplicate, hence harder to find: recall measured on both is a conservative estimate.
-    Returns (above-threshold pairs [P, 2], nearest-neighbour pairs [Q, 2], sample rows).
+    pairs: np.ndarray  # [P, 2]
+    threshold: float  # the similarity above which they were taken (≤ the dedup threshold)
+    sample_rows: np.ndarray
+
+
+def _sample_truth(unit: np.ndarray, threshold: float, rng: np.random.Generator) -> _Truth:
+    """Exact pairs of a random sample of rows, near the threshold, to measure pair recall against.
+
+    A sample holds few true duplicates, too few to resolve a 0.5 % miss rate. Pairs a little *below* the
+    threshold are more numerous and harder to find (less similar rows are farther apart in the partition),
+    so the threshold is lowered in 0.01 steps, at most PROXY_MARGIN, until MIN_TRUTH_PAIRS pairs are in
+    hand: the recall measured on them is a conservative estimate for the real pairs. Should even that
+    fail, the sample's nearest neighbours stand in.
     """
     n = len(unit)
     sample_rows = np.sort(rng.choice(n, size=min(n, PAIR_SAMPLE_QUERIES), replace=False))
-    a, b, _ = _block_pairs(unit, sample_rows, np.arange(n), threshold)
+    lowest = threshold - PROXY_MARGIN
+    a, b, sims = _block_pairs(unit, sample_rows, np.arange(n), lowest)
     keep = a != b
-    above = np.stack([a[keep], b[keep]], axis=1)
+    a, b, sims = a[keep], b[keep], sims[keep]
+    proxy = threshold
+    while (sims > proxy).sum() < MIN_TRUTH_PAIRS and proxy - 0.01 >= lowest - 1e-9:
+        proxy = round(proxy - 0.01, 6)
+    chosen = sims > proxy
+    if chosen.sum() >= 20:
+        return _Truth(np.stack([a[chosen], b[chosen]], axis=1), proxy, sample_rows)
     _, nearest = faiss.knn(unit[sample_rows], unit, 2, metric=faiss.METRIC_INNER_PRODUCT)
     # The nearest other row (the row itself is normally first, but exact copies may swap places).
     other = np.where(nearest[:, 0] == sample_rows, nearest[:, 1], nearest[:, 0])
-    return above, np.stack([sample_rows, other], axis=1), sample_rows
+    return _Truth(np.stack([sample_rows, other], axis=1), float("nan"), sample_rows)
 
 
 def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int = 16) -> PairSet:
@@ -217,7 +235,7 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
     rng = np.random.default_rng(seed)
     # 40 points per centroid: just above FAISS's minimum; the partition only has to be reasonable,
     # because the probe count is measured afterwards.
-    kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=seed, spherical=True, max_points_per_centroid=40)
+    kmeans = faiss.Kmeans(dim, nlist, niter=8, seed=seed, spherical=True, max_points_per_centroid=40)
     kmeans.train(unit[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))])
     max_probe = min(max_probe, nlist)
     _, lists = faiss.knn(unit, kmeans.centroids, max_probe, metric=faiss.METRIC_INNER_PRODUCT)
@@ -225,8 +243,7 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
 
     # A pair (q, r) is compared when r's list is among q's p nearest, or q's among r's: its "rank" is the
     # smaller of the two positions. The smallest p covering TARGET_PAIR_RECALL of the sample's pairs wins.
-    above, nearest, _ = _sample_truth(unit, threshold, rng)
-    truth = np.concatenate([above, nearest])
+    truth = _sample_truth(unit, threshold, rng).pairs
     rank_qr = _position(lists[truth[:, 0]], primary[truth[:, 1]], max_probe)
     rank_rq = _position(lists[truth[:, 1]], primary[truth[:, 0]], max_probe)
     ranks = np.minimum(rank_qr, rank_rq)
@@ -273,18 +290,19 @@ def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int) -> PairSet:
     rng = np.random.default_rng(seed)
     ivf.train(unit[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))])
     ivf.add(unit)
-    above, nearest, sample_rows = _sample_truth(unit, threshold, rng)
-    wanted_above = {tuple(p) for p in above.tolist()}
-    wanted_nearest = {tuple(p) for p in nearest.tolist()}
+    truth = _sample_truth(unit, threshold, rng)
+    wanted = {tuple(p) for p in truth.pairs.tolist()}
+    queries = unit[truth.sample_rows]
     nprobe = 1
     while True:
         params = faiss.SearchParametersIVF(nprobe=nprobe)
-        lims, _, rows = ivf.range_search(unit[sample_rows], threshold, params=params)
-        found = {(int(q), int(r)) for i, q in enumerate(sample_rows) for r in rows[lims[i]:lims[i + 1]]}
-        _, top = ivf.search(unit[sample_rows], 2, params=params)
-        found |= {(int(q), int(r)) for q, row in zip(sample_rows, top, strict=True) for r in row}
-        hits = len(wanted_above & found) + len(wanted_nearest & found)
-        recall = hits / (len(wanted_above) + len(wanted_nearest))
+        if math.isnan(truth.threshold):  # nearest-neighbour stand-ins: found by a top-2 search
+            _, top = ivf.search(queries, 2, params=params)
+            found = {(int(q), int(r)) for q, row in zip(truth.sample_rows, top, strict=True) for r in row}
+        else:
+            lims, _, rows = ivf.range_search(queries, truth.threshold, params=params)
+            found = {(int(q), int(r)) for i, q in enumerate(truth.sample_rows) for r in rows[lims[i]:lims[i + 1]]}
+        recall = len(wanted & found) / len(wanted) if wanted else 1.0
         if recall >= TARGET_PAIR_RECALL or nprobe >= nlist:
             break
         nprobe = min(nlist, 2 * nprobe)

@@ -134,6 +134,8 @@ def test_predictor_rejects_a_missing_model_file(tmp_path) -> None:
         LandmarkPredictor(tmp_path / "missing.dat")
     with pytest.raises(ValueError, match="upsample"):
         FaceDetector(upsample=9)
+    with pytest.raises(ValueError, match="max_side"):
+        FaceDetector(max_side=10)
 
 
 def test_fusion_averages_agreeing_sets_and_keeps_dlib_when_fan_is_lost() -> None:
@@ -153,3 +155,15 @@ def test_fusion_averages_agreeing_sets_and_keeps_dlib_when_fan_is_lost() -> None
 def test_facebox_area_and_tuple() -> None:
     box = FaceBox(10, 20, 50, 80, 1.5)
     assert box.area == 40 * 60 and box.as_tuple() == (10, 20, 50, 80)
+
+
+def test_large_images_are_searched_on_a_downscaled_copy(landmarker) -> None:
+    image = load("inspiration/sd_02.jpg")
+    large = image.resize((1770, 1770), PIL.Image.BICUBIC)  # 3x: beyond max_side
+    assert landmarker.detector.max_side is not None and max(large.size) > landmarker.detector.max_side
+    small_face, large_face = landmarker.locate(image), landmarker.locate(large)
+    assert large_face.box.area == pytest.approx(9 * small_face.box.area, rel=0.35)
+    # Landmarks are predicted at full resolution and agree with the small image's, scaled.
+    scaled = (small_face.landmarks68 + 0.5) * 3 - 0.5
+    interocular = np.linalg.norm(scaled[36:42].mean(0) - scaled[42:48].mean(0))
+    assert np.linalg.norm(large_face.landmarks68 - scaled, axis=1).mean() < 0.05 * interocular

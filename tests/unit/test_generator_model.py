@@ -61,8 +61,7 @@ def w_batch(generator: Generator, n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def test_config_f_layout_matches_the_official_table():
-    with torch.device("meta"):
-        state = Generator(GeneratorConfig(1024)).state_dict()
+    state = Generator(GeneratorConfig(1024), random_init=False).state_dict()
     assert len(state) == 171
     assert sum(t.numel() for t in state.values()) == 33_166_492
     official = rosinality_layout(1024)
@@ -76,8 +75,14 @@ def test_random_state_dict_has_the_official_order_and_shapes():
     keys = list(state)
     # noise buffers 4, 8, 8, 16, 16, ..., 64, 64 and the order style, input, conv1, to_rgb1, convs, to_rgbs, noises
     assert [state[f"noises.noise_{i}"].shape[-1] for i in range(9)] == [4, 8, 8, 16, 16, 32, 32, 64, 64]
-    assert keys.index("to_rgbs.0.bias") > keys.index("convs.7.activate.bias") > keys.index("to_rgb1.conv.weight")
-    assert keys.index("to_rgbs.0.bias") < keys.index("to_rgbs.0.upsample.kernel") < keys.index("to_rgbs.0.conv.weight")
+    assert (
+        keys.index("to_rgbs.0.bias") > keys.index("convs.7.activate.bias") > keys.index("to_rgb1.conv.weight")
+    )
+    assert (
+        keys.index("to_rgbs.0.bias")
+        < keys.index("to_rgbs.0.upsample.kernel")
+        < keys.index("to_rgbs.0.conv.weight")
+    )
 
 
 def test_config_is_inferred_from_the_shapes(tiny):
@@ -85,7 +90,9 @@ def test_config_is_inferred_from_the_shapes(tiny):
     assert tiny.style_dim == 32 and tiny.config.n_mlp == 2
     assert tiny.config.channels == {4: 16, 8: 16, 16: 16, 32: 16}
     assert tiny.n_latent == 8
-    wide = generator_from_state_dict(random_rosinality_state_dict(size=16, style_dim=16, n_mlp=1, max_channels=24))
+    wide = generator_from_state_dict(
+        random_rosinality_state_dict(size=16, style_dim=16, n_mlp=1, max_channels=24)
+    )
     assert wide.config.channels == {4: 24, 8: 24, 16: 24} and wide.config.n_mlp == 1
 
 
@@ -113,7 +120,9 @@ def test_unexpected_key_is_named():
 def test_wrong_shape_is_named():
     state = _state()
     state["to_rgbs.1.conv.modulation.bias"] = torch.zeros(9)
-    with pytest.raises(CheckpointLayoutError, match=r"shape mismatch at 'to_rgbs\.1\.conv\.modulation\.bias'.*\[8\].*\[9\]"):
+    with pytest.raises(
+        CheckpointLayoutError, match=r"shape mismatch at 'to_rgbs\.1\.conv\.modulation\.bias'.*\[8\].*\[9\]"
+    ):
         generator_from_state_dict(state, torch.zeros(16))
 
 
@@ -158,7 +167,9 @@ def test_upfirdn2d_matches_its_definition():
         np.testing.assert_allclose(ours[0, channel].numpy(), expected, rtol=1e-5, atol=1e-5)
     blurred = upfirdn2d(image, kernel, pad=(1, 1))
     np.testing.assert_allclose(
-        blurred[0, 1].numpy(), literal_upfirdn(image[0, 1].double().numpy(), kernel.double().numpy(), 1, (1, 1)), atol=1e-5
+        blurred[0, 1].numpy(),
+        literal_upfirdn(image[0, 1].double().numpy(), kernel.double().numpy(), 1, (1, 1)),
+        atol=1e-5,
     )
 
 
@@ -177,7 +188,10 @@ def test_upsampling_styled_conv_matches_the_literal_formula():
         ours = layer(x, w, noise, FP32_GROUPED).double().numpy()
 
     W = layer.conv.weight[0].detach().double().numpy()  # [out, in, 3, 3]
-    A, b_A = layer.conv.modulation.weight.detach().double().numpy(), layer.conv.modulation.bias.detach().double().numpy()
+    A, b_A = (
+        layer.conv.modulation.weight.detach().double().numpy(),
+        layer.conv.modulation.bias.detach().double().numpy(),
+    )
     strength = layer.noise.weight.item()
     bias = layer.activate.bias.detach().double().numpy()
     kernel = (np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64 * 4).astype(np.float64)
@@ -191,7 +205,9 @@ def test_upsampling_styled_conv_matches_the_literal_formula():
             for i in range(c_in):
                 for y in range(side):
                     for xx in range(side):
-                        transposed[2 * y : 2 * y + 3, 2 * xx : 2 * xx + 3] += modulated[o, i] * xs[n, i, y, xx]
+                        transposed[2 * y : 2 * y + 3, 2 * xx : 2 * xx + 3] += (
+                            modulated[o, i] * xs[n, i, y, xx]
+                        )
             blurred = literal_upfirdn(transposed, kernel, 1, (1, 1))
             pre = blurred + strength * ns + bias[o]
             expected = np.where(pre >= 0, pre, 0.2 * pre) * math.sqrt(2)
@@ -211,12 +227,19 @@ def test_to_rgb_matches_the_literal_formula():
     with torch.no_grad():
         ours = layer(x, w, skip, FP32_GROUPED)[0].double().numpy()
     W = layer.conv.weight[0, :, :, 0, 0].detach().double().numpy()
-    s = w[0].double().numpy() @ (layer.conv.modulation.weight.detach().double().numpy() / math.sqrt(style_dim)).T
+    s = (
+        w[0].double().numpy()
+        @ (layer.conv.modulation.weight.detach().double().numpy() / math.sqrt(style_dim)).T
+    )
     s += layer.conv.modulation.bias.detach().double().numpy()
     kernel = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64 * 4
     for c in range(3):
         conv = np.einsum("i,ihw->hw", W[c] / math.sqrt(c_in) * s, x[0].double().numpy())
-        expected = conv + layer.bias[0, c, 0, 0].item() + literal_upfirdn(skip[0, c].double().numpy(), kernel, 2, (2, 1))
+        expected = (
+            conv
+            + layer.bias[0, c, 0, 0].item()
+            + literal_upfirdn(skip[0, c].double().numpy(), kernel, 2, (2, 1))
+        )
         np.testing.assert_allclose(ours[c], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -226,7 +249,9 @@ def test_mapping_matches_the_formula(tiny):
     x = z.double() / torch.sqrt((z.double() ** 2).mean(1, keepdim=True) + 1e-8)
     for i in range(1, tiny.config.n_mlp + 1):
         weight = state[f"style.{i}.weight"].double() * 0.01 / math.sqrt(tiny.style_dim)
-        x = torch.nn.functional.leaky_relu(x @ weight.T + state[f"style.{i}.bias"].double() * 0.01, 0.2) * math.sqrt(2)
+        x = torch.nn.functional.leaky_relu(
+            x @ weight.T + state[f"style.{i}.bias"].double() * 0.01, 0.2
+        ) * math.sqrt(2)
     torch.testing.assert_close(tiny.mapping(z).double(), x, rtol=1e-5, atol=1e-5)
 
 
@@ -290,7 +315,9 @@ def test_truncation_cutoff_touches_only_the_first_layers(tiny):
     w = w_batch(tiny)
     out = tiny.truncate(w, 0.5, cutoff=3)
     assert out.shape == (2, tiny.n_latent, tiny.style_dim)
-    torch.testing.assert_close(out[:, :3], (tiny.latent_avg + 0.5 * (w - tiny.latent_avg))[:, None].expand(-1, 3, -1))
+    torch.testing.assert_close(
+        out[:, :3], (tiny.latent_avg + 0.5 * (w - tiny.latent_avg))[:, None].expand(-1, 3, -1)
+    )
     torch.testing.assert_close(out[:, 3:], w[:, None].expand(-1, tiny.n_latent - 3, -1))
 
 
@@ -354,7 +381,9 @@ def test_bad_noise_mode_and_psi_raise_typed_errors(tiny):
 
 
 def test_z_from_seed_is_nvlabs_seed_to_z():
-    np.testing.assert_array_equal(z_from_seed(85, 512).numpy(), np.random.RandomState(85).randn(512).astype(np.float32))
+    np.testing.assert_array_equal(
+        z_from_seed(85, 512).numpy(), np.random.RandomState(85).randn(512).astype(np.float32)
+    )
     big = z_from_seed(2**40 + 3, 16)
     assert torch.equal(big, z_from_seed(2**40 + 3, 16)) and not torch.equal(big, z_from_seed(3, 16))
     with pytest.raises(InvalidLatentError):
@@ -378,7 +407,9 @@ def test_rosinality_checkpoint_loads_strictly(tmp_path, tiny):
 
 
 def test_training_checkpoint_without_latent_avg_uses_a_seeded_mean(tmp_path):
-    path = write_rosinality_checkpoint(tmp_path / "train.pt", include_latent_avg=False, training_checkpoint=True, **TINY)
+    path = write_rosinality_checkpoint(
+        tmp_path / "train.pt", include_latent_avg=False, training_checkpoint=True, **TINY
+    )
     checkpoint = torch.load(path, weights_only=False)
     assert isinstance(checkpoint["args"], argparse.Namespace) and "latent_avg" not in checkpoint
     first, second = load_generator(path), load_generator(path)
@@ -393,7 +424,11 @@ def test_e4e_checkpoint_decoder_loads(tmp_path, tiny):
     latent_avg = random_latent_avg(TINY["style_dim"], TINY["seed"])
     state = {"encoder.input_layer.0.weight": torch.zeros(64, 3, 3, 3)}
     state.update({f"decoder.{k}": v for k, v in decoder.items()})
-    checkpoint = {"state_dict": state, "opts": {"encoder_type": "Encoder4Editing"}, "latent_avg": latent_avg.repeat(8, 1)}
+    checkpoint = {
+        "state_dict": state,
+        "opts": {"encoder_type": "Encoder4Editing"},
+        "latent_avg": latent_avg.repeat(8, 1),
+    }
     torch.save(checkpoint, tmp_path / "e4e.pt")
     loaded = load_generator(tmp_path / "e4e.pt")
     assert loaded.source["format"] == "e4e-decoder"
@@ -435,7 +470,9 @@ def test_torch_file_with_code_is_refused_by_weights_only(tmp_path):
 
 
 def test_blur_kernel_constant():
-    torch.testing.assert_close(blur_kernel(4.0), torch.tensor(np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 16, dtype=torch.float32))
+    torch.testing.assert_close(
+        blur_kernel(4.0), torch.tensor(np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 16, dtype=torch.float32)
+    )
 
 
 def test_layer_run_is_a_plain_record():
