@@ -97,6 +97,23 @@ class JobStore:
     def job(self, job_id: str) -> dict[str, str]:
         return self.redis.hgetall(jobs.job_key(job_id))
 
+    def epoch_ms(self) -> int:
+        """When this Redis data set began, as far as gateways know (ms since 1970).
+
+        The first gateway call on an empty Redis records the time; a Redis restarted without
+        persistence has lost the record with everything else, so the next call records a new one.
+        """
+        now_ms = int(time.time() * 1000)
+        self.redis.set(jobs.EPOCH_KEY, now_ms, nx=True)
+        return int(self.redis.get(jobs.EPOCH_KEY) or now_ms)
+
+    def state_lost(self, job_id: str) -> bool:
+        """True when a job that is not in Redis was created before the current data set began:
+        its state existed and was lost (Redis restarted without persistence, or was flushed)."""
+        created_ms = jobs.job_created_ms(job_id)
+        # job ids have second resolution: only a whole second before the epoch is surely older
+        return created_ms is not None and created_ms + 1000 <= self.epoch_ms()
+
     def item(self, job_id: str, item_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(jobs.items_key(job_id), item_id)
         return json.loads(raw) if raw else None
@@ -144,6 +161,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
         self._specs: dict[str, ResolvedSpec] = {}
+        self._orphans: set[str] = set()  # jobs whose results were dropped (logged once each)
 
     def start(self) -> None:
         self.finalize_pending()  # a gateway that died mid-finalization finishes the job on restart
@@ -174,8 +192,7 @@ class Coordinator:
     def handle(self, entry_id: str, result: TaskResult) -> None:
         job = self.store.job(result.job_id)
         if not job or "resolved" not in job:
-            log.error("result %s for unknown job %s (state lost?); dropping", result.task_id, result.job_id)
-            self.queue.ack_results([entry_id])
+            self._drop_orphan(entry_id, result)
             return
         item = self.store.item(result.job_id, result.item_id)
         if item is None:
@@ -187,6 +204,17 @@ class Coordinator:
         outcome = self.store.apply(result.job_id, plan, task_id=result.task_id, result_entry=entry_id)
         if outcome == 2:
             self.finalize(result.job_id)
+
+    def _drop_orphan(self, entry_id: str, result: TaskResult) -> None:
+        """Ack a result whose job is gone; say why once per job (a lost Redis can bring thousands)."""
+        if result.job_id not in self._orphans:
+            if len(self._orphans) > 10_000:
+                self._orphans.clear()
+            self._orphans.add(result.job_id)
+            why = ("its state was lost: Redis restarted without persistence (enable appendonly) or was flushed"
+                   if self.store.state_lost(result.job_id) else "no such job")
+            log.error("dropping results for job %s (first: %s): %s", result.job_id, result.task_id, why)
+        self.queue.ack_results([entry_id])
 
     def finalize_pending(self) -> None:
         for job_id in self.store.redis.zrange(jobs.JOBS_INDEX, 0, -1):

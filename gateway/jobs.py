@@ -64,6 +64,23 @@ def request_key(request_id: str) -> str:
     return f"sfhq:request:{request_id}"
 
 
+JOB_ID_TIME_FORMAT = "%Y%m%d-%H%M%S"  # job ids are "<UTC creation time>-<8 hex digits>"
+
+
+def job_created_ms(job_id: str) -> int | None:
+    """The creation time (ms, second resolution) a gateway-made job id carries; None for other ids."""
+    import calendar
+    import time
+
+    stamp, _, suffix = job_id.rpartition("-")
+    if len(suffix) != 8 or len(stamp) != 15:
+        return None
+    try:
+        return calendar.timegm(time.strptime(stamp, JOB_ID_TIME_FORMAT)) * 1000
+    except ValueError:
+        return None
+
+
 def derive_seed(*parts: Any) -> int:
     """A stable 63-bit seed from the job seed and item identity (same job spec -> same candidates)."""
     digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=8).digest()

@@ -47,6 +47,21 @@ STAGE_TO_PROTO = {"align": common_pb2.STAGE_ALIGN, "encode": common_pb2.STAGE_EN
                   "annotate": common_pb2.STAGE_ANNOTATE}
 
 
+REQUEST_ID_TTL_S = 7 * 24 * 3600  # how long a request_id keeps answering with its job
+# Writes a new job's record unless it exists (a resumed submission must not reset the counters).
+CREATE_JOB_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fields = cjson.decode(ARGV[1])
+for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, tostring(value)) end
+return 1
+"""
+
+
+def lost_state_message(job_id: str) -> str:
+    return (f"the state of job {job_id!r} was lost: Redis restarted without persistence (enable appendonly) "
+            "or was flushed; submit the job again")
+
+
 def _safe_name(name: str) -> str:
     keep = "".join(c if c.isalnum() or c in "._-" else "_" for c in os.path.basename(name))[:80]
     return keep or "image"
@@ -79,16 +94,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.store = store
         self.blobs = blobs
         self._search_stub: search_pb2_grpc.SearchStub | None = None
+        self._create_script: Any = None
 
     # -- jobs ---------------------------------------------------------------------------------
     def SubmitJob(self, request: gateway_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
         if len(request.request_id) > 128:
             abort_with(context, "INVALID_ARGUMENT", "request_id: longer than 128 characters")
+        job_id = ""
         if request.request_id:
-            existing = self.store.redis.get(jobs.request_key(request.request_id))
-            if existing:
-                return job_message(existing, self.store.job(existing))
-        job_id = time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8]
+            job_id = self.store.redis.get(jobs.request_key(request.request_id)) or ""
+            existing = self.store.job(job_id) if job_id else {}
+            if existing and existing.get("state") != jobs.QUEUED:
+                return job_message(job_id, existing)
+            # else: new, or a retry of a submission whose gateway died half-way: finish creating it
+        job_id = job_id or time.strftime(jobs.JOB_ID_TIME_FORMAT + "-", time.gmtime()) + uuid.uuid4().hex[:8]
         default_uri = self.blobs.uri(f"datasets/{job_id}")
         try:
             spec = jobs.validate_spec(request.spec, default_dataset_uri=default_uri,
@@ -98,11 +117,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             abort_with(context, "INVALID_ARGUMENT", str(exc))
         plan = first_tasks(spec, job_id, inputs)
         first_stage = plan.tasks[0].stage
-        if not self.queue.has_room(first_stage, len(plan.tasks)):
+        if not self.store.job(job_id) and not self.queue.has_room(first_stage, len(plan.tasks)):
             context.set_trailing_metadata((("retry-after-s", "30"),))
             abort_with(context, "RESOURCE_EXHAUSTED",
                        f"stage {first_stage!r} is full ({self.queue.backlog(first_stage)} tasks waiting); "
                        "retry in about 30 s or submit a smaller job")
+        if request.request_id:
+            # Claim the request id before anything else exists: a concurrent retry then joins this job.
+            key = jobs.request_key(request.request_id)
+            if not self.store.redis.set(key, job_id, nx=True, ex=REQUEST_ID_TTL_S):
+                claimed = self.store.redis.get(key) or job_id
+                if claimed != job_id:
+                    return self.SubmitJob(request, context)  # another call won the race: answer with its job
         self._create(job_id, request, spec, plan)
         return job_message(job_id, self.store.job(job_id))
 
@@ -135,15 +161,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return inputs
 
     def _create(self, job_id: str, request: gateway_pb2.SubmitJobRequest, spec: ResolvedSpec, plan: Plan) -> None:
+        """Write the job and enqueue its first tasks. Safe to run again for the same job after a crash:
+        the record is written once, and each chunk of tasks is applied once (it has an idempotency id)."""
         r = self.store.redis
         created = now_iso()
-        r.hset(jobs.job_key(job_id), mapping={
+        self._create_record(keys=[jobs.job_key(job_id)], args=[json.dumps({
             "spec": jobs.spec_for_display(request.spec), "resolved": spec.to_json(), "state": jobs.QUEUED,
             "created_at": created, "updated_at": created, "dataset_uri": spec.dataset_uri, "error": "",
-            "in_flight": 0, **{name: 0 for name in jobs.COUNTERS}})
-        r.zadd(jobs.JOBS_INDEX, {job_id: time.time()})
-        if request.request_id:
-            r.set(jobs.request_key(request.request_id), job_id, ex=7 * 24 * 3600)
+            "in_flight": 0, **{name: 0 for name in jobs.COUNTERS}})])
+        r.zadd(jobs.JOBS_INDEX, {job_id: time.time()}, nx=True)
         # Enqueue in chunks; the job stays QUEUED meanwhile so early results cannot finish it too soon.
         item_ids = list(plan.items)
         for start in range(0, len(item_ids), SUBMIT_CHUNK):
@@ -151,9 +177,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             chunk = Plan(items={i: plan.items[i] for i in chunk_ids},
                          tasks=[t for t in plan.tasks if t.item_id in chunk_ids])
             chunk.counters = {"items": len(chunk_ids), "inputs": len(chunk_ids), "in_flight": len(chunk.tasks)}
-            self.store.apply(job_id, chunk)
+            self.store.apply(job_id, chunk, task_id=f"{job_id}/create/{start}")
         self.store.set_state(job_id, jobs.RUNNING, only_from={jobs.QUEUED})
         self.store.apply(job_id, Plan())  # finishes at once if every task already completed
+
+    @property
+    def _create_record(self) -> Any:
+        if self._create_script is None:
+            self._create_script = self.store.redis.register_script(CREATE_JOB_LUA)
+        return self._create_script
 
     def GetJob(self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
         return job_message(request.job_id, self._job_or_abort(request.job_id, context))
@@ -163,6 +195,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             abort_with(context, "INVALID_ARGUMENT", "job_id: missing or too long")
         job = self.store.job(job_id)
         if not job:
+            if self.store.state_lost(job_id):
+                abort_with(context, "DATA_LOSS", lost_state_message(job_id))
             abort_with(context, "NOT_FOUND", f"job {job_id!r} not found")
         return job
 
@@ -176,8 +210,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             entries = self.store.redis.xread({key: last}, count=200, block=1000)
             job = self.store.job(request.job_id)
             if not job:
-                abort_with(context, "DATA_LOSS", f"the state of job {request.job_id!r} was lost: Redis restarted "
-                           "without persistence (enable appendonly) or the job was deleted")
+                abort_with(context, "DATA_LOSS", lost_state_message(request.job_id))
             counts = job_counts(job)
             for _, events in entries:
                 for event_id, fields in events:
@@ -309,6 +342,7 @@ def main(settings: Settings) -> None:
                        visibility_timeout_s=settings.visibility_timeout_s, max_deliveries=settings.max_deliveries)
     queue.ensure_groups()
     store = JobStore(client)
+    store.epoch_ms()  # record when this Redis data set began (see JobStore.state_lost)
     blobs = BlobStore(settings.blob_url)
     servicer = GatewayServicer(settings, queue, store, blobs)
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, process.server)

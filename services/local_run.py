@@ -38,7 +38,7 @@ class LocalRunOptions:
     mode: str = "inspiration"
     strategies: list[str] = field(default_factory=list)
     samples: int = 8
-    dedup: float = 0.92
+    dedup: float | None = None  # None: SFHQ's 0.92, or off with random weights
     taste_model: str = ""
     seed: int = 0
     image_size: int = 1024
@@ -203,6 +203,12 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
     else:
         images = []
 
+    dedup = options.dedup
+    if dedup is None:
+        dedup = 0.0 if options.random_weights else 0.92
+        if options.random_weights:
+            console.print("near-duplicate removal is off: a random CLIP cannot tell faces apart "
+                          "(pass --dedup 0.92 to see it anyway)")
     with redis_for_run(workdir, console) as redis_url, LocalCluster(workdir, redis_url, weights_dir) as cluster:
         with console.status("starting services ..."):
             try:
@@ -214,8 +220,7 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
         spec = build_spec(mode=options.mode, images=images, strategies=options.strategies,
                           samples=options.samples if options.mode == "sampling" else 0,
                           taste_model=options.taste_model,
-                          dedup_threshold=options.dedup if options.dedup > 0 else None,
-                          disable_dedup=options.dedup <= 0, output_uri=str(output),
+                          dedup_threshold=dedup if dedup > 0 else None, disable_dedup=dedup <= 0, output_uri=str(output),
                           image_size=options.image_size, seed=options.seed, name="sfhq run")
         with Client(cluster.addr("gateway"), timeout=60) as client:
             try:

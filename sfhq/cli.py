@@ -231,7 +231,10 @@ def run(inputs: Annotated[Path, typer.Argument(help="folder of inspiration image
         random_weights: Annotated[bool, typer.Option("--random-weights",
                                   help="DEMO ONLY: random models at a small size instead of checkpoints")] = False,
         mode: str = "inspiration", strategy: Annotated[list[str] | None, typer.Option("--strategy", "-s")] = None,
-        samples: int = 8, dedup: float = 0.92, taste_model: str = "", seed: int = 0,
+        samples: int = 8,
+        dedup: Annotated[float | None, typer.Option(help="near-duplicate cosine threshold (0 = off); default "
+                                                    "0.92, off with --random-weights")] = None,
+        taste_model: str = "", seed: int = 0,
         image_size: int = 1024) -> None:
     """The main job on one machine: start Redis (embedded unless REDIS_URL), every service, run, write the dataset."""
     _services_needed()

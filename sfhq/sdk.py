@@ -128,29 +128,38 @@ def search_request(text: str | None = None, image: bytes | str | os.PathLike | N
 def _channel_options(max_message_mb: int) -> list[tuple[str, Any]]:
     size = max_message_mb * 1024 * 1024
     return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size),
-            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
+            # servers refuse pings more often than every 30 s (GOAWAY too_many_pings)
+            ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_permit_without_calls", 1)]
 
 
-def _credentials(token: str | None, root_certificates: bytes | None, tls: bool) -> grpc.ChannelCredentials | None:
-    if not tls and root_certificates is None:
+def _credentials(token: str | None, root_certificates: bytes | None, tls: bool,
+                 client_cert: tuple[bytes, bytes] | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials (None = plaintext); ``client_cert`` = (certificate chain PEM, private key PEM) for mTLS."""
+    if not tls and root_certificates is None and client_cert is None:
         return None
-    creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    chain, key = client_cert or (None, None)
+    creds = grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
+                                         certificate_chain=chain)
     if token:
         creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
     return creds
 
 
 class Client:
-    """Synchronous client. Retries UNAVAILABLE with exponential backoff; every call has a deadline."""
+    """Synchronous client. Retries UNAVAILABLE with exponential backoff; every call has a deadline.
+
+    TLS: ``tls=True`` (system roots) or ``root_certificates``; a gateway that requires mutual TLS
+    also needs ``client_cert=(certificate_chain_pem, private_key_pem)``.
+    """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0,
                  retries: int = 5, tls: bool = False, root_certificates: bytes | None = None,
-                 max_message_mb: int = 64) -> None:
+                 client_cert: tuple[bytes, bytes] | None = None, max_message_mb: int = 64) -> None:
         self.address = address
         self.timeout = timeout
         self.retries = retries
         self._token = token or os.environ.get("SFHQ_TOKEN") or None
-        creds = _credentials(self._token, root_certificates, tls)
+        creds = _credentials(self._token, root_certificates, tls, client_cert)
         options = _channel_options(max_message_mb)
         self._channel = grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address, options)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
@@ -293,11 +302,11 @@ class AsyncClient:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0,
                  retries: int = 5, tls: bool = False, root_certificates: bytes | None = None,
-                 max_message_mb: int = 64) -> None:
+                 client_cert: tuple[bytes, bytes] | None = None, max_message_mb: int = 64) -> None:
         self.timeout = timeout
         self.retries = retries
         token = token or os.environ.get("SFHQ_TOKEN") or None
-        creds = _credentials(token, root_certificates, tls)
+        creds = _credentials(token, root_certificates, tls, client_cert)
         options = _channel_options(max_message_mb)
         self._channel = grpc.aio.secure_channel(address, creds, options) if creds else \
             grpc.aio.insecure_channel(address, options)

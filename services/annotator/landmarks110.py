@@ -116,21 +116,18 @@ def _ray_samples(label_map: np.ndarray, origin: np.ndarray, direction: np.ndarra
     return distances[first_inside:last_inside + 1], classes[first_inside:last_inside + 1]
 
 
-def _head_exit(distances: np.ndarray, is_head: np.ndarray, min_gap: float) -> float | None:
+def _region_exit(distances: np.ndarray, inside: np.ndarray, min_gap: float) -> float | None:
     """Distance at which a ray leaves a region for good: the first inside -> outside step followed
     by at least ``min_gap`` of outside (or the end of the samples). If the ray is still inside at
-    the end, the last sample. None if the ray never was inside."""
-    if len(distances) == 0 or not is_head.any():
+    the end, the last inside sample. None if the ray never was inside."""
+    if len(distances) == 0 or not inside.any():
         return None
     gap_samples = max(int(np.ceil(min_gap / _RAY_STEP)), 1)
-    n = len(is_head)
-    for k in np.nonzero(is_head[:-1] & ~is_head[1:])[0]:
-        run = is_head[k + 1:k + 1 + gap_samples]
-        if not run.any():  # a real exit (a shorter run is a hole in the hair, or the run reached the edge)
+    for k in np.nonzero(inside[:-1] & ~inside[1:])[0]:
+        if not inside[k + 1:k + 1 + gap_samples].any():  # a shorter gap is a hole (e.g. in curly hair)
             return float((distances[k] + distances[k + 1]) / 2)
-    # Still inside the head at the map's edge (hair cut off by the frame): the edge is the outline.
-    last_head = int(np.nonzero(is_head)[0][-1])
-    return float(distances[min(last_head, n - 1)])
+    # Still inside at the map's edge (hair cut off by the frame): the edge is the outline.
+    return float(distances[np.nonzero(inside)[0][-1]])
 
 
 def _hair_entry(distances: np.ndarray, is_head: np.ndarray, is_hair: np.ndarray, exit_distance: float,
@@ -187,7 +184,7 @@ def _hairlines(label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame) -> tupl
         valid = classes >= 0
         is_head = np.zeros(len(classes), dtype=bool)
         is_head[valid] = head_lut[classes[valid]]
-        exit_distance = _head_exit(distances, is_head, min_gap)
+        exit_distance = _region_exit(distances, is_head, min_gap)
         trustworthy = (
             exit_distance is not None
             and exit_distance >= min_radius
@@ -239,7 +236,7 @@ def _nose_wings(label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame) -> tup
             is_nose = classes == NOSE
             found = None
             if is_nose[: max(int(0.3 * expected / _RAY_STEP), 1)].any():  # the ray starts on the nose
-                distance = _head_exit(distances, is_nose, min_gap=0.15 * expected)
+                distance = _region_exit(distances, is_nose, min_gap=0.15 * expected)
                 if distance is not None and 0.5 * expected <= distance <= 2.0 * expected:
                     found = distance
             points.append(axis_point + (found if found is not None else expected) * direction)

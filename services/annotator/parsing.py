@@ -176,28 +176,45 @@ class BiSeNetOutput(nn.Module):
 
 
 class BiSeNet(nn.Module):
-    """BiSeNet as trained for face parsing; ``forward`` returns the main head's logits at input size."""
+    """BiSeNet as trained for face parsing.
 
-    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+    ``forward`` returns ``(main, aux16, aux32)`` logits upsampled to the input size, as the original
+    does; inference uses only the main head, which ``main_logits`` computes alone.
+    """
+
+    def __init__(self, n_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.cp = ContextPath()
         self.ffm = FeatureFusionModule(256, 256)
-        self.conv_out = BiSeNetOutput(256, 256, num_classes)
-        self.conv_out16 = BiSeNetOutput(128, 64, num_classes)
-        self.conv_out32 = BiSeNetOutput(128, 64, num_classes)
+        self.conv_out = BiSeNetOutput(256, 256, n_classes)
+        self.conv_out16 = BiSeNetOutput(128, 64, n_classes)
+        self.conv_out32 = BiSeNetOutput(128, 64, n_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_all(x, with_aux=False)[0]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        main, aux16, aux32 = self._heads(x, with_aux=True)
+        return main, aux16, aux32
 
-    def forward_all(self, x: torch.Tensor, with_aux: bool = True) -> tuple[torch.Tensor, ...]:
-        """(main, aux16, aux32) logits upsampled to the input size, like the original forward."""
+    def main_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(x, with_aux=False)[0]
+
+    def _heads(self, x: torch.Tensor, with_aux: bool) -> list[torch.Tensor]:
         size = x.shape[2:]
         feat8, feat_cp8, feat_cp16 = self.cp(x)
-        main = self.conv_out(self.ffm(feat8, feat_cp8))
-        heads = [main]
-        if with_aux:
+        heads = [self.conv_out(self.ffm(feat8, feat_cp8))]
+        if with_aux:  # the auxiliary heads only served the training loss
             heads += [self.conv_out16(feat_cp8), self.conv_out32(feat_cp16)]
-        return tuple(F.interpolate(h, size=size, mode="bilinear", align_corners=True) for h in heads)
+        return [F.interpolate(h, size=size, mode="bilinear", align_corners=True) for h in heads]
+
+
+class _MainHead(nn.Module):
+    """What the ONNX export contains: the main head only."""
+
+    def __init__(self, model: BiSeNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.main_logits(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +243,7 @@ def _official_state_dict(raw: object) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict(raw)
 
 
-def load_bisenet(path: str | Path, num_classes: int = NUM_CLASSES) -> BiSeNet:
+def load_bisenet(path: str | Path, n_classes: int = NUM_CLASSES) -> BiSeNet:
     """Build BiSeNet and load ``path`` strictly (every key, every shape); eval mode, CPU."""
     path = Path(path)
     if not path.is_file():
@@ -237,7 +254,7 @@ def load_bisenet(path: str | Path, num_classes: int = NUM_CLASSES) -> BiSeNet:
         raise CheckpointError(f"cannot read BiSeNet checkpoint {path}: {exc}") from exc
     state = _official_state_dict(raw)
     with torch.device("meta"):  # no random initialisation: every value comes from the checkpoint
-        model = BiSeNet(num_classes)
+        model = BiSeNet(n_classes)
     expected = model.state_dict()
     # BatchNorm step counters are bookkeeping; some saves drop them. Fill only those.
     for key, value in expected.items():
@@ -308,7 +325,7 @@ class _TorchRunner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+            return self.model.main_logits(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
 class _OnnxRunner:
@@ -338,7 +355,7 @@ def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
     """
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.to("cpu").eval()
+    model = _MainHead(model.to("cpu").eval()).eval()
     dummy = torch.zeros(1, 3, 64, 64)
     names = {"input_names": ["input"], "output_names": ["logits"]}
     fd, tmp = tempfile.mkstemp(prefix=onnx_path.name + ".", suffix=".tmp", dir=onnx_path.parent)

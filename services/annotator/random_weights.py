@@ -44,8 +44,8 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def random_bisenet_state_dict(seed: int = 0, with_num_batches_tracked: bool = True,
-                              num_classes: int = NUM_CLASSES) -> OrderedDict[str, torch.Tensor]:
-    model = randomize_(_uninitialised(lambda: BiSeNet(num_classes)), seed)
+                              n_classes: int = NUM_CLASSES) -> OrderedDict[str, torch.Tensor]:
+    model = randomize_(_uninitialised(lambda: BiSeNet(n_classes)), seed)
     with torch.no_grad():  # keep logits in the range of a trained model's (tens, not hundreds)
         for head in (model.conv_out, model.conv_out16, model.conv_out32):
             head.conv_out.weight.mul_(0.1)

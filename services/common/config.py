@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     batch_wait_ms: int = Field(default=50, ge=0)
     visibility_timeout_s: float = Field(default=300.0, gt=0)
     max_deliveries: int = Field(default=3, ge=1)
+    # Longest a worker renews the lease of one batch; 0 = 10 visibility timeouts (worker.MAX_LEASE_FACTOR).
+    max_lease_s: float = Field(default=0, ge=0)
     stream_maxlen: int = Field(default=10000, ge=1)
     max_message_mb: float = Field(default=64, gt=0)
     max_image_bytes: int = Field(default=33554432, ge=1)

@@ -8,11 +8,13 @@
     <root>/manifest.jsonl, manifest.parquet one row per item
     <root>/dataset_info.json                job spec, counts, provenance
 
-Every file goes through BlobStore.put, which is atomic, so a reader never sees half an image.
+Every file goes through BlobStore.put, which is atomic, so a reader never sees half an image; an
+item whose files cannot all be written leaves none of them behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
@@ -76,11 +78,19 @@ class DatasetWriter:
             buf = io.BytesIO()
             np.save(buf, np.asarray(latent, dtype=np.float32), allow_pickle=False)
             blobs["latent"] = buf.getvalue()
-        written = {}
-        for kind, data in blobs.items():
-            path = self.path_of(kind, stem)
-            self.store.put(path, data)
-            written[kind] = path
+        written: dict[str, str] = {}
+        try:
+            for kind, data in blobs.items():
+                path = self.path_of(kind, stem)
+                self.store.put(path, data)
+                written[kind] = path
+        except BaseException:
+            # All of an item's files or none: a failed write (disk full...) must not leave an image
+            # without its segmentation. Each file is atomic on its own; this undoes the ones that made it.
+            for path in written.values():
+                with contextlib.suppress(Exception):
+                    self.store.delete(path)
+            raise
         return written
 
     def write_manifest(self, rows: Iterable[dict[str, Any]], info: dict[str, Any]) -> dict[str, str]:

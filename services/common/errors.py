@@ -78,3 +78,24 @@ def error_status(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, QueueFull):
         return "RESOURCE_EXHAUSTED", str(exc)
     return None
+
+
+def transient_status(exc: BaseException) -> tuple[str, str] | None:
+    """``("UNAVAILABLE", message)`` for infrastructure errors that a retry may well fix; else None.
+
+    A gRPC call that meets Redis restarting or a blob store refusing a write must say so with a
+    status clients retry (the SDK retries UNAVAILABLE), not as an anonymous UNKNOWN. Stage workers
+    do not use this: for them such errors are transient and the task is redelivered.
+    """
+    from services.common.blobs import BlobWriteError
+
+    if isinstance(exc, BlobWriteError):
+        return "UNAVAILABLE", f"the blob store could not store data, try again later: {exc}"
+    try:
+        import redis
+    except ImportError:  # the light client has no Redis and cannot meet its errors
+        return None
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        # the message names host:port only (never the URL, which may hold a password)
+        return "UNAVAILABLE", f"the job store (Redis) is unreachable, try again later: {type(exc).__name__}"
+    return None

@@ -34,7 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import DEFAULT_PORTS, Settings
-from services.common.errors import STATUS_NAMES, error_status
+from services.common.errors import STATUS_NAMES, error_status, transient_status
 from services.common.metrics import METRICS, Metrics
 
 __all__ = [
@@ -78,10 +78,43 @@ def abort_with(context: grpc.ServicerContext, code_name: str | grpc.StatusCode, 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
+class UndecodableRequest:
+    """Stands in for a request whose bytes are not a valid message.
+
+    grpc answers INTERNAL ("Exception deserializing request!") when parsing fails; handing the
+    servicer wrapper this instead lets the call end with INVALID_ARGUMENT and the reason.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, recursion limit, ...: all mean "bad bytes from the client"
+            return UndecodableRequest(f"{type(exc).__name__}: {exc}"[:300])
+
+    return deserialize
+
+
 def _rebuild(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Behavior, bool], Behavior],
+    *,
+    tolerant_requests: bool = False,
 ) -> grpc.RpcMethodHandler:
-    """The same handler with its behaviour wrapped; ``wrap(behavior, streams_responses)``."""
+    """The same handler with its behaviour wrapped; ``wrap(behavior, streams_responses)``.
+
+    ``tolerant_requests``: undecodable unary requests reach the behaviour as ``UndecodableRequest``.
+    """
+    deserializer = handler.request_deserializer
+    if tolerant_requests and not handler.request_streaming:
+        deserializer = _tolerant_deserializer(deserializer)
     kinds = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
         ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
@@ -93,7 +126,7 @@ def _rebuild(
         if behavior is not None:
             return factory(
                 wrap(behavior, streams),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
     raise TypeError(f"unsupported RPC handler {handler!r}")
@@ -144,6 +177,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
+            # Never looks at the request: an undecodable one is refused for the token first,
+            # so a caller without a token learns nothing about what the service accepts.
+            refuse.ignores_request = True  # type: ignore[attr-defined]
             return refuse
 
         return _rebuild(handler, deny)
@@ -160,7 +196,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return _rebuild(handler, lambda behavior, streams: self._observe(method, behavior, streams))
+        return _rebuild(
+            handler, lambda behavior, streams: self._observe(method, behavior, streams), tolerant_requests=True
+        )
 
     def _record(self, method: str, code: str, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -183,11 +221,20 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         """
         if context.code() is not None:
             return _code_name(context), None
-        status = error_status(exc)
+        status = error_status(exc) or transient_status(exc)
         if status is None:
             log.error("%s raised an unexpected error", method, exc_info=exc)
             return "UNKNOWN", None
+        if status[0] == "UNAVAILABLE":
+            log.warning("%s: %s", method, status[1])
         return status
+
+    @staticmethod
+    def _refuse_undecodable(method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext) -> None:
+        if isinstance(request, UndecodableRequest) and not getattr(behavior, "ignores_request", False):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {method} message: {request.reason}"
+            )
 
     def _observe(self, method: str, behavior: Behavior, streams: bool) -> Behavior:
         if streams:
@@ -195,6 +242,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             def observed_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 started, code = time.perf_counter(), "UNKNOWN"
                 try:
+                    self._refuse_undecodable(method, behavior, request, context)
                     yield from behavior(request, context)
                     code = _code_name(context)
                 except GeneratorExit:
@@ -213,6 +261,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             started, code = time.perf_counter(), "UNKNOWN"
             try:
+                self._refuse_undecodable(method, behavior, request, context)
                 response = behavior(request, context)
                 code = _code_name(context)
                 return response
@@ -482,6 +531,7 @@ class ServiceProcess:
             batch_size=batch_size or self.settings.batch_size,
             block_ms=self.settings.batch_wait_ms,
             metrics=self.metrics,
+            max_lease_s=self.settings.max_lease_s or None,
         )
         self.workers.append(worker)
         if self._started:

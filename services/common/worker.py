@@ -10,7 +10,10 @@ transaction). Failures are sorted so that one bad input never costs the others:
   is redelivered after the visibility timeout and dead-lettered after ``max_deliveries``.
 
 While a batch runs, a lease thread renews the visibility timeout of its entries, so that a slow
-batch is not handed to a second worker.
+batch is not handed to a second worker. Renewal stops once the batch has run for ``max_lease_s``
+(default: ``MAX_LEASE_FACTOR`` visibility timeouts): a handler that hangs forever would otherwise
+hold its entries forever. Another worker then reclaims them, and a task that hangs every worker it
+reaches ends in the dead-letter stream like any other poison input.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ StageHandler = Callable[[list[Task]], list[TaskResult]]
 
 # How often the backlog gauge is refreshed (an XLEN per refresh).
 DEPTH_REFRESH_S = 2.0
+# A batch keeps its lease for at most this many visibility timeouts, unless max_lease_s says otherwise.
+MAX_LEASE_FACTOR = 10.0
 
 
 class HandlerContractError(RuntimeError):
@@ -61,10 +66,13 @@ class StageWorker(threading.Thread):
         batch_size: int,
         block_ms: int,
         metrics: Metrics | None = None,
+        max_lease_s: float | None = None,
     ) -> None:
         super().__init__(name=f"sfhq-worker-{stage}", daemon=True)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_lease_s is not None and max_lease_s <= 0:
+            raise ValueError(f"max_lease_s must be > 0 (or None for the default), got {max_lease_s}")
         self.queue = queue
         self.stage = check_stage(stage)
         self.handler = handler
@@ -73,10 +81,14 @@ class StageWorker(threading.Thread):
         self.block_ms = block_ms
         self.metrics = metrics or METRICS
         self.batches_done = 0
+        # Longest a batch may hold its entries; past it they are left to be reclaimed by others.
+        self.max_lease_s = max_lease_s or MAX_LEASE_FACTOR * queue.visibility_timeout_s
+        self.leases_given_up = 0  # batches that outran max_lease_s (each one is logged)
         self._stopping = threading.Event()
         self._finished = threading.Event()  # set when run() returns; ends the lease thread
-        # Entry ids of the batch in hand, renewed by the lease thread.
+        # Entry ids of the batch in hand and when it started (monotonic), renewed by the lease thread.
         self._in_hand: list[str] = []
+        self._in_hand_since = 0.0
         self._in_hand_lock = threading.Lock()
         self._next_depth_refresh = 0.0
 
@@ -144,6 +156,7 @@ class StageWorker(threading.Thread):
     def _process(self, tasks: list[Task]) -> None:
         with self._in_hand_lock:
             self._in_hand = [task.entry_id for task in tasks]
+            self._in_hand_since = time.monotonic()
         started = time.perf_counter()
         # Tasks of cancelled jobs are answered without running: cancel drains a big job quickly.
         cancelled = self.queue.cancelled_among(task.job_id for task in tasks)
@@ -232,12 +245,29 @@ class StageWorker(threading.Thread):
     # ---- background duties ------------------------------------------------------------------
 
     def _renew_leases(self) -> None:
-        """Renew the entries in hand every third of the visibility timeout, until the loop ends."""
+        """Renew the entries in hand every third of the visibility timeout, until the loop ends.
+
+        A batch older than ``max_lease_s`` is not renewed any more (logged once): its handler is
+        presumed hung, and its entries go to the next worker after the visibility timeout.
+        """
         period = max(self.queue.visibility_timeout_s / 3.0, 0.05)
+        given_up: list[str] = []
         while not self._finished.wait(period):
             with self._in_hand_lock:
                 ids = list(self._in_hand)
+                running_s = time.monotonic() - self._in_hand_since
             if not ids:
+                continue
+            if running_s > self.max_lease_s:
+                if ids != given_up:
+                    given_up = ids
+                    self.leases_given_up += 1
+                    self.metrics.task_failures.labels(self.stage, "lease_expired").inc(len(ids))
+                    log.error(
+                        "worker %s: a batch of %d %s tasks has run %.0f s, past the %.0f s lease limit; "
+                        "no longer renewing it, so another worker takes it over (is the handler hung?)",
+                        self.consumer, len(ids), self.stage, running_s, self.max_lease_s,
+                    )  # fmt: skip
                 continue
             try:
                 self.queue.extend(self.stage, self.consumer, ids)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
-from services.common.config import Settings, get_settings
+from services.common.config import ConfigError, Settings, get_settings
 from services.common.errors import PermanentError, error_status
 from services.common.images import decode_image
 from services.common.queue import Task, TaskResult
@@ -58,7 +58,7 @@ DEFAULT_ALIGN_TIMEOUT_S = 120.0
 
 def status_of(error: BaseException) -> tuple[str, str] | None:
     """(gRPC status name, message) for errors that retrying cannot fix; None for unexpected ones."""
-    if isinstance(error, CheckpointMissing | CheckpointError):
+    if isinstance(error, CheckpointMissing | CheckpointError | ConfigError):
         return "FAILED_PRECONDITION", str(error)
     if isinstance(error, EncoderInputError):
         return "INVALID_ARGUMENT", str(error)
@@ -118,10 +118,14 @@ EncoderSource = Callable[[], Encoder]
 class EncoderRunner:
     """Serialises model calls: gRPC threads and the queue worker share one model (and its cores/GPU)."""
 
-    def __init__(self, source: EncoderSource, batch_size: int) -> None:
-        self.source = source
+    def __init__(self, source: EncoderSource | Encoder, batch_size: int) -> None:
+        self.source: EncoderSource = (lambda: source) if isinstance(source, Encoder) else source
         self.batch_size = batch_size
         self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, model: EncoderRunner | Encoder | EncoderSource, batch_size: int) -> EncoderRunner:
+        return model if isinstance(model, EncoderRunner) else cls(model, batch_size)
 
     def encode(self, images: Sequence[Image.Image], add_latent_avg: bool = True) -> np.ndarray:
         encoder = self.source()
@@ -167,14 +171,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
     def __init__(
         self,
-        runner: EncoderRunner,
+        model: EncoderRunner | Encoder | EncoderSource,
         blobs: BlobStore,
         settings: Settings,
         *,
         annotator_addr: str | None = None,
         align_timeout_s: float = DEFAULT_ALIGN_TIMEOUT_S,
     ) -> None:
-        self.runner = runner
+        self.runner = EncoderRunner.of(model, settings.batch_size)
         self.blobs = blobs
         self.settings = settings
         # Empty: alignment is disabled in this deployment.
@@ -276,9 +280,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
 
 def encode_handler(
-    runner: EncoderRunner, blobs: BlobStore, settings: Settings
+    model: EncoderRunner | Encoder | EncoderSource, blobs: BlobStore, settings: Settings
 ) -> Callable[[list[Task]], list[TaskResult]]:
-    """The `encode` stage handler: one model batch for all readable images of the task batch."""
+    """The `encode` stage handler: one model batch for all readable images of the task batch.
+
+    `model` is an Encoder, a function returning one (loaded on first use), or a shared EncoderRunner.
+    """
+    runner = EncoderRunner.of(model, settings.batch_size)
 
     def handle(tasks: list[Task]) -> list[TaskResult]:
         results: list[TaskResult | None] = [None] * len(tasks)

@@ -13,7 +13,8 @@ layer group of layer ``l`` (:func:`layer_groups`: coarse / middle / fine).
 ``low_prior`` — refine the code toward the inspiration image, keeping its colours and style:
     ``w' = argmin_v  loss(G(v), target) + λ·mean((v − w)²)``, by ``steps`` Adam steps (rate ``lr``)
     from ``v = w``; ``λ`` = ``prior_weight`` is the weak prior toward the e4e code. ``loss`` defaults to
-    :func:`pixel_multiscale_loss` at ``loss_size`` pixels; a perceptual loss can be passed in.
+    :func:`pixel_multiscale_loss` at ``loss_size`` pixels (G rendered only up to that scale; finer
+    layers keep the e4e values); a perceptual loss can be passed in.
 ``style_mix`` — fine layers from another sample, for variety:
     ``w'_l = w_l + α·(d − w_l)`` for ``l ≥ start`` (else ``w_l``), ``d = w̄ + ψ·(mapping(z_seed) − w̄)``,
     ``z_seed`` = NVlabs' seed → z (params ``start`` (default 8, the first fine layer; the last layer on
@@ -197,7 +198,8 @@ def low_prior(
     """Refine a W+ code toward ``target`` by latent optimisation (``steps`` Adam steps, rate ``lr``).
 
     Minimises ``loss_fn(G(v), target) + prior_weight·mean((v − w_init)²)`` starting at ``v = w_init``.
-    Images are compared at ``loss_size`` px (area-downsampled). ``target`` is ``[3, H, W]`` or
+    Images are compared at ``loss_size`` px: G renders only up to that scale (its intermediate RGB
+    output), so the layers of finer scales keep their ``w_init`` values. ``target`` is ``[3, H, W]`` or
     ``[1, 3, H, W]`` in [-1, 1] (any size: resized). ``loss_fn(image, target) -> scalar`` defaults to
     :func:`pixel_multiscale_loss`. Returns the refined code with ``w_init``'s shape. Deterministic:
     noise is the checkpoint's constant noise and ``seed`` seeds torch's RNG for any randomness in
@@ -207,6 +209,9 @@ def low_prior(
     single = w_init.ndim == 2
     start = (w_init[None] if single else w_init).detach().to(generator.device, torch.float32)
     compare_size = min(int(loss_size), generator.size)
+    # The smallest synthesis scale that covers the comparison size (the layers above it get no gradient
+    # and keep the e4e values: they only add detail finer than the loss can see).
+    render_size = min(generator.size, 2 ** max(2, math.ceil(math.log2(compare_size))))
     # Autograd must work even when the caller runs in inference mode (the service does).
     with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -218,7 +223,9 @@ def low_prior(
         optimizer = torch.optim.Adam([latent], lr=lr)
         for _ in range(int(steps)):
             optimizer.zero_grad(set_to_none=True)
-            image = _resize(generator.synthesize(latent, noise_mode="const"), compare_size)
+            # Render only up to the comparison size: the intermediate RGB output of that scale.
+            image = generator.synthesize(latent, noise_mode="const", max_resolution=render_size)
+            image = _resize(image, compare_size)
             loss = loss_fn(image, goal.expand_as(image)) + prior_weight * (latent - start).square().mean()
             loss.backward()
             optimizer.step()

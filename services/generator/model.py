@@ -520,10 +520,11 @@ class Generator(nn.Module):
         modconv: ModconvMode | None = None,
     ) -> Generator:
         """Speed settings. ``fp16_resolutions``: how many of the top resolutions run in fp16 (NVlabs uses 4;
-        meant for CUDA — the service enables it only there). ``channels_last`` applies to ``batched`` modconv."""
+        more than the generator has means all but the 4×4 block; meant for CUDA — the service enables it
+        only there). ``channels_last`` applies to the ``batched`` modconv."""
         if fp16_resolutions is not None:
-            if not 0 <= fp16_resolutions <= self.config.log_size - 1:
-                raise ValueError(f"fp16_resolutions must be in [0, {self.config.log_size - 1}]")
+            if fp16_resolutions < 0:
+                raise ValueError(f"fp16_resolutions must be >= 0, got {fp16_resolutions}")
             self.fp16_resolutions = int(fp16_resolutions)
         if channels_last is not None:
             self.channels_last = bool(channels_last)
@@ -601,21 +602,28 @@ class Generator(nn.Module):
         *,
         truncation_cutoff: int | None = None,
         noise_seed: int | None = None,
+        max_resolution: int | None = None,
     ) -> Tensor:
         """W ``[B, 512]`` or W+ ``[B, n_latent, 512]`` → images ``[B, 3, size, size]`` (float32, ~[-1, 1]).
 
         ``truncation`` is psi (any value; see :meth:`truncate`), centred on ``truncation_latent`` or
         ``latent_avg``. ``noise_mode``: ``const`` uses the checkpoint's noise buffers (deterministic),
         ``random`` draws N(0, 1) noise (from ``noise_seed`` when given), ``none`` adds none.
+        ``max_resolution`` stops early and returns the intermediate RGB image of that resolution (the
+        skip output StyleGAN2 builds at every scale): a cheap low-resolution render for optimisation loops.
         """
         latents = self._check_latents(latents, "latents")
         if noise_mode not in NOISE_MODES:
             raise InvalidLatentError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if max_resolution is not None and max_resolution not in _resolutions(self.size):
+            raise InvalidLatentError(
+                f"max_resolution must be a power of two in [4, {self.size}], got {max_resolution}"
+            )
         latents = latents.to(self.device, torch.float32)
         psi_is_identity = not isinstance(truncation, Tensor | Sequence) and float(truncation) == 1.0
         if not psi_is_identity or truncation_cutoff is not None:
             latents = self.truncate(latents, truncation, cutoff=truncation_cutoff, center=truncation_latent)
-        return self._synthesis(self._to_w_plus(latents), noise_mode, noise_seed)
+        return self._synthesis(self._to_w_plus(latents), noise_mode, noise_seed, max_resolution or self.size)
 
     def forward(
         self,
@@ -629,7 +637,9 @@ class Generator(nn.Module):
             self.mapping(z), truncation, None, noise_mode, truncation_cutoff=truncation_cutoff
         )
 
-    def _synthesis(self, w_plus: Tensor, noise_mode: str, noise_seed: int | None) -> Tensor:
+    def _synthesis(
+        self, w_plus: Tensor, noise_mode: str, noise_seed: int | None, max_resolution: int
+    ) -> Tensor:
         batch = w_plus.shape[0]
         noises = self._noises(noise_mode, batch, noise_seed)
         run = self._layer_run(4)
@@ -640,7 +650,10 @@ class Generator(nn.Module):
         skip = self.to_rgb1(x, w_plus[:, 1], None, run)
         layer = 1
         for block, to_rgb in enumerate(self.to_rgbs):
-            run = self._layer_run(2 ** (block + 3))
+            resolution = 2 ** (block + 3)
+            if resolution > max_resolution:
+                break
+            run = self._layer_run(resolution)
             x = x.to(run.dtype)
             x = self.convs[2 * block](x, w_plus[:, layer], noises[2 * block + 1], run)
             x = self.convs[2 * block + 1](x, w_plus[:, layer + 1], noises[2 * block + 2], run)
@@ -867,7 +880,10 @@ def _from_torch_file(path: Path, device: str | torch.device) -> Generator:
         # Training checkpoints store their argparse options; a Namespace is a plain attribute bag.
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            # Zip-format files are memory-mapped: an e4e file (1.2 GB) only pages in its decoder.
+            checkpoint = torch.load(
+                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise CheckpointFormatError(
             f"{path} could not be read as a torch checkpoint (weights_only): {error}"
@@ -903,9 +919,13 @@ def _from_torch_file(path: Path, device: str | torch.device) -> Generator:
 
 
 def _from_nvlabs_pickle(path: Path, device: str | torch.device) -> Generator:
+    from services.common.safe_pickle import UnsafePickleError
     from services.generator import nvlabs
 
-    network = nvlabs.load_nvlabs_state(path)
+    try:
+        network = nvlabs.load_nvlabs_state(path)
+    except UnsafePickleError as error:
+        raise CheckpointFormatError(f"{path}: refused to unpickle ({error})") from error
     state_dict, w_avg = nvlabs.nvlabs_to_rosinality(network.state_dict)
     generator = generator_from_state_dict(state_dict, w_avg, conv_clamp=network.conv_clamp, device=device)
     generator.source.update(format="nvlabs", num_fp16_res=network.num_fp16_res, conv_clamp=network.conv_clamp)

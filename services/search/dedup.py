@@ -14,8 +14,8 @@ Scale: pairs come from a partitioned (IVF-style) self-join, never an all-pairs l
 EXACT_PAIRS_LIMIT candidates, exact dense blocks; beyond, a k-means partition where each list is compared
 by dense BLAS blocks with the rows that have it among their p nearest centroids, p being the smallest that
 finds the true pairs of a measured sample (so the recall of duplicates is known, not assumed). A FAISS IVF
-range search gives the same pairs and is kept as `pair_method="faiss_ivf"`; on CPU it is several times
-slower because it scans lists one vector at a time instead of with matrix products (bench/search.py).
+range search gives the same pairs and is kept as `pair_method="faiss_ivf"`; on CPU it is slower, as it
+scans lists one vector at a time instead of with matrix products (figures in bench/search.py).
 Against already accepted images the index's own range search is used.
 """
 
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 SFHQ_THRESHOLD = 0.92
 EXACT_PAIRS_LIMIT = 10_000  # up to this, exact dense blocks are fast enough (n² d flops)
-PAIR_SAMPLE_QUERIES = 500
-MIN_TRUTH_PAIRS = 200
-PROXY_MARGIN = 0.05
+PAIR_SAMPLE_QUERIES = 500  # sampled rows whose exact pairs measure the recall of the partitioned join
+MIN_TRUTH_PAIRS = 200  # fewer true pairs than this in the sample: measure on slightly less similar ones
+PROXY_MARGIN = 0.05  # ...at most this far below the threshold
 TARGET_PAIR_RECALL = 0.995
 
 
@@ -50,7 +50,7 @@ class DedupResult:
     kept: list[int]  # positions of the kept candidates, ascending
     duplicates: list[tuple[int, int | str, float]]  # (position, duplicate_of, similarity), by position
     # duplicate_of is a kept candidate's position (int) or an indexed item id (str)
-    method: str = ""  # how pairs were found ("exact", "ivf nlist=… nprobe=…")
+    method: str = ""  # how pairs were found ("exact", "cluster_join nlist=… probe=…", "faiss_ivf …")
     pair_recall: float | None = None  # measured recall of above-threshold pairs (1.0 when exact)
     seconds: float = 0.0
     stats: dict = field(default_factory=dict)
@@ -113,7 +113,7 @@ def near_duplicates(vectors: np.ndarray, threshold: float = SFHQ_THRESHOLD, scor
     duplicates = sorted((pos, other, float(sim)) for pos, (other, sim) in duplicate_of.items())
     result = DedupResult(kept=np.flatnonzero(kept).tolist(), duplicates=duplicates, method=pairs.method,
                          pair_recall=pairs.recall, seconds=time.perf_counter() - started,
-                         stats={"candidates": n, "pairs": len(pairs.a)})
+                         stats={"candidates": n, "pairs": len(pairs.a), **pairs.timings})
     log.info("dedup of %d candidates at %.3f: kept %d, %d duplicates (%s, %.1f s)", n, threshold,
              len(result.kept), len(duplicates), pairs.method, result.seconds)
     return result
@@ -131,6 +131,7 @@ class PairSet:
     sims: np.ndarray
     method: str
     recall: float  # measured fraction of true pairs found (1.0 when exact)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     def csr(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Both directions as compressed rows: neighbours of i are `rows[lims[i]:lims[i+1]]`."""
@@ -233,6 +234,7 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
     n, dim = unit.shape
     nlist = nlist_for(n)
     rng = np.random.default_rng(seed)
+    clock = time.perf_counter()
     # 40 points per centroid: just above FAISS's minimum; the partition only has to be reasonable,
     # because the probe count is measured afterwards.
     kmeans = faiss.Kmeans(dim, nlist, niter=8, seed=seed, spherical=True, max_points_per_centroid=40)
@@ -240,6 +242,7 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
     max_probe = min(max_probe, nlist)
     _, lists = faiss.knn(unit, kmeans.centroids, max_probe, metric=faiss.METRIC_INNER_PRODUCT)
     primary = lists[:, 0]
+    partition_s, clock = time.perf_counter() - clock, time.perf_counter()
 
     # A pair (q, r) is compared when r's list is among q's p nearest, or q's among r's: its "rank" is the
     # smaller of the two positions. The smallest p covering TARGET_PAIR_RECALL of the sample's pairs wins.
@@ -254,6 +257,7 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
             probe, recall = p, covered
             break
 
+    measure_s, clock = time.perf_counter() - clock, time.perf_counter()
     by_primary = np.argsort(primary, kind="stable")
     member_bounds = np.searchsorted(primary[by_primary], np.arange(nlist + 1))
     probed_lists = lists[:, :probe].ravel()
@@ -270,8 +274,10 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
         found_a.append(a)
         found_b.append(b)
         found_s.append(sims)
-    return _unique_pairs(np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s),
-                         f"cluster_join nlist={nlist} probe={probe}", recall)
+    pairs = _unique_pairs(np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s),
+                          f"cluster_join nlist={nlist} probe={probe}", recall)
+    pairs.timings = {"partition_s": partition_s, "measure_s": measure_s, "join_s": time.perf_counter() - clock}
+    return pairs
 
 
 def _position(lists: np.ndarray, wanted: np.ndarray, missing: int) -> np.ndarray:

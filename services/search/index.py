@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FLAT_LIMIT = 20_000  # exact float32 search up to here
 EXACT_LIMIT = 200_000  # exact fp16 search up to here; approximate (IVF/HNSW) beyond
-TUNING_QUERIES = 300  # data rows used as queries when measuring recall@10
+TUNING_QUERIES = 300  # rows held out of a build and used as queries to measure recall@10
 RECALL_K = 10
 MAX_TOP_K = 1000
 BRUTE_FORCE_ROWS = 20_000  # a filter selecting at most this many rows is answered exactly from float16 copies
@@ -192,24 +192,11 @@ def search_parameters(spec: IndexSpec, selector: faiss.IDSelector | None = None,
     return params
 
 
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int,
-                     exclude: np.ndarray | None = None) -> np.ndarray:
-    """Exact top-k ids by inner product ([Q, k]); `exclude[q]` (a row id) is dropped from query q's list."""
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    extra = 1 if exclude is not None else 0
-    _, ids = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k + extra)
-    return _drop_self(ids, exclude, k)
-
-
-def _drop_self(ids: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
-    if exclude is None:
-        return ids[:, :k]
-    out = np.full((len(ids), k), -1, np.int64)
-    for q, row in enumerate(ids):
-        kept = row[row != exclude[q]][:k]
-        out[q, :len(kept)] = kept
-    return out
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k row ids by inner product, [Q, k] (BLAS, no index copy)."""
+    _, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                       np.ascontiguousarray(vectors, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    return ids
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K) -> float:
@@ -220,23 +207,22 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K) -> floa
     return hits / max(1, truth[:, :k].size)
 
 
-def tune_search_parameter(index: faiss.Index, spec: IndexSpec, queries: np.ndarray, truth: np.ndarray,
-                          query_rows: np.ndarray | None = None) -> IndexSpec:
+def tune_search_parameter(index: faiss.Index, spec: IndexSpec, queries: np.ndarray,
+                          truth: np.ndarray) -> IndexSpec:
     """Smallest nprobe / efSearch reaching `spec.target_recall` recall@10 on these queries (measured).
 
     Doubling finds a bracket, bisection the smallest passing value. If nothing reaches the target, the
     most thorough setting is kept and the recall it measured is recorded.
     """
     if spec.kind not in ("ivf", "hnsw"):
-        found = _search_ids(index, spec, queries, query_rows)
-        spec.measured_recall = recall_at_k(found, truth)
+        spec.measured_recall = recall_at_k(_search_ids(index, spec, queries), truth)
         return spec
     field_name = "nprobe" if spec.kind == "ivf" else "ef_search"
     low_limit, high_limit = (1, spec.nlist) if spec.kind == "ivf" else (RECALL_K, 4096)
 
     def measure(value: int) -> float:
         setattr(spec, field_name, value)
-        return recall_at_k(_search_ids(index, spec, queries, query_rows), truth)
+        return recall_at_k(_search_ids(index, spec, queries), truth)
 
     value, failed = low_limit, low_limit - 1
     recall = measure(value)
@@ -259,10 +245,34 @@ def tune_search_parameter(index: faiss.Index, spec: IndexSpec, queries: np.ndarr
     return spec
 
 
-def _search_ids(index: faiss.Index, spec: IndexSpec, queries: np.ndarray, query_rows: np.ndarray | None) -> np.ndarray:
-    extra = 1 if query_rows is not None else 0
-    _, ids = index.search(queries, RECALL_K + extra, params=search_parameters(spec))
-    return _drop_self(ids, query_rows, RECALL_K)
+def _search_ids(index: faiss.Index, spec: IndexSpec, queries: np.ndarray) -> np.ndarray:
+    _, ids = index.search(queries, RECALL_K, params=search_parameters(spec))
+    return ids
+
+
+def build_and_tune(spec: IndexSpec, vectors: np.ndarray, *, tuning_rows: int = TUNING_QUERIES,
+                   seed: int = 0) -> tuple[faiss.Index, IndexSpec]:
+    """Build `spec` over unit `vectors` and tune its search parameter on held-out rows.
+
+    The last `tuning_rows` rows are left out of the build, used as queries (their exact top-10 among the
+    other rows is the truth), then added: tuning queries the index has never seen behave like new images,
+    whereas rows already in an HNSW graph or an IVF list find their neighbours too easily. Row i still
+    gets FAISS id i. Callers put a random sample of rows last (`VectorIndex.rebuild` does).
+    """
+    spec = IndexSpec.from_dict(spec.to_dict())
+    dim = vectors.shape[1]
+    held_out = min(tuning_rows, len(vectors) // 10)
+    if spec.kind not in ("ivf", "hnsw") or held_out < RECALL_K:
+        index = build_faiss_index(spec, dim, vectors, seed=seed)
+        if spec.kind == "flat":
+            spec.measured_recall = 1.0  # exact by construction
+        return index, spec
+    kept = len(vectors) - held_out
+    index = build_faiss_index(spec, dim, vectors[:kept], seed=seed)
+    queries = np.ascontiguousarray(vectors[kept:], dtype=np.float32)
+    spec = tune_search_parameter(index, spec, queries, exact_neighbours(vectors[:kept], queries, RECALL_K))
+    index.add(queries)
+    return index, spec
 
 
 def _time_per_query(index: faiss.Index, spec: IndexSpec, queries: np.ndarray) -> float:
@@ -289,16 +299,15 @@ def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: 
         raise IndexInputError("choose_index_type needs a sample of the data to measure recall beyond "
                               f"{FLAT_LIMIT} vectors")
     rng = np.random.default_rng(seed)
-    if len(sample) > max_sample:
-        sample = sample[np.sort(rng.choice(len(sample), size=max_sample, replace=False))]
-    sample = np.ascontiguousarray(sample, dtype=np.float32)
-    query_rows = rng.choice(len(sample), size=min(TUNING_QUERIES, len(sample)), replace=False)
-    queries = sample[query_rows]
-    truth = exact_neighbours(sample, queries, RECALL_K, exclude=query_rows)
+    # A random subset in random order, so the held-out tuning rows at its end are a random sample too.
+    sample = np.ascontiguousarray(sample[rng.permutation(len(sample))[:max_sample]], dtype=np.float32)
 
     if n <= EXACT_LIMIT:
         spec = IndexSpec("sq_fp16", target_recall=target_recall)
-        spec = tune_search_parameter(build_faiss_index(spec, dim, sample), spec, queries, truth, query_rows)
+        held_out = min(TUNING_QUERIES, len(sample) // 10)
+        index = build_faiss_index(spec, dim, sample[:-held_out])
+        queries = sample[-held_out:]
+        spec = tune_search_parameter(index, spec, queries, exact_neighbours(sample[:-held_out], queries, RECALL_K))
         if spec.measured_recall >= target_recall:
             return spec
         return IndexSpec("flat", target_recall=target_recall, measured_recall=1.0)
@@ -306,9 +315,8 @@ def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: 
     candidates: list[tuple[float, IndexSpec]] = []
     for spec in (IndexSpec("ivf", nlist=nlist_for(len(sample)), nprobe=1, target_recall=target_recall),
                  IndexSpec("hnsw", hnsw_m=32, ef_construction=40, ef_search=RECALL_K, target_recall=target_recall)):
-        index = build_faiss_index(spec, dim, sample, seed=seed)
-        spec = tune_search_parameter(index, spec, queries, truth, query_rows)
-        latency = _time_per_query(index, spec, queries[:100])
+        index, spec = build_and_tune(spec, sample, seed=seed)
+        latency = _time_per_query(index, spec, sample[-100:])
         log.info("index candidate %s: recall@10 %.3f, %.2f ms/query on %d rows", spec.describe(),
                  spec.measured_recall, latency * 1e3, len(sample))
         # Missing the target is penalised so a candidate that reaches it always wins.
@@ -555,12 +563,11 @@ class VectorIndex:
                 spec = IndexSpec("flat", target_recall=spec.target_recall, measured_recall=1.0)
             else:
                 spec.nlist = min(spec.nlist or nlist_for(n), nlist_for(n))
-        index = build_faiss_index(spec, self.dim, vectors)
-        if spec.kind in ("ivf", "hnsw") and n > RECALL_K + 1:
-            rng = np.random.default_rng(0)
-            query_rows = rng.choice(n, size=min(TUNING_QUERIES, n), replace=False)
-            truth = exact_neighbours(vectors, vectors[query_rows], RECALL_K, exclude=query_rows)
-            spec = tune_search_parameter(index, spec, vectors[query_rows], truth, query_rows)
+        if spec.kind in ("ivf", "hnsw"):
+            self._move_rows_to_end(np.random.default_rng(len(self._rows)).choice(
+                n, size=min(TUNING_QUERIES, n // 10), replace=False))
+            vectors = self._rows.vectors.view.astype(np.float32)
+        index, spec = build_and_tune(spec, vectors)
         self._faiss, self.spec, self._built_at = index, spec, n
         log.info("index rebuilt: %d vectors, %s, recall@10 %s, %.1f s", n, spec.describe(),
                  "n/a" if spec.measured_recall is None else f"{spec.measured_recall:.3f}",
@@ -583,6 +590,18 @@ class VectorIndex:
         fresh.image_uris = [rows.image_uris[r] for r in keep]
         self._rows = fresh
         self._row_of = {item_id: row for row, item_id in enumerate(fresh.item_ids)}
+
+    def _move_rows_to_end(self, chosen: np.ndarray) -> None:
+        """Reorder rows so `chosen` come last (they become the held-out tuning queries of a rebuild)."""
+        rows = self._rows
+        last = np.zeros(len(rows), bool)
+        last[chosen] = True
+        order = np.concatenate([np.flatnonzero(~last), np.flatnonzero(last)])
+        for column in (rows.vectors, rows.alive, rows.job, rows.source, rows.taste):
+            column.data[:column.size] = column.view[order]
+        rows.item_ids = [rows.item_ids[r] for r in order]
+        rows.image_uris = [rows.image_uris[r] for r in order]
+        self._row_of = {item_id: row for row, item_id in enumerate(rows.item_ids) if rows.alive.view[row]}
 
     # ---- search -------------------------------------------------------------------------------------
 
@@ -698,7 +717,14 @@ class VectorIndex:
 
     # ---- persistence --------------------------------------------------------------------------------
 
-    def save(self, store, key: str = "index/main", *, keep_versions: int = 2) -> str:
+    @staticmethod
+    def _current_version(store, key: str) -> str | None:
+        try:
+            return json.loads(store.get(f"{key}/CURRENT"))["version"]
+        except FileNotFoundError:
+            return None
+
+    def save(self, store, key: str = "index/main") -> str:
         """Write a new version under `key/<version>/` and atomically point `key/CURRENT` at it."""
         with self._lock:
             # Nanosecond time first, so versions sort in write order; the suffix separates concurrent writers.
@@ -719,19 +745,22 @@ class VectorIndex:
         store.put(f"{key}/{version}/arrays.npz", arrays.getvalue())
         store.put(f"{key}/{version}/faiss.index", faiss_bytes)
         store.put(f"{key}/{version}/manifest.json", json.dumps(manifest).encode())
-        store.put(f"{key}/CURRENT", json.dumps({"version": version}).encode())
+        previous = self._current_version(store, key)
+        store.put(f"{key}/CURRENT", json.dumps({"version": version, "previous": previous}).encode())
         self.version = version
-        self._drop_old_versions(store, key, version, keep_versions)
+        self._drop_old_versions(store, key, version, previous)
         return version
 
     @staticmethod
-    def _drop_old_versions(store, key: str, current: str, keep: int) -> None:
-        """Delete all but the `keep` newest versions; never the one CURRENT now points at."""
+    def _drop_old_versions(store, key: str, current: str, previous: str | None) -> None:
+        """Delete versions older than `current`, except `previous` (a reader may still be loading it).
+
+        Newer-named folders are left alone: they belong to a writer that has not moved the pointer yet.
+        """
         prefix = f"{key}/"
-        versions = sorted({k[len(prefix):].split("/", 1)[0] for k in store.list(prefix)
-                           if k[len(prefix):].startswith("v") and "/" in k[len(prefix):]})
-        older = [v for v in versions if v != current]
-        for old in older[:max(0, len(older) - (keep - 1))]:
+        versions = {k[len(prefix):].split("/", 1)[0] for k in store.list(prefix)
+                    if k[len(prefix):].startswith("v") and "/" in k[len(prefix):]}
+        for old in sorted(v for v in versions if v < current and v != previous):
             for blob in store.list(f"{prefix}{old}/"):
                 with contextlib.suppress(OSError):
                     store.delete(blob)

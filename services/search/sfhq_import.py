@@ -105,6 +105,33 @@ def import_sfhq(path: str | os.PathLike[str], index: VectorIndex, *, feature_key
     return _import_entries(_folder_entries(root, report), index, report, feature_key, source, part, started)
 
 
+def probe_feature_dim(path: str | os.PathLike[str], feature_key: str = FEATURE_KEY, tries: int = 20) -> int | None:
+    """The dimension of `feature_key` in the first readable pickles of the part (None if none is readable)."""
+    root = Path(path)
+    scratch = ImportReport(root=str(root))
+
+    def first_dim(entries: Iterator[_Entry]) -> int | None:
+        for entry in entries:
+            if entry.kind != "pretrained_features":
+                continue
+            tries_left = tries - sum(len(v) for v in scratch.examples.values())
+            if tries_left <= 0:
+                return None
+            try:
+                features = load_feature_pickle(entry.read()[:MAX_PICKLE_BYTES])
+            except (UnsafePickleError, ValueError, EOFError, OSError) as exc:
+                scratch.note("bad_pickles", str(exc))
+                continue
+            if feature_key in features:
+                return int(np.asarray(features[feature_key]).size)
+        return None
+
+    if root.is_file() and zipfile.is_zipfile(root):
+        with zipfile.ZipFile(root) as archive:
+            return first_dim(_zip_entries(root, archive, scratch))
+    return first_dim(_folder_entries(root, scratch)) if root.is_dir() else None
+
+
 def _import_entries(entries: Iterator[_Entry], index: VectorIndex, report: ImportReport, feature_key: str,
                     source: str | None, part: int | None, started: float) -> ImportReport:
     by_kind: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}

@@ -8,6 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from services.annotator.align import CANONICAL_LEFT_EYE, CANONICAL_RIGHT_EYE, ffhq_transform, map_landmarks
 from services.annotator.detect import (
     SHAPE_PREDICTOR_68,
     FaceBox,
@@ -62,6 +63,10 @@ def test_every_real_face_is_detected_with_sane_landmarks(landmarker, name) -> No
     assert lm[8, 1] > mouth[1]  # chin below the mouth
     box = face.box
     assert box.left <= lm[30, 0] <= box.right and box.top <= lm[30, 1] <= box.bottom
+    # FFHQ alignment of these points puts the eyes at the canonical positions (e4e's 256 px).
+    aligned = map_landmarks(lm, ffhq_transform(lm, 256, 256, image_size=image.size))
+    assert np.abs(aligned[36:42].mean(0) - np.array(CANONICAL_LEFT_EYE) * 256).max() < 8
+    assert np.abs(aligned[42:48].mean(0) - np.array(CANONICAL_RIGHT_EYE) * 256).max() < 8
 
 
 @pytest.mark.parametrize("kind", ["grey", "noise", "gradient"])

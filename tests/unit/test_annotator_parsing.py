@@ -206,11 +206,16 @@ def test_logits_match_the_reference_forward(parser, checkpoint, size) -> None:
     assert (ours - expected).abs().max().item() <= 1e-5 * scale + 1e-5
 
 
-def test_aux_heads_come_at_input_size() -> None:
-    model = BiSeNet().eval()
+def test_forward_returns_the_three_heads_like_the_original(checkpoint) -> None:
+    model = load_bisenet(checkpoint)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        main, aux16, aux32 = model.forward_all(torch.zeros(1, 3, 64, 96))
+        main, aux16, aux32 = model(x)
+        alone = model.main_logits(x)
     assert main.shape == aux16.shape == aux32.shape == (1, 19, 64, 96)
+    torch.testing.assert_close(alone, main, rtol=0, atol=0)
+    assert not torch.allclose(aux16, main)  # really a different head
+    assert BiSeNet(n_classes=5).conv_out.conv_out.out_channels == 5
 
 
 def test_preprocessing_is_pillow_bilinear_then_imagenet_normalisation() -> None:

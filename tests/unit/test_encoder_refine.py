@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from services.encoder.model import EncoderConfig, EncoderInputError, encoder_from_state_dict, preprocess
+from services.encoder.model import (
+    Encoder,
+    EncoderConfig,
+    EncoderInputError,
+    encoder_from_state_dict,
+    preprocess,
+)
 from services.encoder.random_weights import random_encoder_state_dict
 from services.encoder.refine import (
     IdentityFeatures,
@@ -142,6 +148,16 @@ def test_perceptual_term_on_the_e4e_backbone(identity_features):
     loss.train()
     assert not identity_features.net.training
     assert all(not p.requires_grad for p in identity_features.parameters())
+
+
+def test_loss_for_an_encoder_uses_its_backbone(identity_features):
+    encoder = Encoder(identity_features.net, latent_avg=None)
+    with_identity = ReconstructionLoss.for_encoder(encoder, perceptual_weight=0.3, pixel="l1")
+    assert with_identity.perceptual is not None and with_identity.perceptual.net is encoder.net
+    assert with_identity.perceptual_weight == 0.3 and with_identity.pixel == "l1"
+    target = images(1, 64, seed=11)
+    assert "perceptual" in with_identity.terms(images(1, 64, seed=12), target)
+    assert "perceptual" not in ReconstructionLoss.for_encoder(None).terms(images(1, 64, seed=12), target)
 
 
 def test_target_features_are_computed_once_per_target(identity_features):

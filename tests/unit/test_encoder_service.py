@@ -18,7 +18,7 @@ from services.common.config import get_settings
 from services.common.queue import RedisQueue, Task, connect_redis
 from services.encoder.model import EncoderConfig, encoder_from_checkpoint
 from services.encoder.random_weights import e4e_opts, random_encoder_state_dict
-from services.encoder.service import EncoderRunner, build_process, encode_handler
+from services.encoder.service import EncoderLoader, EncoderRunner, build_process, encode_handler
 from sfhq.tensors import tensor_to_numpy
 from sfhq.v1 import annotator_pb2, annotator_pb2_grpc, common_pb2, encoder_pb2, encoder_pb2_grpc
 
@@ -312,7 +312,7 @@ def test_encode_handler_writes_latents_and_fails_bad_tasks_alone(tmp_path, encod
         Task.make("job2", "item4", "encode", {"image": "in/missing.png"}),
     ]
     counting = CountingEncoder(encoder)
-    results = encode_handler(EncoderRunner(lambda: counting, batch_size=8), blobs, settings)(tasks)
+    results = encode_handler(lambda: counting, blobs, settings)(tasks)
 
     assert [r.task_id for r in results] == [t.task_id for t in tasks]
     assert [r.ok for r in results] == [True, False, True, False, False, False]
@@ -336,17 +336,18 @@ def test_encode_handler_writes_latents_and_fails_bad_tasks_alone(tmp_path, encod
         np.testing.assert_allclose(latent, code, rtol=0, atol=1e-5 * np.abs(code).max())
 
 
-def test_encode_handler_with_missing_checkpoint_fails_every_task_permanently(tmp_path):
+def test_encode_handler_with_missing_checkpoint_fails_every_task_permanently(tmp_path, encoder):
     settings = settings_for(tmp_path)
     blobs = BlobStore(settings.blob_url)
     blobs.put("in/a.png", png_bytes(face(0)))
-    from services.encoder.service import EncoderLoader
-
     runner = EncoderRunner(EncoderLoader(settings).get, batch_size=8)
     tasks = [Task.make("j", f"i{n}", "encode", {"image": "in/a.png"}) for n in range(2)]
     results = encode_handler(runner, blobs, settings)(tasks)
     assert [(r.ok, r.error_code) for r in results] == [(False, "FAILED_PRECONDITION")] * 2
-    assert "sfhq weights" in results[0].error_message
+    assert "sfhq weights download e4e-ffhq-encode" in results[0].error_message
+    # Once a model is there (here: a loaded Encoder passed as is), the same tasks succeed.
+    results = encode_handler(encoder, blobs, settings)(tasks)
+    assert [r.ok for r in results] == [True, True]
 
 
 def test_encode_stage_worker_batches_tasks_across_jobs(sfhq_settings, encoder):
@@ -373,3 +374,20 @@ def test_encode_stage_worker_batches_tasks_across_jobs(sfhq_settings, encoder):
     assert all(r.ok for r in results)
     assert counting.batches == [3]  # dynamic batching: three tasks of two jobs, one model batch
     assert blobs.get_npy(results[0].output["latent"]).shape == (CONFIG.n_styles, 512)
+
+
+def test_typed_errors_map_to_statuses():
+    from services.common.config import ConfigError
+    from services.common.weights import WeightsMissing
+    from services.encoder.model import CheckpointError, CheckpointMissing, EncoderInputError
+    from services.encoder.service import status_of
+
+    assert status_of(EncoderInputError("not face-sized")) == ("INVALID_ARGUMENT", "not face-sized")
+    assert status_of(CheckpointError("bad layout"))[0] == "FAILED_PRECONDITION"
+    assert "sfhq weights download" in status_of(CheckpointMissing("/w/e4e.pt"))[1]
+    assert status_of(WeightsMissing("e4e-ffhq-encode", Path("/w/e4e.pt")))[0] == "FAILED_PRECONDITION"
+    assert (
+        status_of(ConfigError("device 'cuda' was requested but CUDA is not available"))[0]
+        == "FAILED_PRECONDITION"
+    )
+    assert status_of(RuntimeError("out of memory")) is None  # unexpected: retried by the worker

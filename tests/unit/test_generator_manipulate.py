@@ -147,6 +147,12 @@ def test_low_prior_moves_toward_the_target_and_is_deterministic(generator, code,
     assert not any(p.grad is not None for p in generator.parameters())  # weights untouched
 
 
+def test_low_prior_below_full_size_leaves_the_finest_layers_alone(generator, code, target):
+    refined = low_prior(generator, code, target, steps=4, lr=0.05, prior_weight=0.0, loss_size=32)
+    assert torch.equal(refined[8:], code[8:])  # layers 8, 9 only drive the 64-px block
+    assert not torch.equal(refined[:8], code[:8])
+
+
 def test_low_prior_prior_weight_and_steps(generator, code, target):
     assert torch.equal(low_prior(generator, code, target, steps=0), code)
     free = low_prior(generator, code, target, steps=8, lr=0.05, prior_weight=0.0, loss_size=32)

@@ -1,0 +1,300 @@
+"""The curate stage: taste score, then near-duplicate check against the job's accepted items, then index.
+
+Correct with several curate workers (in one process or many):
+- Decisions of one job are serialised by a Redis lock (`SET NX PX`, renewed while held).
+- The job's accepted items are a shared, append-only Redis list (features blob key, image, score), so a
+  worker first catches up with what others accepted, then decides; its local index is only a cache.
+- The decision is committed by a Lua script that first checks the lock is still ours (a fencing check:
+  a worker that lost its lock in a long pause cannot commit a stale decision), then records it in the
+  hash `sfhq:curate:<job_id>` and, if accepted, appends to the list.
+- Idempotent under redelivery: a recorded decision is returned as is, so an item is never found to be a
+  duplicate of itself.
+The same list repopulates the index after a crash (`catch_up_all` on start): nothing accepted is lost
+between two debounced saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.search.dedup import SFHQ_THRESHOLD
+from services.search.index import ItemMeta, SearchFilter
+from services.search.state import IndexState
+from services.search.taste import TasteModel
+
+log = logging.getLogger(__name__)
+
+KEY_TTL_S = 30 * 24 * 3600  # curate state of a job outlives any realistic job, then cleans itself up
+LOCK_TTL_MS = 30_000
+LOCK_WAIT_S = 120.0
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_COMMIT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+return 1
+"""
+
+
+class CurateInputError(ValueError):
+    """A curate payload is unusable (missing keys, wrong types, features of the wrong shape)."""
+
+
+class LockUnavailable(RuntimeError):
+    """The job lock could not be taken or was lost; the task is retried (a transient error)."""
+
+
+def decisions_key(job_id: str) -> str:
+    return f"sfhq:curate:{job_id}"
+
+
+def accepted_key(job_id: str) -> str:
+    return f"sfhq:curate:{job_id}:accepted"
+
+
+def lock_key(job_id: str) -> str:
+    return f"sfhq:curate:{job_id}:lock"
+
+
+def index_item_id(job_id: str, item_id: str) -> str:
+    """Item ids are per job ("i000001-c0"); the index is shared, so job items are "<job_id>/<item_id>"."""
+    return f"{job_id}/{item_id}"
+
+
+class JobLock:
+    """A Redis lock for one job, renewed in the background while held."""
+
+    def __init__(self, redis, job_id: str, *, ttl_ms: int = LOCK_TTL_MS, wait_s: float = LOCK_WAIT_S) -> None:
+        self.redis = redis
+        self.key = lock_key(job_id)
+        self.token = uuid.uuid4().hex
+        self.ttl_ms = ttl_ms
+        self.wait_s = wait_s
+        self._renew = redis.register_script(_RENEW_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def __enter__(self) -> JobLock:
+        deadline = time.monotonic() + self.wait_s
+        pause = 0.01
+        while not self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            if time.monotonic() > deadline:
+                raise LockUnavailable(f"{self.key} still held by another worker after {self.wait_s:.0f} s")
+            time.sleep(pause)
+            pause = min(0.2, pause * 2)
+        self._thread = threading.Thread(target=self._keep_alive, name=f"lock-{self.key}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                if not self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
+                    self.lost = True
+                    return
+            except Exception:  # a Redis hiccup: the commit's fencing check still protects us
+                log.warning("could not renew %s", self.key, exc_info=True)
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self._release(keys=[self.key], args=[self.token])
+        except Exception:  # it expires on its own
+            log.warning("could not release %s", self.key, exc_info=True)
+
+
+@dataclass
+class CurateRequest:
+    job_id: str
+    item_id: str
+    features_key: str
+    image_key: str
+    taste_model: str
+    accept_threshold: float | None
+    dedup_threshold: float  # negative: off
+
+    @classmethod
+    def from_payload(cls, job_id: str, item_id: str, payload: dict) -> CurateRequest:
+        def key(name: str) -> str:
+            value = payload.get(name)
+            if not isinstance(value, str) or not value:
+                raise CurateInputError(f"curate payload needs {name!r}: a blob key")
+            return value
+
+        def number(name: str) -> float | None:
+            value = payload.get(name)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise CurateInputError(f"curate payload {name!r} must be a number or null, got {value!r}")
+            return float(value)
+
+        taste_model = payload.get("taste_model") or ""
+        if not isinstance(taste_model, str):
+            raise CurateInputError(f"curate payload 'taste_model' must be a string, got {taste_model!r}")
+        dedup = number("dedup_threshold")
+        if dedup is not None and dedup >= 1.0:
+            raise CurateInputError(f"dedup_threshold must be below 1 (negative turns it off), got {dedup}")
+        return cls(job_id=job_id, item_id=item_id, features_key=key("features"), image_key=key("image"),
+                   taste_model=taste_model, accept_threshold=number("accept_threshold"),
+                   dedup_threshold=SFHQ_THRESHOLD if dedup is None else dedup)
+
+
+class Curator:
+    """Makes curate decisions against the shared per-job state in Redis and the local index."""
+
+    def __init__(self, redis, state: IndexState, blobs, taste_source: Callable[[str], TasteModel], *,
+                 lock_ttl_ms: int = LOCK_TTL_MS, lock_wait_s: float = LOCK_WAIT_S) -> None:
+        self.redis = redis
+        self.state = state
+        self.blobs = blobs
+        self.taste_source = taste_source
+        self.lock_ttl_ms = lock_ttl_ms
+        self.lock_wait_s = lock_wait_s
+        self._commit = redis.register_script(_COMMIT_LUA)
+        self._synced: dict[str, int] = {}  # per job: entries of the accepted list already in the index
+        self._local = threading.Lock()  # workers of this process share the index and cursors
+
+    # ---- the decision -------------------------------------------------------------------------------
+
+    def lock(self, job_id: str) -> JobLock:
+        return JobLock(self.redis, job_id, ttl_ms=self.lock_ttl_ms, wait_s=self.lock_wait_s)
+
+    def decide(self, request: CurateRequest, job_lock: JobLock) -> dict:
+        """The decision for one item; call with the job's lock held. Returns the stage output."""
+        recorded = self.redis.hget(decisions_key(request.job_id), request.item_id)
+        if recorded is not None:
+            return _public(json.loads(recorded))
+        vector = self._features(request)
+        with self._local:
+            self._catch_up(request.job_id)
+            index = self.state.index_for(vector.size)
+            own_id = index_item_id(request.job_id, request.item_id)
+            if own_id in index:  # added before (e.g. through Add): it is accepted, not its own duplicate
+                meta = index.get_meta(own_id)
+                output = _output("accepted", meta.taste_score if meta else None, None, None)
+                self._commit_decision(request, job_lock, output, accepted_entry=None)
+                return output
+
+            score: float | None = None
+            if request.taste_model:
+                model = self.taste_source(request.taste_model)
+                score = float(model.predict_proba(vector)[0])
+                threshold = model.high_threshold if request.accept_threshold is None else request.accept_threshold
+                if score < threshold:
+                    output = _output("rejected_taste", score, None, None)
+                    self._commit_decision(request, job_lock, output, accepted_entry=None)
+                    return output
+
+            if request.dedup_threshold >= 0 and len(index):
+                matches = index.range_search(vector, request.dedup_threshold,
+                                             filter=SearchFilter(job_id=request.job_id))[0]
+                if matches:
+                    other, similarity = matches[0]
+                    output = _output("rejected_duplicate", score, other.split("/", 1)[-1], similarity)
+                    self._commit_decision(request, job_lock, output, accepted_entry=None)
+                    return output
+
+            output = _output("accepted", score, None, None)
+            entry = {"item_id": request.item_id, "features": request.features_key,
+                     "image_uri": self.blobs.uri(request.image_key), "taste_score": score}
+            self._commit_decision(request, job_lock, output, accepted_entry=entry)
+            self._add(request.job_id, entry, vector)
+            self._synced[request.job_id] = self._synced.get(request.job_id, 0) + 1
+            return output
+
+    def _commit_decision(self, request: CurateRequest, job_lock: JobLock, output: dict,
+                         accepted_entry: dict | None) -> None:
+        if job_lock.lost:
+            raise LockUnavailable(f"lost the curate lock of job {request.job_id}; retrying")
+        status = self._commit(
+            keys=[job_lock.key, decisions_key(request.job_id), accepted_key(request.job_id)],
+            args=[job_lock.token, request.item_id, json.dumps(output),
+                  json.dumps(accepted_entry) if accepted_entry else "", KEY_TTL_S])
+        if status == -1:
+            raise LockUnavailable(f"lost the curate lock of job {request.job_id} before committing; retrying")
+
+    def _features(self, request: CurateRequest) -> np.ndarray:
+        try:
+            vector = np.asarray(self.blobs.get_npy(request.features_key), dtype=np.float32).reshape(-1)
+        except ValueError as exc:
+            raise CurateInputError(f"features {request.features_key!r}: {exc}") from None
+        if vector.size == 0 or not np.isfinite(vector).all() or not np.any(vector):
+            raise CurateInputError(f"features {request.features_key!r} are empty, zero or not finite")
+        index = self.state.index
+        if index is not None and vector.size != index.dim:
+            raise CurateInputError(f"features {request.features_key!r} are {vector.size}-d; the index holds "
+                                   f"{index.dim}-d vectors")
+        return vector
+
+    # ---- shared state -------------------------------------------------------------------------------
+
+    def _catch_up(self, job_id: str) -> None:
+        """Add the job's items accepted elsewhere (another worker, or before a crash) to the local index."""
+        start = self._synced.get(job_id, 0)
+        entries = self.redis.lrange(accepted_key(job_id), start, -1)
+        for raw in entries:
+            entry = json.loads(raw)
+            index = self.state.index
+            if index is None or index_item_id(job_id, entry["item_id"]) not in index:
+                try:
+                    vector = np.asarray(self.blobs.get_npy(entry["features"]), np.float32).reshape(-1)
+                except (FileNotFoundError, ValueError) as exc:  # the job's blobs were deleted meanwhile
+                    log.warning("job %s: accepted item %s has no readable features (%s); not indexed",
+                                job_id, entry["item_id"], exc)
+                    continue
+                self._add(job_id, entry, vector)
+        self._synced[job_id] = start + len(entries)
+
+    def _add(self, job_id: str, entry: dict, vector: np.ndarray) -> None:
+        index = self.state.index_for(vector.size)
+        index.add([index_item_id(job_id, entry["item_id"])], vector[None, :],
+                  [ItemMeta(job_id=job_id, source=f"job:{job_id}", image_uri=entry.get("image_uri") or "",
+                            taste_score=entry.get("taste_score"))])
+        self.state.mark_dirty()
+
+    def catch_up_all(self) -> int:
+        """On start: bring every job's accepted items into the index; returns how many were missing."""
+        before = len(self.state.index) if self.state.index is not None else 0
+        with self._local:
+            for key in self.redis.scan_iter(match="sfhq:curate:*:accepted", count=1000):
+                job_id = key[len("sfhq:curate:"):-len(":accepted")]
+                self._catch_up(job_id)
+        after = len(self.state.index) if self.state.index is not None else 0
+        if after > before:
+            log.info("search: %d accepted items were missing from the saved index; added", after - before)
+        return after - before
+
+
+def _output(decision: str, score: float | None, duplicate_of: str | None, similarity: float | None) -> dict:
+    return {"decision": decision, "taste_score": score, "duplicate_of": duplicate_of, "similarity": similarity}
+
+
+def _public(recorded: dict) -> dict:
+    return {key: recorded.get(key) for key in ("decision", "taste_score", "duplicate_of", "similarity")}
