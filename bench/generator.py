@@ -166,7 +166,8 @@ def main() -> int:
     note = (
         f"{'Quick run (tiny 64-px config, max 64 channels)' if args.quick else 'Config-f channel tables (random weights)'}; "
         f"{torch.get_num_threads()} CPU threads; best of {rounds} interleaved round(s) after a warm-up. "
-        "`grouped` is bit-identical to rosinality's float32 output; `batched` differs by float rounding (~1e-6 relative)."
+        "`grouped` is bit-identical to rosinality's float32 output; `batched` differs by float rounding (~1e-6 relative). "
+        "On a shared CPU the rates move by tens of percent between runs: compare rows of one table only."
     )
     table = "\n".join(
         ["### Throughput (W → image)", "", *rows, "", "### Checkpoint load", "", *load, "", note, ""]

@@ -32,7 +32,10 @@ EVENTS_MAXLEN = 200_000
 APPLY_LUA = """
 if ARGV[1] ~= '' then
   if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
-    if ARGV[2] ~= '' then redis.call('XACK', KEYS[5], ARGV[3], ARGV[2]) end
+    if ARGV[2] ~= '' then
+      redis.call('XACK', KEYS[5], ARGV[3], ARGV[2])
+      redis.call('XDEL', KEYS[5], ARGV[2])
+    end
     return 0
   end
 end
@@ -44,7 +47,11 @@ for _, e in ipairs(plan.events) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', plan.events_maxlen, '*', unpack(e))
 end
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[5])
-if ARGV[2] ~= '' then redis.call('XACK', KEYS[5], ARGV[3], ARGV[2]) end
+-- ack AND delete: an applied result is history, and the results stream would otherwise grow forever
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[5], ARGV[3], ARGV[2])
+  redis.call('XDEL', KEYS[5], ARGV[2])
+end
 local state = redis.call('HGET', KEYS[2], 'state')
 local in_flight = tonumber(redis.call('HGET', KEYS[2], 'in_flight') or '0')
 if in_flight <= 0 and (state == 'RUNNING' or state == 'CANCELLING') then
@@ -244,6 +251,10 @@ class Coordinator:
                 "counts": counts, "failures": failures[:1000], "provenance": self.provenance,
                 "finished_at": now_iso()}
         try:
+            discarded = writer.discard_partial_writes()
+            if discarded:
+                log.warning("job %s: removed %d unfinished files of killed writers: %s", job_id, len(discarded),
+                            ", ".join(discarded[:5]))
             writer.write_manifest(rows, info)
         except Exception as exc:  # the dataset location is broken: the job fails with the reason
             log.exception("writing the manifest of %s failed", job_id)

@@ -64,6 +64,35 @@ def request_key(request_id: str) -> str:
     return f"sfhq:request:{request_id}"
 
 
+def location_key(uri: str) -> str | None:
+    """A comparable form of a local path or URL: a resolved absolute path (symlinks followed, so a link
+    cannot lead out of a root), or ``proto://normalised/path``; None for a relative path."""
+    import os
+    import posixpath
+    from urllib.parse import unquote, urlparse
+
+    if "://" in uri:
+        protocol, rest = uri.split("://", 1)
+        if protocol not in ("file", "local"):
+            return f"{protocol}://{posixpath.normpath('/' + rest)[1:]}"
+        uri = unquote(urlparse(uri).path)
+    if not os.path.isabs(uri):
+        return None
+    return os.path.realpath(uri)
+
+
+def location_within(uri: str, roots: list[str]) -> bool:
+    """True when ``uri`` is one of ``roots`` or below one (path-segment boundaries, not string prefixes)."""
+    key = location_key(uri)
+    if key is None:
+        return False
+    for root in roots:
+        root_key = location_key(root)
+        if root_key is not None and (key == root_key or key.startswith(root_key.rstrip("/") + "/")):
+            return True
+    return False
+
+
 JOB_ID_TIME_FORMAT = "%Y%m%d-%H%M%S"  # job ids are "<UTC creation time>-<8 hex digits>"
 
 

@@ -57,6 +57,18 @@ return 1
 """
 
 
+def _list_images(fs: Any, root: str) -> list[str]:
+    """Image files under ``root``; stops (SpecError) past MAX_INPUTS instead of walking a whole disk."""
+    found: list[str] = []
+    for folder, _, files in fs.walk(root):
+        for name in files:
+            if name.lower().endswith(jobs.IMAGE_EXTENSIONS):
+                found.append(f"{folder.rstrip('/')}/{name}")
+                if len(found) > jobs.MAX_INPUTS:
+                    raise SpecError(f"input_folder: more than {jobs.MAX_INPUTS} images under {root!r}")
+    return found
+
+
 def lost_state_message(job_id: str) -> str:
     return (f"the state of job {job_id!r} was lost: Redis restarted without persistence (enable appendonly) "
             "or was flushed; submit the job again")
@@ -112,12 +124,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         try:
             spec = jobs.validate_spec(request.spec, default_dataset_uri=default_uri,
                                       max_image_bytes=self.settings.max_image_bytes)
+            self._check_locations(request.spec, spec)
             inputs = self._stage_inputs(job_id, request.spec, spec)
         except SpecError as exc:
             abort_with(context, "INVALID_ARGUMENT", str(exc))
-        plan = first_tasks(spec, job_id, inputs)
-        first_stage = plan.tasks[0].stage
-        if not self.store.job(job_id) and not self.queue.has_room(first_stage, len(plan.tasks)):
+        # Refuse before planning: the plan of a million-sample job alone would take seconds and gigabytes.
+        first_stage, first_count = ("sample", spec.sampling["count"]) if spec.mode == "sampling" else \
+            ("align", len(inputs))
+        if not self.store.job(job_id) and not self.queue.has_room(first_stage, first_count):
             context.set_trailing_metadata((("retry-after-s", "30"),))
             abort_with(context, "RESOURCE_EXHAUSTED",
                        f"stage {first_stage!r} is full ({self.queue.backlog(first_stage)} tasks waiting); "
@@ -129,8 +143,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 claimed = self.store.redis.get(key) or job_id
                 if claimed != job_id:
                     return self.SubmitJob(request, context)  # another call won the race: answer with its job
-        self._create(job_id, request, spec, plan)
+        self._create(job_id, request, spec, first_tasks(spec, job_id, inputs))
         return job_message(job_id, self.store.job(job_id))
+
+    def _check_locations(self, spec_msg: gateway_pb2.JobSpec, spec: ResolvedSpec) -> None:
+        """Where a job reads and writes: a backend that exists and, with SFHQ_DATA_ROOTS set, a place
+        inside those roots (or the blob store), so that a caller cannot make the services write or list
+        anywhere on their disks."""
+        allowed = [self.blobs.uri_root(), *self.settings.data_roots]
+        locations = [("output.dataset_uri", spec.dataset_uri)]
+        if spec_msg.input_folder:
+            locations.append(("input_folder", spec_msg.input_folder))
+        locations += [(f"inputs[{i}].uri", image.uri) for i, image in enumerate(spec_msg.inputs)
+                      if image.WhichOneof("source") == "uri" and "://" in image.uri]
+        for field, uri in locations:
+            try:
+                fsspec.core.url_to_fs(uri)
+            except Exception as exc:  # e.g. s3:// without s3fs installed, or an unknown protocol
+                raise SpecError(f"{field}: cannot use {uri!r}: {type(exc).__name__}: {exc}") from exc
+            if self.settings.data_roots and not jobs.location_within(uri, allowed):
+                raise SpecError(f"{field}: {uri!r} is outside the allowed data roots "
+                                f"({', '.join(self.settings.data_roots)}; see SFHQ_DATA_ROOTS)")
 
     def _stage_inputs(self, job_id: str, spec_msg: gateway_pb2.JobSpec, spec: ResolvedSpec) -> list[dict[str, Any]]:
         """Puts inline images in the blob store and lists the input folder; returns [{uri, name}]."""
@@ -147,9 +180,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if spec_msg.input_folder:
             try:
                 fs, root = fsspec.core.url_to_fs(spec_msg.input_folder)
-                names = sorted(p for p in fs.find(root) if p.lower().endswith(jobs.IMAGE_EXTENSIONS))
-            except (OSError, ValueError) as exc:
-                raise SpecError(f"input_folder: cannot list {spec_msg.input_folder!r}: {exc}") from exc
+                names = sorted(_list_images(fs, root))
+            except SpecError:
+                raise
+            except Exception as exc:  # unknown protocol, missing fsspec backend, unreachable host...
+                raise SpecError(f"input_folder: cannot list {spec_msg.input_folder!r}: "
+                                f"{type(exc).__name__}: {exc}") from exc
             protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
             for path in names:
                 uri = path if protocol in ("file", "local") else f"{protocol}://{path}"

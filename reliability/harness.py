@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,15 +138,27 @@ class HardenedRedis(EmbeddedRedis):
     def service_url(self) -> str:
         return f"redis://{SERVICE_USER}:{self.service_password}@127.0.0.1:{self.port}/0"
 
-    def command(self) -> list[str]:
+    def secret_config(self) -> list[str]:
         # ~sfhq:* : only our keys. -@dangerous: no FLUSHALL, CONFIG, KEYS, DEBUG, SHUTDOWN, ACL, MONITOR...
-        # CLIENT is "dangerous" as a whole; its SETNAME only labels our own connection.
-        acl = [SERVICE_USER, "on", f">{self.service_password}", "~sfhq:*", "+@all", "-@dangerous",
-               "+client|setname"]  # fmt: skip
-        return [*super().command(), "--user", *acl]
+        # CLIENT is "dangerous" as a whole; its SETNAME only labels our own connection. In the 0600
+        # secrets file, like requirepass: never on a command line that `ps` shows to everyone.
+        acl = f"user {SERVICE_USER} on >{self.service_password} ~sfhq:* +@all -@dangerous +client|setname"
+        return [*super().secret_config(), acl]
 
     def admin(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=10)
+
+    def enable_persistence(self) -> None:
+        """Turn the AOF on in the running server (it writes the current data set to a fresh file)."""
+        admin = self.admin()
+        try:
+            admin.config_set("appendonly", "yes")
+            deadline = time.monotonic() + 30
+            while admin.info("persistence").get("aof_rewrite_in_progress") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            admin.close()
+        self.appendonly = True
 
     def restart(self, *, persistent: bool = True, kill: bool = False, down_s: float = 0.0) -> None:
         """Stop (SIGTERM flushes the AOF; ``kill`` = SIGKILL, as a crash) and start on the same port.
@@ -187,7 +200,8 @@ class ReliabilityCluster(LocalCluster):
         # two tokens: the first is what services send each other, the second is a user's
         self.tokens = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if auth else []
         self.tls_dir = make_certificates(workdir / "tls") if tls else None
-        env = {**FAST_ENV, "SFHQ_AUTH_TOKENS": ",".join(self.tokens)}
+        # SFHQ_DATA_ROOTS: jobs (and fuzzers) may read and write inside the work folder only.
+        env = {**FAST_ENV, "SFHQ_AUTH_TOKENS": ",".join(self.tokens), "SFHQ_DATA_ROOTS": str(workdir)}
         if self.tls_dir is not None:
             env |= {"SFHQ_TLS_CERT": str(self.tls_dir / "server.pem"), "SFHQ_TLS_KEY": str(self.tls_dir / "server.key"),
                     "SFHQ_TLS_CA": str(self.tls_dir / "ca.pem")}
@@ -201,18 +215,32 @@ class ReliabilityCluster(LocalCluster):
 
     # -- processes ----------------------------------------------------------------------------
 
-    def start(self, name: str, env: dict[str, str] | None = None, *,
-              preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
-        """Start ``name`` (a service, or ``service#N`` for a replica on its own port)."""
+    def start(self, name: str, env: dict[str, str] | None = None, *, obey_file_permissions: bool = False,
+              max_file_bytes: int | None = None, log_name: str | None = None) -> subprocess.Popen:
+        """Start ``name`` (a service, or ``service#N`` for a replica on its own port).
+
+        ``obey_file_permissions``: when we are root, start it without CAP_DAC_OVERRIDE and
+        CAP_DAC_READ_SEARCH (util-linux ``setpriv``), so that file modes bind it like any user and a
+        read-only folder gives a real EACCES. ``max_file_bytes``: RLIMIT_FSIZE, so that a write past
+        that size fails with EFBIG, as on a full disk (Python ignores SIGXFSZ). ``log_name``: another
+        log file than ``<name>.log`` (a fresh one, so that the size limit does not silence the log).
+        """
         if name not in self.ports:
             self.ports[name] = free_port()
-        with open(self.log_path(name), "ab") as log_file:
+        command = [sys.executable, "-m", "sfhq.cli", "serve", service_of(name)]
+        if obey_file_permissions and os.geteuid() == 0:
+            command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
+        with open(self.log_path(log_name or name), "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sfhq.cli", "serve", service_of(name)],
+                command,
                 env={**self.env, "SFHQ_PORT": str(self.ports[name]), **(env or {})},
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn,
-                cwd=REPO_ROOT,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.workdir,  # relative paths in requests land in the work folder, never in the repo
             )
+        if max_file_bytes is not None:
+            # set from outside (no preexec_fn: it is unsafe in a threaded parent); the interpreter's
+            # first writes are its log lines, far below any limit used here
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
         self.processes[name] = proc
         return proc
 

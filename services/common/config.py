@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     search_addr: str = _default_addr("search")
     metrics_port: int = Field(default=0, ge=0, le=65535)
     auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Where jobs may read inputs and write datasets (local folders or URL prefixes); empty = anywhere.
+    data_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -104,7 +106,7 @@ class Settings(BaseSettings):
 
     # ---- validation -------------------------------------------------------------------------
 
-    @field_validator("auth_tokens", mode="before")
+    @field_validator("auth_tokens", "data_roots", mode="before")
     @classmethod
     def _parse_tokens(cls, value: Any) -> Any:
         return _split_csv(value) if value is not None else []

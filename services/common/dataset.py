@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import pickle
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from services.common.blobs import BlobStore
+from services.common.blobs import TMP_PREFIX, BlobStore
 
 FOLDERS = {
     "image": ("images", ".jpg"),
@@ -92,6 +93,26 @@ class DatasetWriter:
                     self.store.delete(path)
             raise
         return written
+
+    def discard_partial_writes(self) -> list[str]:
+        """Delete the temporary files of writes that never finished (a writer killed mid-file).
+
+        BlobStore writes a temporary file and renames it over the key, so a SIGKILLed writer leaves a
+        hidden ``.sfhq-tmp-*`` file beside the real ones. Called when a job is finalized, after its
+        last item was written, so that the dataset holds complete files only. Object stores write in
+        one PUT and have nothing to discard. Returns the removed paths (relative to the root).
+        """
+        if not self.store.is_local:
+            return []
+        removed = []
+        for folder, _, files in os.walk(self.store.root):
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    path = os.path.join(folder, name)
+                    with contextlib.suppress(FileNotFoundError):  # its writer may just have renamed it
+                        os.unlink(path)
+                        removed.append(os.path.relpath(path, self.store.root))
+        return removed
 
     def write_manifest(self, rows: Iterable[dict[str, Any]], info: dict[str, Any]) -> dict[str, str]:
         """manifest.jsonl (always), manifest.parquet (when pyarrow is installed) and dataset_info.json."""

@@ -45,6 +45,11 @@ def redis_server_binary() -> str:
     )
 
 
+def _quoted(value: str) -> str:
+    """A redis.conf string argument (double quotes; backslash escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _resp_command(*parts: str) -> bytes:
     encoded = [part.encode() for part in parts]
     return f"*{len(encoded)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
@@ -90,16 +95,36 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.log_path),
         ]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
         return args
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.dir / "redis-secrets.conf"
+
+    def secret_config(self) -> list[str]:
+        """Config directives that hold secrets. They go to a 0600 file, never on the command line,
+        where every user of the machine could read them (``ps``, /proc/<pid>/cmdline)."""
+        return [f"requirepass {_quoted(self.password)}"] if self.password else []
+
+    def _write_secrets(self) -> list[str]:
+        """Write the secret directives (if any); returns the arguments that load them."""
+        lines = self.secret_config()
+        if not lines:
+            return []
+        fd = os.open(self.secrets_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return [str(self.secrets_path)]
 
     def start(self) -> EmbeddedRedis:
         if self.process is not None:
             return self
         self.dir.mkdir(parents=True, exist_ok=True)
+        command = self.command()
+        # redis-server [config file] [--options]: the file (secrets) first, then the plain options
+        command[1:1] = self._write_secrets()
         self.process = subprocess.Popen(
-            self.command(),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -45,7 +45,7 @@ __all__ = [
     "NvlabsNetwork",
     "load_nvlabs_state",
     "nvlabs_to_rosinality",
-    "rosinality_to_nvlabs_name",
+    "name_pairs",
 ]
 
 
@@ -240,11 +240,6 @@ def name_pairs(resolutions: list[int], n_mlp: int) -> list[tuple[str, str, str]]
         pairs += _layer_pairs(f"synthesis.b{res}.conv1", f"convs.{2 * k + 1}", f"noise_{2 * k + 2}")
         pairs += _torgb_pairs(f"synthesis.b{res}.torgb", f"to_rgbs.{k}")
     return pairs
-
-
-def rosinality_to_nvlabs_name(resolutions: list[int], n_mlp: int) -> dict[str, str]:
-    """rosinality name → NVlabs name for every entry that has a counterpart (not the constant kernels)."""
-    return {ros: nv for nv, ros, _ in name_pairs(resolutions, n_mlp)}
 
 
 _RESHAPE = {

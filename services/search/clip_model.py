@@ -235,6 +235,10 @@ def load_clip(path: str | Path, device: str = "cpu", backend: Backend = "torch",
         CLIPVisionModelWithProjection,
     )
 
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"unknown CLIP backend {backend!r} (use 'torch' or 'onnx')")
+    if backend == "onnx" and towers == "text":
+        raise ValueError("the ONNX backend runs the image tower; it needs towers='both' or 'image'")
     folder = Path(path)
     _check_folder(folder)
     torch_device = resolve_device(device)
@@ -267,14 +271,11 @@ def load_clip(path: str | Path, device: str = "cpu", backend: Backend = "torch",
         has_image_tower=towers != "text", has_text_tower=towers != "image", is_random=is_random,
     )
     if backend == "onnx":
-        if towers == "text":
-            raise ValueError("the ONNX backend runs the image tower; it needs towers='both' or 'image'")
         target = Path(onnx_path) if onnx_path else _default_onnx_path(folder)
+        # Re-export when the weights are newer than the cached export.
         if not target.exists() or target.stat().st_mtime < (folder / "model.safetensors").stat().st_mtime:
             embedder.export_image_onnx(target)
         embedder.use_onnx(target)
-    elif backend != "torch":
-        raise ValueError(f"unknown CLIP backend {backend!r} (use 'torch' or 'onnx')")
     return embedder
 
 
@@ -291,7 +292,7 @@ class _VisionOnly(torch.nn.Module):
         self.vision = vision
         self.config = vision.config
 
-    def get_image_features(self, pixel_values: torch.Tensor):
+    def get_image_features(self, pixel_values: torch.Tensor):  # -> CLIPVisionModelOutput
         out = self.vision(pixel_values=pixel_values)
         out.pooler_output = out.image_embeds
         return out
@@ -350,16 +351,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarities between rows of a [N, D] and b [M, D] → [N, M] (float64 for test checks)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return a @ b.T
-
-
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "FEATURE_KEY", "REGISTRY_NAME", "ClipEmbedder", "ClipInputError", "ClipWeightsError",
-    "cosine_similarity", "load_clip", "load_clip_from_registry", "preprocess_image", "resolve_device",
+    "load_clip", "load_clip_from_registry", "preprocess_image", "resolve_device",
 ]

@@ -8,10 +8,10 @@ What it keeps, per row (a row is one added vector; FAISS ids are the row numbers
   Tombstoned rows are excluded with an ID selector and dropped at the next rebuild (compaction).
 
 The index type follows the size and a target recall@10, and its search parameter is tuned by measuring
-recall against exact search on the data at hand (`choose_index_type`, `tune_search_parameter`):
+recall against exact search on the data at hand (`choose_index_type`, `build_and_tune`):
     n <= 20k: exact flat (float32) · n <= 200k: flat with an fp16 scalar quantiser (half the memory,
-    recall ≈ 1) · beyond: IVF-Flat or HNSW, whichever reaches the target recall with the lower latency on
-    a sample (IVF on a tie: it builds faster and is cheap to rebuild).
+    recall ≈ 1) · beyond: IVF-Flat while its measured query time, scaled to n, fits a latency budget
+    (it builds several times faster than HNSW and removes natively), else HNSW.
 
 Persistence writes a new version folder and then flips a small `CURRENT` pointer (BlobStore.put is atomic),
 so a reader never loads half an index, on a local folder or on S3.
@@ -284,12 +284,16 @@ def _time_per_query(index: faiss.Index, spec: IndexSpec, queries: np.ndarray) ->
 
 
 def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: np.ndarray | None = None,
-                      max_sample: int = 30_000, seed: int = 0) -> IndexSpec:
+                      max_sample: int = 30_000, latency_budget_ms: float = 5.0, seed: int = 0) -> IndexSpec:
     """Pick the index kind for `n` vectors and tune it to `target_recall` recall@10 on `sample`.
 
-    `sample` (unit rows of the data at hand) is required beyond EXACT_LIMIT: IVF and HNSW are both built
-    on (up to `max_sample` rows of) it, each tuned to the target, and the faster one at that recall wins.
-    The returned nprobe is scaled to the full size's nlist; `VectorIndex.rebuild` re-tunes on the real index.
+    `sample` (unit rows of the data at hand) is required beyond FLAT_LIMIT. Up to EXACT_LIMIT: the fp16
+    flat index if its measured recall reaches the target (it always does in practice), else float32 flat.
+    Beyond: IVF and HNSW are both built on (up to `max_sample` rows of) the sample and tuned to the target.
+    IVF wins if its query time, scaled to `n` (an IVF query scans ~√n vectors when nlist grows with √n),
+    fits `latency_budget_ms`: it builds several times faster than HNSW and supports removal. Otherwise
+    HNSW, whose query time grows only with log n. The returned nprobe is scaled to the full size's nlist;
+    `VectorIndex.rebuild` re-tunes the parameter on the real index anyway.
     """
     if not 0.0 < target_recall <= 1.0:
         raise IndexInputError(f"target recall must be in (0, 1], got {target_recall}")
@@ -312,23 +316,23 @@ def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: 
             return spec
         return IndexSpec("flat", target_recall=target_recall, measured_recall=1.0)
 
-    candidates: list[tuple[float, IndexSpec]] = []
+    measured: dict[str, tuple[IndexSpec, float]] = {}
     for spec in (IndexSpec("ivf", nlist=nlist_for(len(sample)), nprobe=1, target_recall=target_recall),
                  IndexSpec("hnsw", hnsw_m=32, ef_construction=40, ef_search=RECALL_K, target_recall=target_recall)):
         index, spec = build_and_tune(spec, sample, seed=seed)
-        latency = _time_per_query(index, spec, sample[-100:])
+        latency_ms = _time_per_query(index, spec, sample[-100:]) * 1e3
         log.info("index candidate %s: recall@10 %.3f, %.2f ms/query on %d rows", spec.describe(),
-                 spec.measured_recall, latency * 1e3, len(sample))
-        # Missing the target is penalised so a candidate that reaches it always wins.
-        penalty = 0.0 if spec.measured_recall >= target_recall else 1e3
-        candidates.append((latency + penalty, spec))
-    (ivf_cost, ivf), (hnsw_cost, hnsw) = candidates
-    chosen = ivf if ivf_cost <= 1.25 * hnsw_cost else hnsw
-    if chosen.kind == "ivf":
+                 spec.measured_recall, latency_ms, len(sample))
+        measured[spec.kind] = (spec, latency_ms)
+    (ivf, ivf_ms), (hnsw, _) = measured["ivf"], measured["hnsw"]
+    ivf_ms_at_n = ivf_ms * math.sqrt(n / len(sample))
+    ivf_ok = ivf.measured_recall >= target_recall and ivf_ms_at_n <= latency_budget_ms
+    if ivf_ok or (hnsw.measured_recall < target_recall and ivf.measured_recall >= hnsw.measured_recall):
         full_nlist = nlist_for(n)
-        chosen.nprobe = min(full_nlist, math.ceil(chosen.nprobe * full_nlist / chosen.nlist))
-        chosen.nlist = full_nlist
-    return chosen
+        ivf.nprobe = min(full_nlist, math.ceil(ivf.nprobe * full_nlist / ivf.nlist))
+        ivf.nlist = full_nlist
+        return ivf
+    return hnsw
 
 
 # ------------------------------------------------------------------------------------------ the index
@@ -505,17 +509,6 @@ class VectorIndex:
             removed = self._tombstone([i for i in item_ids if i in self._row_of])
             self._maybe_rebuild_locked()
             return removed
-
-    def set_taste_scores(self, scores: dict[str, float | None]) -> int:
-        """Update stored taste scores (e.g. after a new taste model); returns how many items were known."""
-        with self._lock:
-            known = 0
-            for item_id, score in scores.items():
-                row = self._row_of.get(item_id)
-                if row is not None:
-                    self._rows.taste.view[row] = np.nan if score is None else score
-                    known += 1
-            return known
 
     def _tombstone(self, item_ids: list[str]) -> int:
         for item_id in item_ids:

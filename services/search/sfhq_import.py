@@ -106,21 +106,17 @@ def import_sfhq(path: str | os.PathLike[str], index: VectorIndex, *, feature_key
 
 
 def probe_feature_dim(path: str | os.PathLike[str], feature_key: str = FEATURE_KEY, tries: int = 20) -> int | None:
-    """The dimension of `feature_key` in the first readable pickles of the part (None if none is readable)."""
+    """The dimension of `feature_key` in the first readable pickle of the part (None if none of the first
+    `tries` pickles has it)."""
     root = Path(path)
     scratch = ImportReport(root=str(root))
 
     def first_dim(entries: Iterator[_Entry]) -> int | None:
-        for entry in entries:
-            if entry.kind != "pretrained_features":
-                continue
-            tries_left = tries - sum(len(v) for v in scratch.examples.values())
-            if tries_left <= 0:
-                return None
+        pickles = (entry for entry in entries if entry.kind == "pretrained_features")
+        for _, entry in zip(range(tries), pickles, strict=False):
             try:
                 features = load_feature_pickle(entry.read()[:MAX_PICKLE_BYTES])
-            except (UnsafePickleError, ValueError, EOFError, OSError) as exc:
-                scratch.note("bad_pickles", str(exc))
+            except (UnsafePickleError, ValueError, EOFError, OSError):
                 continue
             if feature_key in features:
                 return int(np.asarray(features[feature_key]).size)

@@ -18,7 +18,9 @@ class IndexState:
     """Owns the VectorIndex of a search process and its persistence.
 
     Mutations call `mark_dirty()`; a background thread saves once the index has been dirty for
-    `debounce_s` (a burst of accepted items costs one save), and `close()` saves what is left.
+    `debounce_s` (a burst of accepted items costs one save), and `close()` saves what is left. A big index
+    takes seconds to write, so the wait grows to 10x the last save's duration: saving never takes more
+    than ~10 % of the time. (Curate decisions are durable in Redis meanwhile; see `curate.catch_up_all`.)
     """
 
     def __init__(self, blobs, *, key: str = INDEX_KEY, debounce_s: float = 30.0,
@@ -32,6 +34,7 @@ class IndexState:
         self._dirty_since: float | None = None
         self._stop = threading.Event()
         self._saver: threading.Thread | None = None
+        self._wait_s = debounce_s
         self.saves = 0
 
     def load(self) -> VectorIndex | None:
@@ -65,18 +68,21 @@ class IndexState:
     def save_if_due(self, *, force: bool = False) -> bool:
         with self._lock:
             due = self._dirty_since is not None and (
-                force or time.monotonic() - self._dirty_since >= self.debounce_s)
+                force or time.monotonic() - self._dirty_since >= self._wait_s)
             if not due or self._index is None:
                 return False
             self._dirty_since = None  # changes from now on need another save
             index = self._index
+        started = time.monotonic()
         try:
             version = index.save(self.blobs, self.key)
         except Exception:
             self.mark_dirty()  # try again on the next tick
             raise
+        took = time.monotonic() - started
+        self._wait_s = max(self.debounce_s, 10 * took)
         self.saves += 1
-        log.info("search: saved index %s version %s (%d items)", self.key, version, len(index))
+        log.info("search: saved index %s version %s (%d items, %.1f s)", self.key, version, len(index), took)
         return True
 
     def start_saver(self, tick_s: float = 1.0) -> None:

@@ -370,11 +370,11 @@ def test_loader_falls_back_to_the_nvlabs_pickle_then_the_e4e_decoder(tmp_path):
 
 def test_runtime_settings_per_device():
     cpu = configure_runtime(generator_from_state_dict(random_rosinality_state_dict(**KW)), "cpu", fp16=True)
-    assert (cpu.modconv, cpu.channels_last, cpu.fp16_resolutions) == ("batched", True, 0)  # no fp16 on CPU
+    assert (cpu.modconv, cpu.channels_last, cpu.fp16_resolutions) == ("grouped", False, 0)  # exact, no fp16
     cuda = configure_runtime(
         generator_from_state_dict(random_rosinality_state_dict(**KW)), "cuda:0", fp16=True
     )
-    assert cuda.fp16_resolutions == 4
+    assert (cuda.modconv, cuda.channels_last, cuda.fp16_resolutions) == ("batched", True, 4)
     w = torch.randn(2, 32)
     with torch.no_grad():  # a 16-px generator has 3 blocks above 4x4: "top 4" means all of them
         reference = generator_from_state_dict(random_rosinality_state_dict(**KW)).synthesize(w)

@@ -141,6 +141,9 @@ def test_text_features_match_the_model_and_the_text_only_loader(clip_folder: Pat
     np.testing.assert_allclose(text_only.embed_texts(texts), features, atol=1e-6)
     with pytest.raises(RuntimeError, match="text-only"):
         text_only.embed_images(face_images(1))
+    image_only = load_clip(clip_folder, towers="image")
+    np.testing.assert_allclose(image_only.embed_images(face_images(2)), embedder.embed_images(face_images(2)),
+                               atol=1e-6)
     with pytest.raises(ClipInputError):
         embedder.embed_texts([b"bytes"])
 

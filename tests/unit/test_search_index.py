@@ -145,10 +145,12 @@ def test_index_type_follows_size_and_is_tuned_to_the_target_recall() -> None:
     assert choose_index_type(1000, DIM).kind == "flat"
     medium = choose_index_type(50_000, DIM, 0.95, sample=sample)
     assert medium.kind == "sq_fp16" and medium.measured_recall >= 0.95
-    large = choose_index_type(1_000_000, DIM, 0.9, sample=sample, max_sample=3000)
-    assert large.kind in ("ivf", "hnsw")
-    assert large.measured_recall >= 0.9
-    assert (large.nprobe >= 1 and large.nlist >= 16) if large.kind == "ivf" else large.ef_search >= 10
+    # Beyond EXACT_LIMIT: IVF while its query time (scaled to n) fits the latency budget, else HNSW.
+    ivf = choose_index_type(1_000_000, DIM, 0.9, sample=sample, max_sample=3000, latency_budget_ms=1e6)
+    assert ivf.kind == "ivf" and ivf.measured_recall >= 0.9
+    assert ivf.nlist == 2000 and 1 <= ivf.nprobe <= ivf.nlist  # nlist scaled to the full size
+    hnsw = choose_index_type(1_000_000, DIM, 0.9, sample=sample, max_sample=3000, latency_budget_ms=0.0)
+    assert hnsw.kind == "hnsw" and hnsw.measured_recall >= 0.9 and hnsw.ef_search >= 10
     with pytest.raises(IndexInputError, match="sample"):
         choose_index_type(1_000_000, DIM)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+import time
 from pathlib import Path
 
 import faiss
@@ -16,10 +17,10 @@ from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
 from services.common.config import get_settings
-from services.common.queue import Task
+from services.common.queue import RedisQueue, Task, connect_redis
 from services.common.weights import WeightsRegistry
 from services.search.clip_model import load_clip
-from services.search.curate import Curator, JobLock, LockUnavailable, decisions_key
+from services.search.curate import CurateRequest, Curator, JobLock, LockUnavailable, decisions_key
 from services.search.random_weights import write_random_clip_folder
 from services.search.service import (
     ClipRunner,
@@ -65,7 +66,8 @@ def jpeg(index: int) -> bytes:
     return path.read_bytes()
 
 
-def code_of(call) -> grpc.StatusCode:
+def code_of(call) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a call that must fail."""
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value.code(), caught.value.details()
@@ -314,8 +316,6 @@ def test_a_lost_lock_cannot_commit(redis_client, tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path / "blobs")
     curator = make_curator(redis_client, blobs)
     request_payload = put_features(blobs, "jobE", "y", np.ones(DIM))
-    from services.search.curate import CurateRequest
-
     request = CurateRequest.from_payload("jobE", "y", request_payload)
     with JobLock(redis_client, "jobE", ttl_ms=5000) as lock:
         redis_client.set(lock.key, "someone-else")  # our lock expired and another worker took it
@@ -347,3 +347,62 @@ def test_import_sfhq_into_the_store_then_search_it_by_text(tmp_path: Path, clip_
     state = IndexState(BlobStore(settings.blob_url))
     hits = state.load().search(text_only.embed_texts([query]), k=3)[0]
     assert hits[0].item_id == "SFHQ_pt4_00000007" and hits[0].source == "sfhq_part4"
+
+
+def test_queue_workers_embed_and_curate_through_redis(sfhq_settings) -> None:
+    write_random_clip_folder(WeightsRegistry(sfhq_settings.weights_dir).expected_path("clip-vit-l-14-336"), seed=2)
+    process, _ = build_process(sfhq_settings, save_debounce_s=0.2)
+    port = process.start()
+    queue = RedisQueue.from_settings(sfhq_settings, connect_redis(sfhq_settings.redis_url))
+    blobs = BlobStore(sfhq_settings.blob_url)
+    try:
+        blobs.put("jobs/jobQ/inputs/face.jpg", jpeg(2))
+        queue.enqueue(Task.make("jobQ", "i1", "embed", {"image": "jobQ/none.jpg"}))  # missing: fails alone
+        queue.enqueue(Task.make("jobQ", "i2", "embed", {"image": "jobs/jobQ/inputs/face.jpg"}))
+        results = wait_for_results(queue, 2)
+        assert (results["i1"].ok, results["i1"].error_code) == (False, "NOT_FOUND")
+        features = results["i2"].output["features"]
+        payload = {"features": features, "image": "jobs/jobQ/inputs/face.jpg", "taste_model": "",
+                   "accept_threshold": None, "dedup_threshold": None}
+        queue.enqueue(Task.make("jobQ", "i2", "curate", payload))
+        queue.enqueue(Task.make("jobQ", "i3", "curate", payload))  # the same features again
+        results = wait_for_results(queue, 2)
+        assert results["i2"].output["decision"] == "accepted"
+        assert results["i3"].output == {"decision": "rejected_duplicate", "taste_score": None,
+                                        "duplicate_of": "i2", "similarity": pytest.approx(1.0, abs=1e-3)}
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            hits = search_pb2_grpc.SearchStub(channel).Search(
+                search_pb2.SearchRequest(image=common_pb2.Image(uri="jobs/jobQ/inputs/face.jpg"),
+                                         filter=search_pb2.SearchFilter(source="job"))).hits
+        assert hits[0].item_id == "jobQ/i2" and hits[0].job_id == "jobQ" and hits[0].source == "job:jobQ"
+        assert hits[0].image_uri == blobs.uri("jobs/jobQ/inputs/face.jpg")
+    finally:
+        process.stop(grace=2)
+
+
+def wait_for_results(queue, count: int, timeout_s: float = 60.0) -> dict:
+    found: dict = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < count and time.monotonic() < deadline:
+        for entry_id, result in queue.read_results("test", count=10, block_ms=200):
+            found[result.item_id] = result
+            queue.ack_results([entry_id])
+    assert len(found) == count, found
+    return found
+
+
+def test_index_state_saves_debounced_and_on_close(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    state = IndexState(blobs, debounce_s=0.3)
+    assert state.load() is None  # nothing saved yet
+    index = state.index_for(DIM)
+    index.add(["a"], np.ones((1, DIM)))
+    state.mark_dirty()
+    assert not state.save_if_due()  # a burst of changes waits for the debounce
+    time.sleep(0.35)
+    assert state.save_if_due() and state.saves == 1
+    assert not state.save_if_due()  # nothing new
+    index.add(["b"], np.arange(DIM, dtype=np.float32)[None, :] + 1)
+    state.mark_dirty()
+    state.close()  # shutdown saves what is pending
+    assert state.saves == 2 and "b" in IndexState(blobs).load()
