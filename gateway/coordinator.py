@@ -237,13 +237,18 @@ class Coordinator:
         items = self.store.items(job_id)
         writer = DatasetWriter(spec.dataset_uri)
         rows = []
+        by_id = {item["id"]: item for item in items}
         for item in items:
             if item["state"] != "written":
                 continue
             files = (item["outputs"].get("annotate") or {}).get("files", {})
-            provenance = {**self.provenance, **(item["outputs"].get("annotate") or {}).get("provenance", {})}
-            for stage_out in item["outputs"].values():
-                provenance.update(stage_out.get("provenance", {}) if isinstance(stage_out, dict) else {})
+            # Each stage reports the checkpoints it used; a candidate inherits its parent's (align, encode).
+            provenance = dict(self.provenance)
+            parent = by_id.get(item["parent"]) or {}
+            for source in (parent.get("outputs", {}), item["outputs"]):
+                for stage_out in source.values():
+                    if isinstance(stage_out, dict):
+                        provenance.update(stage_out.get("provenance", {}))
             rows.append(manifest_row(spec, job_id, item, files, provenance))
         counts = {name: int(job.get(name, 0)) for name in jobs.COUNTERS}
         failures = [{"item_id": i["id"], **i["error"]} for i in items if i["state"] == "failed" and i["error"]]

@@ -338,6 +338,9 @@ class ReliabilityCluster(LocalCluster):
 # ---- one cluster per test session ---------------------------------------------------------------
 
 _SHARED: dict[str, ReliabilityCluster] = {}
+# Limits lower than the defaults, so that tests can cross them cheaply.
+SHARED_LIMITS = {"SFHQ_MAX_MESSAGE_MB": "16", "SFHQ_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),
+                 "SFHQ_MAX_IMAGE_PIXELS": str(16_000_000), "SFHQ_STREAM_MAXLEN": "2000"}
 
 
 def new_workdir(prefix: str = "sfhq-reliability-") -> Path:
@@ -372,7 +375,7 @@ def shared_cluster() -> ReliabilityCluster:
     share one; each leaves it healthy (``ensure_healthy``) for the next.
     """
     if "cluster" not in _SHARED:
-        context = running_cluster(keep=bool(os.environ.get("SFHQ_KEEP_RELIABILITY_WORKDIR")))
+        context = running_cluster(keep=bool(os.environ.get("SFHQ_KEEP_RELIABILITY_WORKDIR")), extra_env=SHARED_LIMITS)
         _SHARED["cluster"] = context.__enter__()
         atexit.register(context.__exit__, None, None, None)
     return _SHARED["cluster"]

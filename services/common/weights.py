@@ -322,6 +322,11 @@ class WeightsRegistry:
     def _dir_files(path: Path) -> list[Path]:
         return sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
 
+    def provenance(self, name: str) -> dict[str, Any]:
+        """What a dataset records about a checkpoint it was made with: name, file, sha256, random or not."""
+        return {"checkpoint": name, "file": self.path(name).name, "sha256": self.sha256(name),
+                "random_weights": self.is_random()}
+
     def sha256(self, name: str) -> str:
         """sha256 of the checkpoint (for a folder: of its sorted ``"<sha256>  <file>"`` lines).
 

@@ -85,12 +85,15 @@ class EncoderLoader:
         self.path = path
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
+        self.provenance: dict = {}
 
     def get(self) -> Encoder:
         with self._lock:
             if self._encoder is None:
                 path = self.path or self.registry.path(CHECKPOINT_NAME)  # WeightsMissing names `sfhq weights`
                 encoder = load_encoder(path, self.settings.resolved_device(), fp16=self.settings.use_fp16())
+                if self.path is None:  # recorded with every latent (dataset provenance)
+                    self.provenance = self.registry.provenance(CHECKPOINT_NAME)
                 if encoder.is_random or self.registry.is_random():
                     log.warning(
                         "encoder: RANDOM e4e weights from %s: W+ codes are meaningless (demo only)", path
@@ -280,7 +283,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
 
 def encode_handler(
-    model: EncoderRunner | Encoder | EncoderSource, blobs: BlobStore, settings: Settings
+    model: EncoderRunner | Encoder | EncoderSource, blobs: BlobStore, settings: Settings,
+    provenance: Callable[[], dict] | None = None,
 ) -> Callable[[list[Task]], list[TaskResult]]:
     """The `encode` stage handler: one model batch for all readable images of the task batch.
 
@@ -325,7 +329,10 @@ def encode_handler(
                     task = tasks[index]
                     key = item_key(task.job_id, task.item_id, STAGE, LATENT_BLOB_NAME)
                     blobs.put_npy(key, code.astype(np.float32))
-                    results[index] = TaskResult.success(task, {"latent": key})
+                    output = {"latent": key}
+                    if provenance is not None:
+                        output["provenance"] = {"encoder": provenance()}
+                    results[index] = TaskResult.success(task, output)
         return [result for result in results if result is not None]
 
     return handle
@@ -342,17 +349,19 @@ def build_process(
 ) -> tuple[ServiceProcess, EncoderServicer]:
     """The encoder process (gRPC servicer + `encode` worker), not started. `source` overrides the model."""
     blobs = blobs or BlobStore(settings.blob_url)
+    provenance = None
     if source is None:
         loader = EncoderLoader(settings)
         loader.preload()
         source = loader.get
+        provenance = lambda: loader.provenance  # noqa: E731 - filled in once the model is loaded
     runner = EncoderRunner(source, settings.batch_size)
     process = ServiceProcess("encoder", settings)
     servicer = EncoderServicer(runner, blobs, settings)
     encoder_pb2_grpc.add_EncoderServicer_to_server(servicer, process.server)
     process.add_service_name(SERVICE_NAME)
     if STAGE in settings.stages_for("encoder"):
-        process.add_worker(STAGE, encode_handler(runner, blobs, settings))
+        process.add_worker(STAGE, encode_handler(runner, blobs, settings, provenance))
     process.on_stop(servicer.close)
     return process, servicer
 

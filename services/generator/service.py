@@ -132,23 +132,25 @@ class GeneratorLoader:
         self._generator: Generator | None = None
         self._lock = threading.Lock()
 
-    def _checkpoint_path(self) -> Path:
+    def _checkpoint(self) -> tuple[str | None, Path]:
         if self.path is not None:
-            return self.path
+            return None, self.path
         for name in CHECKPOINT_NAMES:
             try:
-                return self.registry.path(name)
+                return name, self.registry.path(name)
             except WeightsMissing:
                 continue
         # Name the preferred checkpoint: its message says `sfhq weights download ...`.
-        return self.registry.path(CHECKPOINT_NAMES[0])
+        return CHECKPOINT_NAMES[0], self.registry.path(CHECKPOINT_NAMES[0])
 
     def get(self) -> Generator:
         with self._lock:
             if self._generator is None:
-                path = self._checkpoint_path()
+                name, path = self._checkpoint()
                 device = self.settings.resolved_device()
                 generator = load_generator(path, device=device)
+                if name is not None:  # recorded with every candidate (dataset provenance)
+                    generator.source["provenance"] = self.registry.provenance(name)
                 configure_runtime(generator, device, self.settings.use_fp16())
                 if self.registry.is_random():
                     log.warning("generator: RANDOM demo weights from %s: images are not faces", path)
@@ -395,7 +397,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 raise GeneratorRequestError(
                     f"seeds: expected 1..{MAX_ITEMS_PER_REQUEST} seeds, got {len(seeds)}"
                 )
-            psi = check_psi(request.psi)
+            psi = check_psi(request.psi) if request.HasField("psi") else 1.0
             cutoff = (
                 check_cutoff(request.truncation_cutoff, generator.n_latent)
                 if request.HasField("truncation_cutoff")
@@ -654,7 +656,8 @@ def synthesize_handler(
                         blobs.put(image_key, encode_image(image_from_tensor(images[offset + k]), "png"))
                         blobs.put_npy(latent_key, latent.numpy().astype(np.float32))
                         candidates.append(
-                            {"image": image_key, "latent": latent_key, "strategy": spec.record()}
+                            {"image": image_key, "latent": latent_key, "strategy": spec.record(),
+                             "provenance": {"generator": runner.generator.source.get("provenance", {})}}
                         )
                     offset += len(pairs)
                     results[index] = TaskResult.success(task, {"candidates": candidates})

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from sfhq.v1 import common_pb2 as sfhq_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sfhq/v1/generator.proto\x12\x07sfhq.v1\x1a\x14sfhq/v1/common.proto\"\xeb\x01\n\x11SynthesizeRequest\x12 \n\x07latents\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x1b\n\x0etruncation_psi\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11truncation_cutoff\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12&\n\nnoise_mode\x18\x04 \x01(\x0e\x32\x12.sfhq.v1.NoiseMode\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.sfhq.v1.OutputOptionsB\x11\n\x0f_truncation_psiB\x14\n\x12_truncation_cutoff\"4\n\x12SynthesizeResponse\x12\x1e\n\x06images\x18\x01 \x03(\x0b\x32\x0e.sfhq.v1.Image\"\xb1\x01\n\rSampleRequest\x12\r\n\x05seeds\x18\x01 \x03(\x04\x12\x0b\n\x03psi\x18\x02 \x01(\x02\x12\x1e\n\x11truncation_cutoff\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12&\n\nnoise_mode\x18\x04 \x01(\x0e\x32\x12.sfhq.v1.NoiseMode\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.sfhq.v1.OutputOptionsB\x14\n\x12_truncation_cutoff\"Q\n\x06Sample\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x1a\n\x01w\x18\x02 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x1d\n\x05image\x18\x03 \x01(\x0b\x32\x0e.sfhq.v1.Image\"2\n\x0eSampleResponse\x12 \n\x07samples\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Sample\"\xc7\x01\n\x11\x43\x61ndidatesRequest\x12\x1f\n\x06latent\x18\x01 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12%\n\nstrategies\x18\x02 \x03(\x0b\x32\x11.sfhq.v1.Strategy\x12\x1e\n\x06target\x18\x03 \x01(\x0b\x32\x0e.sfhq.v1.Image\x12\"\n\tsampled_w\x18\x04 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.sfhq.v1.OutputOptions\"p\n\tCandidate\x12#\n\x08strategy\x18\x01 \x01(\x0b\x32\x11.sfhq.v1.Strategy\x12\x1d\n\x05image\x18\x02 \x01(\x0b\x32\x0e.sfhq.v1.Image\x12\x1f\n\x06latent\x18\x03 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\"<\n\x12\x43\x61ndidatesResponse\x12&\n\ncandidates\x18\x01 \x03(\x0b\x32\x12.sfhq.v1.Candidate*i\n\tNoiseMode\x12\x1a\n\x16NOISE_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10NOISE_MODE_CONST\x10\x01\x12\x15\n\x11NOISE_MODE_RANDOM\x10\x02\x12\x13\n\x0fNOISE_MODE_NONE\x10\x03\x32\xd4\x01\n\tGenerator\x12\x45\n\nSynthesize\x12\x1a.sfhq.v1.SynthesizeRequest\x1a\x1b.sfhq.v1.SynthesizeResponse\x12\x39\n\x06Sample\x12\x16.sfhq.v1.SampleRequest\x1a\x17.sfhq.v1.SampleResponse\x12\x45\n\nCandidates\x12\x1a.sfhq.v1.CandidatesRequest\x1a\x1b.sfhq.v1.CandidatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sfhq/v1/generator.proto\x12\x07sfhq.v1\x1a\x14sfhq/v1/common.proto\"\xeb\x01\n\x11SynthesizeRequest\x12 \n\x07latents\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x1b\n\x0etruncation_psi\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11truncation_cutoff\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12&\n\nnoise_mode\x18\x04 \x01(\x0e\x32\x12.sfhq.v1.NoiseMode\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.sfhq.v1.OutputOptionsB\x11\n\x0f_truncation_psiB\x14\n\x12_truncation_cutoff\"4\n\x12SynthesizeResponse\x12\x1e\n\x06images\x18\x01 \x03(\x0b\x32\x0e.sfhq.v1.Image\"\xbe\x01\n\rSampleRequest\x12\r\n\x05seeds\x18\x01 \x03(\x04\x12\x10\n\x03psi\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11truncation_cutoff\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12&\n\nnoise_mode\x18\x04 \x01(\x0e\x32\x12.sfhq.v1.NoiseMode\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.sfhq.v1.OutputOptionsB\x06\n\x04_psiB\x14\n\x12_truncation_cutoff\"Q\n\x06Sample\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x1a\n\x01w\x18\x02 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x1d\n\x05image\x18\x03 \x01(\x0b\x32\x0e.sfhq.v1.Image\"2\n\x0eSampleResponse\x12 \n\x07samples\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Sample\"\xc7\x01\n\x11\x43\x61ndidatesRequest\x12\x1f\n\x06latent\x18\x01 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12%\n\nstrategies\x18\x02 \x03(\x0b\x32\x11.sfhq.v1.Strategy\x12\x1e\n\x06target\x18\x03 \x01(\x0b\x32\x0e.sfhq.v1.Image\x12\"\n\tsampled_w\x18\x04 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.sfhq.v1.OutputOptions\"p\n\tCandidate\x12#\n\x08strategy\x18\x01 \x01(\x0b\x32\x11.sfhq.v1.Strategy\x12\x1d\n\x05image\x18\x02 \x01(\x0b\x32\x0e.sfhq.v1.Image\x12\x1f\n\x06latent\x18\x03 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\"<\n\x12\x43\x61ndidatesResponse\x12&\n\ncandidates\x18\x01 \x03(\x0b\x32\x12.sfhq.v1.Candidate*i\n\tNoiseMode\x12\x1a\n\x16NOISE_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10NOISE_MODE_CONST\x10\x01\x12\x15\n\x11NOISE_MODE_RANDOM\x10\x02\x12\x13\n\x0fNOISE_MODE_NONE\x10\x03\x32\xd4\x01\n\tGenerator\x12\x45\n\nSynthesize\x12\x1a.sfhq.v1.SynthesizeRequest\x1a\x1b.sfhq.v1.SynthesizeResponse\x12\x39\n\x06Sample\x12\x16.sfhq.v1.SampleRequest\x1a\x17.sfhq.v1.SampleResponse\x12\x45\n\nCandidates\x12\x1a.sfhq.v1.CandidatesRequest\x1a\x1b.sfhq.v1.CandidatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sfhq.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NOISEMODE']._serialized_start=1043
-  _globals['_NOISEMODE']._serialized_end=1148
+  _globals['_NOISEMODE']._serialized_start=1056
+  _globals['_NOISEMODE']._serialized_end=1161
   _globals['_SYNTHESIZEREQUEST']._serialized_start=59
   _globals['_SYNTHESIZEREQUEST']._serialized_end=294
   _globals['_SYNTHESIZERESPONSE']._serialized_start=296
   _globals['_SYNTHESIZERESPONSE']._serialized_end=348
   _globals['_SAMPLEREQUEST']._serialized_start=351
-  _globals['_SAMPLEREQUEST']._serialized_end=528
-  _globals['_SAMPLE']._serialized_start=530
-  _globals['_SAMPLE']._serialized_end=611
-  _globals['_SAMPLERESPONSE']._serialized_start=613
-  _globals['_SAMPLERESPONSE']._serialized_end=663
-  _globals['_CANDIDATESREQUEST']._serialized_start=666
-  _globals['_CANDIDATESREQUEST']._serialized_end=865
-  _globals['_CANDIDATE']._serialized_start=867
-  _globals['_CANDIDATE']._serialized_end=979
-  _globals['_CANDIDATESRESPONSE']._serialized_start=981
-  _globals['_CANDIDATESRESPONSE']._serialized_end=1041
-  _globals['_GENERATOR']._serialized_start=1151
-  _globals['_GENERATOR']._serialized_end=1363
+  _globals['_SAMPLEREQUEST']._serialized_end=541
+  _globals['_SAMPLE']._serialized_start=543
+  _globals['_SAMPLE']._serialized_end=624
+  _globals['_SAMPLERESPONSE']._serialized_start=626
+  _globals['_SAMPLERESPONSE']._serialized_end=676
+  _globals['_CANDIDATESREQUEST']._serialized_start=679
+  _globals['_CANDIDATESREQUEST']._serialized_end=878
+  _globals['_CANDIDATE']._serialized_start=880
+  _globals['_CANDIDATE']._serialized_end=992
+  _globals['_CANDIDATESRESPONSE']._serialized_start=994
+  _globals['_CANDIDATESRESPONSE']._serialized_end=1054
+  _globals['_GENERATOR']._serialized_start=1164
+  _globals['_GENERATOR']._serialized_end=1376
 # @@protoc_insertion_point(module_scope)
