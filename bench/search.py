@@ -255,8 +255,9 @@ def main() -> int:
         "",
         search_table(rows, truth, n, len(queries)),
         "",
-        f"`choose_index_type(n={n:,}, target recall@10 {TARGET_RECALL})` picks **{auto.describe()}** "
-        f"(measured recall {auto.measured_recall:.3f} on a {min(n, 30_000):,}-row sample; {auto_s:.0f} s).",
+        f"`choose_index_type(n={n:,}, target recall@10 {TARGET_RECALL})` picks **{auto.kind}** "
+        f"(recall {auto.measured_recall:.3f} measured on a {min(n, 30_000):,}-row sample, {auto_s:.0f} s; "
+        "the service then tunes the search parameter on the full index, as in the table).",
         "",
         *dedup_lines,
         "",

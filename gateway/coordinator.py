@@ -26,6 +26,7 @@ from services.common.queue import COORDINATOR_GROUP, RESULTS_STREAM, RedisQueue,
 
 log = logging.getLogger("sfhq.coordinator")
 EVENTS_MAXLEN = 200_000
+MANIFEST_FILES = ("manifest.jsonl", "manifest.parquet", "dataset_info.json")
 
 # KEYS: applied set, job hash, items hash, events stream, results stream
 # ARGV: task id ("" = not a result, e.g. job creation), result entry id, group, plan JSON, now (ISO)
@@ -82,6 +83,7 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._apply = client.register_script(APPLY_LUA)
+        self._first_epoch_ms: int | None = None  # the data set this process first saw (see state_lost)
 
     def apply(self, job_id: str, plan: Plan, *, task_id: str = "", result_entry: str = "") -> int:
         """Applies a plan atomically; returns 0 (already applied), 1 (applied) or 2 (job has drained)."""
@@ -112,14 +114,23 @@ class JobStore:
         """
         now_ms = int(time.time() * 1000)
         self.redis.set(jobs.EPOCH_KEY, now_ms, nx=True)
-        return int(self.redis.get(jobs.EPOCH_KEY) or now_ms)
+        epoch = int(self.redis.get(jobs.EPOCH_KEY) or now_ms)
+        if self._first_epoch_ms is None:
+            self._first_epoch_ms = epoch
+        return epoch
 
-    def state_lost(self, job_id: str) -> bool:
-        """True when a job that is not in Redis was created before the current data set began:
-        its state existed and was lost (Redis restarted without persistence, or was flushed)."""
+    def predates_data(self, job_id: str) -> bool:
+        """True when a job id says it was created before the current Redis data set began."""
         created_ms = jobs.job_created_ms(job_id)
         # job ids have second resolution: only a whole second before the epoch is surely older
         return created_ms is not None and created_ms + 1000 <= self.epoch_ms()
+
+    def state_lost(self, job_id: str) -> bool:
+        """True when a job missing from Redis surely existed: Redis lost its data while this process
+        watched (the epoch changed) and the job is older than the new data set. A made-up id of an
+        old-looking job is not "lost" unless such a loss happened."""
+        lost_while_watching = self._first_epoch_ms is not None and self.epoch_ms() != self._first_epoch_ms
+        return lost_while_watching and self.predates_data(job_id)
 
     def item(self, job_id: str, item_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(jobs.items_key(job_id), item_id)
@@ -256,7 +267,8 @@ class Coordinator:
                 "counts": counts, "failures": failures[:1000], "provenance": self.provenance,
                 "finished_at": now_iso()}
         try:
-            discarded = writer.discard_partial_writes()
+            own = {item["stem"] for item in items if item.get("stem")} | set(MANIFEST_FILES)
+            discarded = writer.discard_partial_writes(own)
             if discarded:
                 log.warning("job %s: removed %d unfinished files of killed writers: %s", job_id, len(discarded),
                             ", ".join(discarded[:5]))

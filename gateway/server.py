@@ -233,7 +233,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if not job:
             if self.store.state_lost(job_id):
                 abort_with(context, "DATA_LOSS", lost_state_message(job_id))
-            abort_with(context, "NOT_FOUND", f"job {job_id!r} not found")
+            hint = (" (its id predates this Redis data set: if it existed, Redis lost it in a restart "
+                    "without persistence)") if self.store.predates_data(job_id) else ""
+            abort_with(context, "NOT_FOUND", f"job {job_id!r} not found{hint}")
         return job
 
     def WatchJob(self, request: gateway_pb2.WatchJobRequest, context: grpc.ServicerContext):
@@ -320,9 +322,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def GetItem(self, request: gateway_pb2.GetItemRequest, context: grpc.ServicerContext) -> gateway_pb2.Item:
         job = self._job_or_abort(request.job_id, context)
-        item = self.store.item(request.job_id, request.item_id)
-        if item is None and request.item_id.startswith("SFHQ_"):
-            item = next((i for i in self.store.items(request.job_id) if i["stem"] == request.item_id), None)
+        item_id = request.item_id.removeprefix(f"{request.job_id}/")  # search hits carry the index id
+        item = self.store.item(request.job_id, item_id)
+        if item is None and item_id.startswith("SFHQ_"):
+            item = next((i for i in self.store.items(request.job_id) if i["stem"] == item_id), None)
         if item is None:
             abort_with(context, "NOT_FOUND", f"item {request.item_id!r} not found in job {request.job_id!r}")
         msg = self._item_message(request.job_id, item)

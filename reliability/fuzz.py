@@ -46,7 +46,7 @@ def oversized_cases(limit_mb: float) -> list[fuzzing.FuzzCase]:
 
 
 def run(cluster: harness.ReliabilityCluster, *, per_rpc: int, seed: int, corpus: Path,
-        max_message_mb: float) -> dict:
+        max_message_mb: float, only: set[str] | None = None) -> dict:
     env = fuzzing.discover(cluster, cluster.workdir / "fuzz")
     sender = fuzzing.Sender(cluster.channel, timeout_s=120)
     rss_before = {name: round(cluster.rss_mb(name)) for name in SERVICE_ORDER}
@@ -57,8 +57,11 @@ def run(cluster: harness.ReliabilityCluster, *, per_rpc: int, seed: int, corpus:
     slowest: list[tuple[float, str, str]] = []
     started = time.monotonic()
 
+    examples: dict[str, str] = {}  # "RPC CODE" -> the first answer's details, to read what was said
+
     def record(rpc_name: str, case: fuzzing.FuzzCase, outcome: fuzzing.Outcome) -> None:
         outcomes[rpc_name].append(outcome)
+        examples.setdefault(f"{rpc_name} {outcome.code}", f"[{case.kind}] {outcome.details[:200]}")
         kinds[case.kind] += 1
         slowest.append((outcome.seconds, rpc_name, f"{case.kind} -> {outcome.code}"))
         if outcome.code in fuzzing.FORBIDDEN_CODES:
@@ -81,6 +84,8 @@ def run(cluster: harness.ReliabilityCluster, *, per_rpc: int, seed: int, corpus:
         fuzz_one()
 
     for rpc in fuzzing.public_rpcs():
+        if only and rpc.name not in only:
+            continue
         recent: list[fuzzing.FuzzCase] = []
         rpc_started = time.monotonic()
         fuzz_rpc(rpc, recent)
@@ -109,6 +114,7 @@ def run(cluster: harness.ReliabilityCluster, *, per_rpc: int, seed: int, corpus:
         "rss_mb_after": rss_after,
         "slowest": [f"{s:.1f} s {name} ({what})" for s, name, what in sorted(slowest, reverse=True)[:5]],
         "environment": {"n_latent": env.n_latent, "clip_dim": env.clip_dim},
+        "examples": examples,
     }
 
 
@@ -135,6 +141,7 @@ def main() -> int:
     parser.add_argument("--per-rpc", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--only", nargs="*", default=None, help="RPC names, e.g. Gateway.GetItem")
     parser.add_argument("--json", default="")
     parser.add_argument("--markdown", default="")
     args = parser.parse_args()
@@ -142,7 +149,8 @@ def main() -> int:
         args.per_rpc = 40
     # A small stream cap: fuzzed SubmitJobs that are valid get real work; big ones get RESOURCE_EXHAUSTED.
     with harness.running_cluster(extra_env={"SFHQ_STREAM_MAXLEN": "500", "SFHQ_MAX_MESSAGE_MB": "16"}) as cluster:
-        result = run(cluster, per_rpc=args.per_rpc, seed=args.seed, corpus=args.corpus, max_message_mb=16)
+        result = run(cluster, per_rpc=args.per_rpc, seed=args.seed, corpus=args.corpus, max_message_mb=16,
+                     only=set(args.only) if args.only else None)
     command = "python reliability/fuzz.py" + (" --quick" if args.quick else f" --per-rpc {args.per_rpc} --seed {args.seed}")
     table = markdown(result, command)
     print(table)

@@ -81,6 +81,7 @@ class FuzzCase:
     payload: bytes
     metadata: tuple[tuple[str, str | bytes], ...] = ()
     kind: str = "generated"
+    expected: str = ""  # corpus cases may pin the one right answer (e.g. RESOURCE_EXHAUSTED)
 
     def digest(self) -> str:
         return hashlib.sha256(self.payload + repr(self.metadata).encode()).hexdigest()[:16]
@@ -271,9 +272,10 @@ def tensor(env: Environment) -> st.SearchStrategy[common_pb2.Tensor]:
         if data_kind in ("consistent", "nan", "inf", "short") and count * itemsize <= 8_000_000:
             np_dtype = {"float16": np.float16, "float64": np.float64, "int32": np.int32}.get(dtype, np.float32)
             values = np.random.default_rng(draw(st.integers(0, 1000))).standard_normal(count).astype(np_dtype)
-            if data_kind == "nan" and count:
+            floating = np.issubdtype(values.dtype, np.floating)
+            if data_kind == "nan" and count and floating:
                 values[draw(st.integers(0, count - 1))] = np.nan
-            if data_kind == "inf" and count:
+            if data_kind == "inf" and count and floating:
                 values[draw(st.integers(0, count - 1))] = np.inf
             data = values.astype(values.dtype.newbyteorder("<")).tobytes()
             if data_kind == "short":
@@ -604,7 +606,7 @@ class Sender:
 # ---- the corpus of cases that found bugs -------------------------------------------------------
 
 
-def save_case(folder: Path, case: FuzzCase, outcome: Outcome, note: str = "") -> Path:
+def save_case(folder: Path, case: FuzzCase, outcome: Outcome, note: str = "", expected: str = "") -> Path:
     """Keep a case as ``<folder>/<Service.Method>/<digest>.bin`` + ``.json`` (metadata, what it found)."""
     rpc_folder = folder / case.rpc_path.strip("/").replace("sfhq.v1.", "").replace("/", ".")
     rpc_folder.mkdir(parents=True, exist_ok=True)
@@ -612,6 +614,8 @@ def save_case(folder: Path, case: FuzzCase, outcome: Outcome, note: str = "") ->
     path.write_bytes(case.payload)
     meta = {"rpc": case.rpc_path, "kind": case.kind, "found": f"{outcome.code}: {outcome.details}",
             "metadata": [[k, v if isinstance(v, str) else v.hex()] for k, v in case.metadata], "note": note}
+    if expected:
+        meta["expected"] = expected
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     return path
 
@@ -623,7 +627,8 @@ def load_corpus(folder: Path) -> list[FuzzCase]:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         rpc_path = meta.get("rpc") or "/sfhq.v1." + path.parent.name.replace(".", "/", 1)
         metadata = tuple((k, bytes.fromhex(v) if k.endswith("-bin") else v) for k, v in meta.get("metadata", []))
-        out.append(FuzzCase(rpc_path, path.read_bytes(), metadata, meta.get("kind", "corpus")))
+        out.append(FuzzCase(rpc_path, path.read_bytes(), metadata, meta.get("kind", "corpus"),
+                            meta.get("expected", "")))
     return out
 
 

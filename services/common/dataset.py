@@ -19,7 +19,7 @@ import io
 import json
 import os
 import pickle
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 import numpy as np
@@ -94,24 +94,29 @@ class DatasetWriter:
             raise
         return written
 
-    def discard_partial_writes(self) -> list[str]:
-        """Delete the temporary files of writes that never finished (a writer killed mid-file).
+    def discard_partial_writes(self, stems: Container[str]) -> list[str]:
+        """Delete the temporary files of writes of ``stems`` that never finished (a writer killed mid-file).
 
         BlobStore writes a temporary file and renames it over the key, so a SIGKILLed writer leaves a
-        hidden ``.sfhq-tmp-*`` file beside the real ones. Called when a job is finalized, after its
-        last item was written, so that the dataset holds complete files only. Object stores write in
-        one PUT and have nothing to discard. Returns the removed paths (relative to the root).
+        hidden ``.sfhq-tmp-<token>-<name>`` file beside the real ones. Called when a job is finalized,
+        after its last item was written, with the job's own stems (and the manifest's names): another
+        job writing into the same folder keeps its in-flight files. Object stores write in one PUT
+        and have nothing to discard. Returns the removed paths (relative to the root).
         """
         if not self.store.is_local:
             return []
         removed = []
         for folder, _, files in os.walk(self.store.root):
             for name in files:
-                if name.startswith(TMP_PREFIX):
-                    path = os.path.join(folder, name)
-                    with contextlib.suppress(FileNotFoundError):  # its writer may just have renamed it
-                        os.unlink(path)
-                        removed.append(os.path.relpath(path, self.store.root))
+                if not name.startswith(TMP_PREFIX):
+                    continue
+                target = name[len(TMP_PREFIX):].split("-", 1)[-1]  # strip the writer's random token
+                if target not in stems and target.rsplit(".", 1)[0] not in stems:
+                    continue
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):  # its writer may just have renamed it
+                    os.unlink(path)
+                    removed.append(os.path.relpath(path, self.store.root))
         return removed
 
     def write_manifest(self, rows: Iterable[dict[str, Any]], info: dict[str, Any]) -> dict[str, str]:

@@ -73,6 +73,9 @@ PSI_RANGE: tuple[float, float] = (0.0, 4.0)
 MAX_ITEMS_PER_REQUEST = 64  # latents or seeds per call: each is a full-size image in the response
 MAX_STRATEGIES_PER_REQUEST = 16
 MAX_OUTPUT_SIZE = 4096
+# Pixels one call may return in all: 64 full-size (1024 px) images. Without it, 64 images at 4096 px
+# took ~5 min and 1.5 GB of one generator process (found by reliability/fuzz.py's generators).
+MAX_OUTPUT_PIXELS = MAX_ITEMS_PER_REQUEST * 1024 * 1024
 DEFAULT_JPEG_QUALITY = 95
 NOISE_MODES = {
     generator_pb2.NOISE_MODE_UNSPECIFIED: "const",
@@ -328,6 +331,15 @@ class OutputFormat:
             )
         return cls(fmt, quality, options.to_blob_store, options.size)
 
+    def check_budget(self, count: int, native_size: int) -> None:
+        """Refuse a call whose ``count`` images would together pass MAX_OUTPUT_PIXELS."""
+        side = self.size or native_size
+        if count * side * side > MAX_OUTPUT_PIXELS:
+            raise GeneratorRequestError(
+                f"{count} images of {side}x{side} px are {count * side * side / 1e6:.0f} MP in one call; "
+                f"at most {MAX_OUTPUT_PIXELS / 1e6:.0f} MP: ask for fewer or smaller images"
+            )
+
     def encode(self, image: Image.Image) -> bytes:
         if self.size and self.size != image.width:
             image = image.resize((self.size, self.size), Image.Resampling.LANCZOS)
@@ -367,6 +379,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 raise GeneratorRequestError(
                     f"latents: expected 1..{MAX_ITEMS_PER_REQUEST} latents, got {count}"
                 )
+            output.check_budget(count, generator.size)
             latents = [
                 as_latents(_tensor(msg, f"latents[{i}]"), generator, f"latents[{i}]")
                 for i, msg in enumerate(request.latents)
@@ -397,6 +410,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 raise GeneratorRequestError(
                     f"seeds: expected 1..{MAX_ITEMS_PER_REQUEST} seeds, got {len(seeds)}"
                 )
+            output.check_budget(len(seeds), generator.size)
             psi = check_psi(request.psi) if request.HasField("psi") else 1.0
             cutoff = (
                 check_cutoff(request.truncation_cutoff, generator.n_latent)
@@ -444,6 +458,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 raise GeneratorRequestError(
                     f"strategies: expected 1..{MAX_STRATEGIES_PER_REQUEST}, got {count}"
                 )
+            output.check_budget(count, generator.size)
             specs = [
                 _spec(s.name, dict(s.params), s.seed, f"strategies[{i}]")
                 for i, s in enumerate(request.strategies)

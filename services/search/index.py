@@ -276,11 +276,24 @@ def build_and_tune(spec: IndexSpec, vectors: np.ndarray, *, tuning_rows: int = T
 
 
 def _time_per_query(index: faiss.Index, spec: IndexSpec, queries: np.ndarray) -> float:
+    """Median seconds of one query on one thread.
+
+    A lone query is single-threaded work (a server runs concurrent queries side by side), and with several
+    OpenMP threads it mostly waits at barriers, wildly so on a shared machine: that would measure the
+    machine's load, not the index. The median ignores the odd preempted query.
+    """
     params = search_parameters(spec)
-    start = time.perf_counter()
-    for q in queries:
-        index.search(q[None, :], RECALL_K, params=params)
-    return (time.perf_counter() - start) / max(1, len(queries))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        times = []
+        for q in queries:
+            start = time.perf_counter()
+            index.search(q[None, :], RECALL_K, params=params)
+            times.append(time.perf_counter() - start)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(np.median(times)) if times else 0.0
 
 
 def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: np.ndarray | None = None,
@@ -292,8 +305,8 @@ def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: 
     Beyond: IVF and HNSW are both built on (up to `max_sample` rows of) the sample and tuned to the target.
     IVF wins if its query time, scaled to `n` (an IVF query scans ~√n vectors when nlist grows with √n),
     fits `latency_budget_ms`: it builds several times faster than HNSW and supports removal. Otherwise
-    HNSW, whose query time grows only with log n. The returned nprobe is scaled to the full size's nlist;
-    `VectorIndex.rebuild` re-tunes the parameter on the real index anyway.
+    HNSW, whose query time grows only with log n. The search parameter found on the sample is a starting
+    point: `VectorIndex.rebuild` tunes it again on the real index.
     """
     if not 0.0 < target_recall <= 1.0:
         raise IndexInputError(f"target recall must be in (0, 1], got {target_recall}")
@@ -328,9 +341,9 @@ def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: 
     ivf_ms_at_n = ivf_ms * math.sqrt(n / len(sample))
     ivf_ok = ivf.measured_recall >= target_recall and ivf_ms_at_n <= latency_budget_ms
     if ivf_ok or (hnsw.measured_recall < target_recall and ivf.measured_recall >= hnsw.measured_recall):
-        full_nlist = nlist_for(n)
-        ivf.nprobe = min(full_nlist, math.ceil(ivf.nprobe * full_nlist / ivf.nlist))
-        ivf.nlist = full_nlist
+        # nlist for the full size; the sample's nprobe is only a starting point (the rebuild re-tunes it).
+        ivf.nlist = nlist_for(n)
+        ivf.nprobe = min(ivf.nprobe, ivf.nlist)
         return ivf
     return hnsw
 

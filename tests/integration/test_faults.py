@@ -148,11 +148,30 @@ def test_finalizing_discards_the_unfinished_files_of_killed_writers(tmp_path):
     writer.write_item("SFHQ_pt1_00000000", image_jpeg=b"jpeg", segmentation_png=b"png",
                       landmarks=np.zeros((110, 2), np.float32), features={"k": np.zeros((1, 4), np.float16)})
     # what a writer SIGKILLed between its write and its rename leaves behind
-    leftover = tmp_path / "dataset" / "images" / ".sfhq-tmp-0a1b2c-SFHQ_pt1_00000001.jpg"
+    leftover = tmp_path / "dataset" / "images" / ".sfhq-tmp-0a1b2c3d4e5f-SFHQ_pt1_00000001.jpg"
     leftover.write_bytes(b"half a jpe")
-    assert writer.discard_partial_writes() == ["images/.sfhq-tmp-0a1b2c-SFHQ_pt1_00000001.jpg"]
-    assert not leftover.exists() and (tmp_path / "dataset" / "images" / "SFHQ_pt1_00000000.jpg").exists()
-    assert writer.discard_partial_writes() == []
+    # another job writing into the same folder (another part): its in-flight file is not ours to delete
+    in_flight = tmp_path / "dataset" / "images" / ".sfhq-tmp-00112233aabb-SFHQ_pt2_00000001.jpg"
+    in_flight.write_bytes(b"being written")
+    own = {"SFHQ_pt1_00000000", "SFHQ_pt1_00000001", "manifest.jsonl"}
+    assert writer.discard_partial_writes(own) == ["images/.sfhq-tmp-0a1b2c3d4e5f-SFHQ_pt1_00000001.jpg"]
+    assert not leftover.exists() and in_flight.exists()
+    assert (tmp_path / "dataset" / "images" / "SFHQ_pt1_00000000.jpg").exists()
+    assert writer.discard_partial_writes(own) == []
+
+
+def test_a_job_lost_with_redis_data_is_told_apart_from_a_made_up_one(redis_client):
+    from gateway.coordinator import JobStore
+
+    store = JobStore(redis_client)
+    store.epoch_ms()  # the gateway records the data set it starts on
+    time.sleep(1.1)  # job ids have whole seconds
+    old_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() - 5)) + "-75dd33a3"
+    assert store.predates_data(old_id) and not store.state_lost(old_id)  # no loss seen: just not found
+    redis_client.flushall()  # what a restart without persistence leaves behind
+    assert store.state_lost(old_id)
+    assert not store.state_lost(time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() + 5)) + "-00000000")
+    assert not store.state_lost("not-a-gateway-job-id")
 
 
 # ---- the cluster --------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ def test_the_corpus_that_found_bugs_gets_explicit_answers(cluster, fuzz):
     for case in cases:
         outcome = sender.send(case)
         assert outcome.code not in fuzzing.FORBIDDEN_CODES, (case.rpc_path, case.kind, outcome)
+        if case.expected:
+            assert outcome.code == case.expected, (case.rpc_path, outcome)
     assert all(cluster.alive(name) for name in SERVICE_ORDER)
 
 

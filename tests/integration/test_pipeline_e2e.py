@@ -101,7 +101,8 @@ def test_inspiration_job_writes_a_complete_consistent_dataset(client, tmp_path):
     # Search finds this job's items (text and by the stored vector of an item).
     hits = client.search("a portrait photo of a smiling woman", job_id=job.job_id, top_k=5).hits
     assert hits and {h.job_id for h in hits} == {job.job_id}
-    assert {h.item_id for h in hits} <= {row["item_id"] for row in rows}
+    assert {h.item_id for h in hits} <= {f"{job.job_id}/{row['item_id']}" for row in rows}
+    assert client.get_item(job.job_id, hits[0].item_id, image=False).state == "written"
 
     # Progress events were recorded and can be replayed from any point.
     events = list(client.watch(job.job_id))
