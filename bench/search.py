@@ -209,13 +209,17 @@ def main() -> int:
     # ---- near-duplicates ----
     dedup = near_duplicates(unit, threshold=THRESHOLD)
     print(f"dedup ours done ({dedup.seconds:.0f} s)", flush=True)
-    ivf_subset = min(n, 20_000 if args.quick else 100_000)
-    started = time.perf_counter()
-    ivf_pairs = find_pairs(unit[:ivf_subset], THRESHOLD, method="faiss_ivf")
-    ivf_s = time.perf_counter() - started
-    started = time.perf_counter()
-    ours_subset = find_pairs(unit[:ivf_subset], THRESHOLD, method="cluster_join")
-    ours_subset_s = time.perf_counter() - started  # the same rows as the FAISS IVF row, for a fair pair
+    # The two pair searches on the same rows, interleaved twice, best time kept: a burst of load from
+    # other processes on a shared machine then cannot favour one of them.
+    ivf_subset = min(n, 20_000 if args.quick else 50_000)
+    ivf_s = ours_subset_s = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        ivf_pairs = find_pairs(unit[:ivf_subset], THRESHOLD, method="faiss_ivf")
+        ivf_s = min(ivf_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        ours_subset = find_pairs(unit[:ivf_subset], THRESHOLD, method="cluster_join")
+        ours_subset_s = min(ours_subset_s, time.perf_counter() - started)
     vta_subset = min(n, 5_000 if args.quick else 20_000)
     started = time.perf_counter()
     vta_dropped = vta_dedup(unit[:vta_subset], THRESHOLD)
@@ -232,9 +236,10 @@ def main() -> int:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| ours: near_duplicates ({dedup.method}) | {n:,} | {dedup.seconds:.1f} | {dedup.seconds:.1f} | "
         f"{dedup.stats['pairs']:,} | {dedup.pair_recall:.3f} (measured) | {len(dedup.duplicates):,} |",
-        f"| ours: cluster join, pairs only | {ivf_subset:,} | {ours_subset_s:.1f} | - | {len(ours_subset.a):,} | "
+        f"| ours: cluster join, pairs only (best of 2) | {ivf_subset:,} | {ours_subset_s:.1f} | - | {len(ours_subset.a):,} | "
         f"{ours_subset.recall:.3f} (measured) | - |",
-        f"| FAISS IVF range search ({ivf_pairs.method}) | {ivf_subset:,} | {ivf_s:.1f} | - | {len(ivf_pairs.a):,} | "
+        f"| FAISS IVF range search ({ivf_pairs.method}, best of 2) | {ivf_subset:,} | {ivf_s:.1f} | - | "
+        f"{len(ivf_pairs.a):,} | "
         f"{ivf_pairs.recall:.3f} (measured) | - |",
         f"| SFHQ's way: VTA delete_near_duplicates (numpy, all pairs) | {vta_subset:,} | {vta_s:.1f} | "
         f"~{vta_full_estimate:,.0f} (n^2 extrapolation) | {len(exact_subset.a):,} (exact) | 1.000 | "

@@ -29,11 +29,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import redis  # noqa: E402
+
 from reliability import harness  # noqa: E402
 from services.local_run import SERVICE_ORDER  # noqa: E402
 from sfhq.v1 import gateway_pb2  # noqa: E402
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+REDIS = "redis"  # a chaos target besides the services: redis-server itself (AOF on)
 SAMPLING_STAGES = ("sample", "encode", "synthesize", "embed", "curate", "annotate")
 
 
@@ -80,6 +83,11 @@ class ChaosMonkey(threading.Thread):
             pending = pending or self._next_targets()
             target = pending.pop()
             try:
+                if target == REDIS:  # SIGKILL, then start again from the append-only file
+                    pid = self.cluster.redis_server.process.pid
+                    self.cluster.redis_server.restart(kill=True)
+                    self.kills.append(Kill(round(time.monotonic() - started, 2), target, pid))
+                    continue
                 self.cluster.wait_healthy(target, timeout_s=180)
                 if self._stopping.is_set():
                     break
@@ -162,18 +170,25 @@ class ChaosReport:
 
 
 def _state(admin: Any, job_id: str) -> str:
-    return admin.hget(f"sfhq:job:{job_id}", "state") or ""
+    try:
+        return admin.hget(f"sfhq:job:{job_id}", "state") or ""
+    except redis.RedisError:  # redis-server is itself a chaos target
+        return ""
 
 
 def run_chaos(cluster: harness.ReliabilityCluster, *, samples: int, min_kills: int, seed: int = 0,
               interval_s: tuple[float, float] = (1.0, 4.0), side_jobs: int = 0, side_samples: int = 3,
-              timeout_s: float = 1800.0) -> ChaosReport:
-    """One chaos run on a running cluster; returns what happened and what held."""
+              timeout_s: float = 1800.0, kill_redis: bool = False) -> ChaosReport:
+    """One chaos run on a running cluster; returns what happened and what held.
+
+    ``kill_redis`` adds redis-server (SIGKILL with the AOF on, fsync every second) to the targets.
+    """
     report = ChaosReport(samples=samples, seed=seed)
     admin = cluster.admin_redis()
     out = cluster.workdir / f"chaos-{seed}-{int(time.time())}"
     started = time.monotonic()
-    monkey = ChaosMonkey(cluster, interval_s=interval_s, seed=seed)
+    targets = (*SERVICE_ORDER, REDIS) if kill_redis else SERVICE_ORDER
+    monkey = ChaosMonkey(cluster, targets=targets, interval_s=interval_s, seed=seed)
     side: list[tuple[str, Path]] = []
     with cluster.client(timeout=60, retries=8) as client:
         job = client.submit(harness.sampling_spec(samples, out))
@@ -256,19 +271,22 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=24, help="minimum number of SIGKILLs")
     parser.add_argument("--side-jobs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-redis", action="store_true", help="SIGKILL redis-server too (AOF on)")
     parser.add_argument("--interval", type=float, nargs=2, default=(2.0, 6.0), metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--json", default="", help="also write the full report here")
     parser.add_argument("--markdown", default="", help="write the summary table here")
     args = parser.parse_args()
+    harness.stop_cleanly_on_sigterm()
     if args.quick:
         args.samples, args.kills, args.side_jobs, args.interval = 30, 6, 1, (1.0, 3.0)
     # A task killed with its worker is redelivered; allow many deliveries so that only a real
     # poison input could ever be dead-lettered (the run then shows dead letters = 0).
     with harness.running_cluster(extra_env={"SFHQ_MAX_DELIVERIES": "20"}) as cluster:
         report = run_chaos(cluster, samples=args.samples, min_kills=args.kills, seed=args.seed,
-                           interval_s=tuple(args.interval), side_jobs=args.side_jobs)
+                           interval_s=tuple(args.interval), side_jobs=args.side_jobs, kill_redis=args.kill_redis)
     command = "python reliability/chaos.py" + (" --quick" if args.quick else
                                                f" --samples {args.samples} --kills {args.kills} --seed {args.seed}")
+    command += " --kill-redis" if args.kill_redis else ""
     table = markdown(report, command)
     print(table)
     if args.json:

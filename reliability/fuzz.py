@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--json", default="")
     parser.add_argument("--markdown", default="")
     args = parser.parse_args()
+    harness.stop_cleanly_on_sigterm()
     if args.quick:
         args.per_rpc = 40
     # A small stream cap: fuzzed SubmitJobs that are valid get real work; big ones get RESOURCE_EXHAUSTED.

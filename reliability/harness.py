@@ -368,6 +368,17 @@ def running_cluster(*, extra_env: dict[str, str] | None = None, keep: bool = Fal
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def stop_cleanly_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit in a script, so that ``running_cluster`` stops what it started.
+
+    (Python's default for SIGTERM ends the process at once and would leave the cluster running.)
+    """
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def shared_cluster() -> ReliabilityCluster:
     """The session's hardened cluster: started on first use, stopped when the interpreter exits.
 

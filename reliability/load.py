@@ -266,6 +266,7 @@ def main() -> int:
     parser.add_argument("--json", default="")
     parser.add_argument("--markdown", default="")
     args = parser.parse_args()
+    harness.stop_cleanly_on_sigterm()
     if args.quick:
         args.clients, args.seconds, args.grace = 4, 6.0, 2.0
         args.markdown = args.markdown or str(ROOT / "bench" / "results" / "load.md")
