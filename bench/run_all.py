@@ -20,7 +20,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SCRIPTS = ("queue", "generator", "encoder", "annotator", "search", "pipeline")
+SCRIPTS = ("queue", "generator", "encoder", "annotator", "search", "pipeline", "load")
+# bench/<name>.py, except the load test, which lives with the reliability scripts
+SCRIPT_PATHS = {name: BENCH / f"{name}.py" for name in SCRIPTS} | {"load": ROOT / "reliability" / "load.py"}
 
 
 def machine() -> str:
@@ -43,13 +45,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", default=list(SCRIPTS))
+    parser.add_argument("--assemble-only", action="store_true", help="rebuild the page from bench/results only")
     parser.add_argument("--output", default="", help="default: BENCHMARKS.md (full) or bench/results/QUICK.md")
     args = parser.parse_args()
     args.output = args.output or str(BENCH / "results" / "QUICK.md" if args.quick else ROOT / "BENCHMARKS.md")
     (BENCH / "results").mkdir(exist_ok=True)
     failures = []
-    for name in args.only:
-        cmd = [sys.executable, str(BENCH / f"{name}.py")] + (["--quick"] if args.quick else [])
+    for name in [] if args.assemble_only else args.only:
+        cmd = [sys.executable, str(SCRIPT_PATHS[name])] + (["--quick"] if args.quick else [])
         print(f"== {' '.join(cmd)}", flush=True)
         started = time.time()
         proc = subprocess.run(cmd, cwd=ROOT)
@@ -67,7 +70,8 @@ def main() -> int:
     for name in SCRIPTS:
         table = BENCH / "results" / f"{name}.md"
         if table.exists():
-            sections.append(f"## {name}\n\nCommand: `python bench/{name}.py`\n\n{table.read_text().strip()}\n")
+            command = SCRIPT_PATHS[name].relative_to(ROOT)
+            sections.append(f"## {name}\n\nCommand: `python {command}`\n\n{table.read_text().strip()}\n")
     Path(args.output).write_text("\n".join(sections))
     print(f"wrote {args.output}")
     if failures:

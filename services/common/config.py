@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     # None = every stage of the service; [] = gRPC only (env value "none").
     stages: Annotated[list[str] | None, NoDecode] = None
     parser_backend: Literal["torch", "onnx"] = "torch"
+    clip_backend: Literal["torch", "onnx"] = "torch"
     log_level: str = "INFO"
 
     # ---- validation -------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class ClipLoader:
     def get(self) -> ClipEmbedder:
         with self._lock:
             if self._embedder is None:
-                backend = getattr(self.settings, "clip_backend", "torch")
+                backend = self.settings.clip_backend
                 self._embedder = load_clip_from_registry(
                     self.registry, device=self.settings.resolved_device(), backend=backend,
                     fp16=self.settings.use_fp16(), batch_size=self.settings.batch_size)
@@ -125,6 +125,10 @@ class ClipRunner:
         embedder = self.source()
         with self._lock:
             return embedder.embed_images(images)
+
+    def provenance(self) -> dict:
+        """The CLIP checkpoint's sha256 and whether it is random (recorded in the manifest)."""
+        return self.source().provenance()
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         embedder = self.source()
@@ -391,7 +395,8 @@ def embed_handler(clip: ClipRunner, blobs: BlobStore, settings: Settings) -> Cal
                     key = item_key(task.job_id, task.item_id, EMBED_STAGE, FEATURES_BLOB_NAME)
                     blobs.put_npy(key, vector.astype(np.float32))
                     results[position] = TaskResult.success(
-                        task, {"features": key, "feature_key": FEATURE_KEY, "dim": int(vector.size)})
+                        task, {"features": key, "feature_key": FEATURE_KEY, "dim": int(vector.size),
+                               "provenance": {"clip": clip.provenance()}})
         return [r for r in results if r is not None]
 
     return handle

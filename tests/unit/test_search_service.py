@@ -215,8 +215,11 @@ def test_embed_stage_writes_raw_features(tmp_path: Path, clip_folder: Path) -> N
              Task.make("job1", "i4", "embed", {})]
     results = embed_handler(ClipRunner(lambda: embedder), blobs, settings)(tasks)
     assert [r.ok for r in results] == [True, False, False, False]
-    assert results[0].output == {"features": item_key("job1", "i1", "embed", "features.npy"),
-                                 "feature_key": "CLIP_ViTL_14@336", "dim": DIM}
+    output = dict(results[0].output)
+    provenance = output.pop("provenance")
+    assert output == {"features": item_key("job1", "i1", "embed", "features.npy"),
+                      "feature_key": "CLIP_ViTL_14@336", "dim": DIM}
+    assert provenance["clip"]["random_weights"] is True and len(provenance["clip"]["sha256"]) == 64
     expected = embedder.embed_images([Image.open(io.BytesIO(jpeg(1))).convert("RGB")])[0]
     np.testing.assert_allclose(blobs.get_npy(results[0].output["features"]), expected, atol=1e-5)
     assert [r.error_code for r in results[1:]] == ["INVALID_ARGUMENT", "NOT_FOUND", "INVALID_ARGUMENT"]
