@@ -3,7 +3,7 @@ SIGKILLed at random times; then check that every item is in the dataset and mani
 every stage applied each item's result exactly once, and nothing is left pending.
 
     python reliability/chaos.py                       # 300 samples, >= 24 kills (the recorded run)
-    python reliability/chaos.py --quick               # 30 samples, 6 kills (about a minute)
+    python reliability/chaos.py --quick               # 40 samples, every process killed once (< 1 min)
     python reliability/chaos.py --samples 500 --kills 40 --seed 7 --json /tmp/chaos.json
 
 While the main job runs, a few small jobs are submitted *through* the chaos (the gateway may die
@@ -266,7 +266,7 @@ def markdown(report: ChaosReport, command: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="30 samples, 6 kills")
+    parser.add_argument("--quick", action="store_true", help="40 samples, 5 kills (every process once)")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--kills", type=int, default=24, help="minimum number of SIGKILLs")
     parser.add_argument("--side-jobs", type=int, default=4)
@@ -278,7 +278,7 @@ def main() -> int:
     args = parser.parse_args()
     harness.stop_cleanly_on_sigterm()
     if args.quick:
-        args.samples, args.kills, args.side_jobs, args.interval = 30, 6, 1, (1.0, 3.0)
+        args.samples, args.kills, args.side_jobs, args.interval = 40, 5, 1, (0.5, 1.5)
     # A task killed with its worker is redelivered; allow many deliveries so that only a real
     # poison input could ever be dead-lettered (the run then shows dead letters = 0).
     with harness.running_cluster(extra_env={"SFHQ_MAX_DELIVERIES": "20"}) as cluster:

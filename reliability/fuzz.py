@@ -1,6 +1,6 @@
 """Fuzz every public RPC of a running hardened cluster with generated and mutated requests.
 
-    python reliability/fuzz.py                     # 10,000+ requests (400 per RPC; the recorded run)
+    python reliability/fuzz.py                     # 10,500 requests (420 per RPC; the recorded run)
     python reliability/fuzz.py --quick             # 40 per RPC (a few minutes)
     python reliability/fuzz.py --per-rpc 1000 --seed 3 --markdown /tmp/fuzz.md
 
@@ -138,7 +138,7 @@ def markdown(result: dict, command: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 cases per RPC")
-    parser.add_argument("--per-rpc", type=int, default=400)
+    parser.add_argument("--per-rpc", type=int, default=420)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--only", nargs="*", default=None, help="RPC names, e.g. Gateway.GetItem")

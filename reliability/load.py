@@ -3,8 +3,7 @@ for a bounded time, against a hardened local cluster -- once with the bounded qu
 stage stream is capped and SubmitJob answers RESOURCE_EXHAUSTED when the first stage is full) and
 once with an effectively unbounded queue (the naive way), side by side.
 
-    python reliability/load.py --quick     # 4 clients x 6 s per mode (< 60 s with start-up); writes
-                                           # bench/results/load.md
+    python reliability/load.py --quick     # 4 clients x 6 s per mode (< 60 s with start-up)
     python reliability/load.py             # 12 clients x 120 s per mode (the RELIABILITY.md run)
     python reliability/load.py --clients 16 --seconds 300 --markdown /tmp/load.md
 
@@ -14,7 +13,8 @@ WatchJob, repeat; back off 0.5 s on RESOURCE_EXHAUSTED), searchers (text search 
 pollers (ListJobs + GetJob). Reported per mode: calls and status codes per RPC, error rate (every
 non-OK status except the deliberate RESOURCE_EXHAUSTED), p50/p99 latencies, job turnaround (submit to
 SUCCEEDED), the backlog left when the load stops, and the resident memory of every process
-(first sample after warm-up, last, peak) plus Redis' own memory.
+(first sample after warm-up, last, peak) plus Redis' own memory. The table goes to
+bench/results/load.md (``make bench`` puts it in BENCHMARKS.md) unless ``--markdown`` says otherwise.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 clients x 6 s per mode; writes bench/results/load.md")
+    parser.add_argument("--quick", action="store_true", help="4 clients x 6 s per mode")
     parser.add_argument("--clients", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--cap", type=int, default=6, help="the bounded mode's stage cap (tasks)")
@@ -264,12 +264,12 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=15.0, help="how long submitters may watch past the end")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="")
-    parser.add_argument("--markdown", default="")
+    parser.add_argument("--markdown", default=str(ROOT / "bench" / "results" / "load.md"),
+                        help="where the table goes (default: bench/results/load.md, for BENCHMARKS.md)")
     args = parser.parse_args()
     harness.stop_cleanly_on_sigterm()
     if args.quick:
         args.clients, args.seconds, args.grace = 4, 6.0, 2.0
-        args.markdown = args.markdown or str(ROOT / "bench" / "results" / "load.md")
     with harness.running_cluster() as cluster:
         work = cluster.workdir / "load"
         work.mkdir()
