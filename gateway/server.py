@@ -186,10 +186,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             except Exception as exc:  # unknown protocol, missing fsspec backend, unreachable host...
                 raise SpecError(f"input_folder: cannot list {spec_msg.input_folder!r}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-            protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
-            for path in names:
-                uri = path if protocol in ("file", "local") else f"{protocol}://{path}"
-                inputs.append({"uri": uri, "name": os.path.basename(path)})
+            if len(inputs) + len(names) > jobs.MAX_INPUTS:
+                raise SpecError(f"inputs: {len(inputs) + len(names)} images is more than {jobs.MAX_INPUTS}")
+            # The gateway may read the folder (it passed the data-roots check); the workers read only the
+            # blob store. So each image is copied in, capped just past the size limit: an oversized file
+            # then fails its own item at the align stage ("too large") instead of the whole submission.
+            for n, path in enumerate(names, start=len(inputs)):
+                key = f"jobs/{job_id}/inputs/{n:06d}-{_safe_name(path)}"
+                with fs.open(path, "rb") as f:
+                    self.blobs.put(key, f.read(self.settings.max_image_bytes + 1))
+                inputs.append({"uri": key, "name": os.path.basename(path)})
             if not names:
                 raise SpecError(f"input_folder: no images ({', '.join(jobs.IMAGE_EXTENSIONS)}) in {spec_msg.input_folder!r}")
         if len(inputs) > jobs.MAX_INPUTS:

@@ -179,6 +179,10 @@ def test_folder_input_and_cancel(client, tmp_path):
     folder.mkdir()
     for path in INSPIRATION:
         shutil.copy(path, folder / path.name)
+    spec = build_spec(input_folder=str(folder), strategies=["e4e_strict_prior"], output_uri=str(tmp_path / "all"),
+                      disable_dedup=True)  # a random CLIP finds every pair of images alike
+    done = run_job(client, spec)  # the gateway copies the folder's images into the blob store
+    assert done.state == gateway_pb2.JOB_STATE_SUCCEEDED and done.counts.written == 3, done.error
     spec = build_spec(input_folder=str(folder), strategies=["e4e_strict_prior"], output_uri=str(tmp_path / "o"))
     job = client.submit(spec)
     assert job.counts.inputs == 3
