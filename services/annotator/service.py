@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from services.annotator.parsing import (
 from services.common.blobs import BlobStore, item_key
 from services.common.config import Settings, get_settings
 from services.common.dataset import DatasetWriter
-from services.common.errors import PermanentError, error_status
+from services.common.errors import PermanentError, as_permanent, error_status
 from services.common.images import decode_image, encode_image
 from services.common.queue import Task, TaskResult
 from services.common.server import ServiceProcess
@@ -100,23 +100,9 @@ def status_of(error: BaseException) -> tuple[str, str] | None:
     return error_status(error)
 
 
-@contextmanager
-def typed_errors(what: str = "") -> Iterator[None]:
-    """Our typed errors become PermanentError (the shared interceptor/worker turn it into a status);
-    ``what`` names the image in the message. Anything unexpected passes through unchanged."""
-    try:
-        yield
-    except PermanentError as error:
-        if what and not error.message.startswith(what):
-            raise PermanentError(f"{what}: {error.message}", code=error.code) from error
-        raise
-    except Exception as error:
-        status = status_of(error)
-        if status is None:
-            raise
-        message = f"{what}: {status[1]}" if what else status[1]
-        raise PermanentError(message, code=status[0]) from error
-
+def typed_errors(what: str = "") -> AbstractContextManager[None]:
+    """Our typed errors become PermanentError; ``what`` names the image in the message."""
+    return as_permanent(status_of, what)
 
 def default_transform_size(output_size: int) -> int:
     """FFHQ supersamples 4x (1024 from 4096); larger outputs stop at 4096 (or their own size)."""

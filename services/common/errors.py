@@ -8,6 +8,8 @@ internal) error.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # grpc.StatusCode names, spelled out so that this module does not need grpc.
@@ -99,3 +101,25 @@ def transient_status(exc: BaseException) -> tuple[str, str] | None:
         # the message names host:port only (never the URL, which may hold a password)
         return "UNAVAILABLE", f"the job store (Redis) is unreachable, try again later: {type(exc).__name__}"
     return None
+
+
+StatusOf = Callable[[BaseException], "tuple[str, str] | None"]
+
+
+@contextmanager
+def as_permanent(status_of: StatusOf, what: str = "") -> Iterator[None]:
+    """Re-raise the errors that ``status_of`` maps to a status as PermanentError (which the shared
+    interceptor and workers turn into that status); anything unexpected passes through unchanged.
+    ``what`` (e.g. "image 3") prefixes the message so a batch call names the bad input."""
+    try:
+        yield
+    except PermanentError as error:
+        if what and not error.message.startswith(what):
+            raise PermanentError(f"{what}: {error.message}", code=error.code) from error
+        raise
+    except Exception as error:
+        status = status_of(error)
+        if status is None:
+            raise
+        message = f"{what}: {status[1]}" if what else status[1]
+        raise PermanentError(message, code=status[0]) from error

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
@@ -26,7 +26,7 @@ from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
 from services.common.config import ConfigError, Settings, get_settings
-from services.common.errors import PermanentError, error_status
+from services.common.errors import PermanentError, as_permanent, error_status
 from services.common.images import decode_image
 from services.common.queue import Task, TaskResult
 from services.common.server import ServiceProcess, client_channel
@@ -154,20 +154,9 @@ def read_image(image: common_pb2.Image, blobs: BlobStore, settings: Settings, wh
         raise EncoderInputError(f"{what}: {error}") from None
 
 
-@contextmanager
-def typed_errors() -> Iterator[None]:
-    """Re-raise our typed errors as PermanentError, which the shared gRPC interceptor turns into
-    a status; anything unexpected passes through unchanged (the interceptor logs it)."""
-    try:
-        yield
-    except PermanentError:
-        raise
-    except Exception as error:
-        status = status_of(error)
-        if status is None:
-            raise
-        raise PermanentError(status[1], code=status[0]) from error
-
+def typed_errors() -> AbstractContextManager[None]:
+    """Our typed errors become PermanentError, which the shared interceptor turns into a status."""
+    return as_permanent(status_of)
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     """`sfhq.v1.Encoder`. Errors are raised as PermanentError; the shared interceptor sets the status."""

@@ -21,8 +21,8 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from services.common.blobs import BlobStore, item_key
 from services.common.config import Settings, get_settings
-from services.common.errors import PermanentError, error_status
+from services.common.errors import PermanentError, as_permanent, error_status
 from services.common.images import decode_image, encode_image
 from services.common.queue import Task, TaskResult
 from services.common.server import ServiceProcess
@@ -101,19 +101,9 @@ def status_of(error: BaseException) -> tuple[str, str] | None:
     return error_status(error)
 
 
-@contextmanager
-def typed_errors() -> Iterator[None]:
-    """Our typed errors become PermanentError, which the shared interceptor/worker turn into a status."""
-    try:
-        yield
-    except PermanentError:
-        raise
-    except Exception as error:
-        status = status_of(error)
-        if status is None:
-            raise
-        raise PermanentError(status[1], code=status[0]) from error
-
+def typed_errors() -> AbstractContextManager[None]:
+    """Our typed errors become PermanentError, which the shared interceptor turns into a status."""
+    return as_permanent(status_of)
 
 # ----------------------------------------------------------------------------- model
 

@@ -24,8 +24,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
@@ -34,7 +34,7 @@ from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
 from services.common.config import ConfigError, Settings, get_settings
-from services.common.errors import PermanentError, error_status
+from services.common.errors import as_permanent, error_status
 from services.common.images import decode_image
 from services.common.queue import Task, TaskResult
 from services.common.server import ServiceProcess
@@ -79,19 +79,9 @@ def status_of(error: BaseException) -> tuple[str, str] | None:
     return error_status(error)
 
 
-@contextmanager
-def typed_errors() -> Iterator[None]:
+def typed_errors() -> AbstractContextManager[None]:
     """Our typed errors become PermanentError, which the shared interceptor turns into a status."""
-    try:
-        yield
-    except PermanentError:
-        raise
-    except Exception as error:
-        status = status_of(error)
-        if status is None:
-            raise
-        raise PermanentError(status[1], code=status[0]) from error
-
+    return as_permanent(status_of)
 
 class ClipLoader:
     """CLIP loaded on first use; a missing folder fails each call (FAILED_PRECONDITION) until it appears."""

@@ -47,3 +47,21 @@ def test_error_status_table():
     assert error_status(BlobWriteError("k", OSError(28, "No space left on device"))) is None
     assert error_status(RuntimeError("bug")) is None
     assert error_status(ValueError("plain value error")) is None
+
+
+def test_as_permanent_maps_known_errors_names_the_input_and_passes_others_through():
+    import pytest
+
+    from services.common.errors import PermanentError, as_permanent
+
+    def status_of(error):
+        return ("INVALID_ARGUMENT", str(error)) if isinstance(error, KeyError) else None
+
+    with pytest.raises(PermanentError) as caught, as_permanent(status_of, "image 2"):
+        raise KeyError("bad")
+    assert caught.value.code == "INVALID_ARGUMENT" and caught.value.message.startswith("image 2: ")
+    with pytest.raises(PermanentError) as caught, as_permanent(status_of, "image 1"):
+        raise PermanentError("no face found", code="INVALID_ARGUMENT")
+    assert caught.value.message == "image 1: no face found"
+    with pytest.raises(RuntimeError), as_permanent(status_of):
+        raise RuntimeError("unexpected")
