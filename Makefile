@@ -35,8 +35,15 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
-	$(VENV)/bin/pip-audit --skip-editable --progress-spinner off || echo "pip-audit could not reach its advisory database"
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+	@if git grep -n '``' -- '*.py' ':!sfhq/v1' ; then \
+		echo "docstrings and comments use Markdown backticks (docs/contributing.md), not reST double ones"; exit 1; fi
+	@# pip-audit cannot reach an advisory database from every mirror: its result is printed, never fatal.
+	@timeout 180 $(VENV)/bin/pip-audit --skip-editable --progress-spinner off --timeout 20 > .pip-audit.log 2>&1; \
+		grep -v "could not be audited" .pip-audit.log; \
+		echo "pip-audit (printed, not fatal): $$(grep -c 'could not be audited' .pip-audit.log) packages not auditable here"
 
 clean:
 	rm -rf $(VENV) out var .pytest_cache

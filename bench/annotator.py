@@ -38,8 +38,7 @@ from services.annotator.detect import FaceBox, FaceLandmarker, as_rgb_array  # n
 from services.annotator.landmarks110 import extend_landmarks, rescale_points  # noqa: E402
 from services.annotator.parsing import load_parser  # noqa: E402
 from services.annotator.random_weights import write_random_bisenet_checkpoint  # noqa: E402
-
-TESTDATA = ROOT.parent / "shared" / "testdata"
+from tests.helpers.data import DATA as TESTDATA  # noqa: E402
 
 
 def timed(run: Callable[[], object], *, min_seconds: float, max_runs: int = 20) -> float:
@@ -71,16 +70,28 @@ def naive_e4e_landmarks(landmarker: FaceLandmarker, image: PIL.Image.Image) -> n
     return landmarker.predictor.predict(pixels, box)
 
 
-def naive_align(image: PIL.Image.Image, landmarks68: np.ndarray, output_size: int, transform_size: int) -> PIL.Image.Image:
+def naive_align(
+    image: PIL.Image.Image, landmarks68: np.ndarray, output_size: int, transform_size: int
+) -> PIL.Image.Image:
     """The same square, warped straight from the full image (no shrink, no crop, no padding)."""
     quad = face_quad(landmarks68).quad
-    out = image.transform((transform_size, transform_size), PIL.Image.Transform.QUAD, (quad + 0.5).flatten(),
-                          PIL.Image.Resampling.BILINEAR)
-    return out.resize((output_size, output_size), PIL.Image.Resampling.LANCZOS) if output_size < transform_size else out
+    out = image.transform(
+        (transform_size, transform_size),
+        PIL.Image.Transform.QUAD,
+        (quad + 0.5).flatten(),
+        PIL.Image.Resampling.BILINEAR,
+    )
+    return (
+        out.resize((output_size, output_size), PIL.Image.Resampling.LANCZOS)
+        if output_size < transform_size
+        else out
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", default=str(BENCH / "results" / "annotator.md"))
     args = parser.parse_args()
@@ -89,8 +100,11 @@ def main() -> int:
 
     inspiration = PIL.Image.open(TESTDATA / "inspiration" / "sd_02.jpg").convert("RGB")
     photo = inspiration.resize((2048, 2048), PIL.Image.Resampling.BICUBIC)  # a large camera photo
-    generated = PIL.Image.open(TESTDATA / "faces" / "sfhq_sample_03.jpg").convert("RGB").resize(
-        (1024, 1024), PIL.Image.Resampling.BICUBIC)  # a StyleGAN output at its native 1024 px
+    generated = (
+        PIL.Image.open(TESTDATA / "faces" / "sfhq_sample_03.jpg")
+        .convert("RGB")
+        .resize((1024, 1024), PIL.Image.Resampling.BICUBIC)
+    )  # a StyleGAN output at its native 1024 px
 
     sections = [
         f"Annotator, CPU ({threads} torch threads; ONNX Runtime limited to the same), "
@@ -102,10 +116,14 @@ def main() -> int:
     rows = []
     cases = [("590-px inspiration", inspiration)] + ([] if args.quick else [("2048-px photo", photo)])
     for label, image in cases:
-        naive = timed(lambda image=image: naive_e4e_landmarks(landmarker, image), min_seconds=min_seconds, max_runs=5)
+        naive = timed(
+            lambda image=image: naive_e4e_landmarks(landmarker, image), min_seconds=min_seconds, max_runs=5
+        )
         ours = timed(lambda image=image: landmarker.locate(image), min_seconds=min_seconds, max_runs=5)
-        rows += [(f"{label}: naive, e4e script (upsample 1 on the full image)", naive, naive),
-                 (f"{label}: ours, largest face, detection on <= 800 px", ours, naive)]
+        rows += [
+            (f"{label}: naive, e4e script (upsample 1 on the full image)", naive, naive),
+            (f"{label}: ours, largest face, detection on <= 800 px", ours, naive),
+        ]
     sections.append(table("detection + 68 landmarks", rows))
 
     # ---- alignment ---------------------------------------------------------------------------------------
@@ -119,10 +137,14 @@ def main() -> int:
             naive = timed(lambda a=args_now: naive_align(*a), min_seconds=min_seconds, max_runs=5)
             ours = timed(lambda a=args_now: align_face(*a), min_seconds=min_seconds, max_runs=5)
             what = f"{label} -> {output_size} (transform {transform_size})"
-            rows += [(f"{what}: naive, one warp of the full image", naive, naive),
-                     (f"{what}: ours, FFHQ recipe (shrink, crop, pad)", ours, naive)]
-    sections.append(table("FFHQ alignment", rows) + "\n\nThe naive warp leaves black corners where the square "
-                    "leaves the image; the recipe's blurred reflect-padding is most of its cost.")
+            rows += [
+                (f"{what}: naive, one warp of the full image", naive, naive),
+                (f"{what}: ours, FFHQ recipe (shrink, crop, pad)", ours, naive),
+            ]
+    sections.append(
+        table("FFHQ alignment", rows) + "\n\nThe naive warp leaves black corners where the square "
+        "leaves the image; the recipe's blurred reflect-padding is most of its cost."
+    )
 
     # ---- parsing: torch vs ONNX Runtime --------------------------------------------------------------------
     with tempfile.TemporaryDirectory() as folder:
@@ -135,14 +157,24 @@ def main() -> int:
         for size in [256] if args.quick else [512, 256]:
             naive = timed(lambda size=size: torch_parser.parse(generated, size), min_seconds=min_seconds)
             ours = timed(lambda size=size: onnx_parser.parse(generated, size), min_seconds=min_seconds)
-            rows += [(f"{size} px, batch 1: PyTorch", naive, naive), (f"{size} px, batch 1: ONNX Runtime", ours, naive)]
+            rows += [
+                (f"{size} px, batch 1: PyTorch", naive, naive),
+                (f"{size} px, batch 1: ONNX Runtime", ours, naive),
+            ]
         if not args.quick:
             batch = [generated] * 8
-            naive = timed(lambda: torch_parser.parse_batch(batch, 256), min_seconds=min_seconds, max_runs=5) / 8
+            naive = (
+                timed(lambda: torch_parser.parse_batch(batch, 256), min_seconds=min_seconds, max_runs=5) / 8
+            )
             ours = timed(lambda: onnx_parser.parse_batch(batch, 256), min_seconds=min_seconds, max_runs=5) / 8
-            rows += [("256 px, batch 8: PyTorch", naive, naive), ("256 px, batch 8: ONNX Runtime", ours, naive)]
-        sections.append(table("BiSeNet parsing (incl. pre-processing)", rows)
-                        + f"\n\nONNX export + session start, once per checkpoint (then cached): {export_seconds:.1f} s.")
+            rows += [
+                ("256 px, batch 8: PyTorch", naive, naive),
+                ("256 px, batch 8: ONNX Runtime", ours, naive),
+            ]
+        sections.append(
+            table("BiSeNet parsing (incl. pre-processing)", rows)
+            + f"\n\nONNX export + session start, once per checkpoint (then cached): {export_seconds:.1f} s."
+        )
 
         # ---- a whole annotation of one generated image ------------------------------------------------------
         def annotate(working_size: int, parse_size: int) -> np.ndarray:
@@ -154,10 +186,15 @@ def main() -> int:
 
         naive = timed(lambda: annotate(1024, 512), min_seconds=min_seconds, max_runs=5)
         ours = timed(lambda: annotate(256, 256), min_seconds=min_seconds, max_runs=5)
-        sections.append(table("annotate a 1024-px generated image (ONNX parser)", [
-            ("naive: 68 points on 1024 px, parse at 512, 110 points on 1024", naive, naive),
-            ("ours: SFHQ's working size 256 (68 points, parse, 110 points)", ours, naive),
-        ]))
+        sections.append(
+            table(
+                "annotate a 1024-px generated image (ONNX parser)",
+                [
+                    ("naive: 68 points on 1024 px, parse at 512, 110 points on 1024", naive, naive),
+                    ("ours: SFHQ's working size 256 (68 points, parse, 110 points)", ours, naive),
+                ],
+            )
+        )
 
     text = "\n\n".join(sections) + "\n"
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,7 @@ from services.encoder.model import (  # noqa: E402
     split_state_dict,
 )
 from services.encoder.random_weights import e4e_opts, random_encoder_state_dict  # noqa: E402
-
-FACES = ROOT.parent / "shared" / "testdata" / "faces"
+from tests.helpers.data import all_faces  # noqa: E402
 
 
 @dataclass
@@ -73,15 +72,8 @@ def best_of(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
 
 
 def faces(count: int) -> list[Image.Image]:
-    files = sorted(FACES.glob("*.jpg"))
-    if files:
-        return [Image.open(files[i % len(files)]).convert("RGB") for i in range(count)]
-    # Without the shared test data: random 512-px images (the encoder does not care for timing).
-    generator = torch.Generator().manual_seed(0)
-    return [
-        Image.fromarray(torch.randint(0, 256, (512, 512, 3), generator=generator, dtype=torch.uint8).numpy())
-        for _ in range(count)
-    ]
+    files = all_faces()
+    return [Image.open(files[i % len(files)]).convert("RGB") for i in range(count)]
 
 
 def naive_encode(

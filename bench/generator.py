@@ -2,16 +2,16 @@
 
 Throughput (images/s, W → image, constant noise):
 * naive: the straightforward port: one image per call, float32, the literal modulated conv (one
-  grouped conv with per-sample weights, as rosinality/NVlabs inference do), ``torch.no_grad()``.
-* ours, grouped: the same math for the whole batch in one call, ``torch.inference_mode()``
+  grouped conv with per-sample weights, as rosinality/NVlabs inference do), `torch.no_grad()`.
+* ours, grouped: the same math for the whole batch in one call, `torch.inference_mode()`
   (bit-identical to the reference implementations; the library's default).
 * ours, batched: activations scaled by the styles, one shared-weight conv per layer for the whole
   batch, demodulation applied to the outputs, channels_last (what the service runs; equal to the
   reference up to float rounding). On CUDA also fp16 for the top 4 resolutions with clamping.
 
 Load time of a 1024-px rosinality checkpoint:
-* naive: build the module (random init of every weight), ``torch.load``, ``load_state_dict`` (copy).
-* ours: ``load_generator``: strict layout check, allocation only, the checkpoint tensors adopted.
+* naive: build the module (random init of every weight), `torch.load`, `load_state_dict` (copy).
+* ours: `load_generator`: strict layout check, allocation only, the checkpoint tensors adopted.
 
     python bench/generator.py            # 256 and 1024 px config-f (random weights), batch 1 and 8
     python bench/generator.py --quick    # a tiny 64-px config (< 60 s)
@@ -32,12 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from services.generator.model import Generator, GeneratorConfig, default_channels, load_generator  # noqa: E402
+from services.generator.checkpoint import load_generator  # noqa: E402
+from services.generator.model import Generator, GeneratorConfig, default_channels  # noqa: E402
 from services.generator.random_weights import write_rosinality_checkpoint  # noqa: E402
 
 
 def best_of(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Seconds per call of each method: the fastest of ``rounds`` calls after one warm-up call.
+    """Seconds per call of each method: the fastest of `rounds` calls after one warm-up call.
 
     Rounds are interleaved (a, b, c, a, b, c, ...) and the minimum kept, so a burst of load from
     other processes on a shared machine does not favour one method.

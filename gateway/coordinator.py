@@ -21,6 +21,7 @@ from gateway import jobs
 from gateway.jobs import ResolvedSpec
 from gateway.pipeline import Plan, advance, manifest_row
 from services.common.blobs import BlobStore
+from services.common.contracts import ItemState
 from services.common.dataset import DatasetWriter
 from services.common.queue import COORDINATOR_GROUP, RESULTS_STREAM, RedisQueue, TaskResult, stage_stream
 
@@ -91,17 +92,27 @@ class JobStore:
         payload = {
             "items": {item_id: json.dumps(rec, sort_keys=True) for item_id, rec in plan.items.items()},
             "counters": plan.counters,
-            "tasks": [[stage_stream(t.stage), "*", *[x for kv in t.to_fields().items() for x in kv]]
-                      for t in plan.tasks],
+            "tasks": [
+                [stage_stream(t.stage), "*", *[x for kv in t.to_fields().items() for x in kv]]
+                for t in plan.tasks
+            ],
             "events": [event_fields(e, time_ms) for e in plan.events],
             "events_maxlen": EVENTS_MAXLEN,
             "time_ms": time_ms,
         }
         # cjson turns an empty Lua table into {} but we need [] for ipairs; both iterate fine as empty.
-        keys = [jobs.applied_key(job_id), jobs.job_key(job_id), jobs.items_key(job_id), jobs.events_key(job_id),
-                RESULTS_STREAM]
-        return int(self._apply(keys=keys, args=[task_id, result_entry, COORDINATOR_GROUP, json.dumps(payload),
-                                                now_iso()]))
+        keys = [
+            jobs.applied_key(job_id),
+            jobs.job_key(job_id),
+            jobs.items_key(job_id),
+            jobs.events_key(job_id),
+            RESULTS_STREAM,
+        ]
+        return int(
+            self._apply(
+                keys=keys, args=[task_id, result_entry, COORDINATOR_GROUP, json.dumps(payload), now_iso()]
+            )
+        )
 
     def job(self, job_id: str) -> dict[str, str]:
         return self.redis.hgetall(jobs.job_key(job_id))
@@ -142,22 +153,32 @@ class JobStore:
             out.append(json.loads(raw))
         return sorted(out, key=lambda r: r["id"])
 
-    def set_state(self, job_id: str, state: str, *, error: str = "", only_from: set[str] | None = None) -> bool:
-        """Moves a job to ``state`` (optionally only from some states) and records an event."""
+    def set_state(
+        self, job_id: str, state: str, *, error: str = "", only_from: set[str] | None = None
+    ) -> bool:
+        """Moves a job to `state` (optionally only from some states) and records an event."""
         key = jobs.job_key(job_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)
-                    current = pipe.hget(key, "state")
+                    current: str | None = pipe.hget(key, "state")  # type: ignore[assignment]  # immediate mode
                     if current is None or (only_from is not None and current not in only_from):
                         pipe.unwatch()
                         return False
                     pipe.multi()
                     pipe.hset(key, mapping={"state": state, "updated_at": now_iso(), "error": error})
-                    pipe.xadd(jobs.events_key(job_id), {"kind": "state", "state": state, "message": error,
-                                                        "time_ms": str(int(time.time() * 1000))},
-                              maxlen=EVENTS_MAXLEN, approximate=True)
+                    pipe.xadd(
+                        jobs.events_key(job_id),
+                        {
+                            "kind": "state",
+                            "state": state,
+                            "message": error,
+                            "time_ms": str(int(time.time() * 1000)),
+                        },
+                        maxlen=EVENTS_MAXLEN,
+                        approximate=True,
+                    )
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -167,8 +188,17 @@ class JobStore:
 class Coordinator:
     """A thread that applies task results to job state and finalizes drained jobs."""
 
-    def __init__(self, queue: RedisQueue, store: JobStore, blobs: BlobStore, *, consumer: str,
-                 batch: int = 64, block_ms: int = 500, provenance: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        queue: RedisQueue,
+        store: JobStore,
+        blobs: BlobStore,
+        *,
+        consumer: str,
+        batch: int = 64,
+        block_ms: int = 500,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
         self.queue = queue
         self.store = store
         self.blobs = blobs
@@ -229,8 +259,11 @@ class Coordinator:
             if len(self._orphans) > 10_000:
                 self._orphans.clear()
             self._orphans.add(result.job_id)
-            why = ("its state was lost: Redis restarted without persistence (enable appendonly) or was flushed"
-                   if self.store.state_lost(result.job_id) else "no such job")
+            why = (
+                "its state was lost: Redis restarted without persistence (enable appendonly) or was flushed"
+                if self.store.state_lost(result.job_id)
+                else "no such job"
+            )
             log.error("dropping results for job %s (first: %s): %s", result.job_id, result.task_id, why)
         self.queue.ack_results([entry_id])
 
@@ -250,7 +283,7 @@ class Coordinator:
         rows = []
         by_id = {item["id"]: item for item in items}
         for item in items:
-            if item["state"] != "written":
+            if item["state"] != ItemState.WRITTEN:
                 continue
             files = (item["outputs"].get("annotate") or {}).get("files", {})
             # Each stage reports the checkpoints it used; a candidate inherits its parent's (align, encode).
@@ -262,26 +295,43 @@ class Coordinator:
                         provenance.update(stage_out.get("provenance", {}))
             rows.append(manifest_row(spec, job_id, item, files, provenance))
         counts = {name: int(job.get(name, 0)) for name in jobs.COUNTERS}
-        failures = [{"item_id": i["id"], **i["error"]} for i in items if i["state"] == "failed" and i["error"]]
-        info = {"job_id": job_id, "spec": json.loads(job["spec"]), "resolved": json.loads(job["resolved"]),
-                "counts": counts, "failures": failures[:1000], "provenance": self.provenance,
-                "finished_at": now_iso()}
+        failures = [
+            {"item_id": i["id"], **i["error"]} for i in items if i["state"] == ItemState.FAILED and i["error"]
+        ]
+        info = {
+            "job_id": job_id,
+            "spec": json.loads(job["spec"]),
+            "resolved": json.loads(job["resolved"]),
+            "counts": counts,
+            "failures": failures[:1000],
+            "provenance": self.provenance,
+            "finished_at": now_iso(),
+        }
         try:
             own = {item["stem"] for item in items if item.get("stem")} | set(MANIFEST_FILES)
             discarded = writer.discard_partial_writes(own)
             if discarded:
-                log.warning("job %s: removed %d unfinished files of killed writers: %s", job_id, len(discarded),
-                            ", ".join(discarded[:5]))
+                log.warning(
+                    "job %s: removed %d unfinished files of killed writers: %s",
+                    job_id,
+                    len(discarded),
+                    ", ".join(discarded[:5]),
+                )
             writer.write_manifest(rows, info)
         except Exception as exc:  # the dataset location is broken: the job fails with the reason
             log.exception("writing the manifest of %s failed", job_id)
-            self.store.set_state(job_id, jobs.FAILED, error=f"writing the manifest failed: {exc}",
-                                 only_from={jobs.FINALIZING})
+            self.store.set_state(
+                job_id, jobs.FAILED, error=f"writing the manifest failed: {exc}", only_from={jobs.FINALIZING}
+            )
             return
         if not rows and counts["failed"] > 0:
             first = failures[0] if failures else {}
-            self.store.set_state(job_id, jobs.FAILED, only_from={jobs.FINALIZING},
-                                 error=f"all {counts['failed']} items failed; first: {first.get('message', '')}")
+            self.store.set_state(
+                job_id,
+                jobs.FAILED,
+                only_from={jobs.FINALIZING},
+                error=f"all {counts['failed']} items failed; first: {first.get('message', '')}",
+            )
         else:
             self.store.set_state(job_id, jobs.SUCCEEDED, only_from={jobs.FINALIZING})
         self._specs.pop(job_id, None)

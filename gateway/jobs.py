@@ -15,10 +15,11 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from services.common.errors import InvalidInput
 from sfhq.v1 import common_pb2, gateway_pb2
 
-# SFHQ's own two candidates per inspiration image (SFHQ_FACTS.md §7.2).
-DEFAULT_STRATEGIES = (("e4e_strict_prior", {}), ("low_prior", {}))
+# SFHQ's own two candidates per inspiration image (docs/sfhq-format.md, "Candidate types").
+DEFAULT_STRATEGIES: tuple[tuple[str, dict[str, float]], ...] = (("e4e_strict_prior", {}), ("low_prior", {}))
 DEFAULT_CORRECTION = ("encoder_truncation", {"coarse": 0.3, "middle": 0.3, "fine": 0.3})
 KNOWN_STRATEGIES = {"e4e_strict_prior", "low_prior", "style_mix", "encoder_truncation"}
 MAX_INPUTS = 100_000
@@ -32,11 +33,20 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 QUEUED, RUNNING, FINALIZING, CANCELLING = "QUEUED", "RUNNING", "FINALIZING", "CANCELLING"
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
 TERMINAL = {SUCCEEDED, FAILED, CANCELLED}
-COUNTERS = ("inputs", "items", "candidates", "accepted", "rejected_taste", "rejected_duplicate", "failed",
-            "written", "cancelled")
+COUNTERS = (
+    "inputs",
+    "items",
+    "candidates",
+    "accepted",
+    "rejected_taste",
+    "rejected_duplicate",
+    "failed",
+    "written",
+    "cancelled",
+)
 
 
-class SpecError(ValueError):
+class SpecError(InvalidInput):
     """A job spec field is invalid; the message names the field."""
 
 
@@ -66,7 +76,7 @@ def request_key(request_id: str) -> str:
 
 def location_key(uri: str) -> str | None:
     """A comparable form of a local path or URL: a resolved absolute path (symlinks followed, so a link
-    cannot lead out of a root), or ``proto://normalised/path``; None for a relative path."""
+    cannot lead out of a root), or `proto://normalised/path`; None for a relative path."""
     import os
     import posixpath
     from urllib.parse import unquote, urlparse
@@ -82,7 +92,7 @@ def location_key(uri: str) -> str | None:
 
 
 def location_within(uri: str, roots: list[str]) -> bool:
-    """True when ``uri`` is one of ``roots`` or below one (path-segment boundaries, not string prefixes)."""
+    """True when `uri` is one of `roots` or below one (path-segment boundaries, not string prefixes)."""
     key = location_key(uri)
     if key is None:
         return False
@@ -158,14 +168,19 @@ def _strategy(msg: common_pb2.Strategy, field: str) -> dict[str, Any]:
     return {"name": msg.name, "params": params, "seed": int(msg.seed)}
 
 
-def validate_spec(spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_image_bytes: int) -> ResolvedSpec:
+def validate_spec(
+    spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_image_bytes: int
+) -> ResolvedSpec:
     """Checks every field; raises SpecError naming the first bad one."""
     if len(spec.name) > MAX_NAME:
         raise SpecError(f"name: longer than {MAX_NAME} characters")
     if len(spec.labels) > MAX_LABELS or any(len(k) > 128 or len(v) > 1024 for k, v in spec.labels.items()):
         raise SpecError("labels: too many or too long")
-    modes = {gateway_pb2.JOB_MODE_INSPIRATION: "inspiration", gateway_pb2.JOB_MODE_SAMPLING: "sampling",
-             gateway_pb2.JOB_MODE_ANNOTATE_ONLY: "annotate_only"}
+    modes = {
+        gateway_pb2.JOB_MODE_INSPIRATION: "inspiration",
+        gateway_pb2.JOB_MODE_SAMPLING: "sampling",
+        gateway_pb2.JOB_MODE_ANNOTATE_ONLY: "annotate_only",
+    }
     if spec.mode not in modes:
         raise SpecError(f"mode: must be one of INSPIRATION, SAMPLING, ANNOTATE_ONLY (got {spec.mode})")
     mode = modes[spec.mode]
@@ -186,7 +201,9 @@ def validate_spec(spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_im
             if kind == "data" and not image.data:
                 raise SpecError(f"inputs[{i}].data: empty")
             if kind == "data" and len(image.data) > max_image_bytes:
-                raise SpecError(f"inputs[{i}].data: {len(image.data)} bytes is over the {max_image_bytes}-byte limit")
+                raise SpecError(
+                    f"inputs[{i}].data: {len(image.data)} bytes is over the {max_image_bytes}-byte limit"
+                )
             if kind == "uri" and (not image.uri or len(image.uri) > 4096 or ".." in image.uri.split("/")):
                 raise SpecError(f"inputs[{i}].uri: invalid")
         if len(spec.input_folder) > 4096 or ".." in spec.input_folder.split("/"):
@@ -209,16 +226,27 @@ def validate_spec(spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_im
             correction = _strategy(s.correction, "sampling.correction")
         else:
             correction = {"name": DEFAULT_CORRECTION[0], "params": dict(DEFAULT_CORRECTION[1]), "seed": 0}
-        sampling = {"count": int(s.count), "first_seed": int(s.first_seed), "psi_min": psi_min,
-                    "psi_max": psi_max, "correction": correction}
+        sampling = {
+            "count": int(s.count),
+            "first_seed": int(s.first_seed),
+            "psi_min": psi_min,
+            "psi_max": psi_max,
+            "correction": correction,
+        }
 
     cur = spec.curation
     if len(cur.taste_model) > 128:
         raise SpecError("curation.taste_model: too long")
-    accept = _finite(cur.accept_threshold, "curation.accept_threshold", 0.0, 1.0) \
-        if cur.HasField("accept_threshold") else None
-    dedup = _finite(cur.dedup_threshold, "curation.dedup_threshold", 0.0, 1.0) \
-        if cur.HasField("dedup_threshold") else 0.92
+    accept = (
+        _finite(cur.accept_threshold, "curation.accept_threshold", 0.0, 1.0)
+        if cur.HasField("accept_threshold")
+        else None
+    )
+    dedup = (
+        _finite(cur.dedup_threshold, "curation.dedup_threshold", 0.0, 1.0)
+        if cur.HasField("dedup_threshold")
+        else 0.92
+    )
     if cur.disable_dedup:
         dedup = -1.0
 
@@ -237,10 +265,20 @@ def validate_spec(spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_im
     annotation = out.annotation_size or 256
     if not 64 <= annotation <= 1024:
         raise SpecError("output.annotation_size: must be in [64, 1024]")
-    return ResolvedSpec(mode=mode, strategies=strategies, sampling=sampling, taste_model=cur.taste_model,
-                        accept_threshold=accept, dedup_threshold=dedup,
-                        dataset_uri=out.dataset_uri or default_dataset_uri, part=part, image_size=image_size,
-                        jpeg_quality=quality, annotation_size=annotation, seed=int(spec.seed))
+    return ResolvedSpec(
+        mode=mode,
+        strategies=strategies,
+        sampling=sampling,
+        taste_model=cur.taste_model,
+        accept_threshold=accept,
+        dedup_threshold=dedup,
+        dataset_uri=out.dataset_uri or default_dataset_uri,
+        part=part,
+        image_size=image_size,
+        jpeg_quality=quality,
+        annotation_size=annotation,
+        seed=int(spec.seed),
+    )
 
 
 def spec_for_display(spec: gateway_pb2.JobSpec) -> str:

@@ -1,14 +1,17 @@
 """Which stage comes next: the pipeline as pure functions over item records.
 
 No Redis and no gRPC here, so the whole flow is unit-testable. The coordinator reads an item
-record and a task result, asks `advance` for a Plan (records to write, tasks to enqueue,
-counters to bump, events to emit) and applies that plan atomically.
+record and a task result, asks `advance` for a Plan (records to write, tasks to enqueue, counters
+to bump, events to emit) and applies that plan atomically. Payloads and outputs are the typed
+contracts of `services.common.contracts`, shared with the stage handlers.
 
-Flows (DESIGN.md §1):
+Flows (docs/pipeline.md):
   inspiration   input:  align(256) -> encode -> synthesize K strategies -> K candidates
   sampling      sample: sample(seed, psi) -> encode -> synthesize(correction)  -> 1 candidate
   annotate_only input:  align(image_size) -> (the item itself is the candidate)
   every candidate:      embed -> curate -> annotate (writes the SFHQ files) -> written
+
+Planning is linear in a job's items: each item's first task is made with the item.
 """
 
 from __future__ import annotations
@@ -17,16 +20,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.jobs import ResolvedSpec, derive_seed
+from services.common.contracts import (
+    FEATURE_KEY,
+    AlignOutput,
+    AlignPayload,
+    AnnotatePayload,
+    CurateOutput,
+    CuratePayload,
+    Decision,
+    EmbedOutput,
+    EmbedPayload,
+    EncodeOutput,
+    EncodePayload,
+    ItemState,
+    Payload,
+    SampleOutput,
+    SamplePayload,
+    StrategyRecord,
+    SynthesizeOutput,
+    SynthesizePayload,
+)
 from services.common.dataset import stem_for
 from services.common.queue import Task, TaskResult
 
-FEATURE_KEY = "CLIP_ViTL_14@336"
-E4E_ALIGN_SIZE = 256  # e4e's own alignment setting (MODELS.md §3): output 256, no supersampling
+E4E_ALIGN_SIZE = 256  # e4e's own alignment setting (docs/alignment.md): output 256, no supersampling
+
+ItemRecord = dict[str, Any]
 
 
 @dataclass
 class Plan:
-    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    items: dict[str, ItemRecord] = field(default_factory=dict)
     tasks: list[Task] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -34,12 +58,26 @@ class Plan:
     def bump(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
 
+    def enqueue(self, job_id: str, item: ItemRecord, stage: str, payload: Payload) -> None:
+        """Queue `item`'s next task; the item records the stage it waits for."""
+        item["stage"] = stage
+        self.tasks.append(Task.make(job_id, item["id"], stage, payload.to_dict()))
 
-def new_item(item_id: str, kind: str, ordinal: int, *, parent: str = "", source: dict | None = None,
-             strategy: dict | None = None) -> dict[str, Any]:
-    return {"id": item_id, "parent": parent, "kind": kind, "ordinal": ordinal, "state": "pending", "stage": "",
-            "source": source or {}, "strategy": strategy, "outputs": {}, "stem": "", "taste_score": None,
-            "duplicate_of": None, "similarity": None, "error": None}
+
+def new_item(
+    item_id: str,
+    kind: str,
+    ordinal: int,
+    *,
+    parent: str = "",
+    source: dict[str, Any] | None = None,
+    strategy: dict[str, Any] | None = None,
+) -> ItemRecord:
+    return {
+        "id": item_id, "parent": parent, "kind": kind, "ordinal": ordinal, "state": ItemState.PENDING,
+        "stage": "", "source": source or {}, "strategy": strategy, "outputs": {}, "stem": "",
+        "taste_score": None, "duplicate_of": None, "similarity": None, "error": None,
+    }  # fmt: skip
 
 
 def input_item_id(ordinal: int) -> str:
@@ -57,7 +95,7 @@ def candidates_per_parent(spec: ResolvedSpec) -> int:
 def first_tasks(spec: ResolvedSpec, job_id: str, inputs: list[dict[str, Any]]) -> Plan:
     """The plan of a new job: one item per input (or per sample) and its first task.
 
-    ``inputs`` are {"uri": ..., "name": ...} for image jobs; ignored for sampling jobs.
+    `inputs` are {"uri": ..., "name": ...} for image jobs; ignored for sampling jobs.
     """
     plan = Plan()
     if spec.mode == "sampling":
@@ -69,59 +107,88 @@ def first_tasks(spec: ResolvedSpec, job_id: str, inputs: list[dict[str, Any]]) -
             psi = round(s["psi_min"] + frac * (s["psi_max"] - s["psi_min"]), 4)
             item = new_item(sample_item_id(n), "sample", n, source={"seed": seed, "psi": psi})
             plan.items[item["id"]] = item
-            plan.tasks.append(Task.make(job_id, item["id"], "sample", {"seed": seed, "psi": psi}))
-        plan.bump("inputs", len(plan.items))
+            plan.enqueue(job_id, item, "sample", SamplePayload(seed=seed, psi=psi))
     else:
         size = E4E_ALIGN_SIZE if spec.mode == "inspiration" else spec.image_size
-        transform = size if spec.mode == "inspiration" else 4 * size  # FFHQ supersamples 4x for its 1024 crops
+        transform = (
+            size if spec.mode == "inspiration" else 4 * size
+        )  # FFHQ supersamples 4x for its 1024 crops
         for n, source in enumerate(inputs):
             item = new_item(input_item_id(n), "input", n, source=source)
             plan.items[item["id"]] = item
-            plan.tasks.append(Task.make(job_id, item["id"], "align",
-                                        {"input": source["uri"], "output_size": size, "transform_size": transform}))
-        plan.bump("inputs", len(plan.items))
+            plan.enqueue(
+                job_id,
+                item,
+                "align",
+                AlignPayload(input=source["uri"], output_size=size, transform_size=transform),
+            )
+    plan.bump("inputs", len(plan.items))
     plan.bump("items", len(plan.items))
     plan.bump("in_flight", len(plan.tasks))
-    for item_id in plan.items:
-        plan.items[item_id]["stage"] = plan_stage(plan, item_id)
     return plan
 
 
-def plan_stage(plan: Plan, item_id: str) -> str:
-    return next((t.stage for t in plan.tasks if t.item_id == item_id), "")
+def enumerate_chunks(plan: Plan, size: int) -> list[tuple[int, Plan]]:
+    """A new job's plan cut into `(first item's position, sub-plan)` chunks of `size` items, each with
+    the tasks of its own items and counters for them (one pass over the tasks)."""
+    tasks_of: dict[str, list[Task]] = {}
+    for task in plan.tasks:
+        tasks_of.setdefault(task.item_id, []).append(task)
+    item_ids = list(plan.items)
+    chunks = []
+    for start in range(0, len(item_ids), size):
+        ids = item_ids[start : start + size]
+        chunk = Plan(
+            items={i: plan.items[i] for i in ids}, tasks=[t for i in ids for t in tasks_of.get(i, [])]
+        )
+        chunk.counters = {"items": len(ids), "inputs": len(ids), "in_flight": len(chunk.tasks)}
+        chunks.append((start, chunk))
+    return chunks
 
 
-def _curate_payload(spec: ResolvedSpec, item: dict) -> dict[str, Any]:
-    return {"features": item["outputs"]["embed"]["features"], "image": _candidate_image(item),
-            "taste_model": spec.taste_model, "accept_threshold": spec.accept_threshold,
-            "dedup_threshold": spec.dedup_threshold}
-
-
-def _candidate_image(item: dict) -> str:
+def candidate_image(item: ItemRecord) -> str:
     """The image a candidate item stands for: its synthesized image, or its aligned input (annotate_only)."""
     if "synthesize" in item["outputs"]:
-        return item["outputs"]["synthesize"]["image"]
-    return item["outputs"]["align"]["aligned"]
+        return str(item["outputs"]["synthesize"]["image"])
+    return str(item["outputs"]["align"]["aligned"])
 
 
-def _annotate_payload(spec: ResolvedSpec, item: dict) -> dict[str, Any]:
-    latent = (item["outputs"].get("synthesize") or {}).get("latent")
-    return {"image": _candidate_image(item), "features": item["outputs"]["embed"]["features"],
-            "feature_key": item["outputs"]["embed"].get("feature_key", FEATURE_KEY), "stem": item["stem"],
-            "dataset_uri": spec.dataset_uri, "image_size": spec.image_size, "jpeg_quality": spec.jpeg_quality,
-            "working_size": spec.annotation_size, "detect_faces": False, "latent": latent}
-
-
-def _strategies_for(spec: ResolvedSpec, item: dict) -> list[dict[str, Any]]:
+def _strategies_for(spec: ResolvedSpec, item: ItemRecord) -> list[StrategyRecord]:
     """Per-candidate strategies with seeds derived from the job seed and the item (deterministic)."""
     chosen = [spec.sampling["correction"]] if spec.mode == "sampling" else spec.strategies
-    return [{"name": s["name"], "params": s["params"],
-             "seed": s["seed"] or derive_seed(spec.seed, item["id"], k, s["name"])} for k, s in enumerate(chosen)]
+    return [
+        StrategyRecord(
+            name=s["name"],
+            params=s["params"],
+            seed=s["seed"] or derive_seed(spec.seed, item["id"], k, s["name"]),
+        )
+        for k, s in enumerate(chosen)
+    ]
 
 
-def advance(spec: ResolvedSpec, job_id: str, item: dict[str, Any], result: TaskResult, *,
-            cancelling: bool = False) -> Plan:
-    """What applying ``result`` to ``item`` means: the next state, tasks, counters and events."""
+def _annotate_payload(spec: ResolvedSpec, item: ItemRecord) -> AnnotatePayload:
+    embed = EmbedOutput.parse(item["outputs"]["embed"], "embed")
+    latent = (item["outputs"].get("synthesize") or {}).get("latent")
+    return AnnotatePayload(
+        image=candidate_image(item), features=embed.features, feature_key=embed.feature_key or FEATURE_KEY,
+        stem=item["stem"], dataset_uri=spec.dataset_uri, image_size=spec.image_size,
+        jpeg_quality=spec.jpeg_quality, working_size=spec.annotation_size, detect_faces=False, latent=latent,
+    )  # fmt: skip
+
+
+def _fail(plan: Plan, item: ItemRecord, stage: str, code: str, message: str) -> None:
+    item["state"] = ItemState.FAILED
+    item["error"] = {"stage": stage, "code": code or "UNKNOWN", "message": message}
+    plan.bump("failed")
+    plan.events.append(
+        {"kind": "item_failed", "item_id": item["id"], "stage": stage, "code": code, "message": message}
+    )
+
+
+def advance(
+    spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult, *, cancelling: bool = False
+) -> Plan:
+    """What applying `result` to `item` means: the next state, tasks, counters and events."""
     plan = Plan()
     plan.bump("in_flight", -1)
     plan.bump(f"done:{result.stage}")
@@ -132,88 +199,94 @@ def advance(spec: ResolvedSpec, job_id: str, item: dict[str, Any], result: TaskR
     if cancelling:  # record what came back, schedule nothing (workers answer CANCELLED for queued tasks)
         if result.ok:
             item["outputs"][result.stage] = result.output
-        item["state"] = "cancelled"
+        item["state"] = ItemState.CANCELLED
         plan.bump("cancelled")
         plan.events.append(event)
         return plan
-
     if not result.ok:
-        item["state"] = "failed"
-        item["error"] = {"stage": result.stage, "code": result.error_code or "UNKNOWN",
-                         "message": result.error_message}
-        plan.bump("failed")
-        plan.events.append({**event, "kind": "item_failed", "code": item["error"]["code"],
-                            "message": result.error_message})
+        _fail(plan, item, result.stage, result.error_code, result.error_message)
         return plan
 
     item["outputs"][result.stage] = result.output
     plan.events.append(event)
-
-    def enqueue(target: dict, stage: str, payload: dict) -> None:
-        target["stage"] = stage
-        plan.tasks.append(Task.make(job_id, target["id"], stage, payload))
-
-    stage = result.stage
-    if stage == "align" and spec.mode == "inspiration":
-        enqueue(item, "encode", {"image": result.output["aligned"]})
-    elif stage == "align":  # annotate_only: the aligned input is the candidate
-        plan.bump("candidates")
-        enqueue(item, "embed", {"image": result.output["aligned"]})
-    elif stage == "sample":
-        enqueue(item, "encode", {"image": result.output["image"]})
-    elif stage == "encode":
-        sampled_w = item["outputs"].get("sample", {}).get("w")
-        target = item["outputs"].get("align", {}).get("aligned")
-        enqueue(item, "synthesize", {"latent": result.output["latent"], "strategies": _strategies_for(spec, item),
-                                     "target": target, "sampled_w": sampled_w})
-    elif stage == "synthesize":
-        item["state"] = "expanded"
-        per_parent = candidates_per_parent(spec)
-        for k, cand in enumerate(result.output.get("candidates", [])[:per_parent]):
-            child = new_item(f"{item['id']}-c{k}", "candidate", item["ordinal"] * per_parent + k,
-                             parent=item["id"], source=item["source"], strategy=cand.get("strategy"))
-            child["outputs"]["synthesize"] = cand
-            plan.items[child["id"]] = child
-            enqueue(child, "embed", {"image": cand["image"]})
-            plan.bump("items")
-            plan.bump("candidates")
-    elif stage == "embed":
-        enqueue(item, "curate", _curate_payload(spec, item))
-    elif stage == "curate":
-        decision = result.output.get("decision", "")
-        item["taste_score"] = result.output.get("taste_score")
-        item["duplicate_of"] = result.output.get("duplicate_of")
-        item["similarity"] = result.output.get("similarity")
-        if decision == "accepted":
-            item["state"] = "accepted"
-            item["stem"] = stem_for(spec.part, item["ordinal"])
-            plan.bump("accepted")
-            plan.events.append({"kind": "item_accepted", "item_id": item["id"], "stage": stage,
-                                "message": item["stem"]})
-            enqueue(item, "annotate", _annotate_payload(spec, item))
-        elif decision in ("rejected_taste", "rejected_duplicate"):
-            item["state"] = decision
-            plan.bump(decision)
-            plan.events.append({"kind": "item_rejected", "item_id": item["id"], "stage": stage, "message": decision})
-        else:
-            item["state"] = "failed"
-            item["error"] = {"stage": stage, "code": "INTERNAL", "message": f"unknown curate decision {decision!r}"}
-            plan.bump("failed")
-    elif stage == "annotate":
-        item["state"] = "written"
-        plan.bump("written")
-        plan.events.append({"kind": "item_written", "item_id": item["id"], "stage": stage, "message": item["stem"]})
-    else:
-        item["state"] = "failed"
-        item["error"] = {"stage": stage, "code": "INTERNAL", "message": f"no transition after stage {stage!r}"}
-        plan.bump("failed")
+    try:
+        _next(spec, job_id, item, result, plan)
+    except ValueError as error:  # an output that breaks the contract (InvalidInput is a ValueError)
+        _fail(plan, item, result.stage, "INTERNAL", str(error))
     plan.bump("in_flight", len(plan.tasks))
     return plan
 
 
-def manifest_row(spec: ResolvedSpec, job_id: str, item: dict[str, Any], files: dict[str, str],
-                 provenance: dict[str, Any]) -> dict[str, Any]:
-    """One manifest row per written item (DESIGN.md §5)."""
+def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult, plan: Plan) -> None:
+    stage, output = result.stage, result.output
+    if stage == "align" and spec.mode == "inspiration":
+        plan.enqueue(job_id, item, "encode", EncodePayload(image=AlignOutput.parse(output, stage).aligned))
+    elif stage == "align":  # annotate_only: the aligned input is the candidate
+        plan.bump("candidates")
+        plan.enqueue(job_id, item, "embed", EmbedPayload(image=AlignOutput.parse(output, stage).aligned))
+    elif stage == "sample":
+        plan.enqueue(job_id, item, "encode", EncodePayload(image=SampleOutput.parse(output, stage).image))
+    elif stage == "encode":
+        payload = SynthesizePayload(
+            latent=EncodeOutput.parse(output, stage).latent, strategies=_strategies_for(spec, item),
+            target=item["outputs"].get("align", {}).get("aligned"), sampled_w=item["outputs"].get("sample", {}).get("w"),
+        )  # fmt: skip
+        plan.enqueue(job_id, item, "synthesize", payload)
+    elif stage == "synthesize":
+        item["state"] = ItemState.EXPANDED
+        per_parent = candidates_per_parent(spec)
+        for k, candidate in enumerate(SynthesizeOutput.parse(output, stage).candidates[:per_parent]):
+            child = new_item(f"{item['id']}-c{k}", "candidate", item["ordinal"] * per_parent + k, parent=item["id"],
+                             source=item["source"], strategy=candidate.strategy.to_dict())  # fmt: skip
+            child["outputs"]["synthesize"] = candidate.to_dict()
+            plan.items[child["id"]] = child
+            plan.enqueue(job_id, child, "embed", EmbedPayload(image=candidate.image))
+            plan.bump("items")
+            plan.bump("candidates")
+    elif stage == "embed":
+        curate = CuratePayload(
+            features=EmbedOutput.parse(output, stage).features, image=candidate_image(item), taste_model=spec.taste_model,
+            accept_threshold=spec.accept_threshold, dedup_threshold=spec.dedup_threshold,
+        )  # fmt: skip
+        plan.enqueue(job_id, item, "curate", curate)
+    elif stage == "curate":
+        curated = CurateOutput.parse(output, stage)
+        item.update(
+            taste_score=curated.taste_score, duplicate_of=curated.duplicate_of, similarity=curated.similarity
+        )
+        if curated.decision == Decision.ACCEPTED:
+            item["state"] = ItemState.ACCEPTED
+            item["stem"] = stem_for(spec.part, item["ordinal"])
+            plan.bump("accepted")
+            plan.events.append(
+                {"kind": "item_accepted", "item_id": item["id"], "stage": stage, "message": item["stem"]}
+            )
+            plan.enqueue(job_id, item, "annotate", _annotate_payload(spec, item))
+        else:
+            item["state"] = ItemState(curated.decision.value)
+            plan.bump(curated.decision.value)
+            plan.events.append(
+                {
+                    "kind": "item_rejected",
+                    "item_id": item["id"],
+                    "stage": stage,
+                    "message": curated.decision.value,
+                }
+            )
+    elif stage == "annotate":
+        item["state"] = ItemState.WRITTEN
+        plan.bump("written")
+        plan.events.append(
+            {"kind": "item_written", "item_id": item["id"], "stage": stage, "message": item["stem"]}
+        )
+    else:
+        _fail(plan, item, stage, "INTERNAL", f"no transition after stage {stage!r}")
+
+
+def manifest_row(
+    spec: ResolvedSpec, job_id: str, item: ItemRecord, files: dict[str, str], provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """One manifest row per written item (docs/pipeline.md, "Datasets")."""
     synth = item["outputs"].get("synthesize") or {}
     return {
         "stem": item["stem"], "item_id": item["id"], "job_id": job_id, "parent_id": item["parent"],
@@ -222,4 +295,4 @@ def manifest_row(spec: ResolvedSpec, job_id: str, item: dict[str, Any], files: d
         "image_path": files.get("image", ""), "segmentation_path": files.get("segmentation", ""),
         "landmarks_path": files.get("landmarks", ""), "features_path": files.get("features", ""),
         "latent_blob": synth.get("latent", ""), "provenance": provenance,
-    }
+    }  # fmt: skip

@@ -22,9 +22,9 @@ import numpy as np
 from gateway import jobs
 from gateway.coordinator import EVENTS_MAXLEN, Coordinator, JobStore, now_iso
 from gateway.jobs import ResolvedSpec, SpecError
-from gateway.pipeline import Plan, first_tasks
+from gateway.pipeline import Plan, enumerate_chunks, first_tasks
 from services.common.blobs import BlobStore
-from services.common.config import Settings
+from services.common.config import ConfigError, Settings
 from services.common.dataset import DatasetWriter
 from services.common.queue import RedisQueue, connect_redis
 from services.common.server import ServiceProcess, abort_with, client_channel
@@ -34,17 +34,25 @@ from sfhq.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, search_pb2, searc
 
 log = logging.getLogger("sfhq.gateway")
 SUBMIT_CHUNK = 500  # items per atomic enqueue, so a huge job never blocks Redis for long
-STATE_TO_PROTO = {
-    jobs.QUEUED: gateway_pb2.JOB_STATE_QUEUED, jobs.RUNNING: gateway_pb2.JOB_STATE_RUNNING,
-    jobs.FINALIZING: gateway_pb2.JOB_STATE_RUNNING, jobs.CANCELLING: gateway_pb2.JOB_STATE_CANCELLING,
-    jobs.CANCELLED: gateway_pb2.JOB_STATE_CANCELLED, jobs.SUCCEEDED: gateway_pb2.JOB_STATE_SUCCEEDED,
+STATE_TO_PROTO: dict[str, gateway_pb2.JobState] = {
+    jobs.QUEUED: gateway_pb2.JOB_STATE_QUEUED,
+    jobs.RUNNING: gateway_pb2.JOB_STATE_RUNNING,
+    jobs.FINALIZING: gateway_pb2.JOB_STATE_RUNNING,
+    jobs.CANCELLING: gateway_pb2.JOB_STATE_CANCELLING,
+    jobs.CANCELLED: gateway_pb2.JOB_STATE_CANCELLED,
+    jobs.SUCCEEDED: gateway_pb2.JOB_STATE_SUCCEEDED,
     jobs.FAILED: gateway_pb2.JOB_STATE_FAILED,
 }
 PROTO_TO_STATE = {v: k for k, v in STATE_TO_PROTO.items() if k != jobs.FINALIZING}
-STAGE_TO_PROTO = {"align": common_pb2.STAGE_ALIGN, "encode": common_pb2.STAGE_ENCODE,
-                  "sample": common_pb2.STAGE_SAMPLE, "synthesize": common_pb2.STAGE_SYNTHESIZE,
-                  "embed": common_pb2.STAGE_EMBED, "curate": common_pb2.STAGE_CURATE,
-                  "annotate": common_pb2.STAGE_ANNOTATE}
+STAGE_TO_PROTO: dict[str, common_pb2.Stage] = {
+    "align": common_pb2.STAGE_ALIGN,
+    "encode": common_pb2.STAGE_ENCODE,
+    "sample": common_pb2.STAGE_SAMPLE,
+    "synthesize": common_pb2.STAGE_SYNTHESIZE,
+    "embed": common_pb2.STAGE_EMBED,
+    "curate": common_pb2.STAGE_CURATE,
+    "annotate": common_pb2.STAGE_ANNOTATE,
+}
 
 
 REQUEST_ID_TTL_S = 7 * 24 * 3600  # how long a request_id keeps answering with its job
@@ -58,7 +66,7 @@ return 1
 
 
 def _list_images(fs: Any, root: str) -> list[str]:
-    """Image files under ``root``; stops (SpecError) past MAX_INPUTS instead of walking a whole disk."""
+    """Image files under `root`; stops (SpecError) past MAX_INPUTS instead of walking a whole disk."""
     found: list[str] = []
     for folder, _, files in fs.walk(root):
         for name in files:
@@ -70,8 +78,10 @@ def _list_images(fs: Any, root: str) -> list[str]:
 
 
 def lost_state_message(job_id: str) -> str:
-    return (f"the state of job {job_id!r} was lost: Redis restarted without persistence (enable appendonly) "
-            "or was flushed; submit the job again")
+    return (
+        f"the state of job {job_id!r} was lost: Redis restarted without persistence (enable appendonly) "
+        "or was flushed; submit the job again"
+    )
 
 
 def _safe_name(name: str) -> str:
@@ -80,9 +90,10 @@ def _safe_name(name: str) -> str:
 
 
 def job_counts(job: dict[str, str]) -> gateway_pb2.JobCounts:
-    counts = gateway_pb2.JobCounts(**{name: int(job.get(name, 0)) for name in jobs.COUNTERS
-                                      if name in gateway_pb2.JobCounts.DESCRIPTOR.fields_by_name},
-                                   in_flight=max(0, int(job.get("in_flight", 0))))
+    counts = gateway_pb2.JobCounts(in_flight=max(0, int(job.get("in_flight", 0))))
+    for name in jobs.COUNTERS:
+        if name in gateway_pb2.JobCounts.DESCRIPTOR.fields_by_name:
+            setattr(counts, name, int(job.get(name, 0)))
     for key, value in job.items():
         if key.startswith("done:"):
             counts.done_by_stage[key[5:]] = int(value)
@@ -90,11 +101,18 @@ def job_counts(job: dict[str, str]) -> gateway_pb2.JobCounts:
 
 
 def job_message(job_id: str, job: dict[str, str]) -> gateway_pb2.Job:
-    msg = gateway_pb2.Job(job_id=job_id, state=STATE_TO_PROTO.get(job.get("state", ""), 0), counts=job_counts(job),
-                          dataset_uri=job.get("dataset_uri", ""), created_at=job.get("created_at", ""),
-                          updated_at=job.get("updated_at", ""), error=job.get("error", ""))
+    msg = gateway_pb2.Job(
+        job_id=job_id,
+        state=STATE_TO_PROTO.get(job.get("state", ""), gateway_pb2.JOB_STATE_UNSPECIFIED),
+        counts=job_counts(job),
+        dataset_uri=job.get("dataset_uri", ""),
+        created_at=job.get("created_at", ""),
+        updated_at=job.get("updated_at", ""),
+        error=job.get("error", ""),
+    )
     if job.get("spec"):
         from google.protobuf import json_format
+
         json_format.Parse(job["spec"], msg.spec, ignore_unknown_fields=True)
     return msg
 
@@ -109,7 +127,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._create_script: Any = None
 
     # -- jobs ---------------------------------------------------------------------------------
-    def SubmitJob(self, request: gateway_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
+    def SubmitJob(
+        self, request: gateway_pb2.SubmitJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.Job:
         if len(request.request_id) > 128:
             abort_with(context, "INVALID_ARGUMENT", "request_id: longer than 128 characters")
         job_id = ""
@@ -122,20 +142,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         job_id = job_id or time.strftime(jobs.JOB_ID_TIME_FORMAT + "-", time.gmtime()) + uuid.uuid4().hex[:8]
         default_uri = self.blobs.uri(f"datasets/{job_id}")
         try:
-            spec = jobs.validate_spec(request.spec, default_dataset_uri=default_uri,
-                                      max_image_bytes=self.settings.max_image_bytes)
+            spec = jobs.validate_spec(
+                request.spec, default_dataset_uri=default_uri, max_image_bytes=self.settings.max_image_bytes
+            )
             self._check_locations(request.spec, spec)
             inputs = self._stage_inputs(job_id, request.spec, spec)
         except SpecError as exc:
             abort_with(context, "INVALID_ARGUMENT", str(exc))
         # Refuse before planning: the plan of a million-sample job alone would take seconds and gigabytes.
-        first_stage, first_count = ("sample", spec.sampling["count"]) if spec.mode == "sampling" else \
-            ("align", len(inputs))
+        first_stage, first_count = (
+            ("sample", spec.sampling["count"]) if spec.mode == "sampling" else ("align", len(inputs))
+        )
         if not self.store.job(job_id) and not self.queue.has_room(first_stage, first_count):
             context.set_trailing_metadata((("retry-after-s", "30"),))
-            abort_with(context, "RESOURCE_EXHAUSTED",
-                       f"stage {first_stage!r} is full ({self.queue.backlog(first_stage)} tasks waiting); "
-                       "retry in about 30 s or submit a smaller job")
+            abort_with(
+                context,
+                "RESOURCE_EXHAUSTED",
+                f"stage {first_stage!r} is full ({self.queue.backlog(first_stage)} tasks waiting); "
+                "retry in about 30 s or submit a smaller job",
+            )
         if request.request_id:
             # Claim the request id before anything else exists: a concurrent retry then joins this job.
             key = jobs.request_key(request.request_id)
@@ -154,18 +179,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         locations = [("output.dataset_uri", spec.dataset_uri)]
         if spec_msg.input_folder:
             locations.append(("input_folder", spec_msg.input_folder))
-        locations += [(f"inputs[{i}].uri", image.uri) for i, image in enumerate(spec_msg.inputs)
-                      if image.WhichOneof("source") == "uri" and "://" in image.uri]
+        locations += [
+            (f"inputs[{i}].uri", image.uri)
+            for i, image in enumerate(spec_msg.inputs)
+            if image.WhichOneof("source") == "uri" and "://" in image.uri
+        ]
         for field, uri in locations:
             try:
                 fsspec.core.url_to_fs(uri)
             except Exception as exc:  # e.g. s3:// without s3fs installed, or an unknown protocol
                 raise SpecError(f"{field}: cannot use {uri!r}: {type(exc).__name__}: {exc}") from exc
             if self.settings.data_roots and not jobs.location_within(uri, allowed):
-                raise SpecError(f"{field}: {uri!r} is outside the allowed data roots "
-                                f"({', '.join(self.settings.data_roots)}; see SFHQ_DATA_ROOTS)")
+                raise SpecError(
+                    f"{field}: {uri!r} is outside the allowed data roots "
+                    f"({', '.join(self.settings.data_roots)}; see SFHQ_DATA_ROOTS)"
+                )
 
-    def _stage_inputs(self, job_id: str, spec_msg: gateway_pb2.JobSpec, spec: ResolvedSpec) -> list[dict[str, Any]]:
+    def _stage_inputs(
+        self, job_id: str, spec_msg: gateway_pb2.JobSpec, spec: ResolvedSpec
+    ) -> list[dict[str, Any]]:
         """Puts inline images in the blob store and lists the input folder; returns [{uri, name}]."""
         if spec.mode == "sampling":
             return []
@@ -184,8 +216,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             except SpecError:
                 raise
             except Exception as exc:  # unknown protocol, missing fsspec backend, unreachable host...
-                raise SpecError(f"input_folder: cannot list {spec_msg.input_folder!r}: "
-                                f"{type(exc).__name__}: {exc}") from exc
+                raise SpecError(
+                    f"input_folder: cannot list {spec_msg.input_folder!r}: {type(exc).__name__}: {exc}"
+                ) from exc
             if len(inputs) + len(names) > jobs.MAX_INPUTS:
                 raise SpecError(f"inputs: {len(inputs) + len(names)} images is more than {jobs.MAX_INPUTS}")
             # The gateway may read the folder (it passed the data-roots check); the workers read only the
@@ -197,28 +230,41 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     self.blobs.put(key, f.read(self.settings.max_image_bytes + 1))
                 inputs.append({"uri": key, "name": os.path.basename(path)})
             if not names:
-                raise SpecError(f"input_folder: no images ({', '.join(jobs.IMAGE_EXTENSIONS)}) in {spec_msg.input_folder!r}")
+                raise SpecError(
+                    f"input_folder: no images ({', '.join(jobs.IMAGE_EXTENSIONS)}) in {spec_msg.input_folder!r}"
+                )
         if len(inputs) > jobs.MAX_INPUTS:
             raise SpecError(f"inputs: {len(inputs)} images is more than {jobs.MAX_INPUTS}")
         return inputs
 
-    def _create(self, job_id: str, request: gateway_pb2.SubmitJobRequest, spec: ResolvedSpec, plan: Plan) -> None:
+    def _create(
+        self, job_id: str, request: gateway_pb2.SubmitJobRequest, spec: ResolvedSpec, plan: Plan
+    ) -> None:
         """Write the job and enqueue its first tasks. Safe to run again for the same job after a crash:
         the record is written once, and each chunk of tasks is applied once (it has an idempotency id)."""
         r = self.store.redis
         created = now_iso()
-        self._create_record(keys=[jobs.job_key(job_id)], args=[json.dumps({
-            "spec": jobs.spec_for_display(request.spec), "resolved": spec.to_json(), "state": jobs.QUEUED,
-            "created_at": created, "updated_at": created, "dataset_uri": spec.dataset_uri, "error": "",
-            "in_flight": 0, **{name: 0 for name in jobs.COUNTERS}})])
+        self._create_record(
+            keys=[jobs.job_key(job_id)],
+            args=[
+                json.dumps(
+                    {
+                        "spec": jobs.spec_for_display(request.spec),
+                        "resolved": spec.to_json(),
+                        "state": jobs.QUEUED,
+                        "created_at": created,
+                        "updated_at": created,
+                        "dataset_uri": spec.dataset_uri,
+                        "error": "",
+                        "in_flight": 0,
+                        **{name: 0 for name in jobs.COUNTERS},
+                    }
+                )
+            ],
+        )
         r.zadd(jobs.JOBS_INDEX, {job_id: time.time()}, nx=True)
         # Enqueue in chunks; the job stays QUEUED meanwhile so early results cannot finish it too soon.
-        item_ids = list(plan.items)
-        for start in range(0, len(item_ids), SUBMIT_CHUNK):
-            chunk_ids = set(item_ids[start:start + SUBMIT_CHUNK])
-            chunk = Plan(items={i: plan.items[i] for i in chunk_ids},
-                         tasks=[t for t in plan.tasks if t.item_id in chunk_ids])
-            chunk.counters = {"items": len(chunk_ids), "inputs": len(chunk_ids), "in_flight": len(chunk.tasks)}
+        for start, chunk in enumerate_chunks(plan, SUBMIT_CHUNK):
             self.store.apply(job_id, chunk, task_id=f"{job_id}/create/{start}")
         self.store.set_state(job_id, jobs.RUNNING, only_from={jobs.QUEUED})
         self.store.apply(job_id, Plan())  # finishes at once if every task already completed
@@ -239,8 +285,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if not job:
             if self.store.state_lost(job_id):
                 abort_with(context, "DATA_LOSS", lost_state_message(job_id))
-            hint = (" (its id predates this Redis data set: if it existed, Redis lost it in a restart "
-                    "without persistence)") if self.store.predates_data(job_id) else ""
+            hint = (
+                (
+                    " (its id predates this Redis data set: if it existed, Redis lost it in a restart "
+                    "without persistence)"
+                )
+                if self.store.predates_data(job_id)
+                else ""
+            )
             abort_with(context, "NOT_FOUND", f"job {job_id!r} not found{hint}")
         return job
 
@@ -264,26 +316,41 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 return
 
     @staticmethod
-    def _event(job_id: str, event_id: str, fields: dict[str, str], counts: gateway_pb2.JobCounts) -> gateway_pb2.JobEvent:
-        event = gateway_pb2.JobEvent(event_id=event_id, job_id=job_id, kind=fields.get("kind", ""),
-                                     item_id=fields.get("item_id", ""), message=fields.get("message", ""),
-                                     stage=STAGE_TO_PROTO.get(fields.get("stage", ""), 0),
-                                     time_ms=int(fields.get("time_ms", "0") or 0), counts=counts)
+    def _event(
+        job_id: str, event_id: str, fields: dict[str, str], counts: gateway_pb2.JobCounts
+    ) -> gateway_pb2.JobEvent:
+        event = gateway_pb2.JobEvent(
+            event_id=event_id,
+            job_id=job_id,
+            kind=fields.get("kind", ""),
+            item_id=fields.get("item_id", ""),
+            message=fields.get("message", ""),
+            stage=STAGE_TO_PROTO.get(fields.get("stage", ""), common_pb2.STAGE_UNSPECIFIED),
+            time_ms=int(fields.get("time_ms", "0") or 0),
+            counts=counts,
+        )
         if fields.get("state"):
-            event.state = STATE_TO_PROTO.get(fields["state"], 0)
+            event.state = STATE_TO_PROTO.get(fields["state"], gateway_pb2.JOB_STATE_UNSPECIFIED)
         if fields.get("kind") == "item_failed":
-            event.error.CopyFrom(common_pb2.Error(stage=event.stage, code=fields.get("code", ""),
-                                                  message=fields.get("message", "")))
+            event.error.CopyFrom(
+                common_pb2.Error(
+                    stage=event.stage, code=fields.get("code", ""), message=fields.get("message", "")
+                )
+            )
         return event
 
-    def CancelJob(self, request: gateway_pb2.CancelJobRequest, context: grpc.ServicerContext) -> gateway_pb2.Job:
+    def CancelJob(
+        self, request: gateway_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.Job:
         self._job_or_abort(request.job_id, context)
         if self.store.set_state(request.job_id, jobs.CANCELLING, only_from={jobs.QUEUED, jobs.RUNNING}):
             self.queue.mark_cancelled(request.job_id)
             self.store.apply(request.job_id, Plan())  # drained already -> CANCELLED now
         return job_message(request.job_id, self.store.job(request.job_id))
 
-    def ListJobs(self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext) -> gateway_pb2.ListJobsResponse:
+    def ListJobs(
+        self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListJobsResponse:
         limit = request.limit or 50
         if not 1 <= limit <= 1000:
             abort_with(context, "INVALID_ARGUMENT", "limit: must be in [1, 1000]")
@@ -302,27 +369,43 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     # -- items --------------------------------------------------------------------------------
     def _item_message(self, job_id: str, item: dict[str, Any]) -> gateway_pb2.Item:
-        msg = gateway_pb2.Item(item_id=item["id"], job_id=job_id, parent_id=item["parent"], state=item["state"],
-                               stage=STAGE_TO_PROTO.get(item["stage"], 0), stem=item["stem"],
-                               duplicate_of=item["duplicate_of"] or "",
-                               provenance_json=json.dumps({"source": item["source"], "strategy": item["strategy"]},
-                                                          sort_keys=True))
+        msg = gateway_pb2.Item(
+            item_id=item["id"],
+            job_id=job_id,
+            parent_id=item["parent"],
+            state=item["state"],
+            stage=STAGE_TO_PROTO.get(item["stage"], common_pb2.STAGE_UNSPECIFIED),
+            stem=item["stem"],
+            duplicate_of=item["duplicate_of"] or "",
+            provenance_json=json.dumps(
+                {"source": item["source"], "strategy": item["strategy"]}, sort_keys=True
+            ),
+        )
         if item["taste_score"] is not None:
             msg.taste_score = float(item["taste_score"])
         if item["error"]:
             err = item["error"]
-            msg.error.CopyFrom(common_pb2.Error(stage=STAGE_TO_PROTO.get(err["stage"], 0), code=err["code"],
-                                                message=err["message"]))
+            msg.error.CopyFrom(
+                common_pb2.Error(
+                    stage=STAGE_TO_PROTO.get(err["stage"], common_pb2.STAGE_UNSPECIFIED),
+                    code=err["code"],
+                    message=err["message"],
+                )
+            )
         return msg
 
-    def ListItems(self, request: gateway_pb2.ListItemsRequest, context: grpc.ServicerContext) -> gateway_pb2.ListItemsResponse:
+    def ListItems(
+        self, request: gateway_pb2.ListItemsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListItemsResponse:
         self._job_or_abort(request.job_id, context)
         limit = request.limit or 1000
         if not 1 <= limit <= 10000 or request.offset < 0:
             abort_with(context, "INVALID_ARGUMENT", "limit/offset: limit must be in [1, 10000], offset >= 0")
-        items = [i for i in self.store.items(request.job_id) if not request.state or i["state"] == request.state]
+        items = [
+            i for i in self.store.items(request.job_id) if not request.state or i["state"] == request.state
+        ]
         out = gateway_pb2.ListItemsResponse()
-        for item in items[request.offset:request.offset + limit]:
+        for item in items[request.offset : request.offset + limit]:
             out.items.append(self._item_message(request.job_id, item))
         return out
 
@@ -335,15 +418,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if item is None:
             abort_with(context, "NOT_FOUND", f"item {request.item_id!r} not found in job {request.job_id!r}")
         msg = self._item_message(request.job_id, item)
-        written = (item["outputs"].get("annotate") or {}).get("files", {}) if item["state"] == "written" else {}
-        dataset = DatasetWriter(job["dataset_uri"]).store if written else None
+        written = (
+            (item["outputs"].get("annotate") or {}).get("files", {}) if item["state"] == "written" else {}
+        )
+        dataset = DatasetWriter(job["dataset_uri"]).store
         try:
             if request.include_image:
                 if written and "image" in written:
                     msg.image.data = dataset.get(written["image"])
                 else:
-                    key = (item["outputs"].get("synthesize") or {}).get("image") or \
-                        (item["outputs"].get("align") or {}).get("aligned")
+                    key = (item["outputs"].get("synthesize") or {}).get("image") or (
+                        item["outputs"].get("align") or {}
+                    ).get("aligned")
                     if key:
                         msg.image.data = self.blobs.get(key)
             if request.include_annotations and written:
@@ -351,8 +437,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 with np.load(io.BytesIO(dataset.get(written["landmarks"])), allow_pickle=False) as npz:
                     msg.landmarks.CopyFrom(numpy_to_tensor(npz["landmarks"]))
                 if "latent" in written:
-                    msg.latent.CopyFrom(numpy_to_tensor(np.load(io.BytesIO(dataset.get(written["latent"])),
-                                                                allow_pickle=False)))
+                    msg.latent.CopyFrom(
+                        numpy_to_tensor(
+                            np.load(io.BytesIO(dataset.get(written["latent"])), allow_pickle=False)
+                        )
+                    )
         except (FileNotFoundError, KeyError) as exc:
             abort_with(context, "DATA_LOSS", f"files of item {item['id']} are missing: {exc}")
         return msg
@@ -360,8 +449,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     # -- proxied to the search service -------------------------------------------------------
     def _search(self) -> search_pb2_grpc.SearchStub:
         if self._search_stub is None:
-            self._search_stub = search_pb2_grpc.SearchStub(client_channel(self.settings.addr_for("search"),
-                                                                          self.settings))
+            self._search_stub = search_pb2_grpc.SearchStub(
+                client_channel(self.settings.addr_for("search"), self.settings)
+            )
         return self._search_stub
 
     def _proxy(self, method: str, request: Any, context: grpc.ServicerContext) -> Any:
@@ -373,27 +463,44 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
             abort_with(context, code.name if code else "UNAVAILABLE", f"search service: {exc.details()}")
 
-    def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+    def Search(
+        self, request: search_pb2.SearchRequest, context: grpc.ServicerContext
+    ) -> search_pb2.SearchResponse:
         return self._proxy("Search", request, context)
 
-    def Label(self, request: search_pb2.LabelRequest, context: grpc.ServicerContext) -> search_pb2.LabelResponse:
+    def Label(
+        self, request: search_pb2.LabelRequest, context: grpc.ServicerContext
+    ) -> search_pb2.LabelResponse:
         return self._proxy("Label", request, context)
 
 
 def main(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise ConfigError("the gateway keeps job state in Redis: set REDIS_URL (or SFHQ_REDIS_URL)")
     process = ServiceProcess("gateway", settings)
     client = connect_redis(settings.redis_url)
-    queue = RedisQueue(client, stream_maxlen=settings.stream_maxlen,
-                       visibility_timeout_s=settings.visibility_timeout_s, max_deliveries=settings.max_deliveries)
+    queue = RedisQueue(
+        client,
+        stream_maxlen=settings.stream_maxlen,
+        visibility_timeout_s=settings.visibility_timeout_s,
+        max_deliveries=settings.max_deliveries,
+    )
     queue.ensure_groups()
     store = JobStore(client)
     store.epoch_ms()  # record when this Redis data set began (see JobStore.state_lost)
     blobs = BlobStore(settings.blob_url)
     servicer = GatewayServicer(settings, queue, store, blobs)
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, process.server)
-    coordinator = Coordinator(queue, store, blobs, consumer=f"gateway-{socket.gethostname()}-{os.getpid()}",
-                              provenance={"code_version": __version__})
+    coordinator = Coordinator(
+        queue,
+        store,
+        blobs,
+        consumer=f"gateway-{socket.gethostname()}-{os.getpid()}",
+        provenance={"code_version": __version__},
+    )
     process.on_stop(coordinator.stop)
     coordinator.start()
-    log.info("gateway ready on port %s (events kept: %d per job)", settings.port_for("gateway"), EVENTS_MAXLEN)
+    log.info(
+        "gateway ready on port %s (events kept: %d per job)", settings.port_for("gateway"), EVENTS_MAXLEN
+    )
     process.serve_forever(["sfhq.v1.Gateway"])

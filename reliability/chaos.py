@@ -54,8 +54,15 @@ class ChaosMonkey(threading.Thread):
     killed only once it is healthy again (a kill during start-up would test nothing).
     """
 
-    def __init__(self, cluster: harness.ReliabilityCluster, *, targets: tuple[str, ...] = SERVICE_ORDER,
-                 interval_s: tuple[float, float] = (1.0, 4.0), max_kills: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cluster: harness.ReliabilityCluster,
+        *,
+        targets: tuple[str, ...] = SERVICE_ORDER,
+        interval_s: tuple[float, float] = (1.0, 4.0),
+        max_kills: int | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(name="chaos-monkey", daemon=True)
         self.cluster = cluster
         self.targets = targets
@@ -114,19 +121,33 @@ class JobCheck:
     unexpected: int = 0
     mismatched_files: int = 0
     temp_files: int = 0
+    failures: list[str] = field(default_factory=list)  # "item: stage CODE message" of failed items
 
     @property
     def exactly_once(self) -> bool:
-        return (self.state == "SUCCEEDED" and self.written == self.samples and self.failed == 0
-                and self.in_flight == 0 and not (self.duplicates or self.missing or self.unexpected
-                                                 or self.mismatched_files or self.temp_files)
-                and all(self.done_by_stage.get(stage) == self.samples for stage in SAMPLING_STAGES))
+        return (
+            self.state == "SUCCEEDED"
+            and self.written == self.samples
+            and self.failed == 0
+            and self.in_flight == 0
+            and not (
+                self.duplicates or self.missing or self.unexpected or self.mismatched_files or self.temp_files
+            )
+            and all(self.done_by_stage.get(stage) == self.samples for stage in SAMPLING_STAGES)
+        )
 
 
 def check_job(job: gateway_pb2.Job, out: Path, samples: int) -> JobCheck:
     c = job.counts
-    check = JobCheck(job.job_id, samples, gateway_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_"),
-                     c.written, c.failed, c.in_flight, dict(c.done_by_stage))
+    check = JobCheck(
+        job.job_id,
+        samples,
+        gateway_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_"),
+        c.written,
+        c.failed,
+        c.in_flight,
+        dict(c.done_by_stage),
+    )
     if (out / "manifest.jsonl").exists():
         data = harness.check_dataset(out, harness.sample_item_ids(samples))
         check.manifest_rows = data.manifest_rows
@@ -160,8 +181,12 @@ class ChaosReport:
     @property
     def ok(self) -> bool:
         jobs = [self.main_job, *self.side_jobs]
-        return (all(job is not None and job.exactly_once for job in jobs) and self.nothing_pending
-                and self.dead_letters == 0 and self.side_job_duplicates == 0)
+        return (
+            all(job is not None and job.exactly_once for job in jobs)
+            and self.nothing_pending
+            and self.dead_letters == 0
+            and self.side_job_duplicates == 0
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -176,12 +201,21 @@ def _state(admin: Any, job_id: str) -> str:
         return ""
 
 
-def run_chaos(cluster: harness.ReliabilityCluster, *, samples: int, min_kills: int, seed: int = 0,
-              interval_s: tuple[float, float] = (1.0, 4.0), side_jobs: int = 0, side_samples: int = 3,
-              timeout_s: float = 1800.0, kill_redis: bool = False) -> ChaosReport:
+def run_chaos(
+    cluster: harness.ReliabilityCluster,
+    *,
+    samples: int,
+    min_kills: int,
+    seed: int = 0,
+    interval_s: tuple[float, float] = (1.0, 4.0),
+    side_jobs: int = 0,
+    side_samples: int = 3,
+    timeout_s: float = 1800.0,
+    kill_redis: bool = False,
+) -> ChaosReport:
     """One chaos run on a running cluster; returns what happened and what held.
 
-    ``kill_redis`` adds redis-server (SIGKILL with the AOF on, fsync every second) to the targets.
+    `kill_redis` adds redis-server (SIGKILL with the AOF on, fsync every second) to the targets.
     """
     report = ChaosReport(samples=samples, seed=seed)
     admin = cluster.admin_redis()
@@ -205,7 +239,9 @@ def run_chaos(cluster: harness.ReliabilityCluster, *, samples: int, min_kills: i
                 side_job = client.submit(harness.sampling_spec(side_samples, folder), request_id=request_id)
                 side.append((side_job.job_id, folder))
                 next_side = time.monotonic() + rng.uniform(*interval_s) * 3
-            done = _state(admin, job.job_id) in TERMINAL and all(_state(admin, j) in TERMINAL for j, _ in side)
+            done = _state(admin, job.job_id) in TERMINAL and all(
+                _state(admin, j) in TERMINAL for j, _ in side
+            )
             if done and len(side) >= side_jobs:
                 break
             if not monkey.is_alive():
@@ -217,6 +253,10 @@ def run_chaos(cluster: harness.ReliabilityCluster, *, samples: int, min_kills: i
         # Through the gateway (it was killed too): Watch resumes from the last event it saw.
         final = client.wait(job.job_id, timeout=max(60.0, deadline - time.monotonic()))
         report.main_job = check_job(final, out, samples)
+        report.main_job.failures = [
+            f"{item.item_id}: {item.error.code} {item.error.message}"
+            for item in client.list_items(job.job_id, state="failed")[:10]
+        ]
         for job_id, folder in side:
             report.side_jobs.append(check_job(client.wait(job_id, timeout=300), folder, side_samples))
         # one job per request id, however many times the SDK had to retry its SubmitJob
@@ -230,7 +270,9 @@ def run_chaos(cluster: harness.ReliabilityCluster, *, samples: int, min_kills: i
     report.dead_letters = int(report.queue.get("dead", 0))
     report.seconds = round(time.monotonic() - started, 1)
     if len(report.kills) < min_kills:
-        report.monkey_errors.append(f"only {len(report.kills)} kills (wanted >= {min_kills}): the job ended first")
+        report.monkey_errors.append(
+            f"only {len(report.kills)} kills (wanted >= {min_kills}): the job ended first"
+        )
     return report
 
 
@@ -265,7 +307,9 @@ def markdown(report: ChaosReport, command: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="40 samples, 5 kills (every process once)")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--kills", type=int, default=24, help="minimum number of SIGKILLs")
@@ -282,10 +326,18 @@ def main() -> int:
     # A task killed with its worker is redelivered; allow many deliveries so that only a real
     # poison input could ever be dead-lettered (the run then shows dead letters = 0).
     with harness.running_cluster(extra_env={"SFHQ_MAX_DELIVERIES": "20"}) as cluster:
-        report = run_chaos(cluster, samples=args.samples, min_kills=args.kills, seed=args.seed,
-                           interval_s=tuple(args.interval), side_jobs=args.side_jobs, kill_redis=args.kill_redis)
-    command = "python reliability/chaos.py" + (" --quick" if args.quick else
-                                               f" --samples {args.samples} --kills {args.kills} --seed {args.seed}")
+        report = run_chaos(
+            cluster,
+            samples=args.samples,
+            min_kills=args.kills,
+            seed=args.seed,
+            interval_s=tuple(args.interval),
+            side_jobs=args.side_jobs,
+            kill_redis=args.kill_redis,
+        )
+    command = "python reliability/chaos.py" + (
+        " --quick" if args.quick else f" --samples {args.samples} --kills {args.kills} --seed {args.seed}"
+    )
     command += " --kill-redis" if args.kill_redis else ""
     table = markdown(report, command)
     print(table)

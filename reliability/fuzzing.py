@@ -4,13 +4,13 @@ Shared by tests/integration/test_fuzz_rpcs.py (a few hundred examples, determini
 reliability/fuzz.py (10,000+). A *case* is the serialized request bytes plus call metadata; it is
 sent raw, so a case may be bytes no well-behaved client would ever produce. Four kinds:
 
-* ``generated``: a message built field by field from the proto descriptors, with hostile values
+* `generated`: a message built field by field from the proto descriptors, with hostile values
   where they matter: corrupt, truncated, bomb and oversized images; tensors with wrong shapes,
   dtypes, byte counts, NaN and infinities; huge and odd strings (paths, URLs, NUL, RTL marks);
   unknown enum numbers; extreme integers and floats; long repeated fields;
-* ``seed-field``: a valid request with one field replaced by such a value (reaches deep code);
-* ``mutated``: a valid request's bytes with flips, cuts, splices, huge lengths, deep nesting;
-* ``headers``: a valid request with giant, numerous, binary or duplicated metadata.
+* `seed-field`: a valid request with one field replaced by such a value (reaches deep code);
+* `mutated`: a valid request's bytes with flips, cuts, splices, huge lengths, deep nesting;
+* `headers`: a valid request with giant, numerous, binary or duplicated metadata.
 
 The contract under test: every answer is an explicit status that names the problem
 (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ...) -- never UNKNOWN or INTERNAL -- and no
@@ -43,9 +43,13 @@ from sfhq.v1 import annotator_pb2, common_pb2, encoder_pb2, gateway_pb2, generat
 
 FORBIDDEN_CODES = frozenset({"UNKNOWN", "INTERNAL"})
 CLIENT_REJECTED = "CLIENT_REJECTED"  # the grpc client refused to send it (e.g. reserved metadata)
-SERVICES = (("gateway", gateway_pb2, "Gateway"), ("encoder", encoder_pb2, "Encoder"),
-            ("generator", generator_pb2, "Generator"), ("annotator", annotator_pb2, "Annotator"),
-            ("search", search_pb2, "Search"))
+SERVICES = (
+    ("gateway", gateway_pb2, "Gateway"),
+    ("encoder", encoder_pb2, "Encoder"),
+    ("generator", generator_pb2, "Generator"),
+    ("annotator", annotator_pb2, "Annotator"),
+    ("search", search_pb2, "Search"),
+)
 FD = pb_descriptor.FieldDescriptor
 
 
@@ -70,8 +74,14 @@ def public_rpcs() -> list[Rpc]:
     for process, module, service_name in SERVICES:
         service = module.DESCRIPTOR.services_by_name[service_name]
         for method in service.methods:
-            rpcs.append(Rpc(process, f"/{service.full_name}/{method.name}",
-                            message_factory.GetMessageClass(method.input_type), method.server_streaming))
+            rpcs.append(
+                Rpc(
+                    process,
+                    f"/{service.full_name}/{method.name}",
+                    message_factory.GetMessageClass(method.input_type),
+                    method.server_streaming,
+                )
+            )
     return rpcs
 
 
@@ -116,8 +126,14 @@ def _png(width: int, height: int, mode: str = "RGB", seed: int = 0) -> bytes:
 
 def _png_header_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims a huge image (a decompression bomb's calling card)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     rows = zlib.compress(b"\x00" * (1 + 3 * min(width, 64)) * min(height, 64))
@@ -133,8 +149,17 @@ def _bomb_png() -> bytes:
 
 def _other_formats() -> list[bytes]:
     out = []
-    for fmt, mode in (("GIF", "P"), ("BMP", "RGB"), ("TIFF", "RGB"), ("WEBP", "RGB"), ("JPEG", "CMYK"),
-                      ("PNG", "I;16"), ("PNG", "LA"), ("ICO", "RGBA"), ("PPM", "RGB")):
+    for fmt, mode in (
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+        ("WEBP", "RGB"),
+        ("JPEG", "CMYK"),
+        ("PNG", "I;16"),
+        ("PNG", "LA"),
+        ("ICO", "RGBA"),
+        ("PPM", "RGB"),
+    ):
         buffer = io.BytesIO()
         try:
             Image.new(mode, (17, 9)).save(buffer, fmt)
@@ -172,8 +197,24 @@ def image_corpus() -> dict[str, Any]:
 
 def image_bytes(env: Environment) -> st.SearchStrategy[bytes]:
     images = image_corpus()
-    fixed = [images[k] for k in ("valid", "tiny", "wide", "rgba", "truncated", "header_only", "bomb",
-                                  "claims_huge", "claims_zero", "text", "npy", "zip", "big")]
+    fixed = [
+        images[k]
+        for k in (
+            "valid",
+            "tiny",
+            "wide",
+            "rgba",
+            "truncated",
+            "header_only",
+            "bomb",
+            "claims_huge",
+            "claims_zero",
+            "text",
+            "npy",
+            "zip",
+            "big",
+        )
+    ]
     fixed += images["others"]
     if env.face:
         fixed.append(env.face)
@@ -185,25 +226,61 @@ def image_bytes(env: Environment) -> st.SearchStrategy[bytes]:
 # ---- scalar values ------------------------------------------------------------------------------
 
 NASTY_STRINGS = [
-    "", " ", "\x00", "\x00abc", "a" * 129, "../../../../etc/passwd", "/etc/shadow", "file:///etc/passwd",
-    "jobs/../../secrets", "C:\\Windows\\win.ini", "%s%n%x%d", "${jndi:ldap://127.0.0.1:9/a}",
-    "'; DROP TABLE jobs; --", "\u202eevil", "\ufeff", "\U0001f642" * 50, "sfhq:job:*", "*", "0-0", "-1",
-    "99999999999999999999", "NaN", "inf", "\r\n\r\n", "s3://bucket/key", "memory://x", "http://127.0.0.1:9/x",
-    "gs://b/k", "SFHQ_pt1_00000000", "default", "default@1", "default@-1", "x@99999999999",
-    "e4e_strict_prior", "low_prior", "style_mix", "encoder_truncation",
+    "",
+    " ",
+    "\x00",
+    "\x00abc",
+    "a" * 129,
+    "../../../../etc/passwd",
+    "/etc/shadow",
+    "file:///etc/passwd",
+    "jobs/../../secrets",
+    "C:\\Windows\\win.ini",
+    "%s%n%x%d",
+    "${jndi:ldap://127.0.0.1:9/a}",
+    "'; DROP TABLE jobs; --",
+    "\u202eevil",
+    "\ufeff",
+    "\U0001f642" * 50,
+    "sfhq:job:*",
+    "*",
+    "0-0",
+    "-1",
+    "99999999999999999999",
+    "NaN",
+    "inf",
+    "\r\n\r\n",
+    "s3://bucket/key",
+    "memory://x",
+    "http://127.0.0.1:9/x",
+    "gs://b/k",
+    "SFHQ_pt1_00000000",
+    "default",
+    "default@1",
+    "default@-1",
+    "x@99999999999",
+    "e4e_strict_prior",
+    "low_prior",
+    "style_mix",
+    "encoder_truncation",
 ]
 _TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 
 def any_text() -> st.SearchStrategy[str]:
-    return st.one_of(_TEXT, st.sampled_from(NASTY_STRINGS),
-                     st.sampled_from([5_000, 70_000, 1_100_000]).map(lambda n: "A" * n))
+    return st.one_of(
+        _TEXT,
+        st.sampled_from(NASTY_STRINGS),
+        st.sampled_from([5_000, 70_000, 1_100_000]).map(lambda n: "A" * n),
+    )
 
 
 def _int_range(field_descriptor: pb_descriptor.FieldDescriptor) -> tuple[int, int]:
     return {
-        FD.CPPTYPE_INT32: (-(2**31), 2**31 - 1), FD.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
-        FD.CPPTYPE_UINT32: (0, 2**32 - 1), FD.CPPTYPE_UINT64: (0, 2**64 - 1),
+        FD.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
+        FD.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
+        FD.CPPTYPE_UINT32: (0, 2**32 - 1),
+        FD.CPPTYPE_UINT64: (0, 2**64 - 1),
     }[field_descriptor.cpp_type]
 
 
@@ -211,14 +288,53 @@ def scalar(field_descriptor: pb_descriptor.FieldDescriptor, env: Environment) ->
     cpp = field_descriptor.cpp_type
     if cpp in (FD.CPPTYPE_INT32, FD.CPPTYPE_INT64, FD.CPPTYPE_UINT32, FD.CPPTYPE_UINT64):
         lo, hi = _int_range(field_descriptor)
-        edges = [v for v in (0, 1, -1, 2, 3, 7, 64, 256, 1000, 1024, 4096, 10_000, 2**31 - 1, -(2**31), 2**32 - 1,
-                             2**63 - 1, -(2**63), 2**64 - 1) if lo <= v <= hi]
+        edges = [
+            v
+            for v in (
+                0,
+                1,
+                -1,
+                2,
+                3,
+                7,
+                64,
+                256,
+                1000,
+                1024,
+                4096,
+                10_000,
+                2**31 - 1,
+                -(2**31),
+                2**32 - 1,
+                2**63 - 1,
+                -(2**63),
+                2**64 - 1,
+            )
+            if lo <= v <= hi
+        ]
         return st.one_of(st.sampled_from(edges), st.integers(max(lo, -5), min(hi, 300)), st.integers(lo, hi))
     if cpp in (FD.CPPTYPE_FLOAT, FD.CPPTYPE_DOUBLE):
         width = 32 if cpp == FD.CPPTYPE_FLOAT else 64
-        return st.one_of(st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 2.0, -1.0, 1e-45, 3e38, -3e38,
-                                          float("nan"), float("inf"), float("-inf")]),
-                         st.floats(width=width, allow_nan=True, allow_infinity=True))
+        return st.one_of(
+            st.sampled_from(
+                [
+                    0.0,
+                    -0.0,
+                    0.5,
+                    1.0,
+                    1.5,
+                    2.0,
+                    -1.0,
+                    1e-45,
+                    3e38,
+                    -3e38,
+                    float("nan"),
+                    float("inf"),
+                    float("-inf"),
+                ]
+            ),
+            st.floats(width=width, allow_nan=True, allow_infinity=True),
+        )
     if cpp == FD.CPPTYPE_BOOL:
         return st.booleans()
     if cpp == FD.CPPTYPE_ENUM:
@@ -242,13 +358,37 @@ def _string_for(name: str, env: Environment) -> st.SearchStrategy[str]:
         # generated jobs must never write outside the cluster's folder: relative names and paths
         # that the data roots refuse only (a relative path lands in the work folder, the cwd)
         safe = _TEXT.map(lambda s: f"{env.safe_root}/{''.join(c for c in s if c.isalnum()) or 'x'}")
-        return st.one_of(st.just(""), safe, st.sampled_from(["../x", "/", "/etc", "s3://b/k", "memory://x",
-                                                             "http://127.0.0.1:9/x", "a" * 5000]))
+        return st.one_of(
+            st.just(""),
+            safe,
+            st.sampled_from(
+                ["../x", "/", "/etc", "s3://b/k", "memory://x", "http://127.0.0.1:9/x", "a" * 5000]
+            ),
+        )
     if name == "uri":
         return st.one_of(st.sampled_from(env.blob_keys or ["jobs/x"]), base)
     if name == "dtype":
-        return st.one_of(st.sampled_from(["", "float32", "float16", "float64", "int8", "uint8", "bool", "object",
-                                          "complex64", "<f4", ">f4", "U8", "V4", "f" * 300]), base)
+        return st.one_of(
+            st.sampled_from(
+                [
+                    "",
+                    "float32",
+                    "float16",
+                    "float64",
+                    "int8",
+                    "uint8",
+                    "bool",
+                    "object",
+                    "complex64",
+                    "<f4",
+                    ">f4",
+                    "U8",
+                    "V4",
+                    "f" * 300,
+                ]
+            ),
+            base,
+        )
     return base
 
 
@@ -257,9 +397,24 @@ def _string_for(name: str, env: Environment) -> st.SearchStrategy[str]:
 
 def tensor(env: Environment) -> st.SearchStrategy[common_pb2.Tensor]:
     shapes = st.one_of(
-        st.sampled_from([[env.n_latent, 512], [512], [1, env.n_latent, 512], [env.clip_dim], [1, env.clip_dim],
-                         [2, env.clip_dim], [18, 512], [0], [], [-1, 512], [2**40, 2**40], [7]]),
-        st.lists(st.integers(-3, 2**20), max_size=5))
+        st.sampled_from(
+            [
+                [env.n_latent, 512],
+                [512],
+                [1, env.n_latent, 512],
+                [env.clip_dim],
+                [1, env.clip_dim],
+                [2, env.clip_dim],
+                [18, 512],
+                [0],
+                [],
+                [-1, 512],
+                [2**40, 2**40],
+                [7],
+            ]
+        ),
+        st.lists(st.integers(-3, 2**20), max_size=5),
+    )
     dtypes = st.sampled_from(["", "float32", "float16", "float64", "int32", "object", "bogus"])
 
     @st.composite
@@ -268,9 +423,13 @@ def tensor(env: Environment) -> st.SearchStrategy[common_pb2.Tensor]:
         dtype = draw(dtypes)
         count = int(np.prod(shape)) if shape and all(0 <= d < 2**16 for d in shape) else 0
         itemsize = {"": 4, "float32": 4, "float16": 2, "float64": 8, "int32": 4}.get(dtype, 4)
-        data_kind = draw(st.sampled_from(["consistent", "consistent", "nan", "inf", "random", "empty", "short"]))
+        data_kind = draw(
+            st.sampled_from(["consistent", "consistent", "nan", "inf", "random", "empty", "short"])
+        )
         if data_kind in ("consistent", "nan", "inf", "short") and count * itemsize <= 8_000_000:
-            np_dtype = {"float16": np.float16, "float64": np.float64, "int32": np.int32}.get(dtype, np.float32)
+            np_dtype = {"float16": np.float16, "float64": np.float64, "int32": np.int32}.get(
+                dtype, np.float32
+            )
             values = np.random.default_rng(draw(st.integers(0, 1000))).standard_normal(count).astype(np_dtype)
             floating = np.issubdtype(values.dtype, np.floating)
             if data_kind == "nan" and count and floating:
@@ -290,20 +449,27 @@ def tensor(env: Environment) -> st.SearchStrategy[common_pb2.Tensor]:
 
 
 def image_message(env: Environment) -> st.SearchStrategy[common_pb2.Image]:
-    by_data = st.builds(lambda data, name: common_pb2.Image(data=data, name=name), image_bytes(env), any_text())
-    by_uri = st.builds(lambda uri, name: common_pb2.Image(uri=uri, name=name), _string_for("uri", env), any_text())
+    by_data = st.builds(
+        lambda data, name: common_pb2.Image(data=data, name=name), image_bytes(env), any_text()
+    )
+    by_uri = st.builds(
+        lambda uri, name: common_pb2.Image(uri=uri, name=name), _string_for("uri", env), any_text()
+    )
     return st.one_of(by_data, by_uri, st.just(common_pb2.Image()))
 
 
-def field_value(field_descriptor: pb_descriptor.FieldDescriptor, env: Environment,
-                depth: int) -> st.SearchStrategy[Any]:
+def field_value(
+    field_descriptor: pb_descriptor.FieldDescriptor, env: Environment, depth: int
+) -> st.SearchStrategy[Any]:
     """A value for one (non-repeated view of a) field."""
     if field_descriptor.cpp_type == FD.CPPTYPE_MESSAGE:
         return message(field_descriptor.message_type, env, depth + 1)
     return scalar(field_descriptor, env)
 
 
-def message(descriptor: pb_descriptor.Descriptor, env: Environment, depth: int = 0) -> st.SearchStrategy[Message]:
+def message(
+    descriptor: pb_descriptor.Descriptor, env: Environment, depth: int = 0
+) -> st.SearchStrategy[Message]:
     """Any message of this type, every field possibly set to a hostile value."""
     if descriptor.full_name == "sfhq.v1.Tensor":
         return tensor(env)
@@ -329,13 +495,16 @@ def _is_map(fd: pb_descriptor.FieldDescriptor) -> bool:
     return fd.message_type is not None and fd.message_type.GetOptions().map_entry
 
 
-def _set_field(msg: Message, fd: pb_descriptor.FieldDescriptor, draw: Callable[..., Any], env: Environment,
-               depth: int) -> None:
-    """Set ``fd`` of ``msg`` to drawn values (replacing what was there)."""
+def _set_field(
+    msg: Message, fd: pb_descriptor.FieldDescriptor, draw: Callable[..., Any], env: Environment, depth: int
+) -> None:
+    """Set `fd` of `msg` to drawn values (replacing what was there)."""
     msg.ClearField(fd.name)
     if _is_map(fd):
         key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
-        entries = draw(st.lists(st.tuples(scalar(key_fd, env), field_value(value_fd, env, depth)), max_size=4))
+        entries = draw(
+            st.lists(st.tuples(scalar(key_fd, env), field_value(value_fd, env, depth)), max_size=4)
+        )
         target = getattr(msg, fd.name)
         for key, value in entries:
             if value_fd.cpp_type == FD.CPPTYPE_MESSAGE:
@@ -376,13 +545,21 @@ def seed_requests(env: Environment) -> dict[str, list[Message]]:
     face = common_pb2.Image(data=env.face or image_corpus()["valid"], name="face.jpg")
     job = env.job_ids[0] if env.job_ids else "20990101-000000-00000000"
     item = env.item_ids[0] if env.item_ids else "s0000000-c0"
-    spec = gateway_pb2.JobSpec(mode=gateway_pb2.JOB_MODE_SAMPLING, sampling=gateway_pb2.SamplingSpec(count=1),
-                               curation=gateway_pb2.CurationSpec(disable_dedup=True),
-                               output=gateway_pb2.OutputSpec(dataset_uri=f"{env.safe_root}/seed-job",
-                                                             annotation_size=64, image_size=64))
-    label = search_pb2.LabelRequest(taste_model="fuzz", labels=[
-        search_pb2.ItemLabel(vector=vec(env.clip_dim), positive=True),
-        search_pb2.ItemLabel(vector=vec(env.clip_dim), positive=False)])
+    spec = gateway_pb2.JobSpec(
+        mode=gateway_pb2.JOB_MODE_SAMPLING,
+        sampling=gateway_pb2.SamplingSpec(count=1),
+        curation=gateway_pb2.CurationSpec(disable_dedup=True),
+        output=gateway_pb2.OutputSpec(
+            dataset_uri=f"{env.safe_root}/seed-job", annotation_size=64, image_size=64
+        ),
+    )
+    label = search_pb2.LabelRequest(
+        taste_model="fuzz",
+        labels=[
+            search_pb2.ItemLabel(vector=vec(env.clip_dim), positive=True),
+            search_pb2.ItemLabel(vector=vec(env.clip_dim), positive=False),
+        ],
+    )
     strategies = [common_pb2.Strategy(name="e4e_strict_prior"), common_pb2.Strategy(name="style_mix", seed=3)]
     return {
         "/sfhq.v1.Gateway/SubmitJob": [gateway_pb2.SubmitJobRequest(spec=spec)],
@@ -391,26 +568,38 @@ def seed_requests(env: Environment) -> dict[str, list[Message]]:
         "/sfhq.v1.Gateway/CancelJob": [gateway_pb2.CancelJobRequest(job_id="20990101-000000-00000000")],
         "/sfhq.v1.Gateway/ListJobs": [gateway_pb2.ListJobsRequest(limit=3)],
         "/sfhq.v1.Gateway/ListItems": [gateway_pb2.ListItemsRequest(job_id=job, limit=5)],
-        "/sfhq.v1.Gateway/GetItem": [gateway_pb2.GetItemRequest(job_id=job, item_id=item, include_image=True,
-                                                                 include_annotations=True)],
+        "/sfhq.v1.Gateway/GetItem": [
+            gateway_pb2.GetItemRequest(job_id=job, item_id=item, include_image=True, include_annotations=True)
+        ],
         "/sfhq.v1.Gateway/Search": [search_pb2.SearchRequest(text="a smiling face", top_k=3)],
         "/sfhq.v1.Gateway/Label": [label],
         "/sfhq.v1.Encoder/Encode": [encoder_pb2.EncodeRequest(images=[image])],
         "/sfhq.v1.Encoder/EncodeUnaligned": [encoder_pb2.EncodeRequest(images=[face])],
         "/sfhq.v1.Generator/Synthesize": [generator_pb2.SynthesizeRequest(latents=[vec(env.n_latent, 512)])],
         "/sfhq.v1.Generator/Sample": [generator_pb2.SampleRequest(seeds=[1, 2], psi=1.5)],
-        "/sfhq.v1.Generator/Candidates": [generator_pb2.CandidatesRequest(
-            latent=vec(env.n_latent, 512), strategies=strategies, sampled_w=vec(512))],
+        "/sfhq.v1.Generator/Candidates": [
+            generator_pb2.CandidatesRequest(
+                latent=vec(env.n_latent, 512), strategies=strategies, sampled_w=vec(512)
+            )
+        ],
         "/sfhq.v1.Annotator/Detect": [annotator_pb2.DetectRequest(images=[face])],
         "/sfhq.v1.Annotator/Align": [annotator_pb2.AlignRequest(images=[face], output_size=64)],
         "/sfhq.v1.Annotator/Annotate": [annotator_pb2.AnnotateRequest(images=[image], working_size=64)],
         "/sfhq.v1.Search/Embed": [search_pb2.EmbedRequest(texts=["a face"], images=[image])],
         "/sfhq.v1.Search/Search": [search_pb2.SearchRequest(vector=vec(env.clip_dim), top_k=5)],
-        "/sfhq.v1.Search/Add": [search_pb2.AddRequest(items=[search_pb2.IndexedItem(
-            item_id="fuzz-item", vector=vec(env.clip_dim), job_id="fuzz", source="fuzz")])],
+        "/sfhq.v1.Search/Add": [
+            search_pb2.AddRequest(
+                items=[
+                    search_pb2.IndexedItem(
+                        item_id="fuzz-item", vector=vec(env.clip_dim), job_id="fuzz", source="fuzz"
+                    )
+                ]
+            )
+        ],
         "/sfhq.v1.Search/Remove": [search_pb2.RemoveRequest(item_ids=["fuzz-item"])],
-        "/sfhq.v1.Search/Dedup": [search_pb2.DedupRequest(vectors=[vec(env.clip_dim), vec(env.clip_dim)],
-                                                          threshold=0.9)],
+        "/sfhq.v1.Search/Dedup": [
+            search_pb2.DedupRequest(vectors=[vec(env.clip_dim), vec(env.clip_dim)], threshold=0.9)
+        ],
         "/sfhq.v1.Search/Label": [label],
         "/sfhq.v1.Search/TrainTaste": [search_pb2.TrainTasteRequest(taste_model="fuzz")],
         "/sfhq.v1.Search/Score": [search_pb2.ScoreRequest(taste_model="fuzz", vectors=[vec(env.clip_dim)])],
@@ -431,7 +620,7 @@ def _varint(value: int) -> bytes:
 
 
 def deep_nesting(depth: int, field_number: int = 15) -> bytes:
-    """``depth`` length-delimited fields nested in each other (unknown to every message here)."""
+    """`depth` length-delimited fields nested in each other (unknown to every message here)."""
     tag = _varint((field_number << 3) | 2)
     body = b""
     for _ in range(depth):
@@ -440,7 +629,7 @@ def deep_nesting(depth: int, field_number: int = 15) -> bytes:
 
 
 def deep_groups(depth: int, field_number: int = 15) -> bytes:
-    """``depth`` nested start-group tags, then as many end-group tags."""
+    """`depth` nested start-group tags, then as many end-group tags."""
     return _varint((field_number << 3) | 3) * depth + _varint((field_number << 3) | 4) * depth
 
 
@@ -449,8 +638,22 @@ def _mutate_bytes(data: bytes) -> st.SearchStrategy[bytes]:
 
     @st.composite
     def build(draw: Callable[..., Any]) -> bytes:
-        kind = draw(st.sampled_from(["flip", "cut", "insert", "splice", "repeat", "huge_length", "nest",
-                                     "groups", "zero", "append_field"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "flip",
+                    "cut",
+                    "insert",
+                    "splice",
+                    "repeat",
+                    "huge_length",
+                    "nest",
+                    "groups",
+                    "zero",
+                    "append_field",
+                ]
+            )
+        )
         out = bytearray(data)
         position = draw(st.integers(0, size - 1))
         if kind == "flip" and out:
@@ -467,7 +670,9 @@ def _mutate_bytes(data: bytes) -> st.SearchStrategy[bytes]:
         elif kind == "repeat":
             out = out * draw(st.integers(2, 50))
         elif kind == "huge_length":
-            out = bytearray(_varint((draw(st.integers(1, 20)) << 3) | 2) + _varint(2**31 + 5) + b"x" * 16) + out
+            out = (
+                bytearray(_varint((draw(st.integers(1, 20)) << 3) | 2) + _varint(2**31 + 5) + b"x" * 16) + out
+            )
         elif kind == "nest":
             out = bytearray(deep_nesting(draw(st.sampled_from([50, 100, 101, 1000, 20000])))) + out
         elif kind == "groups":
@@ -508,7 +713,9 @@ def cases(rpc: Rpc, env: Environment) -> st.SearchStrategy[FuzzCase]:
     def wrap(kind: str) -> Callable[[bytes], FuzzCase]:
         return lambda payload: FuzzCase(rpc.path, payload, (), kind)
 
-    generated = message(rpc.request.DESCRIPTOR, env).map(lambda m: m.SerializeToString()).map(wrap("generated"))
+    generated = (
+        message(rpc.request.DESCRIPTOR, env).map(lambda m: m.SerializeToString()).map(wrap("generated"))
+    )
 
     @st.composite
     def seed_field(draw: Callable[..., Any]) -> FuzzCase:
@@ -516,9 +723,14 @@ def cases(rpc: Rpc, env: Environment) -> st.SearchStrategy[FuzzCase]:
         target = msg
         # walk down into a set sub-message now and then, so nested fields get hostile values too
         while True:
-            nested = [fd for fd in target.DESCRIPTOR.fields if fd.cpp_type == FD.CPPTYPE_MESSAGE
-                      and not fd.is_repeated and target.HasField(fd.name)
-                      and fd.message_type.full_name not in ("sfhq.v1.Tensor", "sfhq.v1.Image")]
+            nested = [
+                fd
+                for fd in target.DESCRIPTOR.fields
+                if fd.cpp_type == FD.CPPTYPE_MESSAGE
+                and not fd.is_repeated
+                and target.HasField(fd.name)
+                and fd.message_type.full_name not in ("sfhq.v1.Tensor", "sfhq.v1.Image")
+            ]
             if not nested or not draw(st.booleans()):
                 break
             target = getattr(target, draw(st.sampled_from(nested)).name)
@@ -531,8 +743,9 @@ def cases(rpc: Rpc, env: Environment) -> st.SearchStrategy[FuzzCase]:
     mutated = seed_bytes.flatmap(_mutate_bytes).map(wrap("mutated"))
     # drawn by index: a strategy's repr (shown in hypothesis' reports) would hold a megabyte of header
     header_sets = st.integers(0, len(HEADER_SETS) - 1).map(HEADER_SETS.__getitem__)
-    headers = st.builds(lambda payload, metadata: FuzzCase(rpc.path, payload, metadata, "headers"),
-                        seed_bytes, header_sets)
+    headers = st.builds(
+        lambda payload, metadata: FuzzCase(rpc.path, payload, metadata, "headers"), seed_bytes, header_sets
+    )
     return st.one_of(generated, seed_field(), mutated, headers)
 
 
@@ -544,7 +757,9 @@ def invalid_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     for key, value in metadata:
         if not key or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_." for c in key):
             return f"metadata key {key!r} is not a valid HTTP/2 header name"
-        if not key.endswith("-bin") and (not isinstance(value, str) or any(not " " <= c <= "~" for c in value)):
+        if not key.endswith("-bin") and (
+            not isinstance(value, str) or any(not " " <= c <= "~" for c in value)
+        ):
             return f"metadata value of {key!r} is not printable ASCII"
     return ""
 
@@ -557,7 +772,7 @@ class Outcome:
 
 
 class Sender:
-    """Sends raw cases over channels that carry the right credentials (``channel_for(process)``)."""
+    """Sends raw cases over channels that carry the right credentials (`channel_for(process)`)."""
 
     def __init__(self, channel_for: Callable[[str], grpc.Channel], *, timeout_s: float = 60.0) -> None:
         self.timeout_s = timeout_s
@@ -579,14 +794,17 @@ class Sender:
             return Outcome(CLIENT_REJECTED, invalid, 0.0)
         try:
             if case.rpc_path in self._streaming:
-                call = channel.unary_stream(case.rpc_path)(case.payload, timeout=self.timeout_s,
-                                                           metadata=case.metadata)
+                call = channel.unary_stream(case.rpc_path)(
+                    case.payload, timeout=self.timeout_s, metadata=case.metadata
+                )
                 for count, _ in enumerate(call):  # a live job streams for a while: a few events will do
                     if count >= 3:
                         call.cancel()
                         break
             else:
-                channel.unary_unary(case.rpc_path)(case.payload, timeout=self.timeout_s, metadata=case.metadata)
+                channel.unary_unary(case.rpc_path)(
+                    case.payload, timeout=self.timeout_s, metadata=case.metadata
+                )
             return Outcome("OK", "", time.perf_counter() - started)
         except grpc.RpcError as exc:
             code = exc.code()
@@ -595,7 +813,9 @@ class Sender:
                 name = "OK"  # we hung up on a healthy stream ourselves
             return Outcome(name, (exc.details() or "")[:300], time.perf_counter() - started)
         except (ValueError, TypeError) as exc:  # the client library refused (e.g. reserved metadata)
-            return Outcome(CLIENT_REJECTED, f"{type(exc).__name__}: {exc}"[:300], time.perf_counter() - started)
+            return Outcome(
+                CLIENT_REJECTED, f"{type(exc).__name__}: {exc}"[:300], time.perf_counter() - started
+            )
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -607,13 +827,18 @@ class Sender:
 
 
 def save_case(folder: Path, case: FuzzCase, outcome: Outcome, note: str = "", expected: str = "") -> Path:
-    """Keep a case as ``<folder>/<Service.Method>/<digest>.bin`` + ``.json`` (metadata, what it found)."""
+    """Keep a case as `<folder>/<Service.Method>/<digest>.bin` + `.json` (metadata, what it found)."""
     rpc_folder = folder / case.rpc_path.strip("/").replace("sfhq.v1.", "").replace("/", ".")
     rpc_folder.mkdir(parents=True, exist_ok=True)
     path = rpc_folder / f"{case.digest()}.bin"
     path.write_bytes(case.payload)
-    meta = {"rpc": case.rpc_path, "kind": case.kind, "found": f"{outcome.code}: {outcome.details}",
-            "metadata": [[k, v if isinstance(v, str) else v.hex()] for k, v in case.metadata], "note": note}
+    meta = {
+        "rpc": case.rpc_path,
+        "kind": case.kind,
+        "found": f"{outcome.code}: {outcome.details}",
+        "metadata": [[k, v if isinstance(v, str) else v.hex()] for k, v in case.metadata],
+        "note": note,
+    }
     if expected:
         meta["expected"] = expected
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -626,9 +851,14 @@ def load_corpus(folder: Path) -> list[FuzzCase]:
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         rpc_path = meta.get("rpc") or "/sfhq.v1." + path.parent.name.replace(".", "/", 1)
-        metadata = tuple((k, bytes.fromhex(v) if k.endswith("-bin") else v) for k, v in meta.get("metadata", []))
-        out.append(FuzzCase(rpc_path, path.read_bytes(), metadata, meta.get("kind", "corpus"),
-                            meta.get("expected", "")))
+        metadata = tuple(
+            (k, bytes.fromhex(v) if k.endswith("-bin") else v) for k, v in meta.get("metadata", [])
+        )
+        out.append(
+            FuzzCase(
+                rpc_path, path.read_bytes(), metadata, meta.get("kind", "corpus"), meta.get("expected", "")
+            )
+        )
     return out
 
 
@@ -641,8 +871,6 @@ def histogram(outcomes: Iterable[Outcome]) -> dict[str, int]:
 
 # ---- discovering the cluster --------------------------------------------------------------------
 
-TESTDATA_FACES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "faces"
-
 
 def discover(cluster: Any, safe_root: Path) -> Environment:
     """Learn the model sizes and some real ids from a running ReliabilityCluster (reliability/harness.py)."""
@@ -651,20 +879,27 @@ def discover(cluster: Any, safe_root: Path) -> Environment:
 
     safe_root.mkdir(parents=True, exist_ok=True)
     env = Environment(safe_root=str(safe_root), small_png=image_corpus()["valid"])
-    faces = sorted(TESTDATA_FACES.glob("*.jpg"))
-    env.face = faces[0].read_bytes() if faces else env.small_png
+    from tests.helpers.data import face_bytes
+
+    env.face = face_bytes(0)
     with cluster.channel("encoder") as channel:
-        reply = channel.unary_unary("/sfhq.v1.Encoder/Encode", request_serializer=lambda m: m.SerializeToString(),
-                                    response_deserializer=encoder_pb2.EncodeResponse.FromString)(
-            encoder_pb2.EncodeRequest(images=[common_pb2.Image(data=env.small_png)]), timeout=120)
+        reply = channel.unary_unary(
+            "/sfhq.v1.Encoder/Encode",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=encoder_pb2.EncodeResponse.FromString,
+        )(encoder_pb2.EncodeRequest(images=[common_pb2.Image(data=env.small_png)]), timeout=120)
         env.n_latent = int(tensor_to_numpy(reply.latents[0]).shape[0])
     with cluster.channel("search") as channel:
-        reply = channel.unary_unary("/sfhq.v1.Search/Embed", request_serializer=lambda m: m.SerializeToString(),
-                                    response_deserializer=search_pb2.EmbedResponse.FromString)(
-            search_pb2.EmbedRequest(texts=["a face"]), timeout=120)
+        reply = channel.unary_unary(
+            "/sfhq.v1.Search/Embed",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=search_pb2.EmbedResponse.FromString,
+        )(search_pb2.EmbedRequest(texts=["a face"]), timeout=120)
         env.clip_dim = int(tensor_to_numpy(reply.text_features[0]).shape[-1])
     with cluster.client() as client:
-        job = client.wait(client.submit(harness.sampling_spec(1, safe_root / "discovery")).job_id, timeout=300)
+        job = client.wait(
+            client.submit(harness.sampling_spec(1, safe_root / "discovery")).job_id, timeout=300
+        )
         env.job_ids = [job.job_id]
         env.item_ids = [item.item_id for item in client.list_items(job.job_id)]
     admin = cluster.admin_redis()

@@ -1,20 +1,20 @@
 """A hardened local cluster with fault hooks, and the checks a fault run ends with.
 
-The cluster is the real thing, as ``sfhq run`` starts it (five ``sfhq serve`` processes on loopback,
+The cluster is the real thing, as `sfhq run` starts it (five `sfhq serve` processes on loopback,
 tiny random models), configured the way a careful deployment would be:
 
 * every gRPC server needs a bearer token and speaks mutual TLS (a private CA made with openssl);
 * Redis has a password on its default (admin) user, and the services log in as an ACL user that
-  may touch only ``sfhq:*`` keys and no dangerous command (FLUSHALL, CONFIG, KEYS, ...);
+  may touch only `sfhq:*` keys and no dangerous command (FLUSHALL, CONFIG, KEYS, ...);
 * Redis writes an append-only file, so it can be restarted mid-job.
 
-Fault hooks: ``kill`` (SIGKILL), ``pause``/``resume`` (SIGSTOP/SIGCONT: a hung process), ``restart``,
-``start(..., preexec_fn=...)`` (resource limits, another user), replicas, Redis restarts with or
-without persistence. ``check_dataset`` and ``queue_report`` say whether a job's output is exactly
+Fault hooks: `kill` (SIGKILL), `pause`/`resume` (SIGSTOP/SIGCONT: a hung process), `restart`,
+`start(..., preexec_fn=...)` (resource limits, another user), replicas, Redis restarts with or
+without persistence. `check_dataset` and `queue_report` say whether a job's output is exactly
 once and whether anything was left behind.
 
 Used by tests/integration/test_{chaos,faults,security,fuzz_rpcs}.py (one cluster per test session,
-see ``shared_cluster``) and by reliability/{chaos,fuzz,load}.py.
+see `shared_cluster`) and by reliability/{chaos,fuzz,load}.py.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class HardenedRedis(EmbeddedRedis):
     """redis-server with a password on the default (admin) user and a least-privilege ACL user.
 
     The ACL user is declared on the command line, so it survives restarts, even those that lose the
-    data. ``url`` is the admin URL (tests, tools); ``service_url`` is what the services get.
+    data. `url` is the admin URL (tests, tools); `service_url` is what the services get.
     """
 
     def __init__(self, *, dir: Path, appendonly: bool = True, port: int | None = None) -> None:
@@ -161,9 +161,9 @@ class HardenedRedis(EmbeddedRedis):
         self.appendonly = True
 
     def restart(self, *, persistent: bool = True, kill: bool = False, down_s: float = 0.0) -> None:
-        """Stop (SIGTERM flushes the AOF; ``kill`` = SIGKILL, as a crash) and start on the same port.
+        """Stop (SIGTERM flushes the AOF; `kill` = SIGKILL, as a crash) and start on the same port.
 
-        ``persistent=False`` starts the new server without the AOF and deletes the old file: the
+        `persistent=False` starts the new server without the AOF and deletes the old file: the
         data set is gone, as after a restart of a Redis that had no persistence.
         """
         process = self.process
@@ -187,15 +187,23 @@ class HardenedRedis(EmbeddedRedis):
 
 
 def service_of(name: str) -> str:
-    """``encoder#2`` (a replica) -> ``encoder``."""
+    """`encoder#2` (a replica) -> `encoder`."""
     return name.split("#", 1)[0]
 
 
 class ReliabilityCluster(LocalCluster):
     """LocalCluster + bearer tokens, mutual TLS, a Redis ACL user, and fault hooks."""
 
-    def __init__(self, workdir: Path, redis_server: HardenedRedis, weights_dir: Path, *, tls: bool = True,
-                 auth: bool = True, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        redis_server: HardenedRedis,
+        weights_dir: Path,
+        *,
+        tls: bool = True,
+        auth: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.redis_server = redis_server
         # two tokens: the first is what services send each other, the second is a user's
         self.tokens = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if auth else []
@@ -203,38 +211,55 @@ class ReliabilityCluster(LocalCluster):
         # SFHQ_DATA_ROOTS: jobs (and fuzzers) may read and write inside the work folder only.
         env = {**FAST_ENV, "SFHQ_AUTH_TOKENS": ",".join(self.tokens), "SFHQ_DATA_ROOTS": str(workdir)}
         if self.tls_dir is not None:
-            env |= {"SFHQ_TLS_CERT": str(self.tls_dir / "server.pem"), "SFHQ_TLS_KEY": str(self.tls_dir / "server.key"),
-                    "SFHQ_TLS_CA": str(self.tls_dir / "ca.pem")}
-        super().__init__(workdir, redis_server.service_url, weights_dir, extra_env={**env, **(extra_env or {})})
+            env |= {
+                "SFHQ_TLS_CERT": str(self.tls_dir / "server.pem"),
+                "SFHQ_TLS_KEY": str(self.tls_dir / "server.key"),
+                "SFHQ_TLS_CA": str(self.tls_dir / "ca.pem"),
+            }
+        super().__init__(
+            workdir, redis_server.service_url, weights_dir, extra_env={**env, **(extra_env or {})}
+        )
         # How the tests and scripts reach the services: the client certificate and the user's token.
         tls_files = {}
         if self.tls_dir is not None:
-            tls_files = {"tls_cert": str(self.tls_dir / "client.pem"), "tls_key": str(self.tls_dir / "client.key"),
-                         "tls_ca": str(self.tls_dir / "ca.pem")}
+            tls_files = {
+                "tls_cert": str(self.tls_dir / "client.pem"),
+                "tls_key": str(self.tls_dir / "client.key"),
+                "tls_ca": str(self.tls_dir / "ca.pem"),
+            }
         self.client_settings = Settings(auth_tokens=self.tokens[1:], **tls_files)
 
     # -- processes ----------------------------------------------------------------------------
 
-    def start(self, name: str, env: dict[str, str] | None = None, *, obey_file_permissions: bool = False,
-              max_file_bytes: int | None = None, log_name: str | None = None) -> subprocess.Popen:
-        """Start ``name`` (a service, or ``service#N`` for a replica on its own port).
+    def start(
+        self,
+        name: str,
+        env: dict[str, str] | None = None,
+        *,
+        obey_file_permissions: bool = False,
+        max_file_bytes: int | None = None,
+        log_name: str | None = None,
+    ) -> subprocess.Popen:
+        """Start `name` (a service, or `service#N` for a replica on its own port).
 
-        ``obey_file_permissions``: when we are root, start it without CAP_DAC_OVERRIDE and
-        CAP_DAC_READ_SEARCH (util-linux ``setpriv``), so that file modes bind it like any user and a
-        read-only folder gives a real EACCES. ``max_file_bytes``: RLIMIT_FSIZE, so that a write past
-        that size fails with EFBIG, as on a full disk (Python ignores SIGXFSZ). ``log_name``: another
-        log file than ``<name>.log`` (a fresh one, so that the size limit does not silence the log).
+        `obey_file_permissions`: when we are root, start it without CAP_DAC_OVERRIDE and
+        CAP_DAC_READ_SEARCH (util-linux `setpriv`), so that file modes bind it like any user and a
+        read-only folder gives a real EACCES. `max_file_bytes`: RLIMIT_FSIZE, so that a write past
+        that size fails with EFBIG, as on a full disk (Python ignores SIGXFSZ). `log_name`: another
+        log file than `<name>.log` (a fresh one, so that the size limit does not silence the log).
         """
         if name not in self.ports:
             self.ports[name] = free_port()
-        command = [sys.executable, "-m", "sfhq.cli", "serve", service_of(name)]
+        command = [sys.executable, "-m", "services.launch", service_of(name)]
         if obey_file_permissions and os.geteuid() == 0:
             command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
         with open(self.log_path(log_name or name), "ab") as log_file:
             proc = subprocess.Popen(
                 command,
                 env={**self.env, "SFHQ_PORT": str(self.ports[name]), **(env or {})},
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 cwd=self.workdir,  # relative paths in requests land in the work folder, never in the repo
             )
         if max_file_bytes is not None:
@@ -252,7 +277,9 @@ class ReliabilityCluster(LocalCluster):
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {process.returncode}; log:\n{self.tail(name)}")
+                    raise RuntimeError(
+                        f"{name} exited with code {process.returncode}; log:\n{self.tail(name)}"
+                    )
                 with contextlib.suppress(grpc.RpcError):
                     reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -318,16 +345,20 @@ class ReliabilityCluster(LocalCluster):
     # -- clients --------------------------------------------------------------------------------
 
     def channel(self, name: str) -> grpc.Channel:
-        """A channel to ``name`` with the client certificate and the user token."""
+        """A channel to `name` with the client certificate and the user token."""
         return client_channel(self.addr(name), self.client_settings)
 
     def client(self, **options: Any) -> Client:
         """An SDK client of the gateway, authenticated like a user would be."""
         tls: dict[str, Any] = {}
         if self.tls_dir is not None:
-            tls = {"root_certificates": (self.tls_dir / "ca.pem").read_bytes(),
-                   "client_cert": ((self.tls_dir / "client.pem").read_bytes(),
-                                   (self.tls_dir / "client.key").read_bytes())}
+            tls = {
+                "root_certificates": (self.tls_dir / "ca.pem").read_bytes(),
+                "client_cert": (
+                    (self.tls_dir / "client.pem").read_bytes(),
+                    (self.tls_dir / "client.key").read_bytes(),
+                ),
+            }
         options.setdefault("timeout", 60)
         return Client(self.addr("gateway"), token=self.tokens[1] if self.tokens else None, **tls, **options)
 
@@ -339,25 +370,31 @@ class ReliabilityCluster(LocalCluster):
 
 _SHARED: dict[str, ReliabilityCluster] = {}
 # Limits lower than the defaults, so that tests can cross them cheaply.
-SHARED_LIMITS = {"SFHQ_MAX_MESSAGE_MB": "16", "SFHQ_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),
-                 "SFHQ_MAX_IMAGE_PIXELS": str(16_000_000), "SFHQ_STREAM_MAXLEN": "2000"}
+SHARED_LIMITS = {
+    "SFHQ_MAX_MESSAGE_MB": "16",
+    "SFHQ_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),
+    "SFHQ_MAX_IMAGE_PIXELS": str(16_000_000),
+    "SFHQ_STREAM_MAXLEN": "2000",
+}
 
 
 def new_workdir(prefix: str = "sfhq-reliability-") -> Path:
-    """A work folder other users can traverse (the permission tests run a service as ``nobody``)."""
+    """A work folder other users can traverse (the permission tests run a service as `nobody`)."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     workdir.chmod(0o755)
     return workdir
 
 
 @contextlib.contextmanager
-def running_cluster(*, extra_env: dict[str, str] | None = None, keep: bool = False,
-                    tls: bool = True, auth: bool = True) -> Iterator[ReliabilityCluster]:
+def running_cluster(
+    *, extra_env: dict[str, str] | None = None, keep: bool = False, tls: bool = True, auth: bool = True
+) -> Iterator[ReliabilityCluster]:
     """A hardened cluster on its own append-only Redis, stopped and removed on exit."""
     workdir = new_workdir()
     redis_server = HardenedRedis(dir=workdir / "redis", appendonly=True).start()
-    cluster = ReliabilityCluster(workdir, redis_server, random_weights_dir(), extra_env=extra_env,
-                                 tls=tls, auth=auth)
+    cluster = ReliabilityCluster(
+        workdir, redis_server, random_weights_dir(), extra_env=extra_env, tls=tls, auth=auth
+    )
     try:
         cluster.start_all(timeout_s=300)
         yield cluster
@@ -369,10 +406,11 @@ def running_cluster(*, extra_env: dict[str, str] | None = None, keep: bool = Fal
 
 
 def stop_cleanly_on_sigterm() -> None:
-    """Make SIGTERM raise SystemExit in a script, so that ``running_cluster`` stops what it started.
+    """Make SIGTERM raise SystemExit in a script, so that `running_cluster` stops what it started.
 
     (Python's default for SIGTERM ends the process at once and would leave the cluster running.)
     """
+
     def _exit(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
 
@@ -383,10 +421,12 @@ def shared_cluster() -> ReliabilityCluster:
     """The session's hardened cluster: started on first use, stopped when the interpreter exits.
 
     Starting five torch processes costs ~30 s of two shared cores, so the reliability test modules
-    share one; each leaves it healthy (``ensure_healthy``) for the next.
+    share one; each leaves it healthy (`ensure_healthy`) for the next.
     """
     if "cluster" not in _SHARED:
-        context = running_cluster(keep=bool(os.environ.get("SFHQ_KEEP_RELIABILITY_WORKDIR")), extra_env=SHARED_LIMITS)
+        context = running_cluster(
+            keep=bool(os.environ.get("SFHQ_KEEP_RELIABILITY_WORKDIR")), extra_env=SHARED_LIMITS
+        )
         _SHARED["cluster"] = context.__enter__()
         atexit.register(context.__exit__, None, None, None)
     return _SHARED["cluster"]
@@ -403,8 +443,15 @@ def sampling_spec(samples: int, output: Path, *, first_seed: int = 0, image_size
     """
     from sfhq.sdk import build_spec
 
-    return build_spec(mode="sampling", samples=samples, first_seed=first_seed, annotation_size=64,
-                      disable_dedup=True, output_uri=str(output), image_size=image_size)
+    return build_spec(
+        mode="sampling",
+        samples=samples,
+        first_seed=first_seed,
+        annotation_size=64,
+        disable_dedup=True,
+        output_uri=str(output),
+        image_size=image_size,
+    )
 
 
 def sample_item_ids(samples: int) -> set[str]:
@@ -427,12 +474,23 @@ class DatasetCheck:
 
     @property
     def exactly_once(self) -> bool:
-        return not (self.duplicate_stems or self.duplicate_items or self.missing_items or self.unexpected_items
-                    or self.mismatched_folders or self.temp_files)
+        return not (
+            self.duplicate_stems
+            or self.duplicate_items
+            or self.missing_items
+            or self.unexpected_items
+            or self.mismatched_folders
+            or self.temp_files
+        )
 
 
-DATASET_FOLDERS = {"images": ".jpg", "segmentations": ".png", "landmarks": ".npz",
-                   "pretrained_features": ".pickle", "latents": ".npy"}
+DATASET_FOLDERS = {
+    "images": ".jpg",
+    "segmentations": ".png",
+    "landmarks": ".npz",
+    "pretrained_features": ".pickle",
+    "latents": ".npy",
+}
 
 
 def check_dataset(root: Path, expected_items: set[str]) -> DatasetCheck:
@@ -447,7 +505,11 @@ def check_dataset(root: Path, expected_items: set[str]) -> DatasetCheck:
     check.missing_items = sorted(expected_items - set(items))
     check.unexpected_items = sorted(set(items) - expected_items)
     for folder, suffix in DATASET_FOLDERS.items():
-        found = [p.name[: -len(suffix)] for p in (root / folder).glob(f"*{suffix}")] if (root / folder).exists() else []
+        found = (
+            [p.name[: -len(suffix)] for p in (root / folder).glob(f"*{suffix}")]
+            if (root / folder).exists()
+            else []
+        )
         check.files[folder] = len(found)
         off = sorted(set(found) ^ set(stems))
         if off:

@@ -14,7 +14,7 @@ pollers (ListJobs + GetJob). Reported per mode: calls and status codes per RPC, 
 non-OK status except the deliberate RESOURCE_EXHAUSTED), p50/p99 latencies, job turnaround (submit to
 SUCCEEDED), the backlog left when the load stops, and the resident memory of every process
 (first sample after warm-up, last, peak) plus Redis' own memory. The table goes to
-bench/results/load.md (``make bench`` puts it in BENCHMARKS.md) unless ``--markdown`` says otherwise.
+bench/results/load.md (`make bench` puts it in BENCHMARKS.md) unless `--markdown` says otherwise.
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ from reliability import harness  # noqa: E402
 from services.local_run import SERVICE_ORDER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-QUERIES = ("a smiling woman", "an old man with a beard", "a child with curly hair", "a face in profile",
-           "a person wearing glasses", "a portrait with studio lighting")
+QUERIES = (
+    "a smiling woman",
+    "an old man with a beard",
+    "a child with curly hair",
+    "a face in profile",
+    "a person wearing glasses",
+    "a portrait with studio lighting",
+)
 ROLES = ("submitter", "searcher", "submitter", "poller")  # clients take roles in this order
 UNBOUNDED = 1_000_000
 
@@ -47,16 +53,20 @@ UNBOUNDED = 1_000_000
 
 
 def client_main(role: str, connection: dict[str, Any], seconds: float, seed: int, out_path: str) -> None:
-    """One client process: run ``role`` until the deadline; append one JSON line per call to out_path."""
+    """One client process: run `role` until the deadline; append one JSON line per call to out_path."""
     import grpc
 
     from sfhq.sdk import Client, SfhqError, build_spec
 
     rng = random.Random(seed)
     tls = connection["tls"]
-    client = Client(connection["gateway"], token=connection["token"], timeout=60,
-                    root_certificates=Path(tls, "ca.pem").read_bytes(),
-                    client_cert=(Path(tls, "client.pem").read_bytes(), Path(tls, "client.key").read_bytes()))
+    client = Client(
+        connection["gateway"],
+        token=connection["token"],
+        timeout=60,
+        root_certificates=Path(tls, "ca.pem").read_bytes(),
+        client_cert=(Path(tls, "client.pem").read_bytes(), Path(tls, "client.key").read_bytes()),
+    )
     records: list[dict[str, Any]] = []
     deadline = time.monotonic() + seconds
 
@@ -78,9 +88,15 @@ def client_main(role: str, connection: dict[str, Any], seconds: float, seed: int
             # a burst of jobs, then watch each to its end (jobs finish roughly in submission order)
             accepted: list[tuple[str, float]] = []
             for _ in range(connection["burst"]):
-                spec = build_spec(mode="sampling", samples=1, first_seed=rng.randrange(1 << 30),
-                                  annotation_size=64, image_size=64, disable_dedup=True,
-                                  output_uri=f"{connection['out']}/{seed}-{rng.randrange(1 << 30)}")
+                spec = build_spec(
+                    mode="sampling",
+                    samples=1,
+                    first_seed=rng.randrange(1 << 30),
+                    annotation_size=64,
+                    image_size=64,
+                    disable_dedup=True,
+                    output_uri=f"{connection['out']}/{seed}-{rng.randrange(1 << 30)}",
+                )
                 submitted = time.perf_counter()
                 job = call("SubmitJob", client.submit, spec)
                 if job is None:
@@ -93,8 +109,13 @@ def client_main(role: str, connection: dict[str, Any], seconds: float, seed: int
                     state = client.wait(job_id, timeout=remaining).state
                 except (TimeoutError, SfhqError):
                     state = -1
-                records.append({"op": "job", "code": "SUCCEEDED" if state == 5 else "UNFINISHED",
-                                "s": time.perf_counter() - submitted})
+                records.append(
+                    {
+                        "op": "job",
+                        "code": "SUCCEEDED" if state == 5 else "UNFINISHED",
+                        "s": time.perf_counter() - submitted,
+                    }
+                )
         elif role == "searcher":
             call("Search", client.search, rng.choice(QUERIES), top_k=5)
         else:
@@ -131,10 +152,19 @@ class MemorySampler(threading.Thread):
         """Per process: first sample after a quarter of the run (warm-up), last, peak (MiB)."""
         self._stopping.set()
         self.join(5)
-        warm = self.samples[len(self.samples) // 4:] or self.samples
-        return {name: {"start": round(warm[0][name]), "end": round(warm[-1][name]),
-                       "peak": round(max(s[name] for s in warm))}
-                for name in warm[0]} if warm else {}
+        warm = self.samples[len(self.samples) // 4 :] or self.samples
+        return (
+            {
+                name: {
+                    "start": round(warm[0][name]),
+                    "end": round(warm[-1][name]),
+                    "peak": round(max(s[name] for s in warm)),
+                }
+                for name in warm[0]
+            }
+            if warm
+            else {}
+        )
 
 
 # ---- one mode -------------------------------------------------------------------------------------
@@ -144,21 +174,40 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return harness.percentile(values, 50), harness.percentile(values, 99)
 
 
-def run_mode(cluster: harness.ReliabilityCluster, *, cap: int, clients: int, seconds: float,
-             work: Path, seed: int, burst: int, grace_s: float) -> dict[str, Any]:
-    """Restart the gateway with stream cap ``cap``, run the clients, and summarise."""
+def run_mode(
+    cluster: harness.ReliabilityCluster,
+    *,
+    cap: int,
+    clients: int,
+    seconds: float,
+    work: Path,
+    seed: int,
+    burst: int,
+    grace_s: float,
+) -> dict[str, Any]:
+    """Restart the gateway with stream cap `cap`, run the clients, and summarise."""
     cluster.kill("gateway")
     cluster.start("gateway", env={"SFHQ_STREAM_MAXLEN": str(cap)})
     cluster.wait_healthy("gateway")
     admin = cluster.admin_redis()
-    connection = {"gateway": cluster.addr("gateway"), "token": cluster.tokens[1], "tls": str(cluster.tls_dir),
-                  "out": str(cluster.workdir / f"load-{cap}"), "grace_s": grace_s, "burst": burst}
+    connection = {
+        "gateway": cluster.addr("gateway"),
+        "token": cluster.tokens[1],
+        "tls": str(cluster.tls_dir),
+        "out": str(cluster.workdir / f"load-{cap}"),
+        "grace_s": grace_s,
+        "burst": burst,
+    }
     sampler = MemorySampler(cluster)
     sampler.start()
     context = multiprocessing.get_context("spawn")
     outputs = [work / f"client-{cap}-{n}.jsonl" for n in range(clients)]
-    processes = [context.Process(target=client_main, args=(ROLES[n % len(ROLES)], connection, seconds, seed + n,
-                                                           str(outputs[n]))) for n in range(clients)]
+    processes = [
+        context.Process(
+            target=client_main, args=(ROLES[n % len(ROLES)], connection, seconds, seed + n, str(outputs[n]))
+        )
+        for n in range(clients)
+    ]
     started = time.monotonic()
     for process in processes:
         process.start()
@@ -175,8 +224,13 @@ def run_mode(cluster: harness.ReliabilityCluster, *, cap: int, clients: int, sec
             client.cancel(job.job_id)
     drained = harness.wait_for_quiet_queue(admin, timeout_s=120)
 
-    records = [json.loads(line) for path in outputs if path.exists()
-               for line in path.read_text().splitlines() if line.strip()]
+    records = [
+        json.loads(line)
+        for path in outputs
+        if path.exists()
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
     by_op: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_op[record["op"]].append(record)
@@ -187,17 +241,29 @@ def run_mode(cluster: harness.ReliabilityCluster, *, cap: int, clients: int, sec
             codes[row["code"]] += 1
         ok = [row["s"] for row in rows if row["code"] in ("OK", "SUCCEEDED")]
         p50, p99 = percentiles(ok)
-        ops[op] = {"calls": len(rows), "codes": dict(codes), "p50_ms": round(p50 * 1000, 1),
-                   "p99_ms": round(p99 * 1000, 1)}
+        ops[op] = {
+            "calls": len(rows),
+            "codes": dict(codes),
+            "p50_ms": round(p50 * 1000, 1),
+            "p99_ms": round(p99 * 1000, 1),
+        }
     rpc_rows = [r for r in records if r["op"] != "job"]
     errors = [r for r in rpc_rows if r["code"] not in ("OK", "RESOURCE_EXHAUSTED")]
     return {
-        "cap": cap, "clients": clients, "seconds": seconds, "wall_s": round(wall, 1),
-        "calls": len(rpc_rows), "errors": len(errors), "error_rate": len(errors) / max(1, len(rpc_rows)),
+        "cap": cap,
+        "clients": clients,
+        "seconds": seconds,
+        "wall_s": round(wall, 1),
+        "calls": len(rpc_rows),
+        "errors": len(errors),
+        "error_rate": len(errors) / max(1, len(rpc_rows)),
         "error_codes": sorted({r["code"] for r in errors}),
         "resource_exhausted": sum(r["code"] == "RESOURCE_EXHAUSTED" for r in rpc_rows),
-        "ops": ops, "tasks_waiting_at_stop": waiting, "quiet_after_stop": harness.nothing_pending(drained),
-        "memory_mb": memory, "clients_exit_codes": [p.exitcode for p in processes],
+        "ops": ops,
+        "tasks_waiting_at_stop": waiting,
+        "quiet_after_stop": harness.nothing_pending(drained),
+        "memory_mb": memory,
+        "clients_exit_codes": [p.exitcode for p in processes],
     }
 
 
@@ -236,7 +302,10 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         f"| figure | {heads[0]} | {heads[1]} |",
         "| --- | ---: | ---: |",
         row("RPC calls made", lambda r: r["calls"]),
-        row("errors (non-OK other than RESOURCE_EXHAUSTED)", lambda r: f"{r['errors']} ({r['error_rate']:.2%})"),
+        row(
+            "errors (non-OK other than RESOURCE_EXHAUSTED)",
+            lambda r: f"{r['errors']} ({r['error_rate']:.2%})",
+        ),
         row("SubmitJob accepted / refused RESOURCE_EXHAUSTED", submits),
         row("SubmitJob p50 / p99 (ms)", lambda r: _op(r, "SubmitJob", "latency")),
         row("jobs finished / unfinished when the clients stopped", job_counts),
@@ -247,25 +316,37 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         row("tasks waiting when the load stopped", lambda r: r["tasks_waiting_at_stop"]),
     ]
     for name in [*SERVICE_ORDER, "redis (used)"]:
+
         def memory(r: dict[str, Any], name: str = name) -> str:
-            return "{start} → {end} (peak {peak})".format(**r["memory_mb"][name]) if name in r["memory_mb"] else "-"
+            return (
+                "{start} → {end} (peak {peak})".format(**r["memory_mb"][name])
+                if name in r["memory_mb"]
+                else "-"
+            )
 
         lines.append(row(f"memory of {name} (MiB, after warm-up → end)", memory))
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="4 clients x 6 s per mode")
     parser.add_argument("--clients", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--cap", type=int, default=6, help="the bounded mode's stage cap (tasks)")
     parser.add_argument("--burst", type=int, default=4, help="jobs a submitter has in flight at once")
-    parser.add_argument("--grace", type=float, default=15.0, help="how long submitters may watch past the end")
+    parser.add_argument(
+        "--grace", type=float, default=15.0, help="how long submitters may watch past the end"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="")
-    parser.add_argument("--markdown", default=str(ROOT / "bench" / "results" / "load.md"),
-                        help="where the table goes (default: bench/results/load.md, for BENCHMARKS.md)")
+    parser.add_argument(
+        "--markdown",
+        default=str(ROOT / "bench" / "results" / "load.md"),
+        help="where the table goes (default: bench/results/load.md, for BENCHMARKS.md)",
+    )
     args = parser.parse_args()
     harness.stop_cleanly_on_sigterm()
     if args.quick:
@@ -273,10 +354,22 @@ def main() -> int:
     with harness.running_cluster() as cluster:
         work = cluster.workdir / "load"
         work.mkdir()
-        results = [run_mode(cluster, cap=cap, clients=args.clients, seconds=args.seconds, work=work, seed=args.seed,
-                            burst=args.burst, grace_s=args.grace) for cap in (args.cap, UNBOUNDED)]
-    command = "python reliability/load.py" + (" --quick" if args.quick else
-                                              f" --clients {args.clients} --seconds {args.seconds:.0f}")
+        results = [
+            run_mode(
+                cluster,
+                cap=cap,
+                clients=args.clients,
+                seconds=args.seconds,
+                work=work,
+                seed=args.seed,
+                burst=args.burst,
+                grace_s=args.grace,
+            )
+            for cap in (args.cap, UNBOUNDED)
+        ]
+    command = "python reliability/load.py" + (
+        " --quick" if args.quick else f" --clients {args.clients} --seconds {args.seconds:.0f}"
+    )
     table = markdown(results, command)
     print(table)
     if args.json:

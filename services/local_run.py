@@ -60,8 +60,10 @@ def wait_healthy(addr: str, deadline: float, process: subprocess.Popen) -> None:
             if process.poll() is not None:
                 raise RuntimeError(f"exited with code {process.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -79,6 +81,7 @@ def redis_for_run(workdir: Path, console: Console) -> Iterator[str]:
         yield url
         return
     from services.common.embedded_redis import EmbeddedRedis
+
     with EmbeddedRedis(dir=workdir / "redis") as redis_server:
         console.print(f"started an embedded Redis at {redis_server.url}")
         yield redis_server.url
@@ -90,15 +93,29 @@ class LocalCluster:
     Used by `sfhq run`, the end-to-end tests and the fault tests (which kill and restart members).
     """
 
-    def __init__(self, workdir: Path, redis_url: str, weights_dir: Path, *, blob_url: str | None = None,
-                 extra_env: dict[str, str] | None = None, services: tuple[str, ...] = SERVICE_ORDER) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str,
+        weights_dir: Path,
+        *,
+        blob_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        services: tuple[str, ...] = SERVICE_ORDER,
+    ) -> None:
         self.workdir = workdir
         self.services = services
         self.ports = {name: free_port() for name in DEFAULT_PORTS}
-        self.env = {**os.environ, "SFHQ_REDIS_URL": redis_url, "SFHQ_BLOB_URL": blob_url or str(workdir / "blobs"),
-                    "SFHQ_WEIGHTS_DIR": str(weights_dir), "SFHQ_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1",
-                    **{f"SFHQ_{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in self.ports.items()},
-                    **(extra_env or {})}
+        self.env = {
+            **os.environ,
+            "SFHQ_REDIS_URL": redis_url,
+            "SFHQ_BLOB_URL": blob_url or str(workdir / "blobs"),
+            "SFHQ_WEIGHTS_DIR": str(weights_dir),
+            "SFHQ_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+            **{f"SFHQ_{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in self.ports.items()},
+            **(extra_env or {}),
+        }
         self.env.pop("REDIS_URL", None)
         self.processes: dict[str, subprocess.Popen] = {}
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -111,9 +128,13 @@ class LocalCluster:
 
     def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(self.log_path(name), "ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "sfhq.cli", "serve", name],
-                                    env={**self.env, "SFHQ_PORT": str(self.ports[name]), **(env or {})},
-                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.launch", name],
+                env={**self.env, "SFHQ_PORT": str(self.ports[name]), **(env or {})},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes[name] = proc
         return proc
 
@@ -164,7 +185,7 @@ class LocalCluster:
 
 def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
     """Runs one job end to end; returns a process exit code (0 = the job succeeded)."""
-    from sfhq.cli import follow
+    from sfhq.progress import follow
     from sfhq.sdk import Client, SfhqError, build_spec, image_files
 
     console = console or Console(stderr=True)
@@ -175,10 +196,13 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
 
     if options.random_weights:
         from services.random_weights import write_random_weights
+
         weights_dir = workdir / "weights-random"
         if not WeightsRegistry(weights_dir).is_random():
-            console.print("[bold yellow]--random-weights: writing small RANDOM models (demo only; the faces will "
-                          "be noise, not photoreal)[/]")
+            console.print(
+                "[bold yellow]--random-weights: writing small RANDOM models (demo only; the faces will "
+                "be noise, not photoreal)[/]"
+            )
             write_random_weights(weights_dir)
     else:
         weights_dir = settings.weights_dir
@@ -187,9 +211,11 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
             for name in REQUIRED_WEIGHTS:
                 registry.path(name)
         except WeightsMissing as exc:
-            console.print(f"[bold red]missing checkpoint:[/] {exc}\n"
-                          "Register the official checkpoints with `sfhq weights download NAME` (or "
-                          "`sfhq weights add NAME PATH`), or try the pipeline with `sfhq run --random-weights`.")
+            console.print(
+                f"[bold red]missing checkpoint:[/] {exc}\n"
+                "Register the official checkpoints with `sfhq weights download NAME` (or "
+                "`sfhq weights add NAME PATH`), or try the pipeline with `sfhq run --random-weights`."
+            )
             return 2
     if options.mode != "sampling":
         try:
@@ -207,9 +233,14 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
     if dedup is None:
         dedup = 0.0 if options.random_weights else 0.92
         if options.random_weights:
-            console.print("near-duplicate removal is off: a random CLIP cannot tell faces apart "
-                          "(pass --dedup 0.92 to see it anyway)")
-    with redis_for_run(workdir, console) as redis_url, LocalCluster(workdir, redis_url, weights_dir) as cluster:
+            console.print(
+                "near-duplicate removal is off: a random CLIP cannot tell faces apart "
+                "(pass --dedup 0.92 to see it anyway)"
+            )
+    with (
+        redis_for_run(workdir, console) as redis_url,
+        LocalCluster(workdir, redis_url, weights_dir) as cluster,
+    ):
         with console.status("starting services ..."):
             try:
                 cluster.start_all(options.startup_timeout_s)
@@ -217,16 +248,24 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
                 console.print(f"[bold red]{exc}[/]")
                 return 1
         console.print("services up: " + ", ".join(f"{n} {cluster.addr(n)}" for n in SERVICE_ORDER))
-        spec = build_spec(mode=options.mode, images=images, strategies=options.strategies,
-                          samples=options.samples if options.mode == "sampling" else 0,
-                          taste_model=options.taste_model,
-                          dedup_threshold=dedup if dedup > 0 else None, disable_dedup=dedup <= 0, output_uri=str(output),
-                          image_size=options.image_size, seed=options.seed, name="sfhq run")
+        spec = build_spec(
+            mode=options.mode,
+            images=images,
+            strategies=options.strategies,
+            samples=options.samples if options.mode == "sampling" else 0,
+            taste_model=options.taste_model,
+            dedup_threshold=dedup if dedup > 0 else None,
+            disable_dedup=dedup <= 0,
+            output_uri=str(output),
+            image_size=options.image_size,
+            seed=options.seed,
+            name="sfhq run",
+        )
         with Client(cluster.addr("gateway"), timeout=60) as client:
             try:
                 job = client.submit(spec)
                 console.print(f"job {job.job_id}: {len(images) or options.samples} inputs -> {output}")
-                job = follow(client, job.job_id)
+                job = follow(client, job.job_id, console)
             except SfhqError as exc:
                 console.print(f"[bold red]job failed:[/] {exc}")
                 return 1
@@ -236,11 +275,14 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
 
 def _report(console: Console, client, job, output: Path, weights_dir: Path, random_weights: bool) -> None:
     from sfhq.v1 import gateway_pb2
+
     c = job.counts
     state = gateway_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
-    console.print(f"\n[bold]{state}[/]: {c.inputs} inputs, {c.candidates} candidates, {c.accepted} accepted, "
-                  f"{c.written} written, {c.rejected_taste} rejected by taste, {c.rejected_duplicate} near-duplicates, "
-                  f"{c.failed} failed")
+    console.print(
+        f"\n[bold]{state}[/]: {c.inputs} inputs, {c.candidates} candidates, {c.accepted} accepted, "
+        f"{c.written} written, {c.rejected_taste} rejected by taste, {c.rejected_duplicate} near-duplicates, "
+        f"{c.failed} failed"
+    )
     if job.error:
         console.print(f"[red]{job.error}[/]")
     for item in client.list_items(job.job_id, state="failed")[:10]:
@@ -248,14 +290,22 @@ def _report(console: Console, client, job, output: Path, weights_dir: Path, rand
     try:
         hits = client.search("a smiling person", job_id=job.job_id, top_k=3).hits
         if hits:
-            console.print("search 'a smiling person': " + ", ".join(f"{h.item_id} ({h.score:.2f})" for h in hits))
+            console.print(
+                "search 'a smiling person': " + ", ".join(f"{h.item_id} ({h.score:.2f})" for h in hits)
+            )
     except Exception as exc:  # search is a bonus here; the dataset is the result
         console.print(f"(search unavailable: {exc})")
-    console.print(f"dataset: {output}  (images/, segmentations/, landmarks/, pretrained_features/, latents/, "
-                  "manifest.jsonl, manifest.parquet)")
-    console.print("search it later: start the services on the same blob store (`docker compose up`, or "
-                  "`sfhq serve search` + `sfhq serve gateway`) and run `sfhq search 'TEXT' --job "
-                  f"{job.job_id}`")
+    console.print(
+        f"dataset: {output}  (images/, segmentations/, landmarks/, pretrained_features/, latents/, "
+        "manifest.jsonl, manifest.parquet)"
+    )
+    console.print(
+        "search it later: start the services on the same blob store (`docker compose up`, or "
+        "`sfhq serve search` + `sfhq serve gateway`) and run `sfhq search 'TEXT' --job "
+        f"{job.job_id}`"
+    )
     if random_weights:
-        console.print(f"[bold yellow]made with RANDOM weights ({weights_dir}); register real checkpoints with "
-                      "`sfhq weights` for real faces[/]")
+        console.print(
+            f"[bold yellow]made with RANDOM weights ({weights_dir}); register real checkpoints with "
+            "`sfhq weights` for real faces[/]"
+        )

@@ -31,8 +31,13 @@ def write_random_weights(folder: str | Path, *, seed: int = 0) -> dict[str, Path
     Path(folder).mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     written["e4e-ffhq-encode"] = write_random_e4e_checkpoint(
-        registry.expected_path("e4e-ffhq-encode"), stylegan_size=DEMO_GENERATOR_SIZE, num_layers=DEMO_ENCODER_UNITS,
-        input_size=DEMO_ENCODER_INPUT, seed=seed, decoder_max_channels=DEMO_GENERATOR_CHANNELS)
+        registry.expected_path("e4e-ffhq-encode"),
+        stylegan_size=DEMO_GENERATOR_SIZE,
+        num_layers=DEMO_ENCODER_UNITS,
+        input_size=DEMO_ENCODER_INPUT,
+        seed=seed,
+        decoder_max_channels=DEMO_GENERATOR_CHANNELS,
+    )
     # The generator must be e4e's own decoder, or encoded latents would mean nothing to it.
     e4e = torch.load(written["e4e-ffhq-encode"], map_location="cpu", weights_only=True)
     g_ema = {k.removeprefix("decoder."): v for k, v in e4e["state_dict"].items() if k.startswith("decoder.")}
@@ -40,8 +45,10 @@ def write_random_weights(folder: str | Path, *, seed: int = 0) -> dict[str, Path
     torch.save({"g_ema": g_ema, "latent_avg": e4e["latent_avg"][0].clone()}, generator_path)
     written["stylegan2-ffhq-config-f"] = generator_path
     written["bisenet-face-parsing"] = write_random_bisenet_checkpoint(
-        registry.expected_path("bisenet-face-parsing"), seed=seed)
-    written["clip-vit-l-14-336"] = write_random_clip_folder(registry.expected_path("clip-vit-l-14-336"),
-                                                            tiny=True, seed=seed)
+        registry.expected_path("bisenet-face-parsing"), seed=seed
+    )
+    written["clip-vit-l-14-336"] = write_random_clip_folder(
+        registry.expected_path("clip-vit-l-14-336"), tiny=True, seed=seed
+    )
     registry.mark_random(f"random demo weights (seed {seed}); generator {DEMO_GENERATOR_SIZE} px")
     return written

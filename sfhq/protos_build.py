@@ -23,8 +23,15 @@ def generate(into: Path) -> list[Path]:
 
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "sfhq" / "v1").glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={into}", f"--pyi_out={into}",
-            f"--grpc_python_out={into}", *protos]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={into}",
+        f"--pyi_out={into}",
+        f"--grpc_python_out={into}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted((into / "sfhq" / "v1").glob("*.py*"))
@@ -39,8 +46,12 @@ def main() -> int:
         names = {p.name for p in generated}
         if check:
             committed = {p.name for p in OUT_DIR.glob("*_pb2*.py*")}
-            stale = sorted(n for n in names if not (OUT_DIR / n).exists()
-                           or not filecmp.cmp(Path(tmp) / "sfhq" / "v1" / n, OUT_DIR / n, shallow=False))
+            stale = sorted(
+                n
+                for n in names
+                if not (OUT_DIR / n).exists()
+                or not filecmp.cmp(Path(tmp) / "sfhq" / "v1" / n, OUT_DIR / n, shallow=False)
+            )
             extra = sorted(committed - names)
             if stale or extra:
                 print(f"generated stubs are stale: {stale + extra}; run `make protos`", file=sys.stderr)

@@ -1,11 +1,11 @@
 """Python SDK for the sfhq-factory gateway (sync `Client` and `AsyncClient`). Light: grpc + numpy only.
 
-    from sfhq.sdk import Client
-    with Client("127.0.0.1:50050") as client:
-        job = client.submit_images(["face1.jpg", "face2.png"], output_uri="out/my_dataset")
-        for event in client.watch(job.job_id):
-            print(event.kind, event.counts.accepted)
-        hits = client.search("old asian man with a beard", job_id=job.job_id)
+from sfhq.sdk import Client
+with Client("127.0.0.1:50050") as client:
+    job = client.submit_images(["face1.jpg", "face2.png"], output_uri="out/my_dataset")
+    for event in client.watch(job.job_id):
+        print(event.kind, event.counts.accepted)
+    hits = client.search("old asian man with a beard", job_id=job.job_id)
 """
 
 from __future__ import annotations
@@ -29,13 +29,21 @@ from sfhq.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, search_pb2
 DEFAULT_ADDRESS = "127.0.0.1:50050"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
-TERMINAL_STATES = (gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED, gateway_pb2.JOB_STATE_CANCELLED)
-MODES = {"inspiration": gateway_pb2.JOB_MODE_INSPIRATION, "sampling": gateway_pb2.JOB_MODE_SAMPLING,
-         "annotate": gateway_pb2.JOB_MODE_ANNOTATE_ONLY, "annotate_only": gateway_pb2.JOB_MODE_ANNOTATE_ONLY}
+TERMINAL_STATES = (
+    gateway_pb2.JOB_STATE_SUCCEEDED,
+    gateway_pb2.JOB_STATE_FAILED,
+    gateway_pb2.JOB_STATE_CANCELLED,
+)
+MODES = {
+    "inspiration": gateway_pb2.JOB_MODE_INSPIRATION,
+    "sampling": gateway_pb2.JOB_MODE_SAMPLING,
+    "annotate": gateway_pb2.JOB_MODE_ANNOTATE_ONLY,
+    "annotate_only": gateway_pb2.JOB_MODE_ANNOTATE_ONLY,
+}
 
 
 class SfhqError(RuntimeError):
-    """A gateway call failed; ``code`` is the gRPC status code."""
+    """A gateway call failed; `code` is the gRPC status code."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{code.name}: {details}")
@@ -60,7 +68,9 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()))
+            out.extend(
+                sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            )
         elif p.is_file():
             out.append(p)
         else:
@@ -68,12 +78,27 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def build_spec(*, mode: str = "inspiration", images: Sequence[str | os.PathLike | bytes] = (),
-               input_folder: str = "", strategies: Sequence[str | common_pb2.Strategy] = (),
-               samples: int = 0, first_seed: int = 0, psi_min: float = 0.0, psi_max: float = 0.0,
-               taste_model: str = "", accept_threshold: float | None = None, dedup_threshold: float | None = None,
-               disable_dedup: bool = False, output_uri: str = "", part: int = 0, image_size: int = 0,
-               annotation_size: int = 0, seed: int = 0, name: str = "") -> gateway_pb2.JobSpec:
+def build_spec(
+    *,
+    mode: str = "inspiration",
+    images: Sequence[str | os.PathLike | bytes] = (),
+    input_folder: str = "",
+    strategies: Sequence[str | common_pb2.Strategy] = (),
+    samples: int = 0,
+    first_seed: int = 0,
+    psi_min: float = 0.0,
+    psi_max: float = 0.0,
+    taste_model: str = "",
+    accept_threshold: float | None = None,
+    dedup_threshold: float | None = None,
+    disable_dedup: bool = False,
+    output_uri: str = "",
+    part: int = 0,
+    image_size: int = 0,
+    annotation_size: int = 0,
+    seed: int = 0,
+    name: str = "",
+) -> gateway_pb2.JobSpec:
     """A JobSpec from plain arguments; local image files are sent inline."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}")
@@ -105,12 +130,22 @@ def build_spec(*, mode: str = "inspiration", images: Sequence[str | os.PathLike 
     return spec
 
 
-def search_request(text: str | None = None, image: bytes | str | os.PathLike | None = None,
-                   vector: np.ndarray | None = None, *, top_k: int = 10, job_id: str = "", source: str = "",
-                   min_taste_score: float | None = None, max_taste_score: float | None = None) -> search_pb2.SearchRequest:
+def search_request(
+    text: str | None = None,
+    image: bytes | str | os.PathLike | None = None,
+    vector: np.ndarray | None = None,
+    *,
+    top_k: int = 10,
+    job_id: str = "",
+    source: str = "",
+    min_taste_score: float | None = None,
+    max_taste_score: float | None = None,
+) -> search_pb2.SearchRequest:
     if sum(x is not None for x in (text, image, vector)) != 1:
         raise ValueError("give exactly one of text, image or vector")
-    request = search_pb2.SearchRequest(top_k=top_k, filter=search_pb2.SearchFilter(job_id=job_id, source=source))
+    request = search_pb2.SearchRequest(
+        top_k=top_k, filter=search_pb2.SearchFilter(job_id=job_id, source=source)
+    )
     if min_taste_score is not None:
         request.filter.min_taste_score = min_taste_score
     if max_taste_score is not None:
@@ -119,27 +154,37 @@ def search_request(text: str | None = None, image: bytes | str | os.PathLike | N
         request.text = text
     elif vector is not None:
         request.vector.CopyFrom(numpy_to_tensor(np.asarray(vector)))
+    elif image is not None:
+        request.image.data = image if isinstance(image, bytes) else Path(image).read_bytes()
     else:
-        data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        request.image.data = data
+        raise ValueError("give a text, an image or a vector to search with")
     return request
 
 
 def _channel_options(max_message_mb: int) -> list[tuple[str, Any]]:
     size = max_message_mb * 1024 * 1024
-    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size),
-            # servers refuse pings more often than every 30 s (GOAWAY too_many_pings)
-            ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_permit_without_calls", 1)]
+    return [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        # servers refuse pings more often than every 30 s (GOAWAY too_many_pings)
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
-def _credentials(token: str | None, root_certificates: bytes | None, tls: bool,
-                 client_cert: tuple[bytes, bytes] | None = None) -> grpc.ChannelCredentials | None:
-    """TLS credentials (None = plaintext); ``client_cert`` = (certificate chain PEM, private key PEM) for mTLS."""
+def _credentials(
+    token: str | None,
+    root_certificates: bytes | None,
+    tls: bool,
+    client_cert: tuple[bytes, bytes] | None = None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials (None = plaintext); `client_cert` = (certificate chain PEM, private key PEM) for mTLS."""
     if not tls and root_certificates is None and client_cert is None:
         return None
     chain, key = client_cert or (None, None)
-    creds = grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
-                                         certificate_chain=chain)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=root_certificates, private_key=key, certificate_chain=chain
+    )
     if token:
         creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
     return creds
@@ -148,20 +193,31 @@ def _credentials(token: str | None, root_certificates: bytes | None, tls: bool,
 class Client:
     """Synchronous client. Retries UNAVAILABLE with exponential backoff; every call has a deadline.
 
-    TLS: ``tls=True`` (system roots) or ``root_certificates``; a gateway that requires mutual TLS
-    also needs ``client_cert=(certificate_chain_pem, private_key_pem)``.
+    TLS: `tls=True` (system roots) or `root_certificates`; a gateway that requires mutual TLS
+    also needs `client_cert=(certificate_chain_pem, private_key_pem)`.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0,
-                 retries: int = 5, tls: bool = False, root_certificates: bytes | None = None,
-                 client_cert: tuple[bytes, bytes] | None = None, max_message_mb: int = 64) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,
+        max_message_mb: int = 64,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self.retries = retries
         self._token = token or os.environ.get("SFHQ_TOKEN") or None
         creds = _credentials(self._token, root_certificates, tls, client_cert)
         options = _channel_options(max_message_mb)
-        self._channel = grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address, options)
+        self._channel = (
+            grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address, options)
+        )
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         # Without TLS the token travels as plain metadata (loopback / trusted networks only).
         self._metadata = (("authorization", f"Bearer {self._token}"),) if self._token and not creds else ()
@@ -179,7 +235,9 @@ class Client:
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                return getattr(self._stub, method)(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                return getattr(self._stub, method)(
+                    request, timeout=timeout or self.timeout, metadata=self._metadata
+                )
             except grpc.RpcError as exc:
                 if exc.code() in RETRYABLE and attempt < self.retries:
                     time.sleep(delay * (1 + random.random()))
@@ -195,7 +253,7 @@ class Client:
         return self._call("SubmitJob", request, timeout=max(self.timeout, 120.0))
 
     def submit_images(self, paths: Iterable[str | os.PathLike], **options: Any) -> gateway_pb2.Job:
-        """Uploads local images (files or folders) as an inspiration (or ``mode=``) job."""
+        """Uploads local images (files or folders) as an inspiration (or `mode=`) job."""
         return self.submit(build_spec(images=image_files(paths), **options))
 
     def get_job(self, job_id: str) -> gateway_pb2.Job:
@@ -204,7 +262,9 @@ class Client:
     def cancel(self, job_id: str) -> gateway_pb2.Job:
         return self._call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job_id))
 
-    def list_jobs(self, limit: int = 50, state: int = 0) -> list[gateway_pb2.Job]:
+    def list_jobs(
+        self, limit: int = 50, state: gateway_pb2.JobState = gateway_pb2.JOB_STATE_UNSPECIFIED
+    ) -> list[gateway_pb2.Job]:
         return list(self._call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state)).jobs)
 
     def watch(self, job_id: str, after_event_id: str = "") -> Iterator[gateway_pb2.JobEvent]:
@@ -213,8 +273,9 @@ class Client:
         failures = 0
         while True:
             try:
-                for event in self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last),
-                                                 metadata=self._metadata):
+                for event in self._stub.WatchJob(
+                    gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last), metadata=self._metadata
+                ):
                     last = event.event_id
                     failures = 0
                     yield event
@@ -223,10 +284,10 @@ class Client:
                 if exc.code() not in RETRYABLE or failures >= self.retries * 4:
                     raise SfhqError(exc.code(), exc.details() or "") from None
                 failures += 1
-                time.sleep(min(0.2 * 2 ** failures, 5.0))
+                time.sleep(min(0.2 * 2**failures, 5.0))
 
     def wait(self, job_id: str, timeout: float | None = None) -> gateway_pb2.Job:
-        """Blocks until the job is finished (or ``timeout`` seconds pass: TimeoutError)."""
+        """Blocks until the job is finished (or `timeout` seconds pass: TimeoutError)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in self.watch(job_id):
             if deadline is not None and time.monotonic() > deadline:
@@ -240,18 +301,30 @@ class Client:
         return job
 
     # items
-    def list_items(self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0) -> list[gateway_pb2.Item]:
+    def list_items(
+        self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0
+    ) -> list[gateway_pb2.Item]:
         request = gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
         return list(self._call("ListItems", request).items)
 
-    def get_item(self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True) -> gateway_pb2.Item:
-        request = gateway_pb2.GetItemRequest(job_id=job_id, item_id=item_id, include_image=image,
-                                             include_annotations=annotations)
+    def get_item(
+        self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True
+    ) -> gateway_pb2.Item:
+        request = gateway_pb2.GetItemRequest(
+            job_id=job_id, item_id=item_id, include_image=image, include_annotations=annotations
+        )
         return self._call("GetItem", request, timeout=max(self.timeout, 60.0))
 
-    def download(self, job_id: str, dest: str | os.PathLike, *, item_ids: Sequence[str] | None = None,
-                 query: str | None = None, top_k: int = 100) -> list[Path]:
-        """Fetches some items of a job into ``dest`` in the SFHQ layout (by ids, by a text query, or all written)."""
+    def download(
+        self,
+        job_id: str,
+        dest: str | os.PathLike,
+        *,
+        item_ids: Sequence[str] | None = None,
+        query: str | None = None,
+        top_k: int = 100,
+    ) -> list[Path]:
+        """Fetches some items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written)."""
         if item_ids is None and query is not None:
             item_ids = [hit.item_id for hit in self.search(query, job_id=job_id, top_k=top_k).hits]
         if item_ids is None:
@@ -259,13 +332,35 @@ class Client:
         return [write_item_files(self.get_item(job_id, item_id), Path(dest)) for item_id in item_ids]
 
     # search and labels
-    def search(self, text: str | None = None, *, image: bytes | str | os.PathLike | None = None,
-               vector: np.ndarray | None = None, top_k: int = 10, job_id: str = "", source: str = "",
-               min_taste_score: float | None = None, max_taste_score: float | None = None) -> search_pb2.SearchResponse:
-        return self._call("Search", search_request(text, image, vector, top_k=top_k, job_id=job_id, source=source,
-                                                    min_taste_score=min_taste_score, max_taste_score=max_taste_score))
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: bytes | str | os.PathLike | None = None,
+        vector: np.ndarray | None = None,
+        top_k: int = 10,
+        job_id: str = "",
+        source: str = "",
+        min_taste_score: float | None = None,
+        max_taste_score: float | None = None,
+    ) -> search_pb2.SearchResponse:
+        return self._call(
+            "Search",
+            search_request(
+                text,
+                image,
+                vector,
+                top_k=top_k,
+                job_id=job_id,
+                source=source,
+                min_taste_score=min_taste_score,
+                max_taste_score=max_taste_score,
+            ),
+        )
 
-    def label(self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = "") -> search_pb2.LabelResponse:
+    def label(
+        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = ""
+    ) -> search_pb2.LabelResponse:
         """Labels indexed items as good (True) or bad (False) for a taste model."""
         request = search_pb2.LabelRequest(taste_model=taste_model)
         for item_id, positive in labels.items():
@@ -274,7 +369,7 @@ class Client:
 
 
 def write_item_files(item: gateway_pb2.Item, dest: Path) -> Path:
-    """Writes one fetched item in the SFHQ layout under ``dest``; returns the image path."""
+    """Writes one fetched item in the SFHQ layout under `dest`; returns the image path."""
     stem = item.stem or item.item_id
     paths = {"images": dest / "images" / f"{stem}.jpg"}
     paths["images"].parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +380,7 @@ def write_item_files(item: gateway_pb2.Item, dest: Path) -> Path:
         seg.write_bytes(item.segmentation.data)
     if item.landmarks.data:
         from sfhq.tensors import tensor_to_numpy
+
         lm = dest / "landmarks" / f"{stem}.npz"
         lm.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
@@ -292,24 +388,46 @@ def write_item_files(item: gateway_pb2.Item, dest: Path) -> Path:
         lm.write_bytes(buf.getvalue())
     meta = dest / "items" / f"{stem}.json"
     meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({"item_id": item.item_id, "job_id": item.job_id, "state": item.state,
-                                "stem": item.stem, "provenance": json.loads(item.provenance_json or "{}")}, indent=2))
+    meta.write_text(
+        json.dumps(
+            {
+                "item_id": item.item_id,
+                "job_id": item.job_id,
+                "state": item.state,
+                "stem": item.stem,
+                "provenance": json.loads(item.provenance_json or "{}"),
+            },
+            indent=2,
+        )
+    )
     return paths["images"]
 
 
 class AsyncClient:
-    """asyncio client with the same methods as Client (awaitables; ``watch`` is an async iterator)."""
+    """asyncio client with the same methods as Client (awaitables; `watch` is an async iterator)."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0,
-                 retries: int = 5, tls: bool = False, root_certificates: bytes | None = None,
-                 client_cert: tuple[bytes, bytes] | None = None, max_message_mb: int = 64) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,
+        max_message_mb: int = 64,
+    ) -> None:
         self.timeout = timeout
         self.retries = retries
         token = token or os.environ.get("SFHQ_TOKEN") or None
         creds = _credentials(token, root_certificates, tls, client_cert)
         options = _channel_options(max_message_mb)
-        self._channel = grpc.aio.secure_channel(address, creds, options) if creds else \
-            grpc.aio.insecure_channel(address, options)
+        self._channel = (
+            grpc.aio.secure_channel(address, creds, options)
+            if creds
+            else grpc.aio.insecure_channel(address, options)
+        )
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token and not creds else ()
 
@@ -326,8 +444,9 @@ class AsyncClient:
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                return await getattr(self._stub, method)(request, timeout=timeout or self.timeout,
-                                                         metadata=self._metadata)
+                return await getattr(self._stub, method)(
+                    request, timeout=timeout or self.timeout, metadata=self._metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in RETRYABLE and attempt < self.retries:
                     await asyncio.sleep(delay * (1 + random.random()))
@@ -346,17 +465,25 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> gateway_pb2.Job:
         return await self._call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job_id))
 
-    async def list_jobs(self, limit: int = 50, state: int = 0) -> list[gateway_pb2.Job]:
-        return list((await self._call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state))).jobs)
+    async def list_jobs(
+        self, limit: int = 50, state: gateway_pb2.JobState = gateway_pb2.JOB_STATE_UNSPECIFIED
+    ) -> list[gateway_pb2.Job]:
+        return list(
+            (await self._call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state))).jobs
+        )
 
-    async def list_items(self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0) -> list[gateway_pb2.Item]:
+    async def list_items(
+        self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0
+    ) -> list[gateway_pb2.Item]:
         request = gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
         return list((await self._call("ListItems", request)).items)
 
-    async def get_item(self, job_id: str, item_id: str, *, image: bool = True,
-                       annotations: bool = True) -> gateway_pb2.Item:
-        request = gateway_pb2.GetItemRequest(job_id=job_id, item_id=item_id, include_image=image,
-                                             include_annotations=annotations)
+    async def get_item(
+        self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True
+    ) -> gateway_pb2.Item:
+        request = gateway_pb2.GetItemRequest(
+            job_id=job_id, item_id=item_id, include_image=image, include_annotations=annotations
+        )
         return await self._call("GetItem", request, timeout=max(self.timeout, 60.0))
 
     async def search(self, text: str | None = None, **kwargs: Any) -> search_pb2.SearchResponse:
@@ -368,8 +495,9 @@ class AsyncClient:
         failures = 0
         while True:
             try:
-                call = self._stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last),
-                                           metadata=self._metadata)
+                call = self._stub.WatchJob(
+                    gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last), metadata=self._metadata
+                )
                 async for event in call:
                     last = event.event_id
                     failures = 0
@@ -379,7 +507,7 @@ class AsyncClient:
                 if exc.code() not in RETRYABLE or failures >= self.retries * 4:
                     raise SfhqError(exc.code(), exc.details() or "") from None
                 failures += 1
-                await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
 
     async def wait(self, job_id: str) -> gateway_pb2.Job:
         async for _ in self.watch(job_id):

@@ -19,11 +19,16 @@ def numpy_to_tensor(array: np.ndarray, dtype: str = "float32") -> common_pb2.Ten
     return common_pb2.Tensor(data=arr.tobytes(), shape=list(arr.shape), dtype=dtype)
 
 
-def tensor_to_numpy(msg: common_pb2.Tensor, *, name: str = "tensor", expect_shape: tuple | None = None,
-                    allow_non_finite: bool = False) -> np.ndarray:
+def tensor_to_numpy(
+    msg: common_pb2.Tensor,
+    *,
+    name: str = "tensor",
+    expect_shape: tuple | None = None,
+    allow_non_finite: bool = False,
+) -> np.ndarray:
     """Unpack a Tensor message, validating dtype, shape and size; raises ValueError naming the problem.
 
-    ``expect_shape`` may hold ``None`` for a free dimension, e.g. ``(None, 512)``.
+    `expect_shape` may hold `None` for a free dimension, e.g. `(None, 512)`.
     """
     if msg.dtype not in _DTYPES:
         raise ValueError(f"{name}: unsupported dtype {msg.dtype!r} (use float32 or float16)")
@@ -39,9 +44,13 @@ def tensor_to_numpy(msg: common_pb2.Tensor, *, name: str = "tensor", expect_shap
             raise ValueError(f"{name}: shape {list(shape)} is too large")
     itemsize = np.dtype(_DTYPES[msg.dtype]).itemsize
     if len(msg.data) != count * itemsize:
-        raise ValueError(f"{name}: {len(msg.data)} bytes do not match shape {list(shape)} of {msg.dtype or 'float32'}")
-    if expect_shape is not None and (len(shape) != len(expect_shape) or any(
-            e is not None and e != d for e, d in zip(expect_shape, shape, strict=True))):
+        raise ValueError(
+            f"{name}: {len(msg.data)} bytes do not match shape {list(shape)} of {msg.dtype or 'float32'}"
+        )
+    if expect_shape is not None and (
+        len(shape) != len(expect_shape)
+        or any(e is not None and e != d for e, d in zip(expect_shape, shape, strict=True))
+    ):
         want = ["*" if e is None else e for e in expect_shape]
         raise ValueError(f"{name}: shape {list(shape)} is not {want}")
     arr = np.frombuffer(msg.data, dtype=np.dtype(_DTYPES[msg.dtype]).newbyteorder("<")).reshape(shape)

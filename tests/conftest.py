@@ -1,11 +1,14 @@
 """Shared test fixtures: a real Redis server, hermetic settings, thread limits.
 
-* ``redis_server`` (session): URL of a private redis-server on a free loopback port, started once.
-* ``redis_url`` (function): the same URL after FLUSHALL, so each test starts from an empty Redis.
-* ``redis_client``: a decoded client on ``redis_url``.
-* ``sfhq_settings``: Settings pointing at temporary folders and ``redis_url``, with short timeouts.
+* `redis_server` (session): URL of a private redis-server on a free loopback port, started once.
+* `redis_url` (function): the same URL after FLUSHALL, so each test starts from an empty Redis.
+* `redis_client`: a decoded client on `redis_url`.
+* `sfhq_settings`: Settings pointing at temporary folders and `redis_url`, with short timeouts.
+* `_one_thread` (autouse): torch, FAISS and BLAS on one thread in every test.
 
-Helpers to start, watch and kill subprocesses live in ``tests/helpers/processes.py``.
+Helpers: `tests/helpers/processes.py` (start, watch and kill subprocesses), `services.py`
+(`settings_for`, `ServedProcess`), `data.py` (the images of tests/data), `nvlabs_pickle.py` and
+`synthetic.py` (test-only data builders).
 """
 
 from __future__ import annotations
@@ -29,21 +32,36 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 
-def _limit_torch_threads() -> None:
-    # OMP_NUM_THREADS above already binds torch when it is imported later; this covers a torch
-    # imported before this conftest. Importing torch here just for that would cost seconds for
-    # test runs that never use it, so only an already-imported torch is touched.
+def _one_thread_everywhere() -> None:
+    # OMP_NUM_THREADS above already binds torch and FAISS when they are imported later; this covers
+    # libraries imported before this conftest or by test modules. Importing them here just for that
+    # would cost seconds for test runs that never use them, so only imported ones are touched.
     torch = sys.modules.get("torch")
     if torch is not None and importlib.util.find_spec("torch") is not None:
         torch.set_num_threads(1)
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _limit_torch_threads()
+    _one_thread_everywhere()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    _limit_torch_threads()  # test modules that import torch at the top have done so by now
+    _one_thread_everywhere()  # test modules that import torch or faiss at the top have done so by now
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Every test runs its numeric libraries on one thread (BLAS through threadpoolctl too), and a
+    test that changes that does not leak it into the next one."""
+    from threadpoolctl import threadpool_limits
+
+    _one_thread_everywhere()
+    with threadpool_limits(1):
+        yield
+    _one_thread_everywhere()
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +84,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture()
 def redis_url(redis_server: str) -> str:
-    """``redis_server``'s URL, emptied (FLUSHALL) before the test."""
+    """`redis_server`'s URL, emptied (FLUSHALL) before the test."""
     import redis
 
     client = redis.Redis.from_url(redis_server)

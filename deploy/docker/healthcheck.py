@@ -10,7 +10,7 @@ the server speaks TLS) run this inside the service's container:
 
 Exit status 0 when the server answers SERVING, else 1 (not serving, unreachable in time, or the
 probe is misconfigured; Docker reserves 2), with the reason on stderr. It reads the same settings as the
-server (``SFHQ_PORT``, ``SFHQ_TLS_CERT``/``SFHQ_TLS_KEY``/``SFHQ_TLS_CA``, ``SFHQ_AUTH_TOKENS``)
+server (`SFHQ_PORT`, `SFHQ_TLS_CERT`/`SFHQ_TLS_KEY`/`SFHQ_TLS_CA`, `SFHQ_AUTH_TOKENS`)
 and imports only grpcio and grpcio-health-checking, so a probe costs a fraction of a second.
 """
 
@@ -70,11 +70,19 @@ def open_channel(target: str, env: dict[str, str], server_name: str, ca_file: st
     return grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", server_name)])
 
 
-def check(port: int, *, service: str = "", timeout_s: float = 3.0, env: dict[str, str] | None = None,
-          host: str = "127.0.0.1", server_name: str = "localhost", ca_file: str = "") -> tuple[bool, str]:
-    """Ask the health service at ``host:port`` about ``service`` ("" = the whole server).
+def check(
+    port: int,
+    *,
+    service: str = "",
+    timeout_s: float = 3.0,
+    env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    server_name: str = "localhost",
+    ca_file: str = "",
+) -> tuple[bool, str]:
+    """Ask the health service at `host:port` about `service` ("" = the whole server).
 
-    Returns ``(healthy, description)``; never raises for an unhealthy or unreachable server.
+    Returns `(healthy, description)`; never raises for an unhealthy or unreachable server.
     """
     env = dict(os.environ) if env is None else env
     # Servers with auth on may still guard the health service; send the first token like any client.
@@ -83,14 +91,19 @@ def check(port: int, *, service: str = "", timeout_s: float = 3.0, env: dict[str
     with open_channel(f"{host}:{port}", env, server_name, ca_file) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s, metadata=metadata)
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s, metadata=metadata
+            )
         except grpc.RpcError as exc:
             # A failed unary call is also a grpc.Call, which carries the status code and details.
             if isinstance(exc, grpc.Call):
                 return False, f"{host}:{port} health check failed: {exc.code().name}: {exc.details()}"
             return False, f"{host}:{port} health check failed: {exc}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{host}:{port} {service or '(server)'}: {status}"
+    return (
+        reply.status == health_pb2.HealthCheckResponse.SERVING,
+        f"{host}:{port} {service or '(server)'}: {status}",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,15 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="gRPC port (default: $SFHQ_PORT)")
     parser.add_argument("--service", default="", help="health service name; empty = the whole server")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-    parser.add_argument("--server-name", default="localhost",
-                        help="TLS: the name the server certificate was issued for")
-    parser.add_argument("--ca", default="", help="TLS: PEM file of the CA that signed the server certificate "
-                                                 "(default: $SFHQ_TLS_CA, else the certificate itself)")
+    parser.add_argument(
+        "--server-name", default="localhost", help="TLS: the name the server certificate was issued for"
+    )
+    parser.add_argument(
+        "--ca",
+        default="",
+        help="TLS: PEM file of the CA that signed the server certificate "
+        "(default: $SFHQ_TLS_CA, else the certificate itself)",
+    )
     args = parser.parse_args(argv)
     try:
         port = _port(args.port, dict(os.environ))
-        healthy, description = check(port, service=args.service, timeout_s=args.timeout,
-                                     server_name=args.server_name, ca_file=args.ca)
+        healthy, description = check(
+            port, service=args.service, timeout_s=args.timeout, server_name=args.server_name, ca_file=args.ca
+        )
     except ProbeConfigError as exc:
         print(f"healthcheck: {exc}", file=sys.stderr)
         return EXIT_UNHEALTHY

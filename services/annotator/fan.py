@@ -1,12 +1,12 @@
 """FAN (face-alignment, 1adrianb) 68-point landmarks: the optional second landmark source.
 
 Our own implementation of the stacked-hourglass network with the official module names, so the
-released ``2DFAN4-11f355bf06.pth.tar`` (a plain state dict; some copies wrap it in
-``{"state_dict": ...}`` with a ``module.`` prefix) loads strictly. The number of stacked hourglasses
+released `2DFAN4-11f355bf06.pth.tar` (a plain state dict; some copies wrap it in
+`{"state_dict": ...}` with a `module.` prefix) loads strictly. The number of stacked hourglasses
 is read from the checkpoint (4 for 2DFAN-4; tests use 1 to stay small).
 
 Inference follows face-alignment's recipe: a square crop around the face box, centred 12 % of the
-box height above its centre, with side ``200 * (w + h) / 195`` pixels, resized to 256x256, RGB in
+box height above its centre, with side `200 * (w + h) / 195` pixels, resized to 256x256, RGB in
 [0, 1]; the last hourglass gives 68 heatmaps of 64x64 whose maxima, nudged a quarter pixel towards
 the larger neighbour, are mapped back to the image.
 """
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.annotator.detect import FaceBox, as_rgb_array
+from services.common.errors import FailedPrecondition
 
 INPUT_SIZE = 256
 HEATMAP_SIZE = 64
@@ -32,7 +33,7 @@ REFERENCE_SCALE = 195.0  # face-alignment's box size normaliser for its detector
 NUM_POINTS = 68
 
 
-class FanCheckpointError(ValueError):
+class FanCheckpointError(FailedPrecondition, ValueError):
     """A checkpoint that is not in face-alignment's FAN layout."""
 
 
@@ -51,7 +52,8 @@ class ConvBlock(nn.Module):
         self.downsample: nn.Sequential | None = None
         if in_planes != out_planes:
             self.downsample = nn.Sequential(
-                nn.BatchNorm2d(in_planes), nn.ReLU(True), nn.Conv2d(in_planes, out_planes, 1, 1, bias=False))
+                nn.BatchNorm2d(in_planes), nn.ReLU(True), nn.Conv2d(in_planes, out_planes, 1, 1, bias=False)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out1 = self.conv1(F.relu(self.bn1(x)))
@@ -62,7 +64,7 @@ class ConvBlock(nn.Module):
 
 
 class HourGlass(nn.Module):
-    """Recursive hourglass; module names ``b1_<level>``, ``b2_<level>``, ``b2_plus_1``, ``b3_<level>``."""
+    """Recursive hourglass; module names `b1_<level>`, `b2_<level>`, `b2_plus_1`, `b3_<level>`."""
 
     def __init__(self, depth: int = 4, features: int = 256) -> None:
         super().__init__()
@@ -85,7 +87,7 @@ class HourGlass(nn.Module):
 
 
 class FAN(nn.Module):
-    """Stacked hourglass network; ``forward`` returns the last stack's 68 heatmaps [B, 68, 64, 64]."""
+    """Stacked hourglass network; `forward` returns the last stack's 68 heatmaps [B, 68, 64, 64]."""
 
     def __init__(self, num_modules: int = 4) -> None:
         super().__init__()
@@ -157,14 +159,15 @@ def load_fan(path: str | Path) -> FAN:
     if missing or unexpected or wrong:
         raise FanCheckpointError(
             f"{path.name} is not a FAN checkpoint: {len(missing)} missing {missing[:4]}, "
-            f"{len(unexpected)} unexpected {unexpected[:4]}, {len(wrong)} wrong shapes {wrong[:4]}")
+            f"{len(unexpected)} unexpected {unexpected[:4]}, {len(wrong)} wrong shapes {wrong[:4]}"
+        )
     state = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items())
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
 def crop_geometry(box: FaceBox) -> tuple[np.ndarray, float]:
-    """Centre (x, y) and side length in source pixels of FAN's square input crop for ``box``."""
+    """Centre (x, y) and side length in source pixels of FAN's square input crop for `box`."""
     width, height = box.right - box.left, box.bottom - box.top
     centre = np.array([(box.left + box.right) / 2, (box.top + box.bottom) / 2 - 0.12 * height])
     return centre, 200.0 * (width + height) / REFERENCE_SCALE
@@ -186,7 +189,7 @@ def heatmap_peaks(heatmaps: np.ndarray) -> np.ndarray:
 
 
 class FanLandmarker:
-    """68 points from a FAN network for a face box (see ``detect.fuse_landmarks``)."""
+    """68 points from a FAN network for a face box (see `detect.fuse_landmarks`)."""
 
     def __init__(self, model: FAN, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
@@ -205,8 +208,11 @@ class FanLandmarker:
         step = side / INPUT_SIZE
         origin = centre - side / 2 + 0.5  # continuous source coordinate of the crop's corner
         crop = PIL.Image.fromarray(pixels).transform(
-            (INPUT_SIZE, INPUT_SIZE), PIL.Image.Transform.AFFINE,
-            (step, 0.0, origin[0], 0.0, step, origin[1]), PIL.Image.Resampling.BILINEAR)
+            (INPUT_SIZE, INPUT_SIZE),
+            PIL.Image.Transform.AFFINE,
+            (step, 0.0, origin[0], 0.0, step, origin[1]),
+            PIL.Image.Resampling.BILINEAR,
+        )
         x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         with self._lock, torch.inference_mode():
             heatmaps = self.model(x.to(self.device)).float().cpu().numpy()[0]

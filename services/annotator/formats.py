@@ -1,9 +1,9 @@
-"""SFHQ's annotation file formats (SFHQ_FACTS.md §3-4), as bytes for the dataset writer.
+"""SFHQ's annotation file formats (docs/sfhq-format.md, "Landmarks" and "Segmentation maps"), as bytes for the dataset writer.
 
-* ``segmentations/<stem>.png``: single-channel (mode L) 8-bit PNG of class indices 0..18;
-  SFHQ's readers open it with ``PIL.Image.open(path).convert("L")``.
-* ``landmarks/<stem>.npz``: key ``landmarks``, (110, 2) float32 (x, y) in image pixel coordinates;
-  SFHQ's readers do ``np.load(path)["landmarks"]``.
+* `segmentations/<stem>.png`: single-channel (mode L) 8-bit PNG of class indices 0..18;
+  SFHQ's readers open it with `PIL.Image.open(path).convert("L")`.
+* `landmarks/<stem>.npz`: key `landmarks`, (110, 2) float32 (x, y) in image pixel coordinates;
+  SFHQ's readers do `np.load(path)["landmarks"]`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import PIL.Image
 
 from services.annotator.landmarks110 import NUM_LANDMARKS
 from services.annotator.parsing import NUM_CLASSES
+from services.common.errors import InvalidInput
 
 
-class FormatError(ValueError):
+class FormatError(InvalidInput):
     """Data that does not fit SFHQ's file formats."""
 
 
@@ -29,9 +30,13 @@ def segmentation_to_png(label_map: np.ndarray) -> bytes:
     if not np.issubdtype(labels.dtype, np.integer):
         raise FormatError(f"a segmentation must hold integer class indices, got {labels.dtype}")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise FormatError(f"class indices must be in [0, {NUM_CLASSES - 1}], got [{labels.min()}, {labels.max()}]")
+        raise FormatError(
+            f"class indices must be in [0, {NUM_CLASSES - 1}], got [{labels.min()}, {labels.max()}]"
+        )
     buf = io.BytesIO()
-    PIL.Image.fromarray(labels.astype(np.uint8), "L").save(buf, format="PNG", optimize=False, compress_level=6)
+    PIL.Image.fromarray(labels.astype(np.uint8), "L").save(
+        buf, format="PNG", optimize=False, compress_level=6
+    )
     return buf.getvalue()
 
 

@@ -1,7 +1,7 @@
 """The 110-point landmark set shipped with SFHQ: 68 standard points + 4 nose-wing + 8 inner-lip +
 9 inner-hairline + 21 outer-hairline points.
 
-SFHQ never documented its point order or how the extra points were computed; SFHQ_FACTS.md §3
+SFHQ never documented its point order or how the extra points were computed; docs/sfhq-format.md ("Landmarks")
 infers the group counts and that the hairlines come from rays cast at fixed angles from a centre
 near the nose bridge through the face-parsing map. This module is our definition, and
 docs/landmarks.md lists every index with its group and computation (the order here is the order
@@ -10,14 +10,14 @@ there).
 Everything is computed in the label map's pixel frame (the 68 points must be given in that frame;
 pixel (i, j) has its centre at x=j, y=i) and returned as float32 (110, 2) (x, y).
 
-The face frame: ``centre`` is the midpoint of the two eye centres (on the nose bridge), ``right``
-is the unit vector from the image-left eye to the image-right eye, and ``up`` is ``right`` turned
+The face frame: `centre` is the midpoint of the two eye centres (on the nose bridge), `right`
+is the unit vector from the image-left eye to the image-right eye, and `up` is `right` turned
 90 degrees towards the forehead. A ray at angle a (degrees) points along cos(a)*up + sin(a)*right:
 0 is straight up, +90 towards the image-right side, +/-180 down to the chin.
 
 Every point has a geometric fallback used when the parsing map does not support a measurement
 (no nose pixels where the nose should be, a ray that leaves the head at once, a map of garbage from
-random weights), so the result is always 110 finite points; ``Landmarks110.fallback`` says which.
+random weights), so the result is always 110 finite points; `Landmarks110.fallback` says which.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ INNER_HAIRLINE_ANGLES = OUTER_HAIRLINE_ANGLES[6:15]
 
 # CelebAMask-HQ classes (parsing.CLASS_NAMES) the rays look for.
 BACKGROUND, SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP, HAIR, HAT = 0, 1, 10, 11, 12, 13, 17, 18
-HEAD_CLASSES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 18})  # not: background, neck, necklace, cloth
+HEAD_CLASSES = frozenset(
+    {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 18}
+)  # not: background, neck, necklace, cloth
 HAIR_CLASSES = frozenset({HAIR, HAT})  # a hat hides the hairline the same way hair does
 
 _RAY_STEP = 0.5  # pixels between samples along a ray
@@ -103,8 +105,10 @@ def _sample(label_map: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.n
     return classes, inside
 
 
-def _ray_samples(label_map: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and classes along a ray from ``origin`` until it leaves the map."""
+def _ray_samples(
+    label_map: np.ndarray, origin: np.ndarray, direction: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and classes along a ray from `origin` until it leaves the map."""
     height, width = label_map.shape
     max_len = float(np.hypot(height, width) + np.hypot(origin[0] - width / 2, origin[1] - height / 2))
     distances = np.arange(0.0, max_len, _RAY_STEP)
@@ -113,27 +117,33 @@ def _ray_samples(label_map: np.ndarray, origin: np.ndarray, direction: np.ndarra
         return distances[:0], classes[:0]
     last_inside = int(np.nonzero(inside)[0][-1])
     first_inside = int(np.nonzero(inside)[0][0])
-    return distances[first_inside:last_inside + 1], classes[first_inside:last_inside + 1]
+    return distances[first_inside : last_inside + 1], classes[first_inside : last_inside + 1]
 
 
 def _region_exit(distances: np.ndarray, inside: np.ndarray, min_gap: float) -> float | None:
     """Distance at which a ray leaves a region for good: the first inside -> outside step followed
-    by at least ``min_gap`` of outside (or the end of the samples). If the ray is still inside at
+    by at least `min_gap` of outside (or the end of the samples). If the ray is still inside at
     the end, the last inside sample. None if the ray never was inside."""
     if len(distances) == 0 or not inside.any():
         return None
     gap_samples = max(int(np.ceil(min_gap / _RAY_STEP)), 1)
     for k in np.nonzero(inside[:-1] & ~inside[1:])[0]:
-        if not inside[k + 1:k + 1 + gap_samples].any():  # a shorter gap is a hole (e.g. in curly hair)
+        if not inside[k + 1 : k + 1 + gap_samples].any():  # a shorter gap is a hole (e.g. in curly hair)
             return float((distances[k] + distances[k + 1]) / 2)
     # Still inside at the map's edge (hair cut off by the frame): the edge is the outline.
     return float(distances[np.nonzero(inside)[0][-1]])
 
 
-def _hair_entry(distances: np.ndarray, is_head: np.ndarray, is_hair: np.ndarray, exit_distance: float,
-                min_run: float, min_distance: float) -> float | None:
+def _hair_entry(
+    distances: np.ndarray,
+    is_head: np.ndarray,
+    is_hair: np.ndarray,
+    exit_distance: float,
+    min_run: float,
+    min_distance: float,
+) -> float | None:
     """Distance of the first face -> hair step before the head's outline whose hair lasts at least
-    ``min_run`` (or up to the outline), at least ``min_distance`` from the centre. None: no hair."""
+    `min_run` (or up to the outline), at least `min_distance` from the centre. None: no hair."""
     run_samples = max(int(np.ceil(min_run / _RAY_STEP)), 1)
     face = is_head & ~is_hair
     for k in np.nonzero(face[:-1] & is_hair[1:])[0]:
@@ -143,7 +153,7 @@ def _hair_entry(distances: np.ndarray, is_head: np.ndarray, is_hair: np.ndarray,
         if boundary < min_distance:
             continue
         end = min(k + run_samples, len(distances) - 1)
-        if is_hair[k + 1:end + 1].all() or distances[end] >= exit_distance:
+        if is_hair[k + 1 : end + 1].all() or distances[end] >= exit_distance:
             return boundary
     return None
 
@@ -163,7 +173,9 @@ def _head_ellipse_radius(frame: _FaceFrame, lm: np.ndarray, angle_deg: float) ->
     return float(1.0 / np.hypot(np.sin(a) / half_width, np.cos(a) / vertical))
 
 
-def _hairlines(label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _hairlines(
+    label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Outer (21) and inner (9) hairline points and their fallback flags."""
     iod = frame.interocular
     min_radius = 0.5 * iod  # no head outline is closer than this to the nose bridge
@@ -203,7 +215,9 @@ def _hairlines(label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame) -> tupl
             if trustworthy:
                 is_hair = np.zeros(len(classes), dtype=bool)
                 is_hair[valid] = hair_lut[classes[valid]]
-                hair_distance = _hair_entry(distances, is_head, is_hair, exit_distance, min_hair_run, 0.3 * iod)
+                hair_distance = _hair_entry(
+                    distances, is_head, is_hair, exit_distance, min_hair_run, 0.3 * iod
+                )
                 if hair_distance is not None:
                     inner_point = frame.centre + hair_distance * direction
             inner_by_angle[angle] = (inner_point, inner_fb)
@@ -225,7 +239,10 @@ def _nose_wings(label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame) -> tup
         across = -across
     nostril_half_width = max(float(np.hypot(*(lm[35] - lm[31]))) / 2, 0.1 * frame.interocular)
     # Heights: halfway between 29 and 30 (upper alar edge), halfway between 30 and 33 (alar base).
-    levels = (((lm[29] + lm[30]) / 2, 0.85), ((lm[30] + lm[33]) / 2, 1.0))  # (axis point, expected width factor)
+    levels = (
+        ((lm[29] + lm[30]) / 2, 0.85),
+        ((lm[30] + lm[33]) / 2, 1.0),
+    )  # (axis point, expected width factor)
     points, fallback = [], []
     for side in (-1.0, 1.0):
         direction = side * across
@@ -245,7 +262,7 @@ def _nose_wings(label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame) -> tup
 
 
 def _catmull_rom_midpoints(loop: np.ndarray) -> np.ndarray:
-    """Midpoints of each segment of a closed centripetal Catmull-Rom curve through ``loop``."""
+    """Midpoints of each segment of a closed centripetal Catmull-Rom curve through `loop`."""
     n = len(loop)
     mids = []
     for i in range(n):
@@ -265,7 +282,9 @@ def _catmull_rom_midpoints(loop: np.ndarray) -> np.ndarray:
     return np.array(mids)
 
 
-def _inner_lip_extra(label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame) -> tuple[np.ndarray, np.ndarray]:
+def _inner_lip_extra(
+    label_map: np.ndarray, lm: np.ndarray, frame: _FaceFrame
+) -> tuple[np.ndarray, np.ndarray]:
     """Eight points halfway between consecutive inner-lip points 60..67 (clockwise from the
     image-left corner), snapped to the lip's inner edge in the map when it is close by."""
     inner = lm[60:68]

@@ -1,6 +1,6 @@
 """Pictures people look at: the parsing map blended over the image and the landmarks by group.
 
-The colours are face-parsing.PyTorch's ``vis_parsing_maps`` as they appear on screen (its triples
+The colours are face-parsing.PyTorch's `vis_parsing_maps` as they appear on screen (its triples
 are written into a BGR image, so each RGB colour here is the reversed triple: skin blue, nose red,
 hair pale yellow...), blended the same way (40 % image, 60 % colour, background left white).
 """
@@ -16,9 +16,25 @@ from services.annotator.parsing import NUM_CLASSES, to_rgb_image, upsample_label
 
 # face-parsing.PyTorch's part_colors (first 19, one per class), reversed to on-screen RGB.
 _PART_COLORS_BGR = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 0, 85), (255, 0, 170), (0, 255, 0), (85, 255, 0),
-    (170, 255, 0), (0, 255, 85), (0, 255, 170), (0, 0, 255), (85, 0, 255), (170, 0, 255), (0, 85, 255),
-    (0, 170, 255), (255, 255, 0), (255, 255, 85), (255, 255, 170), (255, 0, 255),
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 0, 85),
+    (255, 0, 170),
+    (0, 255, 0),
+    (85, 255, 0),
+    (170, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 0, 255),
+    (85, 0, 255),
+    (170, 0, 255),
+    (0, 85, 255),
+    (0, 170, 255),
+    (255, 255, 0),
+    (255, 255, 85),
+    (255, 255, 170),
+    (255, 0, 255),
 )
 PARSING_PALETTE = np.array([c[::-1] for c in _PART_COLORS_BGR], dtype=np.uint8)
 PARSING_PALETTE[0] = (255, 255, 255)  # the original never paints the background: it stays white
@@ -48,8 +64,12 @@ def colorize_labels(label_map: np.ndarray) -> np.ndarray:
     return PARSING_PALETTE[labels]
 
 
-def render_overlay(image, label_map: np.ndarray | None = None, landmarks: np.ndarray | None = None,
-                   point_radius: float | None = None) -> PIL.Image.Image:
+def render_overlay(
+    image,
+    label_map: np.ndarray | None = None,
+    landmarks: np.ndarray | None = None,
+    point_radius: float | None = None,
+) -> PIL.Image.Image:
     """The image with the parsing map blended in (resized nearest to the image) and the landmarks
     (68 or 110 points, image pixel coordinates) drawn as dots coloured by group."""
     base = to_rgb_image(image)

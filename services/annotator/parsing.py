@@ -1,7 +1,7 @@
 """BiSeNet face parsing (the zllrunning/face-parsing.PyTorch model, 19 CelebAMask-HQ classes).
 
-Our own implementation with the official module names, so the released ``79999_iter.pth`` loads
-strictly (MODELS.md §2). Unlike the original it downloads nothing at construction (the original
+Our own implementation with the official module names, so the released `79999_iter.pth` loads
+strictly (docs/checkpoints.md, "BiSeNet face parsing"). Unlike the original it downloads nothing at construction (the original
 ResNet-18 trunk fetches ImageNet weights in its constructor) and does not need torchvision.
 
 Two backends run the same network: PyTorch, and ONNX Runtime from an ONNX export that is cached
@@ -31,12 +31,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.common.errors import FailedPrecondition, InvalidInput
+
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 19
 CLASS_NAMES = (
-    "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
-    "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
+    "background",
+    "skin",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "eye_g",
+    "l_ear",
+    "r_ear",
+    "ear_r",
+    "nose",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "neck",
+    "neck_l",
+    "cloth",
+    "hair",
+    "hat",
 )
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,11 +64,11 @@ ORIGINAL_WORKING_SIZE = 512  # the size the model was trained and evaluated at
 BACKENDS = ("torch", "onnx")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FailedPrecondition, ValueError):
     """A checkpoint that does not have the official BiSeNet layout."""
 
 
-class ParserInputError(ValueError):
+class ParserInputError(InvalidInput):
     """An input the parser cannot use (wrong shape, dtype or size)."""
 
 
@@ -58,8 +77,9 @@ class ParserInputError(ValueError):
 
 
 class ConvBNReLU(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
@@ -80,7 +100,8 @@ class BasicBlock(nn.Module):
         self.downsample: nn.Sequential | None = None
         if in_channels != out_channels or stride != 1:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -178,8 +199,8 @@ class BiSeNetOutput(nn.Module):
 class BiSeNet(nn.Module):
     """BiSeNet as trained for face parsing.
 
-    ``forward`` returns ``(main, aux16, aux32)`` logits upsampled to the input size, as the original
-    does; inference uses only the main head, which ``main_logits`` computes alone.
+    `forward` returns `(main, aux16, aux32)` logits upsampled to the input size, as the original
+    does; inference uses only the main head, which `main_logits` computes alone.
     """
 
     def __init__(self, n_classes: int = NUM_CLASSES) -> None:
@@ -236,7 +257,7 @@ def _official_state_dict(raw: object) -> OrderedDict[str, torch.Tensor]:
     if not all(isinstance(k, str) for k in keys):
         raise CheckpointError("checkpoint keys must be strings")
     if all(k.startswith("module.") for k in keys):  # saved from a DataParallel wrapper
-        raw = {k[len("module."):]: v for k, v in raw.items()}
+        raw = {k[len("module.") :]: v for k, v in raw.items()}
     for key, value in raw.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
@@ -244,7 +265,7 @@ def _official_state_dict(raw: object) -> OrderedDict[str, torch.Tensor]:
 
 
 def load_bisenet(path: str | Path, n_classes: int = NUM_CLASSES) -> BiSeNet:
-    """Build BiSeNet and load ``path`` strictly (every key, every shape); eval mode, CPU."""
+    """Build BiSeNet and load `path` strictly (every key, every shape); eval mode, CPU."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"BiSeNet checkpoint not found: {path}")
@@ -262,13 +283,17 @@ def load_bisenet(path: str | Path, n_classes: int = NUM_CLASSES) -> BiSeNet:
             state[key] = torch.zeros(value.shape, dtype=value.dtype)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    wrong_shape = [
+        f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong_shape:
         raise CheckpointError(
             f"{path.name} is not a BiSeNet face-parsing checkpoint (79999_iter.pth layout): "
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
-            f"{len(wrong_shape)} wrong shapes {wrong_shape[:3]}")
+            f"{len(wrong_shape)} wrong shapes {wrong_shape[:3]}"
+        )
     state = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items())
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
@@ -283,7 +308,9 @@ def to_rgb_image(image) -> PIL.Image.Image:
         return image if image.mode == "RGB" else image.convert("RGB")
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise ParserInputError(f"image must be a PIL image or an HxW[xC] uint8 array, got {arr.dtype} {arr.shape}")
+        raise ParserInputError(
+            f"image must be a PIL image or an HxW[xC] uint8 array, got {arr.dtype} {arr.shape}"
+        )
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim == 2:
@@ -307,11 +334,13 @@ def preprocess(image, working_size: int = ORIGINAL_WORKING_SIZE) -> np.ndarray:
 
 
 def upsample_labels(label_map: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map to ``size`` (int or (width, height)), as SFHQ did."""
+    """Nearest-neighbour resize of a label map to `size` (int or (width, height)), as SFHQ did."""
     width, height = (size, size) if isinstance(size, int | np.integer) else size
     if label_map.shape == (height, width):
         return label_map
-    return np.asarray(PIL.Image.fromarray(label_map, "L").resize((width, height), PIL.Image.Resampling.NEAREST))
+    return np.asarray(
+        PIL.Image.fromarray(label_map, "L").resize((width, height), PIL.Image.Resampling.NEAREST)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +379,7 @@ class _OnnxRunner:
 def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
     """Export the main head with dynamic batch and spatial size (written atomically).
 
-    Uses the TorchScript exporter (``dynamo=False``: ~2 s for BiSeNet); if a future torch drops
+    Uses the TorchScript exporter (`dynamo=False`: ~2 s for BiSeNet); if a future torch drops
     it, the torch.export-based exporter (onnxscript, ~20 s) takes over with the same result.
     """
     onnx_path = Path(onnx_path)
@@ -364,17 +393,37 @@ def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
         with torch.no_grad():
             try:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen on purpose
+                    warnings.simplefilter(
+                        "ignore", DeprecationWarning
+                    )  # "legacy exporter": chosen on purpose
                     torch.onnx.export(
-                        model, (dummy,), tmp, dynamo=False, opset_version=opset, **names,
-                        dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                      "logits": {0: "batch", 2: "height", 3: "width"}})
+                        model,
+                        (dummy,),
+                        tmp,
+                        dynamo=False,
+                        opset_version=opset,
+                        **names,
+                        dynamic_axes={
+                            "input": {0: "batch", 2: "height", 3: "width"},
+                            "logits": {0: "batch", 2: "height", 3: "width"},
+                        },
+                    )
             except (TypeError, NotImplementedError, RuntimeError) as exc:
                 log.info("TorchScript ONNX exporter unavailable (%s); using the dynamo exporter", exc)
-                dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=32, max=4096),
-                        3: torch.export.Dim("width", min=32, max=4096)}
-                torch.onnx.export(model, (dummy,), tmp, dynamo=True, opset_version=max(opset, 18), **names,
-                                  dynamic_shapes={"x": dims})
+                dims = {
+                    0: torch.export.Dim("batch"),
+                    2: torch.export.Dim("height", min=32, max=4096),
+                    3: torch.export.Dim("width", min=32, max=4096),
+                }
+                torch.onnx.export(
+                    model,
+                    (dummy,),
+                    tmp,
+                    dynamo=True,
+                    opset_version=max(opset, 18),
+                    **names,
+                    dynamic_shapes={"x": dims},
+                )
         os.replace(tmp, onnx_path)
     finally:
         if os.path.exists(tmp):
@@ -383,7 +432,7 @@ def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
 
 
 def onnx_cache_path(checkpoint: str | Path, sha256: str, cache_dir: str | Path | None = None) -> Path:
-    """``<dir>/<checkpoint stem>.<sha256[:16]>.onnx``; dir = next to the checkpoint unless given."""
+    """`<dir>/<checkpoint stem>.<sha256[:16]>.onnx`; dir = next to the checkpoint unless given."""
     checkpoint = Path(checkpoint)
     folder = Path(cache_dir) if cache_dir is not None else checkpoint.parent
     return folder / f"{checkpoint.stem}.{sha256[:16]}.onnx"
@@ -394,9 +443,11 @@ def _writable(folder: Path) -> bool:
 
 
 class FaceParser:
-    """A loaded BiSeNet with one backend. Thread-safe; inputs are batched by ``parse_batch``."""
+    """A loaded BiSeNet with one backend. Thread-safe; inputs are batched by `parse_batch`."""
 
-    def __init__(self, runner: _TorchRunner | _OnnxRunner, backend: str, checkpoint: Path, sha256: str) -> None:
+    def __init__(
+        self, runner: _TorchRunner | _OnnxRunner, backend: str, checkpoint: Path, sha256: str
+    ) -> None:
         self._runner = runner
         self._lock = threading.Lock()
         self.backend = backend
@@ -418,14 +469,22 @@ class FaceParser:
         with self._lock:
             return torch.from_numpy(np.ascontiguousarray(self._runner(batch)))
 
-    def parse(self, image, working_size: int = ORIGINAL_WORKING_SIZE,
-              output_size: int | tuple[int, int] | None = None) -> np.ndarray:
-        """uint8 label map (class indices) of one image, at ``working_size`` or upsampled (nearest)
-        to ``output_size`` (int or (width, height))."""
+    def parse(
+        self,
+        image,
+        working_size: int = ORIGINAL_WORKING_SIZE,
+        output_size: int | tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """uint8 label map (class indices) of one image, at `working_size` or upsampled (nearest)
+        to `output_size` (int or (width, height))."""
         return self.parse_batch([image], working_size, output_size)[0]
 
-    def parse_batch(self, images: Sequence, working_size: int = ORIGINAL_WORKING_SIZE,
-                    output_size: int | tuple[int, int] | None = None) -> list[np.ndarray]:
+    def parse_batch(
+        self,
+        images: Sequence,
+        working_size: int = ORIGINAL_WORKING_SIZE,
+        output_size: int | tuple[int, int] | None = None,
+    ) -> list[np.ndarray]:
         if len(images) == 0:
             return []
         batch = np.stack([preprocess(image, working_size) for image in images])
@@ -441,13 +500,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load_parser(path: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
-                onnx_cache_dir: str | Path | None = None, num_threads: int | None = None) -> FaceParser:
-    """Load a ``79999_iter.pth``-layout checkpoint and return a ready ``FaceParser``.
+def load_parser(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    onnx_cache_dir: str | Path | None = None,
+    num_threads: int | None = None,
+) -> FaceParser:
+    """Load a `79999_iter.pth`-layout checkpoint and return a ready `FaceParser`.
 
-    ``backend="onnx"`` exports the network once to ``<checkpoint dir>/<stem>.<sha256[:16]>.onnx``
-    (or ``onnx_cache_dir``, or ``~/.cache/sfhq/onnx`` when the weights folder is read-only) and runs
-    it with ONNX Runtime. ``num_threads`` caps ONNX Runtime's intra-op threads.
+    `backend="onnx"` exports the network once to `<checkpoint dir>/<stem>.<sha256[:16]>.onnx`
+    (or `onnx_cache_dir`, or `~/.cache/sfhq/onnx` when the weights folder is read-only) and runs
+    it with ONNX Runtime. `num_threads` caps ONNX Runtime's intra-op threads.
     """
     if backend not in BACKENDS:
         raise ValueError(f"parser backend must be one of {BACKENDS}, got {backend!r}")

@@ -30,7 +30,9 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                module.weight.copy_(
+                    torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5
+                )
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.01)
             elif isinstance(module, nn.BatchNorm2d):
@@ -43,8 +45,9 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def random_bisenet_state_dict(seed: int = 0, with_num_batches_tracked: bool = True,
-                              n_classes: int = NUM_CLASSES) -> OrderedDict[str, torch.Tensor]:
+def random_bisenet_state_dict(
+    seed: int = 0, with_num_batches_tracked: bool = True, n_classes: int = NUM_CLASSES
+) -> OrderedDict[str, torch.Tensor]:
     model = randomize_(_uninitialised(lambda: BiSeNet(n_classes)), seed)
     with torch.no_grad():  # keep logits in the range of a trained model's (tens, not hundreds)
         for head in (model.conv_out, model.conv_out16, model.conv_out32):
@@ -55,8 +58,10 @@ def random_bisenet_state_dict(seed: int = 0, with_num_batches_tracked: bool = Tr
     return OrderedDict((k, v.clone()) for k, v in state.items())
 
 
-def write_random_bisenet_checkpoint(path: str | Path, seed: int = 0, with_num_batches_tracked: bool = True) -> Path:
-    """Write a random BiSeNet checkpoint in the ``79999_iter.pth`` layout (a plain state dict)."""
+def write_random_bisenet_checkpoint(
+    path: str | Path, seed: int = 0, with_num_batches_tracked: bool = True
+) -> Path:
+    """Write a random BiSeNet checkpoint in the `79999_iter.pth` layout (a plain state dict)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A plain dict, as a file saved by torch.save(net.module.state_dict()) loads back.
@@ -65,8 +70,8 @@ def write_random_bisenet_checkpoint(path: str | Path, seed: int = 0, with_num_ba
 
 
 def write_random_fan_checkpoint(path: str | Path, seed: int = 0, num_modules: int = 1) -> Path:
-    """Write a random FAN checkpoint in face-alignment's layout (``2DFAN4-11f355bf06.pth.tar`` has
-    ``num_modules=4``; 1 keeps tests small)."""
+    """Write a random FAN checkpoint in face-alignment's layout (`2DFAN4-11f355bf06.pth.tar` has
+    `num_modules=4`; 1 keeps tests small)."""
     from services.annotator.fan import FAN
 
     path = Path(path)

@@ -1,12 +1,12 @@
 """The blob store: images, maps and arrays by key, on a local folder or any fsspec URL.
 
-Keys are relative, slash-separated paths (``jobs/<job>/items/<item>/<stage>/<name>``). They are
-validated, so a key from a request can never escape the store (no ``..``, no absolute paths), and a
+Keys are relative, slash-separated paths (`jobs/<job>/items/<item>/<stage>/<name>`). They are
+validated, so a key from a request can never escape the store (no `..`, no absolute paths), and a
 URI is accepted only if it points inside the store.
 
 Local writes are atomic: the bytes go to a hidden temporary file in the target folder, are
-fsynced, and then ``os.replace``d over the key, so a reader sees the old blob or the new one, never
-half of one. On object stores (``s3://``...) a single PUT is atomic already.
+fsynced, and then `os.replace`d over the key, so a reader sees the old blob or the new one, never
+half of one. On object stores (`s3://`...) a single PUT is atomic already.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from urllib.parse import unquote, urlparse
 import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
+
+from services.common.errors import InvalidInput, NotFound, ServiceError, Unavailable
 
 __all__ = [
     "BlobError",
@@ -39,19 +41,19 @@ MAX_KEY_CHARS = 1024
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class BlobError(Exception):
+class BlobError(ServiceError):
     """Base class of blob store errors."""
 
 
-class BlobKeyError(BlobError, ValueError):
+class BlobKeyError(BlobError, InvalidInput):
     """A key or URI is malformed or points outside the store."""
 
 
-class BlobNotFound(BlobError, FileNotFoundError):
+class BlobNotFound(BlobError, NotFound, FileNotFoundError):
     """No blob under this key."""
 
 
-class BlobWriteError(BlobError, OSError):
+class BlobWriteError(BlobError, Unavailable, OSError):
     """A blob could not be written (disk full, permission denied...). Nothing partial is left."""
 
     def __init__(self, key: str, cause: BaseException) -> None:
@@ -73,7 +75,7 @@ def _check_segment(segment: str, what: str) -> str:
 
 
 def validate_key(key: str) -> str:
-    """Return ``key`` if it is a safe relative key, else raise BlobKeyError saying why."""
+    """Return `key` if it is a safe relative key, else raise BlobKeyError saying why."""
     if not isinstance(key, str) or not key:
         raise BlobKeyError(f"blob key must be a non-empty string, got {key!r}")
     if len(key) > MAX_KEY_CHARS:
@@ -90,7 +92,7 @@ def validate_key(key: str) -> str:
 
 
 def item_key(job_id: str, item_id: str, stage: str, name: str) -> str:
-    """``jobs/<job_id>/items/<item_id>/<stage>/<name>``: where a stage writes the outputs of an item."""
+    """`jobs/<job_id>/items/<item_id>/<stage>/<name>`: where a stage writes the outputs of an item."""
     _check_segment(job_id, "job_id")
     _check_segment(item_id, "item_id")
     _check_segment(stage, "stage")
@@ -98,7 +100,7 @@ def item_key(job_id: str, item_id: str, stage: str, name: str) -> str:
 
 
 class BlobStore:
-    """Blobs under one root: a local folder (default) or any fsspec URL (``s3://bucket/prefix``)."""
+    """Blobs under one root: a local folder (default) or any fsspec URL (`s3://bucket/prefix`)."""
 
     item_key = staticmethod(item_key)
 
@@ -124,12 +126,12 @@ class BlobStore:
         return Path(self.root).as_uri() if self.is_local else self.fs.unstrip_protocol(self.root)
 
     def uri(self, key: str) -> str:
-        """The URI of ``key`` (``file:///...`` for a local store), usable by other processes."""
+        """The URI of `key` (`file:///...` for a local store), usable by other processes."""
         full = self._full_path(key)
         return Path(full).as_uri() if self.is_local else self.fs.unstrip_protocol(full)
 
     def key_for(self, key_or_uri: str) -> str:
-        """The key of ``key_or_uri``; a URI must point inside this store (else BlobKeyError)."""
+        """The key of `key_or_uri`; a URI must point inside this store (else BlobKeyError)."""
         if not isinstance(key_or_uri, str) or "://" not in key_or_uri:
             return validate_key(key_or_uri)
         if self.is_local:
@@ -154,7 +156,7 @@ class BlobStore:
     # ---- bytes ------------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> str:
-        """Write ``data`` under ``key`` atomically; returns the blob's URI."""
+        """Write `data` under `key` atomically; returns the blob's URI."""
         full = self._full_path(key)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"blob data must be bytes, got {type(data).__name__}")
@@ -223,7 +225,7 @@ class BlobStore:
         return True
 
     def list(self, prefix: str = "") -> list[str]:
-        """Sorted keys that start with ``prefix`` (e.g. ``"jobs/j1/"``)."""
+        """Sorted keys that start with `prefix` (e.g. `"jobs/j1/"`)."""
         if prefix:
             for segment in prefix.split("/")[:-1]:  # the last part may be a partial name
                 _check_segment(segment, f"prefix {prefix!r}: segment")
@@ -250,7 +252,7 @@ class BlobStore:
     # ---- arrays -----------------------------------------------------------------------------
 
     def put_npy(self, key: str, array: np.ndarray) -> str:
-        """Store an array as ``.npy`` (no pickle: object arrays are refused)."""
+        """Store an array as `.npy` (no pickle: object arrays are refused)."""
         buffer = io.BytesIO()
         try:
             np.save(buffer, np.asarray(array), allow_pickle=False)

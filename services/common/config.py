@@ -1,8 +1,8 @@
-"""Process settings: one ``Settings`` object per process, from ``SFHQ_*`` env vars and an optional file.
+"""Process settings: one `Settings` object per process, from `SFHQ_*` env vars and an optional file.
 
-Precedence, highest first: keyword arguments (``get_settings(batch_size=4)``), environment variables,
-the settings file named by ``SFHQ_CONFIG_FILE`` (TOML with top-level keys named like the fields, or a
-``.env`` file with ``SFHQ_*`` lines), then the defaults below. The fields and their meaning are the
+Precedence, highest first: keyword arguments (`get_settings(batch_size=4)`), environment variables,
+the settings file named by `SFHQ_CONFIG_FILE` (TOML with top-level keys named like the fields, or a
+`.env` file with `SFHQ_*` lines), then the defaults below. The fields and their meaning are the
 "Settings fields" table of docs/architecture.md.
 
 This module must stay light: the client imports it, so no torch, Redis or gRPC at import time.
@@ -26,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from services.common.errors import FailedPrecondition
 from services.common.stages import SERVICE_STAGES, check_stage
 
 CONFIG_FILE_ENV = "SFHQ_CONFIG_FILE"
@@ -43,7 +44,7 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
-class ConfigError(ValueError):
+class ConfigError(FailedPrecondition, ValueError):
     """A setting is invalid or cannot be honoured (e.g. device 'cuda' without CUDA)."""
 
 
@@ -195,7 +196,7 @@ class Settings(BaseSettings):
     # ---- derived values ---------------------------------------------------------------------
 
     def port_for(self, service: str) -> int:
-        """The gRPC port this process serves ``service`` on: ``port`` if set, else the service default."""
+        """The gRPC port this process serves `service` on: `port` if set, else the service default."""
         if self.port is not None:
             return self.port
         try:
@@ -206,13 +207,13 @@ class Settings(BaseSettings):
             ) from None
 
     def addr_for(self, service: str) -> str:
-        """Where clients reach ``service`` (``<service>_addr``)."""
+        """Where clients reach `service` (`<service>_addr`)."""
         if service not in DEFAULT_PORTS:
             raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(DEFAULT_PORTS)}")
         return getattr(self, f"{service}_addr")
 
     def stages_for(self, service: str) -> list[str]:
-        """The stages this process's workers consume for ``service`` (the ``stages`` setting, filtered)."""
+        """The stages this process's workers consume for `service` (the `stages` setting, filtered)."""
         own = SERVICE_STAGES.get(service)
         if own is None:
             raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(SERVICE_STAGES)}")
@@ -221,7 +222,7 @@ class Settings(BaseSettings):
         return [stage for stage in self.stages if stage in own]
 
     def resolved_device(self) -> str:
-        """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``. torch is imported only here."""
+        """`auto` becomes `cuda` when torch sees a GPU, else `cpu`. torch is imported only here."""
         if self.device == "cpu":
             return "cpu"
         try:
@@ -243,7 +244,7 @@ class Settings(BaseSettings):
         return self.device
 
     def use_fp16(self) -> bool:
-        """Half precision only where it is safe and useful: on CUDA, when ``fp16`` is on."""
+        """Half precision only where it is safe and useful: on CUDA, when `fp16` is on."""
         return self.fp16 and self.resolved_device().startswith("cuda")
 
     @property
@@ -263,7 +264,7 @@ class Settings(BaseSettings):
         return bool(self.auth_tokens)
 
     def configure_logging(self) -> None:
-        """Apply ``log_level`` to the root logger with one plain format for every service."""
+        """Apply `log_level` to the root logger with one plain format for every service."""
         logging.basicConfig(
             level=self.log_level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

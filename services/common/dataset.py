@@ -1,4 +1,4 @@
-"""Writes a finished dataset in SFHQ's on-disk layout (see SFHQ_FACTS.md §2).
+"""Writes a finished dataset in SFHQ's on-disk layout (docs/sfhq-format.md, "On-disk layout").
 
     <root>/images/<stem>.jpg                1024x1024 RGB
     <root>/segmentations/<stem>.png         single-channel class indices 0..18
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from services.common.blobs import TMP_PREFIX, BlobStore
+from services.common.errors import InvalidInput
 
 FOLDERS = {
     "image": ("images", ".jpg"),
@@ -63,12 +64,20 @@ class DatasetWriter:
         folder, ext = FOLDERS[kind]
         return f"{folder}/{stem}{ext}"
 
-    def write_item(self, stem: str, *, image_jpeg: bytes, segmentation_png: bytes, landmarks: np.ndarray,
-                   features: dict[str, np.ndarray], latent: np.ndarray | None = None) -> dict[str, str]:
+    def write_item(
+        self,
+        stem: str,
+        *,
+        image_jpeg: bytes,
+        segmentation_png: bytes,
+        landmarks: np.ndarray,
+        features: dict[str, np.ndarray],
+        latent: np.ndarray | None = None,
+    ) -> dict[str, str]:
         """Writes one item's files; returns {kind: path relative to the dataset root}."""
         landmarks = np.asarray(landmarks, dtype=np.float32)
         if landmarks.shape != (110, 2) or not np.isfinite(landmarks).all():
-            raise ValueError(f"landmarks for {stem} must be 110x2 finite values, got {landmarks.shape}")
+            raise InvalidInput(f"landmarks for {stem} must be 110x2 finite values, got {landmarks.shape}")
         blobs = {
             "image": image_jpeg,
             "segmentation": segmentation_png,
@@ -95,10 +104,10 @@ class DatasetWriter:
         return written
 
     def discard_partial_writes(self, stems: Container[str]) -> list[str]:
-        """Delete the temporary files of writes of ``stems`` that never finished (a writer killed mid-file).
+        """Delete the temporary files of writes of `stems` that never finished (a writer killed mid-file).
 
         BlobStore writes a temporary file and renames it over the key, so a SIGKILLed writer leaves a
-        hidden ``.sfhq-tmp-<token>-<name>`` file beside the real ones. Called when a job is finalized,
+        hidden `.sfhq-tmp-<token>-<name>` file beside the real ones. Called when a job is finalized,
         after its last item was written, with the job's own stems (and the manifest's names): another
         job writing into the same folder keeps its in-flight files. Object stores write in one PUT
         and have nothing to discard. Returns the removed paths (relative to the root).
@@ -110,7 +119,7 @@ class DatasetWriter:
             for name in files:
                 if not name.startswith(TMP_PREFIX):
                     continue
-                target = name[len(TMP_PREFIX):].split("-", 1)[-1]  # strip the writer's random token
+                target = name[len(TMP_PREFIX) :].split("-", 1)[-1]  # strip the writer's random token
                 if target not in stems and target.rsplit(".", 1)[0] not in stems:
                     continue
                 path = os.path.join(folder, name)
@@ -131,8 +140,10 @@ class DatasetWriter:
         except ImportError:  # the light client install has no pyarrow; JSONL is the source of truth
             pass
         else:
-            flat = [{k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v) for k, v in row.items()}
-                    for row in rows]
+            flat = [
+                {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v) for k, v in row.items()}
+                for row in rows
+            ]
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(flat), buf)
             self.store.put("manifest.parquet", buf.getvalue())

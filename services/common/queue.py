@@ -1,19 +1,19 @@
 """The work queue on Redis Streams (the contract is in docs/architecture.md, "Queue contract").
 
-One stream per stage (``sfhq:stage:<stage>``) read by the consumer group ``workers``; one results
-stream (``sfhq:results``) read by the group ``coordinator``; one dead-letter stream (``sfhq:dead``).
+One stream per stage (`sfhq:stage:<stage>`) read by the consumer group `workers`; one results
+stream (`sfhq:results`) read by the group `coordinator`; one dead-letter stream (`sfhq:dead`).
 
 Delivery is at-least-once. The invariants this module keeps:
 
 * A stage stream holds only unfinished work: an entry is deleted when it is acked (XACK + XDEL),
-  so ``XLEN`` *is* the backlog and enqueue can refuse work (``QueueFull``) once it reaches
-  ``stream_maxlen``. The check and the XADD run in one Lua script, so concurrent producers cannot
+  so `XLEN` *is* the backlog and enqueue can refuse work (`QueueFull`) once it reaches
+  `stream_maxlen`. The check and the XADD run in one Lua script, so concurrent producers cannot
   overshoot the cap.
-* An entry whose worker died stays pending; after ``visibility_timeout_s`` any live worker reclaims it
-  (XAUTOCLAIM). A worker that is still busy extends its lease (``extend``) so slow batches are not
+* An entry whose worker died stays pending; after `visibility_timeout_s` any live worker reclaims it
+  (XAUTOCLAIM). A worker that is still busy extends its lease (`extend`) so slow batches are not
   stolen.
-* An entry delivered more than ``max_deliveries`` times is a poison input: it moves to ``sfhq:dead``
-  with the reason, and a failed result (``ABORTED``) is published so the item is marked failed
+* An entry delivered more than `max_deliveries` times is a poison input: it moves to `sfhq:dead`
+  with the reason, and a failed result (`ABORTED`) is published so the item is marked failed
   instead of blocking its stage.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 
+from services.common.errors import InvalidInput, ResourceExhausted
 from services.common.stages import STAGES, check_stage
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ MAX_ERROR_CHARS = 2000
 
 
 def stage_stream(stage: str) -> str:
-    """Name of the Redis stream that holds the pending work of ``stage``."""
+    """Name of the Redis stream that holds the pending work of `stage`."""
     return f"sfhq:stage:{check_stage(stage)}"
 
 
@@ -71,7 +72,7 @@ def _errors_key(stream: str) -> str:
     return f"{stream}:errors"
 
 
-class MalformedEntry(ValueError):
+class MalformedEntry(InvalidInput):
     """A stream entry lacks a field or holds invalid JSON (never written by this module)."""
 
 
@@ -151,7 +152,7 @@ class Task:
 
 @dataclass
 class TaskResult:
-    """The outcome of one task, published on ``sfhq:results`` for the coordinator."""
+    """The outcome of one task, published on `sfhq:results` for the coordinator."""
 
     task_id: str
     job_id: str
@@ -201,7 +202,7 @@ class TaskResult:
         )
 
 
-class QueueFull(Exception):
+class QueueFull(ResourceExhausted):
     """A stage's backlog is at its cap; the caller should retry later (gRPC: RESOURCE_EXHAUSTED)."""
 
     def __init__(self, stage: str, backlog: int, limit: int, retry_after_s: float) -> None:
@@ -261,8 +262,8 @@ return extended
 def connect_redis(url: str, *, socket_timeout: float = 30.0, client_name: str | None = None) -> redis.Redis:
     """A Redis client for the queue: str replies, health checks, keepalive.
 
-    Password and ACL user come from the URL (``redis://user:pass@host:6379/0``); ``rediss://``
-    turns on TLS (CA file and verification via URL query: ``?ssl_ca_certs=/ca.pem``).
+    Password and ACL user come from the URL (`redis://user:pass@host:6379/0`); `rediss://`
+    turns on TLS (CA file and verification via URL query: `?ssl_ca_certs=/ca.pem`).
     """
     if not url:
         raise ValueError("no Redis URL: set REDIS_URL (or SFHQ_REDIS_URL), e.g. redis://127.0.0.1:6379/0")
@@ -279,9 +280,9 @@ def connect_redis(url: str, *, socket_timeout: float = 30.0, client_name: str | 
 
 
 def _stream_entries(response: Any, stream: str) -> list[tuple[str, dict[str, str]]]:
-    """Entries of ``stream`` from an XREADGROUP reply.
+    """Entries of `stream` from an XREADGROUP reply.
 
-    RESP2 replies are ``[[stream, entries]]``; RESP3 replies are ``{stream: [entries]}``.
+    RESP2 replies are `[[stream, entries]]`; RESP3 replies are `{stream: [entries]}`.
     """
     if not response:
         return []
@@ -325,7 +326,7 @@ class RedisQueue:
 
     @classmethod
     def from_settings(cls, settings: Any, client: redis.Redis | None = None) -> RedisQueue:
-        """Build the queue from a ``Settings`` (``redis_url``, caps and timeouts)."""
+        """Build the queue from a `Settings` (`redis_url`, caps and timeouts)."""
         if client is None:
             client = connect_redis(settings.redis_url or "")
         return cls(
@@ -351,7 +352,7 @@ class RedisQueue:
                     raise
 
     def _with_groups(self, call: Any) -> Any:
-        """Run ``call``; if a group is missing (fresh or flushed Redis), create the groups and retry once."""
+        """Run `call`; if a group is missing (fresh or flushed Redis), create the groups and retry once."""
         try:
             return call()
         except redis.ResponseError as exc:
@@ -363,11 +364,11 @@ class RedisQueue:
     # ---- producing --------------------------------------------------------------------------
 
     def enqueue(self, task: Task) -> str:
-        """Append ``task`` to its stage stream; raises ``QueueFull`` when the stage is at its cap."""
+        """Append `task` to its stage stream; raises `QueueFull` when the stage is at its cap."""
         return self.enqueue_many([task])[0]
 
     def enqueue_many(self, tasks: Sequence[Task]) -> list[str]:
-        """Append several tasks atomically: all are added, or none (``QueueFull``) if a stage lacks room."""
+        """Append several tasks atomically: all are added, or none (`QueueFull`) if a stage lacks room."""
         if not tasks:
             return []
         keys: list[str] = []
@@ -385,7 +386,7 @@ class RedisQueue:
         return list(reply[1:])
 
     def backlog(self, stage: str) -> int:
-        """Tasks of ``stage`` not yet finished (waiting or in progress)."""
+        """Tasks of `stage` not yet finished (waiting or in progress)."""
         return int(self.redis.xlen(stage_stream(stage)))
 
     def has_room(self, stage: str, n: int = 1) -> bool:
@@ -394,10 +395,10 @@ class RedisQueue:
     # ---- consuming --------------------------------------------------------------------------
 
     def read_batch(self, stage: str, consumer: str, count: int, block_ms: int) -> list[Task]:
-        """Up to ``count`` tasks for ``consumer``: stale entries first (reclaimed), then new ones.
+        """Up to `count` tasks for `consumer`: stale entries first (reclaimed), then new ones.
 
-        Blocks up to ``block_ms`` only when nothing was reclaimed. Entries delivered more than
-        ``max_deliveries`` times are dead-lettered here and not returned.
+        Blocks up to `block_ms` only when nothing was reclaimed. Entries delivered more than
+        `max_deliveries` times are dead-lettered here and not returned.
         """
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
@@ -440,7 +441,7 @@ class RedisQueue:
     def _autoclaim(
         self, stream: str, group: str, consumer: str, count: int
     ) -> list[tuple[str, dict[str, str] | None]]:
-        """XAUTOCLAIM up to ``count`` entries idle past the visibility timeout (throttled scan)."""
+        """XAUTOCLAIM up to `count` entries idle past the visibility timeout (throttled scan)."""
         now = time.monotonic()
         if now < self._claim_due.get(stream, 0.0):
             return []
@@ -503,7 +504,7 @@ class RedisQueue:
         deliveries: int,
         reason: str | None = None,
     ) -> None:
-        """Move an entry to ``sfhq:dead`` (and, for a task, publish its failed result) atomically."""
+        """Move an entry to `sfhq:dead` (and, for a task, publish its failed result) atomically."""
         errors_key = _errors_key(stream)
         if reason is None:
             last_error = self.redis.hget(errors_key, entry_id) or (
@@ -543,7 +544,7 @@ class RedisQueue:
         log.warning("dead-lettered %s from %s: %s", entry_id, stream, reason)
 
     def extend(self, stage: str, consumer: str, entry_ids: Sequence[str]) -> int:
-        """Renew the lease of entries ``consumer`` still holds, so a slow batch is not reclaimed."""
+        """Renew the lease of entries `consumer` still holds, so a slow batch is not reclaimed."""
         if not entry_ids:
             return 0
         stream = stage_stream(stage)
@@ -567,9 +568,9 @@ class RedisQueue:
         return int(acked)
 
     def complete(self, stage: str, done: Sequence[tuple[str, TaskResult]]) -> list[str]:
-        """Publish the results of ``(entry_id, result)`` pairs and ack their entries in one transaction.
+        """Publish the results of `(entry_id, result)` pairs and ack their entries in one transaction.
 
-        Equivalent to ``publish_result`` for each then ``ack``, minus the window in which a crash
+        Equivalent to `publish_result` for each then `ack`, minus the window in which a crash
         would publish a result twice.
         """
         if not done:
@@ -591,7 +592,7 @@ class RedisQueue:
         return self.redis.xadd(RESULTS_STREAM, result.to_fields())
 
     def read_results(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, TaskResult]]:
-        """Up to ``count`` results for the coordinator ``consumer``, stale ones (a dead coordinator's) first."""
+        """Up to `count` results for the coordinator `consumer`, stale ones (a dead coordinator's) first."""
         out: list[tuple[str, TaskResult]] = []
         reply = self._autoclaim(RESULTS_STREAM, COORDINATOR_GROUP, consumer, count)
         claimed = [(entry_id, fields) for entry_id, fields in reply if fields is not None]
@@ -638,7 +639,7 @@ class RedisQueue:
     # ---- inspection -------------------------------------------------------------------------
 
     def dead_letters(self, count: int = 100) -> list[dict[str, Any]]:
-        """The oldest ``count`` dead letters, each a dict of its fields plus ``entry_id``; payload decoded."""
+        """The oldest `count` dead letters, each a dict of its fields plus `entry_id`; payload decoded."""
         letters: list[dict[str, Any]] = []
         for entry_id, fields in self.redis.xrange(DEAD_STREAM, count=count):
             letter: dict[str, Any] = {"entry_id": entry_id, **fields}
@@ -659,7 +660,9 @@ class RedisQueue:
         ids = sorted(set(job_ids))
         if not ids:
             return set()
-        return {job_id for job_id, hit in zip(ids, self.redis.smismember(CANCELLED_JOBS, ids), strict=True) if hit}
+        return {
+            job_id for job_id, hit in zip(ids, self.redis.smismember(CANCELLED_JOBS, ids), strict=True) if hit
+        }
 
     def stats(self) -> dict[str, Any]:
         """Backlog and pending counts per stage, the same for results, and the dead-letter count."""

@@ -1,22 +1,22 @@
 """Restricted unpickling: read pickles from other people without running their code.
 
-A pickle is a small program: every ``GLOBAL``/``STACK_GLOBAL``/``INST``/``OBJ``/``EXT*`` opcode
-asks the unpickler to import a name, and ``REDUCE``/``NEWOBJ``/``BUILD`` then call it. Python's
-only gate for all of those is :meth:`pickle.Unpickler.find_class`, so :class:`RestrictedUnpickler`
-resolves names *only* from an explicit allow-list and raises :class:`UnsafePickleError` (naming
+A pickle is a small program: every `GLOBAL`/`STACK_GLOBAL`/`INST`/`OBJ`/`EXT*` opcode
+asks the unpickler to import a name, and `REDUCE`/`NEWOBJ`/`BUILD` then call it. Python's
+only gate for all of those is `pickle.Unpickler.find_class`, so `RestrictedUnpickler`
+resolves names *only* from an explicit allow-list and raises `UnsafePickleError` (naming
 the forbidden global) for everything else. Persistent ids are refused too.
 
 The allow-lists here map names to *our* small wrappers rather than to the real callables when the
-real ones accept dangerous arguments (e.g. numpy's ``_reconstruct`` would build any subtype, a
+real ones accept dangerous arguments (e.g. numpy's `_reconstruct` would build any subtype, a
 tensor's backward hooks are arbitrary callables).
 
 Two ready-made readers:
 
-* :func:`load_feature_pickle` — SFHQ's ``pretrained_features/<stem>.pickle``
-  (``{model_key: ndarray (1, D)}`` written by ``pickle.dump``): dicts, str keys, numeric numpy
+* `load_feature_pickle` — SFHQ's `pretrained_features/<stem>.pickle`
+  (`{model_key: ndarray (1, D)}` written by `pickle.dump`): dicts, str keys, numeric numpy
   arrays and dtypes, nothing else.
-* :func:`torch_tensor_globals` — the globals a plain ``pickle.dump`` of torch tensors and
-  ``nn.Parameter`` objects uses (storages are decoded by ``torch.load(weights_only=True)``).
+* `torch_tensor_globals` — the globals a plain `pickle.dump` of torch tensors and
+  `nn.Parameter` objects uses (storages are decoded by `torch.load(weights_only=True)`).
   The generator's NVlabs network-pickle reader builds on it.
 
 torch is imported lazily so that services that only read feature pickles do not pay for it.
@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from services.common.errors import InvalidInput
+
 __all__ = [
     "UnsafePickleError",
     "RestrictedUnpickler",
@@ -47,14 +49,14 @@ __all__ = [
 GlobalName = tuple[str, str]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(InvalidInput, pickle.UnpicklingError):
     """The pickle asked for something outside the allow-list (a global, a persistent id, a type)."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves globals only from ``allowed_globals``.
+    """An unpickler that resolves globals only from `allowed_globals`.
 
-    ``allowed_globals`` maps ``(module, name)`` to the object to hand back; it may differ from the
+    `allowed_globals` maps `(module, name)` to the object to hand back; it may differ from the
     real one (a validating wrapper, or a harmless record type standing in for a foreign class).
     """
 
@@ -76,7 +78,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_loads(data: bytes, allowed_globals: Mapping[GlobalName, Any]) -> Any:
-    """Unpickle ``data`` resolving globals only from ``allowed_globals``."""
+    """Unpickle `data` resolving globals only from `allowed_globals`."""
     return RestrictedUnpickler(io.BytesIO(data), allowed_globals).load()
 
 
@@ -153,7 +155,7 @@ def _safe_scalar(dtype: Any, data: Any = None) -> Any:
 
 
 def numpy_scalar_globals() -> dict[GlobalName, Callable[..., Any]]:
-    """Allow-list entries for numeric numpy scalars (``np.float64(...)`` attributes in network pickles)."""
+    """Allow-list entries for numeric numpy scalars (`np.float64(...)` attributes in network pickles)."""
     return {
         ("numpy", "dtype"): _safe_dtype,
         ("numpy.core.multiarray", "scalar"): _safe_scalar,
@@ -163,9 +165,9 @@ def numpy_scalar_globals() -> dict[GlobalName, Callable[..., Any]]:
 
 
 def load_feature_pickle(data: bytes) -> dict[str, np.ndarray]:
-    """Read an SFHQ ``pretrained_features/*.pickle``: ``{model_key: ndarray}`` and nothing else.
+    """Read an SFHQ `pretrained_features/*.pickle`: `{model_key: ndarray}` and nothing else.
 
-    Raises :class:`UnsafePickleError` naming the forbidden global for anything but dicts, str keys
+    Raises `UnsafePickleError` naming the forbidden global for anything but dicts, str keys
     and numeric numpy arrays/dtypes; a well-formed pickle of the wrong shape (a list, int keys, a
     non-array value) raises it too.
     """
@@ -189,9 +191,9 @@ def load_feature_pickle(data: bytes) -> dict[str, np.ndarray]:
 
 
 def _safe_load_storage(data: Any) -> Any:
-    """``torch.storage._load_from_bytes``: a storage written by legacy ``torch.save``.
+    """`torch.storage._load_from_bytes`: a storage written by legacy `torch.save`.
 
-    The bytes are a whole nested torch file; torch's own restricted ``weights_only`` unpickler reads it.
+    The bytes are a whole nested torch file; torch's own restricted `weights_only` unpickler reads it.
     """
     import torch
 
@@ -225,7 +227,7 @@ def _safe_rebuild_tensor(
     backward_hooks: Any = None,
     metadata: Any = None,
 ) -> Any:
-    """``torch._utils._rebuild_tensor_v2`` without hooks or grad state: a plain CPU tensor view."""
+    """`torch._utils._rebuild_tensor_v2` without hooks or grad state: a plain CPU tensor view."""
     import torch
 
     _no_hooks(backward_hooks)
@@ -244,7 +246,7 @@ def _safe_rebuild_tensor(
 
 
 def _safe_rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> Any:
-    """``torch._utils._rebuild_parameter``: we only want the values, so return the plain tensor."""
+    """`torch._utils._rebuild_parameter`: we only want the values, so return the plain tensor."""
     import torch
 
     _no_hooks(backward_hooks)
@@ -254,7 +256,7 @@ def _safe_rebuild_parameter(data: Any, requires_grad: Any = False, backward_hook
 
 
 def torch_tensor_globals() -> dict[GlobalName, Callable[..., Any]]:
-    """Allow-list entries for torch tensors and parameters pickled with plain ``pickle.dump``."""
+    """Allow-list entries for torch tensors and parameters pickled with plain `pickle.dump`."""
     return {
         ("torch._utils", "_rebuild_tensor_v2"): _safe_rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _safe_rebuild_parameter,

@@ -1,18 +1,18 @@
 """gRPC set-up shared by every service: server, interceptors, health, reflection, process life cycle.
 
-``build_server`` returns a ``grpc.Server`` with message-size limits from the settings and two
+`build_server` returns a `grpc.Server` with message-size limits from the settings and two
 interceptors:
 
 * observability (outermost): counts requests and records latency by method and status code,
-  logs failures, and turns the typed errors of ``services.common.errors`` raised by a servicer
-  (``ImageError``, ``PermanentError``, ``WeightsMissing``, ``QueueFull``...) into the matching
+  logs failures, and turns the typed errors of `services.common.errors` raised by a servicer
+  (`ImageError`, `PermanentError`, `WeightsMissing`, `QueueFull`...) into the matching
   status, so servicers can simply raise;
-* auth: with ``auth_tokens`` set, every call but health checks needs ``authorization: Bearer <token>``
+* auth: with `auth_tokens` set, every call but health checks needs `authorization: Bearer <token>`
   (compared in constant time), else UNAUTHENTICATED.
 
-``ServiceProcess`` is the life cycle of one service process: gRPC server + stage workers +
+`ServiceProcess` is the life cycle of one service process: gRPC server + stage workers +
 Prometheus endpoint; SIGTERM/SIGINT stop it gracefully (health NOT_SERVING, workers finish their
-batch, in-flight calls get ``grace`` seconds).
+batch, in-flight calls get `grace` seconds).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import hmac
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,11 +35,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import DEFAULT_PORTS, Settings
-from services.common.errors import STATUS_NAMES, error_status, transient_status
+from services.common.errors import STATUS_NAMES, Unavailable, error_status
 from services.common.metrics import METRICS, Metrics
 
 __all__ = [
     "HEALTH_SERVICE",
+    "run_service",
     "ServiceProcess",
     "abort_with",
     "add_health_and_reflection",
@@ -71,6 +73,24 @@ def abort_with(context: grpc.ServicerContext, code_name: str | grpc.StatusCode, 
         raise ValueError(f"{code_name!r} is not a gRPC error status name")
     context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+def transient_status(exc: BaseException) -> tuple[str, str] | None:
+    """`("UNAVAILABLE", message)` for infrastructure errors that a retry may well fix; else None.
+
+    A call that meets Redis restarting or a blob store refusing a write says so with a status that
+    clients retry (the SDK retries UNAVAILABLE), not as an anonymous UNKNOWN. Stage workers do not
+    use this: for them such errors are transient and the task is redelivered.
+    """
+    if isinstance(exc, Unavailable):
+        return exc.code, exc.message
+    redis = sys.modules.get("redis")  # a process without Redis cannot meet its errors
+    if redis is not None and isinstance(
+        exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError
+    ):
+        # the message names the error type only (never the URL, which may hold a password)
+        return "UNAVAILABLE", f"the job store (Redis) is unreachable, try again later: {type(exc).__name__}"
+    return None
 
 
 # ---- interceptors -----------------------------------------------------------------------------
@@ -108,9 +128,9 @@ def _rebuild(
     *,
     tolerant_requests: bool = False,
 ) -> grpc.RpcMethodHandler:
-    """The same handler with its behaviour wrapped; ``wrap(behavior, streams_responses)``.
+    """The same handler with its behaviour wrapped; `wrap(behavior, streams_responses)`.
 
-    ``tolerant_requests``: undecodable unary requests reach the behaviour as ``UndecodableRequest``.
+    `tolerant_requests`: undecodable unary requests reach the behaviour as `UndecodableRequest`.
     """
     deserializer = handler.request_deserializer
     if tolerant_requests and not handler.request_streaming:
@@ -197,7 +217,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         return _rebuild(
-            handler, lambda behavior, streams: self._observe(method, behavior, streams), tolerant_requests=True
+            handler,
+            lambda behavior, streams: self._observe(method, behavior, streams),
+            tolerant_requests=True,
         )
 
     def _record(self, method: str, code: str, started: float) -> None:
@@ -230,10 +252,13 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         return status
 
     @staticmethod
-    def _refuse_undecodable(method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext) -> None:
+    def _refuse_undecodable(
+        method: str, behavior: Behavior, request: Any, context: grpc.ServicerContext
+    ) -> None:
         if isinstance(request, UndecodableRequest) and not getattr(behavior, "ignores_request", False):
             context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {method} message: {request.reason}"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {method} message: {request.reason}",
             )
 
     def _observe(self, method: str, behavior: Behavior, streams: bool) -> Behavior:
@@ -312,8 +337,8 @@ def build_server(
 ) -> grpc.Server:
     """A gRPC server with size limits, metrics/logging and (when tokens are set) auth.
 
-    Not bound yet: add the servicers, then ``bind_server`` (which applies TLS/mTLS from the
-    settings) and ``server.start()`` -- or let ``ServiceProcess`` do all of that.
+    Not bound yet: add the servicers, then `bind_server` (which applies TLS/mTLS from the
+    settings) and `server.start()` -- or let `ServiceProcess` do all of that.
     """
     chain: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(metrics)]
     if settings.auth_tokens:
@@ -327,7 +352,7 @@ def build_server(
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS credentials from the settings (mTLS when ``tls_ca`` is set); None for plaintext."""
+    """TLS credentials from the settings (mTLS when `tls_ca` is set); None for plaintext."""
     if not settings.tls_enabled:
         return None
     key = _read(settings.tls_key, "TLS private key")
@@ -339,7 +364,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def bind_server(server: grpc.Server, settings: Settings, address: str) -> int:
-    """Bind ``address`` (``host:port``; port 0 = any free one) with TLS if configured; returns the port."""
+    """Bind `address` (`host:port`; port 0 = any free one) with TLS if configured; returns the port."""
     credentials = server_credentials(settings)
     try:
         port = (
@@ -353,7 +378,7 @@ def bind_server(server: grpc.Server, settings: Settings, address: str) -> int:
 
 
 def add_health_and_reflection(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
-    """Register the standard health service (all SERVING) and reflection listing ``service_names``."""
+    """Register the standard health service (all SERVING) and reflection listing `service_names`."""
     servicer = health.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health"),
@@ -383,7 +408,7 @@ class _BearerTokenInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds ``authorization: Bearer <token>`` to every call (plaintext channels cannot carry call credentials)."""
+    """Adds `authorization: Bearer <token>` to every call (plaintext channels cannot carry call credentials)."""
 
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
@@ -412,7 +437,7 @@ class _BearerTokenInterceptor(
 
 
 def client_channel(addr: str, settings: Settings, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A channel to another service: TLS when ``tls_ca``/``tls_cert`` are set, the first auth token, limits."""
+    """A channel to another service: TLS when `tls_ca`/`tls_cert` are set, the first auth token, limits."""
     size = settings.max_message_bytes
     channel_options = [
         ("grpc.max_send_message_length", size),
@@ -475,6 +500,7 @@ class ServiceProcess:
         self.health: health.HealthServicer | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.servicer: Any = None  # the first servicer added (tests and tools reach it here)
         self._service_names = list(service_names)
         self._on_stop: list[Callable[[], Any]] = []
         self._queue: Any = None
@@ -486,7 +512,7 @@ class ServiceProcess:
 
     @property
     def queue(self) -> Any:
-        """The process's RedisQueue (created on first use from ``settings.redis_url``)."""
+        """The process's RedisQueue (created on first use from `settings.redis_url`)."""
         if self._queue is None:
             from services.common.queue import RedisQueue, connect_redis
 
@@ -496,12 +522,23 @@ class ServiceProcess:
             self._queue = RedisQueue.from_settings(self.settings, client)
         return self._queue
 
+    def add_servicer(
+        self, servicer: Any, add_to_server: Callable[[Any, grpc.Server], None], pb2: Any
+    ) -> None:
+        """Serve `servicer` (`add_to_server` is the generated `add_XServicer_to_server`); the
+        service defined in the generated module `pb2` is listed in health and reflection."""
+        add_to_server(servicer, self.server)
+        for service in pb2.DESCRIPTOR.services_by_name.values():
+            self.add_service_name(service.full_name)
+        if self.servicer is None:
+            self.servicer = servicer
+
     def add_service_name(self, service_name: str) -> None:
-        """A full gRPC service name (``sfhq.v1.Generator``) for health and reflection."""
+        """A full gRPC service name (`sfhq.v1.Generator`) for health and reflection."""
         self._service_names.append(service_name)
 
     def on_stop(self, callback: Callable[[], Any]) -> None:
-        """Run ``callback`` during stop, after the workers stopped and before the server is gone."""
+        """Run `callback` during stop, after the workers stopped and before the server is gone."""
         self._on_stop.append(callback)
 
     def add_worker(
@@ -512,7 +549,7 @@ class ServiceProcess:
         batch_size: int | None = None,
         consumer: str | None = None,
     ) -> Any:
-        """Consume ``stage`` with ``handler``, unless the ``stages`` setting leaves this stage out (then None)."""
+        """Consume `stage` with `handler`, unless the `stages` setting leaves this stage out (then None)."""
         from services.common.worker import StageWorker, default_consumer_name
 
         if self.settings.stages is not None and stage not in self.settings.stages:
@@ -569,7 +606,7 @@ class ServiceProcess:
         return self.port
 
     def serve_forever(self, service_names: Sequence[str] | None = None) -> None:
-        """Start, then block until SIGTERM/SIGINT (or ``stop()``), then stop gracefully."""
+        """Start, then block until SIGTERM/SIGINT (or `stop()`), then stop gracefully."""
         self.start(service_names)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -586,7 +623,7 @@ class ServiceProcess:
         self._stop_requested.set()
 
     def request_stop(self) -> None:
-        """Ask ``serve_forever`` to stop (safe from any thread)."""
+        """Ask `serve_forever` to stop (safe from any thread)."""
         self._stop_requested.set()
 
     def stop(self, grace: float | None = None) -> None:
@@ -625,3 +662,12 @@ class ServiceProcess:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the process has stopped; True if it did."""
         return self._stopped.wait(timeout)
+
+
+def run_service(build: Callable[[Settings], ServiceProcess], settings: Settings | None = None) -> None:
+    """Every service's `main`: settings from the environment, logging, build, serve until SIGTERM."""
+    from services.common.config import get_settings
+
+    settings = settings or get_settings()
+    settings.configure_logging()
+    build(settings).serve_forever()

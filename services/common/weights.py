@@ -1,20 +1,21 @@
 """The weights registry: which official checkpoints exist, where they live, and how to get them.
 
-Every model loads its checkpoint through ``WeightsRegistry.path(name)``. A missing file is a
-``WeightsMissing`` error whose message names the two ways to fix it (``sfhq weights download`` and
-``sfhq weights add``) -- never a silent random model.
+Every model loads its checkpoint through `WeightsRegistry.path(name)`. A missing file is a
+`WeightsMissing` error whose message names the two ways to fix it (`sfhq weights download` and
+`sfhq weights add`) -- never a silent random model.
 
 Checksums: where the publisher's sha256 is known it is checked on download/add/verify. For the
-checkpoints published without one (most of them: Google Drive and Hugging Face links), ``verify``
-computes the sha256, records it in ``<weights_dir>/.sfhq-sha256.json`` and returns True; the
+checkpoints published without one (most of them: Google Drive and Hugging Face links), `verify`
+computes the sha256, records it in `<weights_dir>/.sfhq-sha256.json` and returns True; the
 recorded hash is what provenance reports, so a dataset still says exactly which bytes made it.
 
-A ``RANDOM_WEIGHTS`` marker file in the folder means the folder holds random demo weights
-(``sfhq weights make-random`` / ``sfhq run --random-weights``).
+A `RANDOM_WEIGHTS` marker file in the folder means the folder holds random demo weights
+(`sfhq weights make-random` / `sfhq run --random-weights`).
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -30,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.common.errors import FailedPrecondition
 
 __all__ = [
     "KNOWN_CHECKPOINTS",
@@ -52,7 +55,7 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class CheckpointSpec:
-    """One official checkpoint: a file, or a folder of files (``is_dir``)."""
+    """One official checkpoint: a file, or a folder of files (`is_dir`)."""
 
     name: str
     filename: str  # file (or folder) name inside the weights folder
@@ -152,7 +155,7 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(FailedPrecondition):
     """Base class of weights registry errors."""
 
 
@@ -176,7 +179,7 @@ class WeightsChecksumError(WeightsError):
         self.actual = actual
 
 
-class WeightsMissing(FileNotFoundError):
+class WeightsMissing(WeightsError, FileNotFoundError):
     """A checkpoint is not in the weights folder. The message says how to get it."""
 
     def __init__(self, name: str, path: Path, detail: str = "") -> None:
@@ -188,9 +191,6 @@ class WeightsMissing(FileNotFoundError):
         super().__init__(message)
         self.name = name
         self.path = path
-
-    def __str__(self) -> str:  # FileNotFoundError's own str() would show "None" for errno
-        return str(self.args[0])
 
 
 def _sha256_file(path: Path) -> str:
@@ -226,7 +226,7 @@ class WeightsRegistry:
             ) from None
 
     def expected_path(self, name: str) -> Path:
-        """Where checkpoint ``name`` lives in this folder (whether or not it is there)."""
+        """Where checkpoint `name` lives in this folder (whether or not it is there)."""
         return self.weights_dir / self.spec(name).filename
 
     def _missing_files(self, spec: CheckpointSpec, path: Path) -> list[str]:
@@ -245,6 +245,10 @@ class WeightsRegistry:
             detail = f" (missing files: {', '.join(missing)})" if spec.is_dir and path.is_dir() else ""
             raise WeightsMissing(name, path, detail)
         return path
+
+    def has(self, name: str) -> bool:
+        """True when the checkpoint is present and complete."""
+        return not self._missing_files(self.spec(name), self.expected_path(name))
 
     def list(self) -> list[dict[str, Any]]:
         """One row per known checkpoint: its spec, where it goes, and whether it is present."""
@@ -315,20 +319,24 @@ class WeightsRegistry:
         stamp = self._dir_stamp(path) if path.is_dir() else self._stamp(path)
         return entry.get("sha256") if entry.get("stamp") == stamp else None
 
-    def _dir_stamp(self, path: Path) -> list[list[Any]]:
+    def _dir_stamp(self, path: Path) -> builtins.list[builtins.list[Any]]:
         return [[str(f.relative_to(path)), *self._stamp(f).values()] for f in self._dir_files(path)]
 
     @staticmethod
-    def _dir_files(path: Path) -> list[Path]:
+    def _dir_files(path: Path) -> builtins.list[Path]:  # `list` is also a method here
         return sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
 
     def provenance(self, name: str) -> dict[str, Any]:
         """What a dataset records about a checkpoint it was made with: name, file, sha256, random or not."""
-        return {"checkpoint": name, "file": self.path(name).name, "sha256": self.sha256(name),
-                "random_weights": self.is_random()}
+        return {
+            "checkpoint": name,
+            "file": self.path(name).name,
+            "sha256": self.sha256(name),
+            "random_weights": self.is_random(),
+        }
 
     def sha256(self, name: str) -> str:
-        """sha256 of the checkpoint (for a folder: of its sorted ``"<sha256>  <file>"`` lines).
+        """sha256 of the checkpoint (for a folder: of its sorted `"<sha256>  <file>"` lines).
 
         Cached by size and mtime, so the 1 GB files are hashed once.
         """
@@ -351,7 +359,7 @@ class WeightsRegistry:
         """True if the checkpoint matches its published sha256 (or hash prefix).
 
         Without a published hash there is nothing to compare: the computed sha256 is recorded
-        (see ``sha256``) and the answer is True.
+        (see `sha256`) and the answer is True.
         """
         spec = self.spec(name)
         actual = self.sha256(name)
@@ -372,7 +380,7 @@ class WeightsRegistry:
     # ---- adding -----------------------------------------------------------------------------
 
     def add(self, name: str, src: str | os.PathLike[str], link: bool = False) -> Path:
-        """Register a checkpoint you already have: copy it in (atomically) or, with ``link``, symlink it."""
+        """Register a checkpoint you already have: copy it in (atomically) or, with `link`, symlink it."""
         spec = self.spec(name)
         source = Path(src).expanduser().resolve()
         if spec.is_dir:
@@ -453,7 +461,7 @@ class WeightsRegistry:
         """Fetch a checkpoint over HTTP(S): resumable (Range), verified, renamed into place atomically.
 
         A checkpoint already present (and matching its published hash, when there is one) is kept
-        unless ``force``.
+        unless `force`.
         """
         spec = self.spec(name)
         dest = self.expected_path(name)
@@ -493,7 +501,7 @@ class WeightsRegistry:
         return dest
 
     def _fetch(self, url: str, part: Path, progress: bool, retries: int) -> None:
-        """Download ``url`` into ``part``, resuming what ``part`` already holds."""
+        """Download `url` into `part`, resuming what `part` already holds."""
         if not url.startswith(("http://", "https://")):
             raise WeightsDownloadError(f"{url!r} is not an http(s) URL")
         failures = 0
@@ -550,7 +558,7 @@ class WeightsRegistry:
 
 @contextlib.contextmanager
 def _progress_bar(label: str, total: int | None, done: int, enabled: bool) -> Iterator[Any]:
-    """A rich progress bar on stderr; yields ``advance(n_bytes)``."""
+    """A rich progress bar on stderr; yields `advance(n_bytes)`."""
     if not enabled:
         yield lambda n: None
         return

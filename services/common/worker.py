@@ -4,14 +4,14 @@ The loop is read_batch -> handler -> one result per task (published and acked in
 transaction). Failures are sorted so that one bad input never costs the others:
 
 * the handler raises for a whole batch -> the tasks are retried one by one to find the culprit;
-* ``PermanentError`` (or another typed error of ``services.common.errors``) for one task -> a failed
+* `PermanentError` (or another typed error of `services.common.errors`) for one task -> a failed
   result is published and the entry acked: no retry;
 * any other exception for one task -> it is logged and recorded, and the entry stays unacked, so it
-  is redelivered after the visibility timeout and dead-lettered after ``max_deliveries``.
+  is redelivered after the visibility timeout and dead-lettered after `max_deliveries`.
 
 While a batch runs, a lease thread renews the visibility timeout of its entries, so that a slow
-batch is not handed to a second worker. Renewal stops once the batch has run for ``max_lease_s``
-(default: ``MAX_LEASE_FACTOR`` visibility timeouts): a handler that hangs forever would otherwise
+batch is not handed to a second worker. Renewal stops once the batch has run for `max_lease_s`
+(default: `MAX_LEASE_FACTOR` visibility timeouts): a handler that hangs forever would otherwise
 hold its entries forever. Another worker then reclaims them, and a task that hangs every worker it
 reaches ends in the dead-letter stream like any other poison input.
 """
@@ -49,12 +49,12 @@ class HandlerContractError(RuntimeError):
 
 
 def default_consumer_name(service: str) -> str:
-    """A consumer name unique to this process: ``<service>-<host>-<pid>``."""
+    """A consumer name unique to this process: `<service>-<host>-<pid>`."""
     return f"{service}-{socket.gethostname()}-{os.getpid()}"
 
 
 class StageWorker(threading.Thread):
-    """Consumes one stage with one handler until ``stop()``."""
+    """Consumes one stage with one handler until `stop()`."""
 
     def __init__(
         self,
@@ -95,11 +95,11 @@ class StageWorker(threading.Thread):
     # ---- control ----------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Stop reading new batches; returns at once (see ``stop`` to wait)."""
+        """Stop reading new batches; returns at once (see `stop` to wait)."""
         self._stopping.set()
 
     def stop(self, timeout: float | None = 30.0) -> bool:
-        """Stop reading, let the batch in hand finish, and wait up to ``timeout`` s.
+        """Stop reading, let the batch in hand finish, and wait up to `timeout` s.
 
         Returns False if the batch was still running at the timeout. Its entries stay unacked
         and another worker reclaims them after the visibility timeout.
@@ -160,8 +160,11 @@ class StageWorker(threading.Thread):
         started = time.perf_counter()
         # Tasks of cancelled jobs are answered without running: cancel drains a big job quickly.
         cancelled = self.queue.cancelled_among(task.job_id for task in tasks)
-        skipped = [(t.entry_id, TaskResult.failure(t, "CANCELLED", "job cancelled")) for t in tasks
-                   if t.job_id in cancelled]
+        skipped = [
+            (t.entry_id, TaskResult.failure(t, "CANCELLED", "job cancelled"))
+            for t in tasks
+            if t.job_id in cancelled
+        ]
         tasks = [t for t in tasks if t.job_id not in cancelled]
         try:
             done, transient = self._run_isolating(tasks) if tasks else ([], [])
@@ -247,7 +250,7 @@ class StageWorker(threading.Thread):
     def _renew_leases(self) -> None:
         """Renew the entries in hand every third of the visibility timeout, until the loop ends.
 
-        A batch older than ``max_lease_s`` is not renewed any more (logged once): its handler is
+        A batch older than `max_lease_s` is not renewed any more (logged once): its handler is
         presumed hung, and its entries go to the next worker after the visibility timeout.
         """
         period = max(self.queue.visibility_timeout_s / 3.0, 0.05)

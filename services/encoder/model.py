@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from services.common.errors import FailedPrecondition, InvalidInput, ServiceError
+
 log = logging.getLogger(__name__)
 
 # Channel width of the four IR-SE stages. Fixed by the architecture: the lateral 1x1 convs map
@@ -53,19 +55,19 @@ MAX_ASPECT_RATIO = 1.5
 CHECKPOINT_NAME = "e4e-ffhq-encode"
 
 
-class EncoderError(Exception):
+class EncoderError(ServiceError):
     """Base class of the encoder's own errors."""
 
 
-class EncoderInputError(EncoderError, ValueError):
+class EncoderInputError(EncoderError, InvalidInput):
     """The input image/tensor cannot be encoded (wrong shape, not face-sized, unreadable)."""
 
 
-class CheckpointError(EncoderError, ValueError):
+class CheckpointError(EncoderError, FailedPrecondition, ValueError):
     """A checkpoint file is not in the official e4e layout."""
 
 
-class CheckpointMissing(EncoderError, FileNotFoundError):
+class CheckpointMissing(EncoderError, FailedPrecondition, FileNotFoundError):
     """No checkpoint at the given path. The message says how to get one."""
 
     def __init__(self, path: str | Path, name: str = CHECKPOINT_NAME) -> None:
@@ -569,7 +571,8 @@ class Encoder:
 
 def build_decoder(decoder_state: Mapping[str, Tensor], latent_avg: Tensor | None, n_latent: int) -> nn.Module:
     """decoder.* keys -> the project's StyleGAN2 Generator (one implementation, in services.generator)."""
-    from services.generator.model import GeneratorError, generator_from_state_dict
+    from services.generator.checkpoint import generator_from_state_dict
+    from services.generator.errors import GeneratorError
 
     if not decoder_state:
         raise CheckpointError("checkpoint has no decoder.* keys")

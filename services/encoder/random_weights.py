@@ -99,7 +99,7 @@ def random_e4e_checkpoint(
     decoder_channel_multiplier: int = 2,
 ) -> dict[str, Any]:
     """An in-memory e4e checkpoint dict (see write_random_e4e_checkpoint)."""
-    from services.generator.model import generator_from_state_dict
+    from services.generator.checkpoint import generator_from_state_dict
     from services.generator.random_weights import random_rosinality_state_dict
 
     if isinstance(num_layers, int):

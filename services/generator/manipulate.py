@@ -1,27 +1,27 @@
 """Photoreal candidates: named, parameterised strategies that turn one W+ code into images.
 
 SFHQ "brings to life" an inspiration image by encoding it with e4e and synthesizing several
-photoreal candidates from that code (``../shared/SFHQ_FACTS.md`` §7). Each candidate here is a
-:class:`StrategySpec` — ``(name, params, seed)`` — and is deterministic given it; the resolved
+photoreal candidates from that code (docs/sfhq-format.md, "Bringing inspiration images to life"). Each candidate here is a
+`StrategySpec` — `(name, params, seed)` — and is deterministic given it; the resolved
 parameters (defaults filled in) are recorded with every result.
 
-Notation: ``w`` is the e4e W+ code ``[L, 512]``, ``w̄`` the generator's ``latent_avg``, ``g(l)`` the
-layer group of layer ``l`` (:func:`layer_groups`: coarse / middle / fine).
+Notation: `w` is the e4e W+ code `[L, 512]`, `w̄` the generator's `latent_avg`, `g(l)` the
+layer group of layer `l` (`layer_groups`: coarse / middle / fine).
 
-``e4e_strict_prior`` — the e4e code as is, optionally pulled toward the average face per group:
-    ``w'_l = w_l + β_g(l)·(w̄ − w_l)``,  β ∈ [0, 1] (params ``coarse``, ``middle``, ``fine``; default 0).
-``low_prior`` — refine the code toward the inspiration image, keeping its colours and style:
-    ``w' = argmin_v  loss(G(v), target) + λ·mean((v − w)²)``, by ``steps`` Adam steps (rate ``lr``)
-    from ``v = w``; ``λ`` = ``prior_weight`` is the weak prior toward the e4e code. ``loss`` defaults to
-    :func:`pixel_multiscale_loss` at ``loss_size`` pixels (G rendered only up to that scale; finer
+`e4e_strict_prior` — the e4e code as is, optionally pulled toward the average face per group:
+    `w'_l = w_l + β_g(l)·(w̄ − w_l)`,  β ∈ [0, 1] (params `coarse`, `middle`, `fine`; default 0).
+`low_prior` — refine the code toward the inspiration image, keeping its colours and style:
+    `w' = argmin_v  loss(G(v), target) + λ·mean((v − w)²)`, by `steps` Adam steps (rate `lr`)
+    from `v = w`; `λ` = `prior_weight` is the weak prior toward the e4e code. `loss` defaults to
+    `pixel_multiscale_loss` at `loss_size` pixels (G rendered only up to that scale; finer
     layers keep the e4e values); a perceptual loss can be passed in.
-``style_mix`` — fine layers from another sample, for variety:
-    ``w'_l = w_l + α·(d − w_l)`` for ``l ≥ start`` (else ``w_l``), ``d = w̄ + ψ·(mapping(z_seed) − w̄)``,
-    ``z_seed`` = NVlabs' seed → z (params ``start`` (default 8, the first fine layer; the last layer on
-    generators under 64 px), ``strength`` α, ``psi`` ψ).
-``encoder_truncation`` (SFHQ part 3) — with ``w_s`` a psi > 1 sample and ``w`` the e4e code of
-    ``G(w_s)``: ``w'_l = w_l + a_g(l)·(w_s,l − w_l)``; the e4e code plays the role w̄ plays in the usual
-    truncation trick (params ``coarse``, ``middle``, ``fine`` = a per group).
+`style_mix` — fine layers from another sample, for variety:
+    `w'_l = w_l + α·(d − w_l)` for `l ≥ start` (else `w_l`), `d = w̄ + ψ·(mapping(z_seed) − w̄)`,
+    `z_seed` = NVlabs' seed → z (params `start` (default 8, the first fine layer; the last layer on
+    generators under 64 px), `strength` α, `psi` ψ).
+`encoder_truncation` (SFHQ part 3) — with `w_s` a psi > 1 sample and `w` the e4e code of
+    `G(w_s)`: `w'_l = w_l + a_g(l)·(w_s,l − w_l)`; the e4e code plays the role w̄ plays in the usual
+    truncation trick (params `coarse`, `middle`, `fine` = a per group).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ LAYER_GROUPS: dict[str, range] = layer_groups(18)
 def group_strengths(
     strengths: Mapping[str, float] | float | Sequence[float] | Tensor, n_latent: int
 ) -> Tensor:
-    """A per-layer strength vector ``[n_latent]`` from per-group values (missing groups = 0),
+    """A per-layer strength vector `[n_latent]` from per-group values (missing groups = 0),
     one number for every layer, or per-layer values already."""
     if isinstance(strengths, Mapping):
         unknown = set(strengths) - set(GROUP_NAMES)
@@ -105,14 +105,14 @@ def group_strengths(
 
 
 def _lerp_layers(start: Tensor, end: Tensor, amount: Tensor) -> Tensor:
-    """``start_l + amount_l·(end_l − start_l)`` for W+ codes ``[..., L, 512]`` and ``amount`` ``[L]``."""
+    """`start_l + amount_l·(end_l − start_l)` for W+ codes `[..., L, 512]` and `amount` `[L]`."""
     return start + amount.to(start).reshape(-1, 1) * (end - start)
 
 
 def e4e_strict_prior(
     w_plus: Tensor, w_avg: Tensor, strengths: Mapping[str, float] | float | Sequence[float] | Tensor
 ) -> Tensor:
-    """``w_l + β_g(l)·(w̄ − w_l)``: the e4e code pulled toward the average face per layer group."""
+    """`w_l + β_g(l)·(w̄ − w_l)`: the e4e code pulled toward the average face per layer group."""
     n_latent = w_plus.shape[-2]
     return _lerp_layers(w_plus, w_avg.to(w_plus).expand_as(w_plus), group_strengths(strengths, n_latent))
 
@@ -120,10 +120,10 @@ def e4e_strict_prior(
 def encoder_truncation(
     w_e4e: Tensor, w_s: Tensor, strengths: Mapping[str, float] | float | Sequence[float] | Tensor
 ) -> Tensor:
-    """``w_e4e + a·(w_s − w_e4e)`` per layer (SFHQ part 3): truncation toward the e4e code of the sample.
+    """`w_e4e + a·(w_s − w_e4e)` per layer (SFHQ part 3): truncation toward the e4e code of the sample.
 
-    ``w_e4e`` is W+ ``[..., L, 512]``; ``w_s`` is W ``[512]`` (broadcast to every layer) or W+.
-    ``strengths`` = a per group (``{'coarse': .., 'middle': .., 'fine': ..}``), one number, or per layer.
+    `w_e4e` is W+ `[..., L, 512]`; `w_s` is W `[512]` (broadcast to every layer) or W+.
+    `strengths` = a per group (`{'coarse': .., 'middle': .., 'fine': ..}`), one number, or per layer.
     """
     n_latent = w_e4e.shape[-2]
     w_s = w_s.to(w_e4e)
@@ -135,7 +135,7 @@ def encoder_truncation(
 def style_mix(
     generator: Generator, w_plus: Tensor, seed: int, start: int, strength: float = 1.0, psi: float = 0.7
 ) -> Tensor:
-    """Layers ``start…`` moved toward a donor ``w̄ + ψ·(mapping(z_seed) − w̄)`` by ``strength``."""
+    """Layers `start…` moved toward a donor `w̄ + ψ·(mapping(z_seed) − w̄)` by `strength`."""
     if not 0 <= start < generator.n_latent:
         raise ValueError(
             f"style_mix: parameter 'start' must be in [0, {generator.n_latent - 1}], got {start}"
@@ -151,7 +151,7 @@ def style_mix(
 def pixel_multiscale_loss(image: Tensor, target: Tensor, levels: int = 3) -> Tensor:
     """Mean over scales 1, 1/2, 1/4, … of the mean squared pixel difference.
 
-    The coarse scales weigh colours, lighting and background (what ``low_prior`` should keep from the
+    The coarse scales weigh colours, lighting and background (what `low_prior` should keep from the
     inspiration); the full scale keeps edges from drifting.
     """
     total = image.new_zeros(())
@@ -195,15 +195,15 @@ def low_prior(
     seed: int = 0,
     loss_size: int = 256,
 ) -> Tensor:
-    """Refine a W+ code toward ``target`` by latent optimisation (``steps`` Adam steps, rate ``lr``).
+    """Refine a W+ code toward `target` by latent optimisation (`steps` Adam steps, rate `lr`).
 
-    Minimises ``loss_fn(G(v), target) + prior_weight·mean((v − w_init)²)`` starting at ``v = w_init``.
-    Images are compared at ``loss_size`` px: G renders only up to that scale (its intermediate RGB
-    output), so the layers of finer scales keep their ``w_init`` values. ``target`` is ``[3, H, W]`` or
-    ``[1, 3, H, W]`` in [-1, 1] (any size: resized). ``loss_fn(image, target) -> scalar`` defaults to
-    :func:`pixel_multiscale_loss`. Returns the refined code with ``w_init``'s shape. Deterministic:
-    noise is the checkpoint's constant noise and ``seed`` seeds torch's RNG for any randomness in
-    ``loss_fn``. The generator's weights are not touched.
+    Minimises `loss_fn(G(v), target) + prior_weight·mean((v − w_init)²)` starting at `v = w_init`.
+    Images are compared at `loss_size` px: G renders only up to that scale (its intermediate RGB
+    output), so the layers of finer scales keep their `w_init` values. `target` is `[3, H, W]` or
+    `[1, 3, H, W]` in [-1, 1] (any size: resized). `loss_fn(image, target) -> scalar` defaults to
+    `pixel_multiscale_loss`. Returns the refined code with `w_init`'s shape. Deterministic:
+    noise is the checkpoint's constant noise and `seed` seeds torch's RNG for any randomness in
+    `loss_fn`. The generator's weights are not touched.
     """
     loss_fn = loss_fn or pixel_multiscale_loss
     single = w_init.ndim == 2
@@ -238,9 +238,9 @@ def low_prior(
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One strategy parameter: default and closed range; ``integer`` ones must be whole numbers.
+    """One strategy parameter: default and closed range; `integer` ones must be whole numbers.
 
-    ``default_for_layers(n_latent)``, when set, gives the default for a generator with that many layers.
+    `default_for_layers(n_latent)`, when set, gives the default for a generator with that many layers.
     """
 
     default: float
@@ -373,8 +373,8 @@ STRATEGIES: dict[str, Strategy] = {
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A named strategy with its parameters and seed. Validated on construction (``ValueError`` naming
-    the bad strategy, parameter or seed); :meth:`resolved` fills in the defaults."""
+    """A named strategy with its parameters and seed. Validated on construction (`ValueError` naming
+    the bad strategy, parameter or seed); `resolved` fills in the defaults."""
 
     name: str
     params: Mapping[str, float] = field(default_factory=dict)
@@ -400,7 +400,7 @@ class StrategySpec:
 
     def resolved(self, n_latent: int | None = None) -> StrategySpec:
         """The same spec with every parameter present (defaults filled in, for a generator with
-        ``n_latent`` layers when given — a few defaults depend on it)."""
+        `n_latent` layers when given — a few defaults depend on it)."""
         strategy = STRATEGIES[self.name]
         return StrategySpec(
             self.name,
@@ -437,7 +437,7 @@ def _check_param(strategy: str, key: str, value: Any, spec: ParamSpec) -> float:
 
 @dataclass(frozen=True)
 class CandidateResult:
-    """One candidate: the resolved spec that made it, its image ``[3, S, S]`` (float, ~[-1, 1]) and W+ code ``[L, 512]``."""
+    """One candidate: the resolved spec that made it, its image `[3, S, S]` (float, ~[-1, 1]) and W+ code `[L, 512]`."""
 
     strategy: StrategySpec
     image: Tensor
@@ -479,9 +479,9 @@ def candidate_latents(
     sampled_w: Tensor | None = None,
     loss_fn: LossFn | None = None,
 ) -> list[tuple[StrategySpec, Tensor]]:
-    """The W+ code ``[L, 512]`` of each candidate, with its resolved spec (no images yet).
+    """The W+ code `[L, 512]` of each candidate, with its resolved spec (no images yet).
 
-    Split from :func:`make_candidates` so that a worker can synthesize the candidates of many jobs
+    Split from `make_candidates` so that a worker can synthesize the candidates of many jobs
     in one batch. Arguments as there.
     """
     code = _w_plus_code(generator, w_plus, "w_plus")
@@ -512,11 +512,11 @@ def make_candidates(
     loss_fn: LossFn | None = None,
     batch_size: int = 8,
 ) -> list[CandidateResult]:
-    """One candidate per strategy, in order. ``w_plus`` is the e4e code ``[L, 512]`` (or ``[1, L, 512]``);
-    ``target`` (the aligned inspiration image ``[3, H, W]`` in [-1, 1], for ``low_prior``) and
-    ``sampled_w`` (the psi > 1 sample's w, ``[512]`` or W+, for ``encoder_truncation``) are needed only
-    by those strategies; ``loss_fn`` replaces low_prior's default loss. Images are synthesized
-    together in batches of ``batch_size`` with the checkpoint's constant noise.
+    """One candidate per strategy, in order. `w_plus` is the e4e code `[L, 512]` (or `[1, L, 512]`);
+    `target` (the aligned inspiration image `[3, H, W]` in [-1, 1], for `low_prior`) and
+    `sampled_w` (the psi > 1 sample's w, `[512]` or W+, for `encoder_truncation`) are needed only
+    by those strategies; `loss_fn` replaces low_prior's default loss. Images are synthesized
+    together in batches of `batch_size` with the checkpoint's constant noise.
     """
     pairs = candidate_latents(generator, w_plus, strategies, target, sampled_w, loss_fn)
     results: list[CandidateResult] = []

@@ -1,43 +1,39 @@
-"""StyleGAN2 generator (mapping + synthesis) in plain PyTorch, loading the official checkpoints strictly.
+"""StyleGAN2 generator (mapping + synthesis) in plain PyTorch: the network alone.
 
-Parameter and buffer names are exactly those of the rosinality/stylegan2-pytorch ``g_ema`` state
-dict (``../shared/MODELS.md`` §1), so a rosinality checkpoint loads with nothing renamed. e4e
-checkpoints carry the same dict under ``decoder.``; NVlabs stylegan2-ada-pytorch pickles are read
-without NVlabs code and renamed to these names (:mod:`services.generator.nvlabs`).
+Parameter and buffer names are exactly those of the rosinality/stylegan2-pytorch `g_ema` state
+dict (docs/checkpoints.md, "StyleGAN2: rosinality layout"), so a rosinality checkpoint loads with
+nothing renamed. Reading checkpoint files (rosinality, e4e's decoder, NVlabs pickles) is
+`services.generator.checkpoint`.
 
-The math, per image (``w`` one 512-d style vector per layer):
+The math, per image (`w` one 512-d style vector per layer):
 
-* mapping: ``x = z·rsqrt(mean(z²)+1e-8)``, then ``n_mlp`` × ``x = lrelu(x·(W·lr/√in)ᵀ + b·lr, 0.2)·√2``
-  (``lr`` = 0.01).
-* style of a layer: ``s = w·(A/√512)ᵀ + b_A`` (one scale per input channel).
-* modulated conv: ``w'[o,i] = W[o,i]/√(in·k²)·s[i]``; with demodulation ``w' /= √(Σ_{i,k,k} w'² + 1e-8)``.
-  The upsampling conv is ``conv_transpose2d(stride 2)`` followed by a blur (``upfirdn2d`` with
-  ``[1,3,3,1]ᵀ[1,3,3,1]/64·4``, pad (1, 1)).
-* styled conv: ``lrelu(conv + noise_strength·noise + bias, 0.2)·√2`` (then clamped to ±``conv_clamp``
+* mapping: `x = z·rsqrt(mean(z²)+1e-8)`, then `n_mlp` × `x = lrelu(x·(W·lr/√in)ᵀ + b·lr, 0.2)·√2`
+  (`lr` = 0.01).
+* style of a layer: `s = w·(A/√512)ᵀ + b_A` (one scale per input channel).
+* modulated conv: `w'[o,i] = W[o,i]/√(in·k²)·s[i]`; with demodulation `w' /= √(Σ_{i,k,k} w'² + 1e-8)`.
+  The upsampling conv is `conv_transpose2d(stride 2)` followed by a blur (`upfirdn2d` with
+  `[1,3,3,1]ᵀ[1,3,3,1]/64·4`, pad (1, 1)).
+* styled conv: `lrelu(conv + noise_strength·noise + bias, 0.2)·√2` (then clamped to ±`conv_clamp`
   when the checkpoint asks for it, as NVlabs-trained pickles do).
-* to_rgb: modulated 1×1 conv without demodulation, ``+ bias``, plus the previous image upsampled with
-  ``upfirdn2d(up=2, pad=(2, 1))``. The output is the last image, ``[B, 3, S, S]`` nominally in [-1, 1].
-* layer ``l`` of a W+ code drives: 0 → the 4×4 conv, 1 → the 4×4 to_rgb; block ``k`` (resolution
-  ``2^(k+3)``) uses ``2k+1`` (up conv), ``2k+2`` (conv) and ``2k+3`` (to_rgb), which it shares with the
-  next block's up conv. ``n_latent = 2·log2(size) − 2`` (18 at 1024).
+* to_rgb: modulated 1×1 conv without demodulation, `+ bias`, plus the previous image upsampled with
+  `upfirdn2d(up=2, pad=(2, 1))`. The output is the last image, `[B, 3, S, S]` nominally in [-1, 1].
+* layer `l` of a W+ code drives: 0 → the 4×4 conv, 1 → the 4×4 to_rgb; block `k` (resolution
+  `2^(k+3)`) uses `2k+1` (up conv), `2k+2` (conv) and `2k+3` (to_rgb), which it shares with the
+  next block's up conv. `n_latent = 2·log2(size) − 2` (18 at 1024).
 
-Two ways to run a modulated conv give the same numbers up to float rounding: ``grouped`` (the
+Two ways to run a modulated conv give the same numbers up to float rounding: `grouped` (the
 default) builds one weight per sample and runs a grouped conv — the literal formula, and bit-identical
-to rosinality's float32 output; ``batched`` scales the activations by ``s``, runs one ordinary conv for
+to rosinality's float32 output; `batched` scales the activations by `s`, runs one ordinary conv for
 the whole batch and multiplies the output by the demodulation coefficients (NVlabs' "non-fused" path;
 ~1e-6 relative difference, and the one that can use channels_last). On CUDA the top resolutions can
-run in fp16 with activations clamped, as NVlabs does (:meth:`Generator.set_runtime`).
+run in fp16 with activations clamped, as NVlabs does (`Generator.set_runtime`).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -45,25 +41,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from services.generator.errors import InvalidLatentError
+
 __all__ = [
-    "GeneratorConfig",
-    "Generator",
-    "NoiseMode",
-    "GeneratorError",
-    "CheckpointNotFoundError",
-    "CheckpointFormatError",
-    "CheckpointLayoutError",
-    "InvalidLatentError",
-    "default_channels",
-    "infer_config",
-    "generator_from_state_dict",
-    "load_generator",
-    "load_nvlabs_state",
-    "z_from_seed",
-    "upfirdn2d",
     "BLUR_TAPS",
-    "LayerRun",
     "FP32_GROUPED",
+    "Generator",
+    "GeneratorConfig",
+    "LayerRun",
+    "NoiseMode",
+    "default_channels",
+    "upfirdn2d",
+    "z_from_seed",
 ]
 
 NoiseMode = Literal["const", "random", "none"]
@@ -77,40 +66,12 @@ FP16_CONV_CLAMP = 256.0
 # How many random z a rosinality training checkpoint (no stored latent_avg) averages for w_avg.
 MEAN_LATENT_SAMPLES = 4096
 
-WEIGHTS_HINT = (
-    "run `sfhq weights download stylegan2-ffhq-config-f` (or `sfhq weights add <name> <path>` "
-    "to register a local file)"
-)
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class GeneratorError(Exception):
-    """Base class of the generator's own errors."""
-
-
-class CheckpointNotFoundError(GeneratorError, FileNotFoundError):
-    """The checkpoint file does not exist; the message says which `sfhq weights` command fetches it."""
-
-
-class CheckpointFormatError(GeneratorError, ValueError):
-    """The file is not a StyleGAN2 checkpoint in a layout we know."""
-
-
-class CheckpointLayoutError(CheckpointFormatError):
-    """Strict loading failed: a missing or unexpected key, or a wrong shape (named in the message)."""
-
-
-class InvalidLatentError(GeneratorError, ValueError):
-    """Bad input to mapping/synthesis: wrong shape, non-finite values, unknown noise mode, bad psi."""
-
 
 # ----------------------------------------------------------------------------- config
 
 
 def default_channels(size: int, channel_multiplier: int = 2, max_channels: int = 512) -> dict[int, int]:
-    """rosinality's channel table for resolutions 4..size, capped at ``max_channels`` (tiny test configs)."""
+    """rosinality's channel table for resolutions 4..size, capped at `max_channels` (tiny test configs)."""
     table = {
         4: 512,
         8: 512,
@@ -134,11 +95,11 @@ def _resolutions(size: int) -> list[int]:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Shape of a StyleGAN2 generator. ``GeneratorConfig(1024)`` is FFHQ config-f.
+    """Shape of a StyleGAN2 generator. `GeneratorConfig(1024)` is FFHQ config-f.
 
-    ``channels`` maps each resolution 4..size to its feature channels (rosinality's table with
-    channel multiplier 2 when omitted). ``conv_clamp`` clamps activations to ±value as NVlabs-trained
-    pickles do (``None`` for rosinality and TF-converted weights).
+    `channels` maps each resolution 4..size to its feature channels (rosinality's table with
+    channel multiplier 2 when omitted). `conv_clamp` clamps activations to ±value as NVlabs-trained
+    pickles do (`None` for rosinality and TF-converted weights).
     """
 
     size: int
@@ -171,7 +132,7 @@ class GeneratorConfig:
         return 2 * self.log_size - 3
 
     def noise_resolution(self, index: int) -> int:
-        """Side of noise buffer ``noise_<index>``: 4, 8, 8, 16, 16, …, size, size."""
+        """Side of noise buffer `noise_<index>`: 4, 8, 8, 16, 16, …, size, size."""
         return 2 ** ((index + 5) // 2)
 
 
@@ -179,7 +140,7 @@ class GeneratorConfig:
 
 
 def blur_kernel(scale: float = 1.0, device: torch.device | None = None) -> Tensor:
-    """The normalised 4×4 binomial kernel ``outer(1,3,3,1)/64``, times ``scale``."""
+    """The normalised 4×4 binomial kernel `outer(1,3,3,1)/64`, times `scale`."""
     taps = torch.tensor(BLUR_TAPS, device=device)
     kernel = torch.outer(taps, taps)
     return kernel / kernel.sum() * scale
@@ -188,7 +149,7 @@ def blur_kernel(scale: float = 1.0, device: torch.device | None = None) -> Tenso
 def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
     """Upsample (zero insertion), pad, FIR-filter (true convolution), downsample — per channel.
 
-    ``pad`` = (before, after), applied to both axes; negative values crop. Plain PyTorch ops.
+    `pad` = (before, after), applied to both axes; negative values crop. Plain PyTorch ops.
     """
     batch, channels, height, width = x.shape
     if up > 1:
@@ -207,7 +168,7 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
 
 
 def _lrelu_gain(x: Tensor, bias: Tensor, clamp: float | None) -> Tensor:
-    """``lrelu(x + bias, 0.2)·√2`` (rosinality's fused_leaky_relu), optionally clamped (NVlabs bias_act)."""
+    """`lrelu(x + bias, 0.2)·√2` (rosinality's fused_leaky_relu), optionally clamped (NVlabs bias_act)."""
     x = F.leaky_relu(x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2))), 0.2) * math.sqrt(2.0)
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
@@ -218,7 +179,7 @@ def _lrelu_gain(x: Tensor, bias: Tensor, clamp: float | None) -> Tensor:
 class LayerRun:
     """How one synthesis layer runs in this call: dtype, activation clamp, modconv form, memory format.
 
-    The generator picks it per resolution (:meth:`Generator.set_runtime`); tests build one to run a layer alone.
+    The generator picks it per resolution (`Generator.set_runtime`); tests build one to run a layer alone.
     """
 
     dtype: torch.dtype
@@ -260,7 +221,7 @@ class EqualLinear(nn.Module):
 
 
 class Blur(nn.Module):
-    """Blur after the transposed conv. ``kernel`` is a checkpoint buffer: outer(1,3,3,1)/64·4."""
+    """Blur after the transposed conv. `kernel` is a checkpoint buffer: outer(1,3,3,1)/64·4."""
 
     def __init__(self, pad: tuple[int, int]):
         super().__init__()
@@ -359,7 +320,7 @@ class NoiseInjection(nn.Module):
 
 
 class BiasActivation(nn.Module):
-    """rosinality's FusedLeakyReLU: ``lrelu(x + bias, 0.2)·√2``; the bias is the checkpoint's ``activate.bias``."""
+    """rosinality's FusedLeakyReLU: `lrelu(x + bias, 0.2)·√2`; the bias is the checkpoint's `activate.bias`."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -402,7 +363,7 @@ class ToRGB(nn.Module):
 
 
 class Upsample(nn.Module):
-    """×2 upsampling of the skip image: ``upfirdn2d(up=2, pad=(2, 1))`` with kernel outer(1,3,3,1)/64·4."""
+    """×2 upsampling of the skip image: `upfirdn2d(up=2, pad=(2, 1))` with kernel outer(1,3,3,1)/64·4."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -419,17 +380,17 @@ class ConstantInput(nn.Module):
 
 
 class _NoiseBuffers(nn.Module):
-    """Holds ``noise_0 … noise_{L-1}``: the fixed noise used by ``noise_mode='const'``."""
+    """Holds `noise_0 … noise_{L-1}`: the fixed noise used by `noise_mode='const'`."""
 
 
 # ----------------------------------------------------------------------------- generator
 
 
 class Generator(nn.Module):
-    """StyleGAN2 generator. Build it with :func:`load_generator` (or :func:`generator_from_state_dict`).
+    """StyleGAN2 generator. Build it with `load_generator` (or `generator_from_state_dict`).
 
-    Constructing one directly gives random weights (``random_init=True``, rosinality's initialisation),
-    meant for tests and tools; ``random_init=False`` only allocates, for a checkpoint to fill.
+    Constructing one directly gives random weights (`random_init=True`, rosinality's initialisation),
+    meant for tests and tools; `random_init=False` only allocates, for a checkpoint to fill.
     """
 
     latent_avg: Tensor
@@ -519,9 +480,9 @@ class Generator(nn.Module):
         channels_last: bool | None = None,
         modconv: ModconvMode | None = None,
     ) -> Generator:
-        """Speed settings. ``fp16_resolutions``: how many of the top resolutions run in fp16 (NVlabs uses 4;
+        """Speed settings. `fp16_resolutions`: how many of the top resolutions run in fp16 (NVlabs uses 4;
         more than the generator has means all but the 4×4 block; meant for CUDA — the service enables it
-        only there). ``channels_last`` applies to the ``batched`` modconv."""
+        only there). `channels_last` applies to the `batched` modconv."""
         if fp16_resolutions is not None:
             if fp16_resolutions < 0:
                 raise ValueError(f"fp16_resolutions must be >= 0, got {fp16_resolutions}")
@@ -537,7 +498,7 @@ class Generator(nn.Module):
     # -- mapping and truncation
 
     def mapping(self, z: Tensor) -> Tensor:
-        """z ``[B, style_dim]`` → w ``[B, style_dim]`` (no truncation)."""
+        """z `[B, style_dim]` → w `[B, style_dim]` (no truncation)."""
         z = self._check_tensor(z, "z")
         if z.ndim != 2 or z.shape[1] != self.style_dim:
             raise InvalidLatentError(f"z must have shape [B, {self.style_dim}], got {list(z.shape)}")
@@ -545,7 +506,7 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def mean_latent(self, n: int = MEAN_LATENT_SAMPLES, seed: int = 0) -> Tensor:
-        """Mean of ``mapping(z)`` over ``n`` seeded normal z: w_avg for checkpoints that do not store it."""
+        """Mean of `mapping(z)` over `n` seeded normal z: w_avg for checkpoints that do not store it."""
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.style_dim, generator=gen).to(self.device)
         return self.style(z).mean(0)
@@ -557,11 +518,11 @@ class Generator(nn.Module):
         cutoff: int | None = None,
         center: Tensor | None = None,
     ) -> Tensor:
-        """``center + psi·(w − center)`` for any finite psi (psi > 1 extrapolates; psi = 0 gives the centre).
+        """`center + psi·(w − center)` for any finite psi (psi > 1 extrapolates; psi = 0 gives the centre).
 
-        ``w`` is W ``[B, 512]`` or W+ ``[B, n_latent, 512]``. ``psi`` is a number or one value per layer
-        (``[n_latent]``). ``cutoff`` applies it to the first ``cutoff`` layers only (NVlabs'
-        truncation_cutoff). ``center`` defaults to ``latent_avg``; it may be ``[512]``, ``[B, 512]`` or
+        `w` is W `[B, 512]` or W+ `[B, n_latent, 512]`. `psi` is a number or one value per layer
+        (`[n_latent]`). `cutoff` applies it to the first `cutoff` layers only (NVlabs'
+        truncation_cutoff). `center` defaults to `latent_avg`; it may be `[512]`, `[B, 512]` or
         a W+ code (the encoder-truncation trick moves toward an e4e code instead of w_avg). A per-layer
         psi, a cutoff or a W+ centre turn a W input into W+.
         """
@@ -604,12 +565,12 @@ class Generator(nn.Module):
         noise_seed: int | None = None,
         max_resolution: int | None = None,
     ) -> Tensor:
-        """W ``[B, 512]`` or W+ ``[B, n_latent, 512]`` → images ``[B, 3, size, size]`` (float32, ~[-1, 1]).
+        """W `[B, 512]` or W+ `[B, n_latent, 512]` → images `[B, 3, size, size]` (float32, ~[-1, 1]).
 
-        ``truncation`` is psi (any value; see :meth:`truncate`), centred on ``truncation_latent`` or
-        ``latent_avg``. ``noise_mode``: ``const`` uses the checkpoint's noise buffers (deterministic),
-        ``random`` draws N(0, 1) noise (from ``noise_seed`` when given), ``none`` adds none.
-        ``max_resolution`` stops early and returns the intermediate RGB image of that resolution (the
+        `truncation` is psi (any value; see `truncate`), centred on `truncation_latent` or
+        `latent_avg`. `noise_mode`: `const` uses the checkpoint's noise buffers (deterministic),
+        `random` draws N(0, 1) noise (from `noise_seed` when given), `none` adds none.
+        `max_resolution` stops early and returns the intermediate RGB image of that resolution (the
         skip output StyleGAN2 builds at every scale): a cheap low-resolution render for optimisation loops.
         """
         latents = self._check_latents(latents, "latents")
@@ -632,7 +593,7 @@ class Generator(nn.Module):
         truncation_cutoff: int | None = None,
         noise_mode: NoiseMode = "const",
     ) -> Tensor:
-        """z → images: mapping, truncation toward ``latent_avg``, synthesis."""
+        """z → images: mapping, truncation toward `latent_avg`, synthesis."""
         return self.synthesize(
             self.mapping(z), truncation, None, noise_mode, truncation_cutoff=truncation_cutoff
         )
@@ -718,10 +679,10 @@ class Generator(nn.Module):
 
 
 def z_from_seed(seed: int, style_dim: int = 512) -> Tensor:
-    """z ``[style_dim]`` for a seed in [0, 2**64).
+    """z `[style_dim]` for a seed in [0, 2**64).
 
-    Seeds below 2**32 give exactly the z of NVlabs' ``generate.py --seeds``
-    (``np.random.RandomState(seed).randn``), so seed 85 here is seed 85 there. Larger seeds (the
+    Seeds below 2**32 give exactly the z of NVlabs' `generate.py --seeds`
+    (`np.random.RandomState(seed).randn`), so seed 85 here is seed 85 there. Larger seeds (the
     gateway derives 63-bit ones) seed the same generator with their two 32-bit words.
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**64:
@@ -729,211 +690,3 @@ def z_from_seed(seed: int, style_dim: int = 512) -> Tensor:
     seed = int(seed)
     state = np.random.RandomState(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])
     return torch.from_numpy(state.randn(style_dim)).float()
-
-
-# ----------------------------------------------------------------------------- strict loading
-
-
-def infer_config(state_dict: Mapping[str, Tensor], conv_clamp: float | None = None) -> GeneratorConfig:
-    """Read size, style_dim, n_mlp and the channel table off the shapes of a rosinality state dict."""
-
-    def shape_of(key: str) -> tuple[int, ...]:
-        if key not in state_dict:
-            raise CheckpointLayoutError(
-                f"missing key {key!r}: not a rosinality StyleGAN2 generator state dict"
-            )
-        return tuple(state_dict[key].shape)
-
-    style_dim = shape_of("style.1.weight")[1]
-    n_mlp = 0
-    while f"style.{n_mlp + 1}.weight" in state_dict:
-        n_mlp += 1
-    n_blocks = 0
-    while f"to_rgbs.{n_blocks}.conv.weight" in state_dict:
-        n_blocks += 1
-    size = 2 ** (n_blocks + 2)
-    channels = {4: shape_of("input.input")[1]}
-    for block in range(n_blocks):
-        channels[2 ** (block + 3)] = shape_of(f"convs.{2 * block}.conv.weight")[1]
-    return GeneratorConfig(
-        size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels, conv_clamp=conv_clamp
-    )
-
-
-def check_state_dict(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
-    """Strict check of ``state_dict`` against the layout ``expected`` (an empty model's state dict):
-    every key present and used, every shape right, the resample filters the standard ones.
-
-    Raises :class:`CheckpointLayoutError` naming the first mismatch (in state-dict order).
-    """
-    for key, reference in expected.items():
-        if key not in state_dict:
-            raise CheckpointLayoutError(
-                f"missing key {key!r} (expected shape {list(reference.shape)}; "
-                f"{sum(k not in state_dict for k in expected)} key(s) missing in all)"
-            )
-        value = state_dict[key]
-        if not isinstance(value, Tensor):
-            raise CheckpointLayoutError(f"key {key!r} holds a {type(value).__name__}, not a tensor")
-        if tuple(value.shape) != tuple(reference.shape):
-            raise CheckpointLayoutError(
-                f"shape mismatch at {key!r}: expected {list(reference.shape)}, got {list(value.shape)}"
-            )
-        if not value.is_floating_point():
-            raise CheckpointLayoutError(f"key {key!r} has dtype {value.dtype}, expected floating point")
-    unexpected = [key for key in state_dict if key not in expected]
-    if unexpected:
-        raise CheckpointLayoutError(
-            f"unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected key(s) in all)"
-        )
-    # The blur/upsample kernels are constants of the architecture; anything else means a different model.
-    reference_kernel = blur_kernel(scale=4.0)
-    for key, value in state_dict.items():
-        if key.endswith(("blur.kernel", "upsample.kernel")) and not torch.allclose(
-            value.float().cpu(), reference_kernel, atol=1e-6
-        ):
-            raise CheckpointLayoutError(f"{key!r} is not the StyleGAN2 [1,3,3,1] filter")
-
-
-def generator_from_state_dict(
-    state_dict: Mapping[str, Tensor],
-    latent_avg: Tensor | None = None,
-    *,
-    conv_clamp: float | None = None,
-    device: str | torch.device = "cpu",
-) -> Generator:
-    """Build a :class:`Generator` from a rosinality-layout state dict, strictly; config from the shapes.
-
-    ``latent_avg`` may be ``[512]``, ``[1, 512]`` or an e4e-style ``[n_latent, 512]`` (rows averaged).
-    Without it, w_avg is the mean of 4096 seeded mapped z (what rosinality's generate.py computes).
-    """
-    config = infer_config(state_dict, conv_clamp=conv_clamp)
-    generator = Generator(config, random_init=False)  # allocation only: the checkpoint fills it
-    check_state_dict(state_dict, generator.state_dict())
-    weights = {
-        key: value.detach().to(device=device, dtype=torch.float32) for key, value in state_dict.items()
-    }
-    generator.load_state_dict(weights, strict=True, assign=True)
-    generator.latent_avg = torch.zeros(config.style_dim, device=device)
-    generator.requires_grad_(False).eval()
-    if latent_avg is None:
-        generator.latent_avg = generator.mean_latent()
-    else:
-        generator.latent_avg = _latent_avg_vector(latent_avg, config).to(device)
-    return generator
-
-
-def _latent_avg_vector(latent_avg: Tensor, config: GeneratorConfig) -> Tensor:
-    if not isinstance(latent_avg, Tensor) or not latent_avg.is_floating_point():
-        raise CheckpointLayoutError("latent_avg must be a floating-point tensor")
-    value = latent_avg.detach().float().cpu()
-    if value.ndim == 2 and value.shape[1] == config.style_dim:
-        # e4e stores the w_avg repeated once per layer; fall back to the mean if the rows differ.
-        value = value[0] if bool((value == value[:1]).all()) else value.mean(0)
-    if tuple(value.shape) != (config.style_dim,):
-        raise CheckpointLayoutError(
-            f"latent_avg must have shape [{config.style_dim}], got {list(latent_avg.shape)}"
-        )
-    if not bool(torch.isfinite(value).all()):
-        raise CheckpointLayoutError("latent_avg contains NaN or infinite values")
-    return value
-
-
-# ----------------------------------------------------------------------------- checkpoint files
-
-# The first pickle of a legacy (pre-zip) torch.save file is this magic number as a long.
-_TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Load a StyleGAN2 generator from any of the official layouts, detected from the file's content.
-
-    * rosinality ``.pt``: ``{'g_ema': state_dict, 'latent_avg': [512]}`` (training checkpoints without
-      ``latent_avg`` get the mean of 4096 seeded mapped z);
-    * e4e checkpoint: ``{'state_dict': {'encoder.*', 'decoder.*'}, 'latent_avg': [18, 512], ...}``;
-    * a bare rosinality generator state dict;
-    * NVlabs stylegan2-ada-pytorch network pickle (``G_ema``), read with a restricted unpickler.
-
-    Raises :class:`CheckpointNotFoundError` (naming ``sfhq weights``) when the file is missing and
-    :class:`CheckpointFormatError` / :class:`CheckpointLayoutError` when it is not a generator we know.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"StyleGAN2 checkpoint not found: {path}; {WEIGHTS_HINT}")
-    if zipfile.is_zipfile(path) or _starts_with_torch_legacy_magic(path):
-        generator = _from_torch_file(path, device)
-    else:
-        generator = _from_nvlabs_pickle(path, device)
-    generator.source.setdefault("path", str(path))
-    return generator
-
-
-def _starts_with_torch_legacy_magic(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    # PROTO 2, LONG1 of 10 bytes, then the magic number.
-    return head[:4] == b"\x80\x02\x8a\x0a" and head[4:14] == _TORCH_LEGACY_MAGIC
-
-
-def _from_torch_file(path: Path, device: str | torch.device) -> Generator:
-    try:
-        # Training checkpoints store their argparse options; a Namespace is a plain attribute bag.
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            # Zip-format files are memory-mapped: an e4e file (1.2 GB) only pages in its decoder.
-            checkpoint = torch.load(
-                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-            )
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise CheckpointFormatError(
-            f"{path} could not be read as a torch checkpoint (weights_only): {error}"
-        ) from error
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointFormatError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-
-    if "g_ema" in checkpoint:
-        generator = generator_from_state_dict(
-            checkpoint["g_ema"], checkpoint.get("latent_avg"), device=device
-        )
-        generator.source["format"] = "rosinality"
-        return generator
-    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
-        decoder = {
-            k[len("decoder.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("decoder.")
-        }
-        if not decoder:
-            raise CheckpointFormatError(
-                f"{path} has a 'state_dict' without 'decoder.*' keys: not an e4e checkpoint"
-            )
-        generator = generator_from_state_dict(decoder, checkpoint.get("latent_avg"), device=device)
-        generator.source["format"] = "e4e-decoder"
-        return generator
-    if "style.1.weight" in checkpoint:
-        generator = generator_from_state_dict(checkpoint, None, device=device)
-        generator.source["format"] = "rosinality-state-dict"
-        return generator
-    keys = sorted(str(k) for k in checkpoint)[:8]
-    raise CheckpointFormatError(
-        f"{path} is a torch file without 'g_ema', an e4e 'state_dict' or generator keys (top-level keys: {keys})"
-    )
-
-
-def _from_nvlabs_pickle(path: Path, device: str | torch.device) -> Generator:
-    from services.common.safe_pickle import UnsafePickleError
-    from services.generator import nvlabs
-
-    try:
-        network = nvlabs.load_nvlabs_state(path)
-    except UnsafePickleError as error:
-        raise CheckpointFormatError(f"{path}: refused to unpickle ({error})") from error
-    state_dict, w_avg = nvlabs.nvlabs_to_rosinality(network.state_dict)
-    generator = generator_from_state_dict(state_dict, w_avg, conv_clamp=network.conv_clamp, device=device)
-    generator.source.update(format="nvlabs", num_fp16_res=network.num_fp16_res, conv_clamp=network.conv_clamp)
-    return generator
-
-
-def load_nvlabs_state(path_or_bytes: str | Path | bytes) -> Any:
-    """Re-export of :func:`services.generator.nvlabs.load_nvlabs_state` (the ``G_ema`` of a network pickle)."""
-    from services.generator import nvlabs
-
-    return nvlabs.load_nvlabs_state(path_or_bytes)

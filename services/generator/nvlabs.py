@@ -1,16 +1,16 @@
 """NVlabs stylegan2-ada-pytorch network pickles, read without NVlabs code.
 
-A network pickle (``training_loop.py``) is ``{'training_set_kwargs', 'G', 'D', 'G_ema', 'augment_pipe'}``
-whose modules are ``persistent_class`` objects: each is pickled as
-``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with ``meta = {type: 'class', version,
-module_src, class_name, state}``, where ``module_src`` is the Python source of the defining module
-and ``state`` the module's ``__dict__`` (``_parameters``, ``_buffers``, ``_modules``, attributes).
-NVlabs' own loader *executes* ``module_src``. We never do: our restricted unpickler turns each such
-object into a :class:`PersistentObject` record (class name + state), rebuilds tensors through
-``torch.load(weights_only=True)``, and refuses every other global.
+A network pickle (`training_loop.py`) is `{'training_set_kwargs', 'G', 'D', 'G_ema', 'augment_pipe'}`
+whose modules are `persistent_class` objects: each is pickled as
+`torch_utils.persistence._reconstruct_persistent_obj(meta)` with `meta = {type: 'class', version,
+module_src, class_name, state}`, where `module_src` is the Python source of the defining module
+and `state` the module's `__dict__` (`_parameters`, `_buffers`, `_modules`, attributes).
+NVlabs' own loader *executes* `module_src`. We never do: our restricted unpickler turns each such
+object into a `PersistentObject` record (class name + state), rebuilds tensors through
+`torch.load(weights_only=True)`, and refuses every other global.
 
-Then :func:`nvlabs_to_rosinality` renames ``G_ema``'s state dict to rosinality's names
-(``../shared/MODELS.md`` §1), strictly: every NVlabs entry is consumed, every shape checked.
+Then `nvlabs_to_rosinality` renames `G_ema`'s state dict to rosinality's names
+(docs/checkpoints.md, "StyleGAN2: NVlabs stylegan2-ada-pytorch pickle"), strictly: every NVlabs entry is consumed, every shape checked.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from services.common.safe_pickle import (
     restricted_loads,
     torch_tensor_globals,
 )
-from services.generator.model import (
+from services.generator.errors import (
     WEIGHTS_HINT,
     CheckpointFormatError,
     CheckpointLayoutError,
     CheckpointNotFoundError,
-    blur_kernel,
 )
+from services.generator.model import blur_kernel
 
 __all__ = [
     "PersistentObject",
@@ -51,9 +51,9 @@ __all__ = [
 
 @dataclass
 class PersistentObject:
-    """A pickled NVlabs ``persistent_class`` instance, as data: its class name and ``__dict__``.
+    """A pickled NVlabs `persistent_class` instance, as data: its class name and `__dict__`.
 
-    ``module_src`` is kept only as its length, for provenance; it is never executed.
+    `module_src` is kept only as its length, for provenance; it is never executed.
     """
 
     class_name: str
@@ -67,7 +67,7 @@ class PersistentObject:
 
 
 def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
-    """Stands in for ``torch_utils.persistence._reconstruct_persistent_obj``: records, runs nothing."""
+    """Stands in for `torch_utils.persistence._reconstruct_persistent_obj`: records, runs nothing."""
     if not isinstance(meta, dict) or meta.get("type") != "class":
         raise UnsafePickleError("malformed persistent object in NVlabs pickle (meta is not a class record)")
     class_name, state = meta.get("class_name"), meta.get("state")
@@ -83,7 +83,7 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
 
 
 class _EasyDict(dict):
-    """Stands in for ``dnnlib.util.EasyDict`` (a dict with attribute access) in constructor kwargs."""
+    """Stands in for `dnnlib.util.EasyDict` (a dict with attribute access) in constructor kwargs."""
 
 
 def _nvlabs_globals() -> dict[tuple[str, str], Any]:
@@ -101,7 +101,7 @@ def _nvlabs_globals() -> dict[tuple[str, str], Any]:
 
 @dataclass
 class NvlabsNetwork:
-    """One network of a pickle (``G_ema`` by default) as a flat NVlabs-named state dict + the attributes we use."""
+    """One network of a pickle (`G_ema` by default) as a flat NVlabs-named state dict + the attributes we use."""
 
     state_dict: dict[str, Tensor]
     class_name: str
@@ -111,7 +111,7 @@ class NvlabsNetwork:
 
 
 def load_nvlabs_state(path_or_bytes: str | Path | bytes, network: str = "G_ema") -> NvlabsNetwork:
-    """Read ``network`` from an NVlabs stylegan2-ada-pytorch pickle with the restricted unpickler."""
+    """Read `network` from an NVlabs stylegan2-ada-pytorch pickle with the restricted unpickler."""
     if isinstance(path_or_bytes, str | Path) and not Path(path_or_bytes).is_file():
         raise CheckpointNotFoundError(f"StyleGAN2 network pickle not found: {path_or_bytes}; {WEIGHTS_HINT}")
     data = read_bytes(path_or_bytes)
@@ -147,7 +147,7 @@ def load_nvlabs_state(path_or_bytes: str | Path | bytes, network: str = "G_ema")
 
 
 def _flatten(module: PersistentObject, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    """``module.state_dict()`` from the recorded ``__dict__``: own params, persistent buffers, then children."""
+    """`module.state_dict()` from the recorded `__dict__`: own params, persistent buffers, then children."""
     state = module.state
     non_persistent = state.get("_non_persistent_buffers_set") or set()
     for name, value in (state.get("_parameters") or {}).items():
@@ -184,12 +184,12 @@ def _synthesis_blocks(root: PersistentObject) -> list[PersistentObject]:
 
 
 def _count_fp16_blocks(root: PersistentObject) -> int:
-    """NVlabs' ``num_fp16_res``, recovered from the blocks' ``use_fp16`` flags (the kwarg itself is not stored)."""
+    """NVlabs' `num_fp16_res`, recovered from the blocks' `use_fp16` flags (the kwarg itself is not stored)."""
     return sum(1 for block in _synthesis_blocks(root) if block.state.get("use_fp16") is True)
 
 
 def _find_conv_clamp(root: PersistentObject) -> float | None:
-    """The ``conv_clamp`` the synthesis layers were built with (256 for ada-pytorch training, None for TF ports)."""
+    """The `conv_clamp` the synthesis layers were built with (256 for ada-pytorch training, None for TF ports)."""
     for block in _synthesis_blocks(root):
         layer = block.child("conv1")
         if layer is not None and "conv_clamp" in layer.state:
@@ -254,11 +254,11 @@ _EXPECTED_NDIM = {"add_dim0": None, "add_dims01": 2, "scalar_to_1": 0, "rgb_bias
 
 
 def nvlabs_to_rosinality(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
-    """Rename an NVlabs ``G_ema`` state dict to rosinality's layout; returns (state dict, w_avg).
+    """Rename an NVlabs `G_ema` state dict to rosinality's layout; returns (state dict, w_avg).
 
-    Strict: an NVlabs key that maps to nothing, or a missing one, raises :class:`CheckpointLayoutError`
-    naming it. The ``resample_filter`` buffers are checked to be the [1,3,3,1] filter and replaced by
-    rosinality's ``blur.kernel``/``upsample.kernel`` (the same filter ×4).
+    Strict: an NVlabs key that maps to nothing, or a missing one, raises `CheckpointLayoutError`
+    naming it. The `resample_filter` buffers are checked to be the [1,3,3,1] filter and replaced by
+    rosinality's `blur.kernel`/`upsample.kernel` (the same filter ×4).
     """
     resolutions = sorted(
         int(m.group(1))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from services.common.errors import InvalidInput
 from services.common.weights import WeightsError, WeightsMissing
 from services.search.random_weights import RANDOM_MARKER
 
@@ -50,7 +51,7 @@ class ClipWeightsError(WeightsError):
     """The CLIP folder does not match the official key layout (a missing folder raises WeightsMissing)."""
 
 
-class ClipInputError(ValueError):
+class ClipInputError(InvalidInput):
     """An input to the embedder is unusable (wrong type, empty or degenerate image)."""
 
 
@@ -88,9 +89,21 @@ class ClipEmbedder:
 
     feature_key = FEATURE_KEY
 
-    def __init__(self, *, folder: Path, model: torch.nn.Module, tokenizer, image_size: int | None, dim: int,
-                 device: torch.device, dtype: torch.dtype, batch_size: int, has_image_tower: bool,
-                 has_text_tower: bool, is_random: bool) -> None:
+    def __init__(
+        self,
+        *,
+        folder: Path,
+        model: torch.nn.Module,
+        tokenizer,
+        image_size: int | None,
+        dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch_size: int,
+        has_image_tower: bool,
+        has_text_tower: bool,
+        is_random: bool,
+    ) -> None:
         self.folder = folder
         self.image_size = image_size
         self.dim = dim
@@ -136,8 +149,9 @@ class ClipEmbedder:
         for text in texts:
             if not isinstance(text, str):
                 raise ClipInputError(f"texts must be strings, got {type(text).__name__}")
-        encoded = self._tokenizer(list(texts), padding="max_length", max_length=CONTEXT_LENGTH,
-                                  truncation=True, return_tensors="np")
+        encoded = self._tokenizer(
+            list(texts), padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="np"
+        )
         return encoded["input_ids"].astype(np.int64)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -170,9 +184,16 @@ class ClipEmbedder:
         with torch.inference_mode(), warnings.catch_warnings():
             # The tracer warns about shape checks that are constant for a fixed image size: expected.
             warnings.simplefilter("ignore")
-            torch.onnx.export(tower, (example,), str(tmp), input_names=["pixel_values"],
-                              output_names=["image_features"], opset_version=17, dynamo=False,
-                              dynamic_axes={"pixel_values": {0: "batch"}, "image_features": {0: "batch"}})
+            torch.onnx.export(
+                tower,
+                (example,),
+                str(tmp),
+                input_names=["pixel_values"],
+                output_names=["image_features"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={"pixel_values": {0: "batch"}, "image_features": {0: "batch"}},
+            )
         os.replace(tmp, path)  # a half-written file is never picked up by the next start
         # The export moved the shared weights to CPU/float32; put them back where the torch path runs.
         self._model.to(self.device, self.dtype)
@@ -202,9 +223,15 @@ class ClipEmbedder:
 
     def provenance(self) -> dict:
         return {
-            "feature_key": FEATURE_KEY, "weights": REGISTRY_NAME, "folder": str(self.folder),
-            "sha256": self.weights_sha256(), "random_weights": self.is_random, "dim": self.dim,
-            "backend": self.backend, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+            "feature_key": FEATURE_KEY,
+            "weights": REGISTRY_NAME,
+            "folder": str(self.folder),
+            "sha256": self.weights_sha256(),
+            "random_weights": self.is_random,
+            "dim": self.dim,
+            "backend": self.backend,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
         }
 
 
@@ -219,8 +246,16 @@ class _ImageTower(torch.nn.Module):
         return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
 
 
-def load_clip(path: str | Path, device: str = "cpu", backend: Backend = "torch", *, towers: Towers = "both",
-              fp16: bool = True, batch_size: int = 16, onnx_path: str | Path | None = None) -> ClipEmbedder:
+def load_clip(
+    path: str | Path,
+    device: str = "cpu",
+    backend: Backend = "torch",
+    *,
+    towers: Towers = "both",
+    fp16: bool = True,
+    batch_size: int = 16,
+    onnx_path: str | Path | None = None,
+) -> ClipEmbedder:
     """Load CLIP from a local folder in the official layout, strictly (no missing or unexpected keys).
 
     `towers="text"` loads only the text transformer (what text search over SFHQ's precomputed features
@@ -243,15 +278,25 @@ def load_clip(path: str | Path, device: str = "cpu", backend: Backend = "torch",
     _check_folder(folder)
     torch_device = resolve_device(device)
     dtype = torch.float16 if (fp16 and torch_device.type == "cuda") else torch.float32
-    model_class = {"both": CLIPModel, "text": CLIPTextModelWithProjection,
-                   "image": CLIPVisionModelWithProjection}[towers]
+    model_class = {
+        "both": CLIPModel,
+        "text": CLIPTextModelWithProjection,
+        "image": CLIPVisionModelWithProjection,
+    }[towers]
     with _quiet_transformers():
         try:
-            model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                      dtype=torch.float32, output_loading_info=True)
+            model, info = model_class.from_pretrained(
+                folder,
+                local_files_only=True,
+                use_safetensors=True,
+                dtype=torch.float32,
+                output_loading_info=True,
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             raise ClipWeightsError(f"cannot load CLIP from {folder}: {exc}") from exc
-        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True) if towers != "image" else None
+        tokenizer = (
+            CLIPTokenizer.from_pretrained(folder, local_files_only=True) if towers != "image" else None
+        )
     _check_loading_info(folder, towers, info)
 
     if towers == "image":
@@ -262,13 +307,22 @@ def load_clip(path: str | Path, device: str = "cpu", backend: Backend = "torch",
     # The marker sits in the CLIP folder (write_random_clip_folder) or in the whole weights folder.
     is_random = (folder / RANDOM_MARKER).exists() or (folder.parent / RANDOM_MARKER).exists()
     if is_random:
-        log.warning("CLIP weights in %s are RANDOM (made by `sfhq weights make-random`): features are meaningless",
-                    folder)
+        log.warning(
+            "CLIP weights in %s are RANDOM (made by `sfhq weights make-random`): features are meaningless",
+            folder,
+        )
     embedder = ClipEmbedder(
-        folder=folder, model=model, tokenizer=tokenizer,
+        folder=folder,
+        model=model,
+        tokenizer=tokenizer,
         image_size=int(vision_config.image_size) if vision_config is not None else None,
-        dim=int(config.projection_dim), device=torch_device, dtype=dtype, batch_size=batch_size,
-        has_image_tower=towers != "text", has_text_tower=towers != "image", is_random=is_random,
+        dim=int(config.projection_dim),
+        device=torch_device,
+        dtype=dtype,
+        batch_size=batch_size,
+        has_image_tower=towers != "text",
+        has_text_tower=towers != "image",
+        is_random=is_random,
     )
     if backend == "onnx":
         target = Path(onnx_path) if onnx_path else _default_onnx_path(folder)
@@ -279,7 +333,9 @@ def load_clip(path: str | Path, device: str = "cpu", backend: Backend = "torch",
     return embedder
 
 
-def load_clip_from_registry(registry, device: str = "cpu", backend: Backend = "torch", **kwargs) -> ClipEmbedder:
+def load_clip_from_registry(
+    registry, device: str = "cpu", backend: Backend = "torch", **kwargs
+) -> ClipEmbedder:
     """Load the registered `clip-vit-l-14-336` folder; a missing one raises the registry's WeightsMissing."""
     return load_clip(registry.path(REGISTRY_NAME), device=device, backend=backend, **kwargs)
 
@@ -301,19 +357,29 @@ class _VisionOnly(torch.nn.Module):
 def _check_folder(folder: Path) -> None:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
-        raise WeightsMissing(REGISTRY_NAME, folder, f" (missing files: {', '.join(missing)}; the folder must be "
-                                                    "the official openai/clip-vit-large-patch14-336 layout)")
+        raise WeightsMissing(
+            REGISTRY_NAME,
+            folder,
+            f" (missing files: {', '.join(missing)}; the folder must be "
+            "the official openai/clip-vit-large-patch14-336 layout)",
+        )
 
 
 def _check_loading_info(folder: Path, towers: Towers, info: dict) -> None:
     """Refuse anything but an exact match of the official key layout (the tower subset when partial)."""
     missing = sorted(info.get("missing_keys") or [])
-    unexpected = [k for k in sorted(info.get("unexpected_keys") or []) if not k.endswith(_LEGACY_BUFFER_SUFFIX)]
+    unexpected = [
+        k for k in sorted(info.get("unexpected_keys") or []) if not k.endswith(_LEGACY_BUFFER_SUFFIX)
+    ]
     mismatched = list(info.get("mismatched_keys") or [])
     if towers == "text":
-        unexpected = [k for k in unexpected if not k.startswith(("vision_model.", "visual_projection.", "logit_scale"))]
+        unexpected = [
+            k for k in unexpected if not k.startswith(("vision_model.", "visual_projection.", "logit_scale"))
+        ]
     elif towers == "image":
-        unexpected = [k for k in unexpected if not k.startswith(("text_model.", "text_projection.", "logit_scale"))]
+        unexpected = [
+            k for k in unexpected if not k.startswith(("text_model.", "text_projection.", "logit_scale"))
+        ]
     if missing or unexpected or mismatched:
         raise ClipWeightsError(
             f"{folder}/model.safetensors does not match the CLIP key layout: missing {missing[:5]}, "
@@ -348,10 +414,19 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), max(1, size)):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "FEATURE_KEY", "REGISTRY_NAME", "ClipEmbedder", "ClipInputError", "ClipWeightsError",
-    "load_clip", "load_clip_from_registry", "preprocess_image", "resolve_device",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "FEATURE_KEY",
+    "REGISTRY_NAME",
+    "ClipEmbedder",
+    "ClipInputError",
+    "ClipWeightsError",
+    "load_clip",
+    "load_clip_from_registry",
+    "preprocess_image",
+    "resolve_device",
 ]

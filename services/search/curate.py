@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -26,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.search.dedup import SFHQ_THRESHOLD
+from services.common.contracts import CurateOutput, CuratePayload, Decision
+from services.common.errors import InvalidInput
 from services.search.index import ItemMeta, SearchFilter
 from services.search.state import IndexState
 from services.search.taste import TasteModel
@@ -58,7 +58,7 @@ return 1
 """
 
 
-class CurateInputError(ValueError):
+class CurateInputError(InvalidInput):
     """A curate payload is unusable (missing keys, wrong types, features of the wrong shape)."""
 
 
@@ -129,48 +129,32 @@ class JobLock:
             log.warning("could not release %s", self.key, exc_info=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CurateRequest:
+    """One item to decide: its job, its id and its (checked) payload."""
+
     job_id: str
     item_id: str
-    features_key: str
-    image_key: str
-    taste_model: str
-    accept_threshold: float | None
-    dedup_threshold: float  # negative: off
+    payload: CuratePayload
 
-    @classmethod
-    def from_payload(cls, job_id: str, item_id: str, payload: dict) -> CurateRequest:
-        def key(name: str) -> str:
-            value = payload.get(name)
-            if not isinstance(value, str) or not value:
-                raise CurateInputError(f"curate payload needs {name!r}: a blob key")
-            return value
-
-        def number(name: str) -> float | None:
-            value = payload.get(name)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise CurateInputError(f"curate payload {name!r} must be a number or null, got {value!r}")
-            return float(value)
-
-        taste_model = payload.get("taste_model") or ""
-        if not isinstance(taste_model, str):
-            raise CurateInputError(f"curate payload 'taste_model' must be a string, got {taste_model!r}")
-        dedup = number("dedup_threshold")
-        if dedup is not None and dedup >= 1.0:
-            raise CurateInputError(f"dedup_threshold must be below 1 (negative turns it off), got {dedup}")
-        return cls(job_id=job_id, item_id=item_id, features_key=key("features"), image_key=key("image"),
-                   taste_model=taste_model, accept_threshold=number("accept_threshold"),
-                   dedup_threshold=SFHQ_THRESHOLD if dedup is None else dedup)
+    @property
+    def features_key(self) -> str:
+        return self.payload.features
 
 
 class Curator:
     """Makes curate decisions against the shared per-job state in Redis and the local index."""
 
-    def __init__(self, redis, state: IndexState, blobs, taste_source: Callable[[str], TasteModel], *,
-                 lock_ttl_ms: int = LOCK_TTL_MS, lock_wait_s: float = LOCK_WAIT_S) -> None:
+    def __init__(
+        self,
+        redis,
+        state: IndexState,
+        blobs,
+        taste_source: Callable[[str], TasteModel],
+        *,
+        lock_ttl_ms: int = LOCK_TTL_MS,
+        lock_wait_s: float = LOCK_WAIT_S,
+    ) -> None:
         self.redis = redis
         self.state = state
         self.blobs = blobs
@@ -186,11 +170,11 @@ class Curator:
     def lock(self, job_id: str) -> JobLock:
         return JobLock(self.redis, job_id, ttl_ms=self.lock_ttl_ms, wait_s=self.lock_wait_s)
 
-    def decide(self, request: CurateRequest, job_lock: JobLock) -> dict:
+    def decide(self, request: CurateRequest, job_lock: JobLock) -> CurateOutput:
         """The decision for one item; call with the job's lock held. Returns the stage output."""
         recorded = self.redis.hget(decisions_key(request.job_id), request.item_id)
         if recorded is not None:
-            return _public(json.loads(recorded))
+            return CurateOutput.parse(_public(json.loads(recorded)))
         vector = self._features(request)
         with self._local:
             self._catch_up(request.job_id)
@@ -198,45 +182,61 @@ class Curator:
             own_id = index_item_id(request.job_id, request.item_id)
             if own_id in index:  # added before (e.g. through Add): it is accepted, not its own duplicate
                 meta = index.get_meta(own_id)
-                output = _output("accepted", meta.taste_score if meta else None, None, None)
+                output = _output(Decision.ACCEPTED, meta.taste_score if meta else None, None, None)
                 self._commit_decision(request, job_lock, output, accepted_entry=None)
                 return output
 
             score: float | None = None
-            if request.taste_model:
-                model = self.taste_source(request.taste_model)
+            payload = request.payload
+            if payload.taste_model:
+                model = self.taste_source(payload.taste_model)
                 score = float(model.predict_proba(vector)[0])
-                threshold = model.high_threshold if request.accept_threshold is None else request.accept_threshold
+                threshold = (
+                    model.high_threshold if payload.accept_threshold is None else payload.accept_threshold
+                )
                 if score < threshold:
-                    output = _output("rejected_taste", score, None, None)
+                    output = _output(Decision.REJECTED_TASTE, score, None, None)
                     self._commit_decision(request, job_lock, output, accepted_entry=None)
                     return output
 
-            if request.dedup_threshold >= 0 and len(index):
-                matches = index.range_search(vector, request.dedup_threshold,
-                                             filter=SearchFilter(job_id=request.job_id))[0]
+            dedup_threshold = payload.effective_dedup_threshold
+            if dedup_threshold >= 0 and len(index):
+                matches = index.range_search(
+                    vector, dedup_threshold, filter=SearchFilter(job_id=request.job_id)
+                )[0]
                 if matches:
                     other, similarity = matches[0]
-                    output = _output("rejected_duplicate", score, other.split("/", 1)[-1], similarity)
+                    output = _output(Decision.REJECTED_DUPLICATE, score, other.split("/", 1)[-1], similarity)
                     self._commit_decision(request, job_lock, output, accepted_entry=None)
                     return output
 
-            output = _output("accepted", score, None, None)
-            entry = {"item_id": request.item_id, "features": request.features_key,
-                     "image_uri": self.blobs.uri(request.image_key), "taste_score": score}
+            output = _output(Decision.ACCEPTED, score, None, None)
+            entry = {
+                "item_id": request.item_id,
+                "features": request.features_key,
+                "image_uri": self.blobs.uri(payload.image),
+                "taste_score": score,
+            }
             self._commit_decision(request, job_lock, output, accepted_entry=entry)
             self._add(request.job_id, entry, vector)
             self._synced[request.job_id] = self._synced.get(request.job_id, 0) + 1
             return output
 
-    def _commit_decision(self, request: CurateRequest, job_lock: JobLock, output: dict,
-                         accepted_entry: dict | None) -> None:
+    def _commit_decision(
+        self, request: CurateRequest, job_lock: JobLock, output: CurateOutput, accepted_entry: dict | None
+    ) -> None:
         if job_lock.lost:
             raise LockUnavailable(f"lost the curate lock of job {request.job_id}; retrying")
         status = self._commit(
             keys=[job_lock.key, decisions_key(request.job_id), accepted_key(request.job_id)],
-            args=[job_lock.token, request.item_id, json.dumps(output),
-                  json.dumps(accepted_entry) if accepted_entry else "", KEY_TTL_S])
+            args=[
+                job_lock.token,
+                request.item_id,
+                json.dumps(output.to_dict()),
+                json.dumps(accepted_entry) if accepted_entry else "",
+                KEY_TTL_S,
+            ],
+        )
         if status == -1:
             raise LockUnavailable(f"lost the curate lock of job {request.job_id} before committing; retrying")
 
@@ -249,8 +249,10 @@ class Curator:
             raise CurateInputError(f"features {request.features_key!r} are empty, zero or not finite")
         index = self.state.index
         if index is not None and vector.size != index.dim:
-            raise CurateInputError(f"features {request.features_key!r} are {vector.size}-d; the index holds "
-                                   f"{index.dim}-d vectors")
+            raise CurateInputError(
+                f"features {request.features_key!r} are {vector.size}-d; the index holds "
+                f"{index.dim}-d vectors"
+            )
         return vector
 
     # ---- shared state -------------------------------------------------------------------------------
@@ -266,17 +268,30 @@ class Curator:
                 try:
                     vector = np.asarray(self.blobs.get_npy(entry["features"]), np.float32).reshape(-1)
                 except (FileNotFoundError, ValueError) as exc:  # the job's blobs were deleted meanwhile
-                    log.warning("job %s: accepted item %s has no readable features (%s); not indexed",
-                                job_id, entry["item_id"], exc)
+                    log.warning(
+                        "job %s: accepted item %s has no readable features (%s); not indexed",
+                        job_id,
+                        entry["item_id"],
+                        exc,
+                    )
                     continue
                 self._add(job_id, entry, vector)
         self._synced[job_id] = start + len(entries)
 
     def _add(self, job_id: str, entry: dict, vector: np.ndarray) -> None:
         index = self.state.index_for(vector.size)
-        index.add([index_item_id(job_id, entry["item_id"])], vector[None, :],
-                  [ItemMeta(job_id=job_id, source=f"job:{job_id}", image_uri=entry.get("image_uri") or "",
-                            taste_score=entry.get("taste_score"))])
+        index.add(
+            [index_item_id(job_id, entry["item_id"])],
+            vector[None, :],
+            [
+                ItemMeta(
+                    job_id=job_id,
+                    source=f"job:{job_id}",
+                    image_uri=entry.get("image_uri") or "",
+                    taste_score=entry.get("taste_score"),
+                )
+            ],
+        )
         self.state.mark_dirty()
 
     def catch_up_all(self) -> int:
@@ -284,7 +299,7 @@ class Curator:
         before = len(self.state.index) if self.state.index is not None else 0
         with self._local:
             for key in self.redis.scan_iter(match="sfhq:curate:*:accepted", count=1000):
-                job_id = key[len("sfhq:curate:"):-len(":accepted")]
+                job_id = key[len("sfhq:curate:") : -len(":accepted")]
                 self._catch_up(job_id)
         after = len(self.state.index) if self.state.index is not None else 0
         if after > before:
@@ -292,8 +307,12 @@ class Curator:
         return after - before
 
 
-def _output(decision: str, score: float | None, duplicate_of: str | None, similarity: float | None) -> dict:
-    return {"decision": decision, "taste_score": score, "duplicate_of": duplicate_of, "similarity": similarity}
+def _output(
+    decision: Decision, score: float | None, duplicate_of: str | None, similarity: float | None
+) -> CurateOutput:
+    return CurateOutput(
+        decision=decision, taste_score=score, duplicate_of=duplicate_of, similarity=similarity
+    )
 
 
 def _public(recorded: dict) -> dict:

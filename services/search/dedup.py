@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from services.common.errors import InvalidInput
 from services.search.index import SearchFilter, VectorIndex, nlist_for, normalize_rows
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ PROXY_MARGIN = 0.05  # ...at most this far below the threshold
 TARGET_PAIR_RECALL = 0.995
 
 
-class DedupInputError(ValueError):
+class DedupInputError(InvalidInput):
     """Bad dedup request (threshold out of range, scores missing or mismatched...)."""
 
 
@@ -56,10 +57,17 @@ class DedupResult:
     stats: dict = field(default_factory=dict)
 
 
-def near_duplicates(vectors: np.ndarray, threshold: float = SFHQ_THRESHOLD, scores: np.ndarray | None = None,
-                    worst_first: bool = False, index: VectorIndex | None = None, *,
-                    index_filter: SearchFilter | None = None, pair_method: str = "auto",
-                    seed: int = 0) -> DedupResult:
+def near_duplicates(
+    vectors: np.ndarray,
+    threshold: float = SFHQ_THRESHOLD,
+    scores: np.ndarray | None = None,
+    worst_first: bool = False,
+    index: VectorIndex | None = None,
+    *,
+    index_filter: SearchFilter | None = None,
+    pair_method: str = "auto",
+    seed: int = 0,
+) -> DedupResult:
     """Greedy near-duplicate removal of `vectors` (raw or normalised features, [N, D], in order).
 
     `index`: already accepted images; a candidate above the threshold to any of them (optionally only
@@ -69,8 +77,11 @@ def near_duplicates(vectors: np.ndarray, threshold: float = SFHQ_THRESHOLD, scor
     started = time.perf_counter()
     if not -1.0 <= threshold < 1.0:
         raise DedupInputError(f"threshold must be a cosine similarity in [-1, 1), got {threshold}")
-    unit = normalize_rows(vectors, dim=index.dim if index is not None else None, what="dedup vectors") \
-        if len(np.asarray(vectors)) else np.zeros((0, 1), np.float32)
+    unit = (
+        normalize_rows(vectors, dim=index.dim if index is not None else None, what="dedup vectors")
+        if len(np.asarray(vectors))
+        else np.zeros((0, 1), np.float32)
+    )
     n = len(unit)
     order = np.arange(n)
     if worst_first:
@@ -101,21 +112,33 @@ def near_duplicates(vectors: np.ndarray, threshold: float = SFHQ_THRESHOLD, scor
     for pos in order[has_twins[order]]:
         if pos in duplicate_of:
             continue
-        row_neighbours = neighbours[lims[pos]:lims[pos + 1]]
+        row_neighbours = neighbours[lims[pos] : lims[pos + 1]]
         twins = kept[row_neighbours]
         if not twins.any():
             kept[pos] = True
             continue
-        row_sims = sims[lims[pos]:lims[pos + 1]]
+        row_sims = sims[lims[pos] : lims[pos + 1]]
         best = int(np.argmax(np.where(twins, row_sims, -np.inf)))
         duplicate_of[pos] = (int(row_neighbours[best]), float(row_sims[best]))
 
     duplicates = sorted((pos, other, float(sim)) for pos, (other, sim) in duplicate_of.items())
-    result = DedupResult(kept=np.flatnonzero(kept).tolist(), duplicates=duplicates, method=pairs.method,
-                         pair_recall=pairs.recall, seconds=time.perf_counter() - started,
-                         stats={"candidates": n, "pairs": len(pairs.a), **pairs.timings})
-    log.info("dedup of %d candidates at %.3f: kept %d, %d duplicates (%s, %.1f s)", n, threshold,
-             len(result.kept), len(duplicates), pairs.method, result.seconds)
+    result = DedupResult(
+        kept=np.flatnonzero(kept).tolist(),
+        duplicates=duplicates,
+        method=pairs.method,
+        pair_recall=pairs.recall,
+        seconds=time.perf_counter() - started,
+        stats={"candidates": n, "pairs": len(pairs.a), **pairs.timings},
+    )
+    log.info(
+        "dedup of %d candidates at %.3f: kept %d, %d duplicates (%s, %.1f s)",
+        n,
+        threshold,
+        len(result.kept),
+        len(duplicates),
+        pairs.method,
+        result.seconds,
+    )
     return result
 
 
@@ -164,15 +187,16 @@ def find_pairs(unit: np.ndarray, threshold: float, *, method: str = "auto", seed
     raise DedupInputError(f"unknown pair method {method!r} (auto, exact, cluster_join, faiss_ivf)")
 
 
-def _block_pairs(unit: np.ndarray, rows: np.ndarray, cols: np.ndarray, threshold: float,
-                 block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _block_pairs(
+    unit: np.ndarray, rows: np.ndarray, cols: np.ndarray, threshold: float, block: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (rows[i], cols[j]) above threshold, by BLAS blocks small enough to stay in cache-sized memory."""
     found_a, found_b, found_s = [], [], []
     for r0 in range(0, len(rows), block):
-        row_ids = rows[r0:r0 + block]
+        row_ids = rows[r0 : r0 + block]
         left = unit[row_ids]
         for c0 in range(0, len(cols), block):
-            col_ids = cols[c0:c0 + block]
+            col_ids = cols[c0 : c0 + block]
             sims = left @ unit[col_ids].T
             i, j = np.nonzero(sims > threshold)
             if len(i):
@@ -266,17 +290,26 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
     probe_bounds = np.searchsorted(probed_lists[by_probe], np.arange(nlist + 1))
     found_a, found_b, found_s = [], [], []
     for cell in range(nlist):
-        members = by_primary[member_bounds[cell]:member_bounds[cell + 1]]
+        members = by_primary[member_bounds[cell] : member_bounds[cell + 1]]
         if len(members) == 0:
             continue
-        visitors = probed_rows[by_probe[probe_bounds[cell]:probe_bounds[cell + 1]]]
+        visitors = probed_rows[by_probe[probe_bounds[cell] : probe_bounds[cell + 1]]]
         a, b, sims = _block_pairs(unit, members, visitors, threshold)
         found_a.append(a)
         found_b.append(b)
         found_s.append(sims)
-    pairs = _unique_pairs(np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s),
-                          f"cluster_join nlist={nlist} probe={probe}", recall)
-    pairs.timings = {"partition_s": partition_s, "measure_s": measure_s, "join_s": time.perf_counter() - clock}
+    pairs = _unique_pairs(
+        np.concatenate(found_a),
+        np.concatenate(found_b),
+        np.concatenate(found_s),
+        f"cluster_join nlist={nlist} probe={probe}",
+        recall,
+    )
+    pairs.timings = {
+        "partition_s": partition_s,
+        "measure_s": measure_s,
+        "join_s": time.perf_counter() - clock,
+    }
     return pairs
 
 
@@ -307,7 +340,9 @@ def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int) -> PairSet:
             found = {(int(q), int(r)) for q, row in zip(truth.sample_rows, top, strict=True) for r in row}
         else:
             lims, _, rows = ivf.range_search(queries, truth.threshold, params=params)
-            found = {(int(q), int(r)) for i, q in enumerate(truth.sample_rows) for r in rows[lims[i]:lims[i + 1]]}
+            found = {
+                (int(q), int(r)) for i, q in enumerate(truth.sample_rows) for r in rows[lims[i] : lims[i + 1]]
+            }
         recall = len(wanted & found) / len(wanted) if wanted else 1.0
         if recall >= TARGET_PAIR_RECALL or nprobe >= nlist:
             break

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 import faiss
 import numpy as np
 
+from services.common.errors import InvalidInput
+
 log = logging.getLogger(__name__)
 
 FLAT_LIMIT = 20_000  # exact float32 search up to here
@@ -45,7 +47,7 @@ FORMAT_VERSION = 1
 INDEX_KINDS = ("flat", "sq_fp16", "ivf", "hnsw")
 
 
-class IndexInputError(ValueError):
+class IndexInputError(InvalidInput):
     """Bad input to the index (wrong dimension, non-finite or zero vectors, mismatched lengths...)."""
 
 
@@ -136,7 +138,9 @@ def normalize_rows(vectors: np.ndarray, *, dim: int | None = None, what: str = "
         raise IndexInputError(f"{what} contain NaN or infinity")
     norms = np.linalg.norm(array, axis=1)
     if array.shape[0] and norms.min() < 1e-12:
-        raise IndexInputError(f"{what} contain an all-zero row (row {int(norms.argmin())}); it has no direction")
+        raise IndexInputError(
+            f"{what} contain an all-zero row (row {int(norms.argmin())}); it has no direction"
+        )
     array /= norms[:, None]
     return array
 
@@ -146,8 +150,9 @@ def nlist_for(n: int) -> int:
     return int(min(max(16, round(2 * math.sqrt(max(n, 1)))), max(16, n // 39)))
 
 
-def build_faiss_index(spec: IndexSpec, dim: int, vectors: np.ndarray, *, seed: int = 0,
-                      chunk: int = 65_536) -> faiss.Index:
+def build_faiss_index(
+    spec: IndexSpec, dim: int, vectors: np.ndarray, *, seed: int = 0, chunk: int = 65_536
+) -> faiss.Index:
     """Build the index of `spec` over unit float32 `vectors` (row i gets FAISS id i)."""
     metric = faiss.METRIC_INNER_PRODUCT
     if spec.kind == "flat":
@@ -167,7 +172,7 @@ def build_faiss_index(spec: IndexSpec, dim: int, vectors: np.ndarray, *, seed: i
         index.hnsw.efConstruction = spec.ef_construction
         index.hnsw.efSearch = max(RECALL_K, spec.ef_search)
     for start in range(0, len(vectors), chunk):
-        index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
+        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
     return index
 
 
@@ -178,8 +183,9 @@ def _training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[rows], dtype=np.float32)
 
 
-def search_parameters(spec: IndexSpec, selector: faiss.IDSelector | None = None,
-                      effort: float = 1.0) -> faiss.SearchParameters:
+def search_parameters(
+    spec: IndexSpec, selector: faiss.IDSelector | None = None, effort: float = 1.0
+) -> faiss.SearchParameters:
     """FAISS per-call parameters: the tuned nprobe/efSearch (scaled by `effort`) and an optional ID selector."""
     if spec.kind == "ivf":
         params = faiss.SearchParametersIVF(nprobe=min(spec.nlist, max(1, int(round(spec.nprobe * effort)))))
@@ -194,8 +200,12 @@ def search_parameters(spec: IndexSpec, selector: faiss.IDSelector | None = None,
 
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k row ids by inner product, [Q, k] (BLAS, no index copy)."""
-    _, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
-                       np.ascontiguousarray(vectors, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    _, ids = faiss.knn(
+        np.ascontiguousarray(queries, dtype=np.float32),
+        np.ascontiguousarray(vectors, dtype=np.float32),
+        k,
+        metric=faiss.METRIC_INNER_PRODUCT,
+    )
     return ids
 
 
@@ -207,8 +217,9 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K) -> floa
     return hits / max(1, truth[:, :k].size)
 
 
-def tune_search_parameter(index: faiss.Index, spec: IndexSpec, queries: np.ndarray,
-                          truth: np.ndarray) -> IndexSpec:
+def tune_search_parameter(
+    index: faiss.Index, spec: IndexSpec, queries: np.ndarray, truth: np.ndarray
+) -> IndexSpec:
     """Smallest nprobe / efSearch reaching `spec.target_recall` recall@10 on these queries (measured).
 
     Doubling finds a bracket, bisection the smallest passing value. If nothing reaches the target, the
@@ -250,8 +261,9 @@ def _search_ids(index: faiss.Index, spec: IndexSpec, queries: np.ndarray) -> np.
     return ids
 
 
-def build_and_tune(spec: IndexSpec, vectors: np.ndarray, *, tuning_rows: int = TUNING_QUERIES,
-                   seed: int = 0) -> tuple[faiss.Index, IndexSpec]:
+def build_and_tune(
+    spec: IndexSpec, vectors: np.ndarray, *, tuning_rows: int = TUNING_QUERIES, seed: int = 0
+) -> tuple[faiss.Index, IndexSpec]:
     """Build `spec` over unit `vectors` and tune its search parameter on held-out rows.
 
     The last `tuning_rows` rows are left out of the build, used as queries (their exact top-10 among the
@@ -296,8 +308,16 @@ def _time_per_query(index: faiss.Index, spec: IndexSpec, queries: np.ndarray) ->
     return float(np.median(times)) if times else 0.0
 
 
-def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: np.ndarray | None = None,
-                      max_sample: int = 30_000, latency_budget_ms: float = 5.0, seed: int = 0) -> IndexSpec:
+def choose_index_type(
+    n: int,
+    dim: int,
+    target_recall: float = 0.95,
+    *,
+    sample: np.ndarray | None = None,
+    max_sample: int = 30_000,
+    latency_budget_ms: float = 5.0,
+    seed: int = 0,
+) -> IndexSpec:
     """Pick the index kind for `n` vectors and tune it to `target_recall` recall@10 on `sample`.
 
     `sample` (unit rows of the data at hand) is required beyond FLAT_LIMIT. Up to EXACT_LIMIT: the fp16
@@ -313,8 +333,9 @@ def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: 
     if n <= FLAT_LIMIT:
         return IndexSpec("flat", target_recall=target_recall, measured_recall=1.0)
     if sample is None:
-        raise IndexInputError("choose_index_type needs a sample of the data to measure recall beyond "
-                              f"{FLAT_LIMIT} vectors")
+        raise IndexInputError(
+            f"choose_index_type needs a sample of the data to measure recall beyond {FLAT_LIMIT} vectors"
+        )
     rng = np.random.default_rng(seed)
     # A random subset in random order, so the held-out tuning rows at its end are a random sample too.
     sample = np.ascontiguousarray(sample[rng.permutation(len(sample))[:max_sample]], dtype=np.float32)
@@ -324,18 +345,27 @@ def choose_index_type(n: int, dim: int, target_recall: float = 0.95, *, sample: 
         held_out = min(TUNING_QUERIES, len(sample) // 10)
         index = build_faiss_index(spec, dim, sample[:-held_out])
         queries = sample[-held_out:]
-        spec = tune_search_parameter(index, spec, queries, exact_neighbours(sample[:-held_out], queries, RECALL_K))
+        spec = tune_search_parameter(
+            index, spec, queries, exact_neighbours(sample[:-held_out], queries, RECALL_K)
+        )
         if spec.measured_recall >= target_recall:
             return spec
         return IndexSpec("flat", target_recall=target_recall, measured_recall=1.0)
 
     measured: dict[str, tuple[IndexSpec, float]] = {}
-    for spec in (IndexSpec("ivf", nlist=nlist_for(len(sample)), nprobe=1, target_recall=target_recall),
-                 IndexSpec("hnsw", hnsw_m=32, ef_construction=40, ef_search=RECALL_K, target_recall=target_recall)):
+    for spec in (
+        IndexSpec("ivf", nlist=nlist_for(len(sample)), nprobe=1, target_recall=target_recall),
+        IndexSpec("hnsw", hnsw_m=32, ef_construction=40, ef_search=RECALL_K, target_recall=target_recall),
+    ):
         index, spec = build_and_tune(spec, sample, seed=seed)
         latency_ms = _time_per_query(index, spec, sample[-100:]) * 1e3
-        log.info("index candidate %s: recall@10 %.3f, %.2f ms/query on %d rows", spec.describe(),
-                 spec.measured_recall, latency_ms, len(sample))
+        log.info(
+            "index candidate %s: recall@10 %.3f, %.2f ms/query on %d rows",
+            spec.describe(),
+            spec.measured_recall,
+            latency_ms,
+            len(sample),
+        )
         measured[spec.kind] = (spec, latency_ms)
     (ivf, ivf_ms), (hnsw, _) = measured["ivf"], measured["hnsw"]
     ivf_ms_at_n = ivf_ms * math.sqrt(n / len(sample))
@@ -363,15 +393,17 @@ class _Column:
     def extend(self, values: np.ndarray) -> None:
         need = self.size + len(values)
         if need > len(self.data):
-            grown = np.full((max(need, 2 * len(self.data)),) + self.data.shape[1:], self.fill, self.data.dtype)
-            grown[:self.size] = self.data[:self.size]
+            grown = np.full(
+                (max(need, 2 * len(self.data)),) + self.data.shape[1:], self.fill, self.data.dtype
+            )
+            grown[: self.size] = self.data[: self.size]
             self.data = grown
-        self.data[self.size:need] = values
+        self.data[self.size : need] = values
         self.size = need
 
     @property
     def view(self) -> np.ndarray:
-        return self.data[:self.size]
+        return self.data[: self.size]
 
     @classmethod
     def of(cls, values: np.ndarray, fill=0) -> _Column:
@@ -424,8 +456,14 @@ class VectorIndex:
     Thread-safe: one lock serialises mutations and searches (FAISS searches are short and use every core).
     """
 
-    def __init__(self, dim: int, *, target_recall: float = 0.95, spec: IndexSpec | None = None,
-                 auto_rebuild: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        target_recall: float = 0.95,
+        spec: IndexSpec | None = None,
+        auto_rebuild: bool = True,
+    ) -> None:
         if dim <= 0:
             raise IndexInputError(f"dimension must be positive, got {dim}")
         self.dim = dim
@@ -436,8 +474,11 @@ class VectorIndex:
         self._row_of: dict[str, int] = {}
         self._jobs = _Vocabulary([""])
         self._sources = _Vocabulary([""])
-        self._faiss = build_faiss_index(self.spec, dim, np.zeros((0, dim), np.float32)) \
-            if self.spec.kind in ("flat", "sq_fp16", "hnsw") else None
+        self._faiss = (
+            build_faiss_index(self.spec, dim, np.zeros((0, dim), np.float32))
+            if self.spec.kind in ("flat", "sq_fp16", "hnsw")
+            else None
+        )
         self._built_at = 0  # alive rows at the last (re)build: growth triggers the next one
         self._bulk_depth = 0
         self._lock = threading.RLock()
@@ -472,13 +513,18 @@ class VectorIndex:
 
     def _meta(self, row: int) -> ItemMeta:
         taste = float(self._rows.taste.view[row])
-        return ItemMeta(job_id=self._jobs.words[self._rows.job.view[row]],
-                        source=self._sources.words[self._rows.source.view[row]],
-                        image_uri=self._rows.image_uris[row], taste_score=None if math.isnan(taste) else taste)
+        return ItemMeta(
+            job_id=self._jobs.words[self._rows.job.view[row]],
+            source=self._sources.words[self._rows.source.view[row]],
+            image_uri=self._rows.image_uris[row],
+            taste_score=None if math.isnan(taste) else taste,
+        )
 
     # ---- mutation -----------------------------------------------------------------------------------
 
-    def add(self, item_ids: Sequence[str], vectors: np.ndarray, metas: Sequence[ItemMeta] | None = None) -> int:
+    def add(
+        self, item_ids: Sequence[str], vectors: np.ndarray, metas: Sequence[ItemMeta] | None = None
+    ) -> int:
         """Add (or replace) items; vectors are raw features, normalised here. Returns the index size."""
         item_ids = list(item_ids)
         unit = normalize_rows(vectors, dim=self.dim)
@@ -502,8 +548,9 @@ class VectorIndex:
             rows.alive.extend(np.ones(len(unit), np.bool_))
             rows.job.extend(np.array([self._jobs.code(m.job_id or "") for m in metas], np.int32))
             rows.source.extend(np.array([self._sources.code(m.source or "") for m in metas], np.int32))
-            rows.taste.extend(np.array([np.nan if m.taste_score is None else m.taste_score for m in metas],
-                                       np.float32))
+            rows.taste.extend(
+                np.array([np.nan if m.taste_score is None else m.taste_score for m in metas], np.float32)
+            )
             rows.item_ids.extend(item_ids)
             rows.image_uris.extend(m.image_uri or "" for m in metas)
             for offset, item_id in enumerate(item_ids):
@@ -561,7 +608,9 @@ class VectorIndex:
         vectors = self._rows.vectors.view.astype(np.float32)
         n = len(vectors)
         if spec is None:
-            spec = choose_index_type(n, self.dim, self.target_recall, sample=vectors if n > FLAT_LIMIT else None)
+            spec = choose_index_type(
+                n, self.dim, self.target_recall, sample=vectors if n > FLAT_LIMIT else None
+            )
         spec = IndexSpec.from_dict(spec.to_dict())
         if spec.kind == "ivf":
             # Training needs ~39 points per list; a tiny index falls back to exact search.
@@ -570,14 +619,21 @@ class VectorIndex:
             else:
                 spec.nlist = min(spec.nlist or nlist_for(n), nlist_for(n))
         if spec.kind in ("ivf", "hnsw"):
-            self._move_rows_to_end(np.random.default_rng(len(self._rows)).choice(
-                n, size=min(TUNING_QUERIES, n // 10), replace=False))
+            self._move_rows_to_end(
+                np.random.default_rng(len(self._rows)).choice(
+                    n, size=min(TUNING_QUERIES, n // 10), replace=False
+                )
+            )
             vectors = self._rows.vectors.view.astype(np.float32)
         index, spec = build_and_tune(spec, vectors)
         self._faiss, self.spec, self._built_at = index, spec, n
-        log.info("index rebuilt: %d vectors, %s, recall@10 %s, %.1f s", n, spec.describe(),
-                 "n/a" if spec.measured_recall is None else f"{spec.measured_recall:.3f}",
-                 time.perf_counter() - started)
+        log.info(
+            "index rebuilt: %d vectors, %s, recall@10 %s, %.1f s",
+            n,
+            spec.describe(),
+            "n/a" if spec.measured_recall is None else f"{spec.measured_recall:.3f}",
+            time.perf_counter() - started,
+        )
         return spec
 
     def _compact(self) -> None:
@@ -604,7 +660,7 @@ class VectorIndex:
         last[chosen] = True
         order = np.concatenate([np.flatnonzero(~last), np.flatnonzero(last)])
         for column in (rows.vectors, rows.alive, rows.job, rows.source, rows.taste):
-            column.data[:column.size] = column.view[order]
+            column.data[: column.size] = column.view[order]
         rows.item_ids = [rows.item_ids[r] for r in order]
         rows.image_uris = [rows.image_uris[r] for r in order]
         self._row_of = {item_id: row for row, item_id in enumerate(rows.item_ids) if rows.alive.view[row]}
@@ -629,12 +685,16 @@ class VectorIndex:
             else:
                 with self._bitmap_selector(selection) as selector:
                     scores, rows = self._faiss.search(
-                        unit, k, params=search_parameters(self.spec, selector, self._effort(selection)))
-            return [[self._hit(int(r), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
-                    for srow, rrow in zip(scores, rows, strict=True)]
+                        unit, k, params=search_parameters(self.spec, selector, self._effort(selection))
+                    )
+            return [
+                [self._hit(int(r), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+                for srow, rrow in zip(scores, rows, strict=True)
+            ]
 
-    def range_search(self, queries: np.ndarray, threshold: float,
-                     filter: SearchFilter | None = None) -> list[list[tuple[str, float]]]:
+    def range_search(
+        self, queries: np.ndarray, threshold: float, filter: SearchFilter | None = None
+    ) -> list[list[tuple[str, float]]]:
         """For each query, every item with cosine similarity > `threshold`, as (item_id, similarity), best first."""
         unit = normalize_rows(queries, dim=self.dim, what="query vectors")
         with self._lock:
@@ -643,13 +703,20 @@ class VectorIndex:
             lims, sims, rows = self._range_rows(unit, float(threshold), filter)
             out = []
             for q in range(len(unit)):
-                found = sorted(zip(sims[lims[q]:lims[q + 1]].tolist(), rows[lims[q]:lims[q + 1]].tolist(),
-                                   strict=True), reverse=True)
+                found = sorted(
+                    zip(
+                        sims[lims[q] : lims[q + 1]].tolist(),
+                        rows[lims[q] : lims[q + 1]].tolist(),
+                        strict=True,
+                    ),
+                    reverse=True,
+                )
                 out.append([(self._rows.item_ids[r], s) for s, r in found])
             return out
 
-    def _range_rows(self, unit: np.ndarray, threshold: float,
-                    filter: SearchFilter | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _range_rows(
+        self, unit: np.ndarray, threshold: float, filter: SearchFilter | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         selection = self._selection(filter)
         if selection is None:
             return self._faiss.range_search(unit, threshold, params=search_parameters(self.spec))
@@ -680,7 +747,9 @@ class VectorIndex:
                 mask &= rows.job.view == (-1 if code is None else code)
             if filter.source:
                 family = filter.source + ":"
-                codes = [c for w, c in self._sources.codes.items() if w == filter.source or w.startswith(family)]
+                codes = [
+                    c for w, c in self._sources.codes.items() if w == filter.source or w.startswith(family)
+                ]
                 mask &= np.isin(rows.source.view, codes)
             if filter.min_taste is not None:
                 mask &= rows.taste.view >= filter.min_taste  # NaN (unscored) compares False: excluded
@@ -700,7 +769,9 @@ class VectorIndex:
             return 1.0
         return min(10.0, len(selection) / max(1, int(selection.sum())))
 
-    def _exact_subset_search(self, unit: np.ndarray, k: int, selection: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _exact_subset_search(
+        self, unit: np.ndarray, k: int, selection: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         chosen = np.flatnonzero(selection)
         sims = unit @ self._rows.vectors.view[chosen].astype(np.float32).T
         k = min(k, len(chosen))
@@ -718,8 +789,14 @@ class VectorIndex:
 
     def _hit(self, row: int, score: float) -> Hit:
         meta = self._meta(row)
-        return Hit(item_id=self._rows.item_ids[row], score=score, image_uri=meta.image_uri, job_id=meta.job_id,
-                   source=meta.source, taste_score=meta.taste_score)
+        return Hit(
+            item_id=self._rows.item_ids[row],
+            score=score,
+            image_uri=meta.image_uri,
+            job_id=meta.job_id,
+            source=meta.source,
+            taste_score=meta.taste_score,
+        )
 
     # ---- persistence --------------------------------------------------------------------------------
 
@@ -737,13 +814,26 @@ class VectorIndex:
             version = f"v{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
             rows = self._rows
             arrays = io.BytesIO()
-            np.savez(arrays, vectors=rows.vectors.view, alive=rows.alive.view, job=rows.job.view,
-                     source=rows.source.view, taste=rows.taste.view)
+            np.savez(
+                arrays,
+                vectors=rows.vectors.view,
+                alive=rows.alive.view,
+                job=rows.job.view,
+                source=rows.source.view,
+                taste=rows.taste.view,
+            )
             manifest = {
-                "format": FORMAT_VERSION, "dim": self.dim, "target_recall": self.target_recall,
-                "spec": self.spec.to_dict(), "built_at": self._built_at, "rows": len(rows), "items": len(self),
-                "item_ids": rows.item_ids, "image_uris": rows.image_uris,
-                "jobs": self._jobs.words, "sources": self._sources.words,
+                "format": FORMAT_VERSION,
+                "dim": self.dim,
+                "target_recall": self.target_recall,
+                "spec": self.spec.to_dict(),
+                "built_at": self._built_at,
+                "rows": len(rows),
+                "items": len(self),
+                "item_ids": rows.item_ids,
+                "image_uris": rows.image_uris,
+                "jobs": self._jobs.words,
+                "sources": self._sources.words,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             faiss_bytes = faiss.serialize_index(self._faiss).tobytes() if self._faiss is not None else b""
@@ -764,8 +854,11 @@ class VectorIndex:
         Newer-named folders are left alone: they belong to a writer that has not moved the pointer yet.
         """
         prefix = f"{key}/"
-        versions = {k[len(prefix):].split("/", 1)[0] for k in store.list(prefix)
-                    if k[len(prefix):].startswith("v") and "/" in k[len(prefix):]}
+        versions = {
+            k[len(prefix) :].split("/", 1)[0]
+            for k in store.list(prefix)
+            if k[len(prefix) :].startswith("v") and "/" in k[len(prefix) :]
+        }
         for old in sorted(v for v in versions if v < current and v != previous):
             for blob in store.list(f"{prefix}{old}/"):
                 with contextlib.suppress(OSError):
@@ -778,11 +871,17 @@ class VectorIndex:
         version = pointer["version"]
         manifest = json.loads(store.get(f"{key}/{version}/manifest.json"))
         if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"index {key}/{version} has format {manifest.get('format')}, expected {FORMAT_VERSION}")
+            raise ValueError(
+                f"index {key}/{version} has format {manifest.get('format')}, expected {FORMAT_VERSION}"
+            )
         with np.load(io.BytesIO(store.get(f"{key}/{version}/arrays.npz")), allow_pickle=False) as arrays:
             columns = {name: arrays[name] for name in arrays.files}
-        index = cls(manifest["dim"], target_recall=manifest["target_recall"],
-                    spec=IndexSpec.from_dict(manifest["spec"]), auto_rebuild=auto_rebuild)
+        index = cls(
+            manifest["dim"],
+            target_recall=manifest["target_recall"],
+            spec=IndexSpec.from_dict(manifest["spec"]),
+            auto_rebuild=auto_rebuild,
+        )
         rows = _Rows(index.dim)
         rows.vectors = _Column.of(columns["vectors"])
         rows.alive = _Column.of(columns["alive"])
@@ -799,7 +898,11 @@ class VectorIndex:
         faiss_bytes = store.get(f"{key}/{version}/faiss.index")
         loaded = faiss.deserialize_index(np.frombuffer(faiss_bytes, np.uint8)) if faiss_bytes else None
         if loaded is None or loaded.ntotal != len(rows) or loaded.d != index.dim:
-            log.warning("index %s/%s: FAISS data missing or inconsistent; rebuilding from stored vectors", key, version)
+            log.warning(
+                "index %s/%s: FAISS data missing or inconsistent; rebuilding from stored vectors",
+                key,
+                version,
+            )
             index._rebuild_locked(index.spec)
         else:
             index._faiss = loaded
@@ -807,6 +910,13 @@ class VectorIndex:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"items": len(self), "rows": len(self._rows), "dead_rows": self.dead_rows, "dim": self.dim,
-                    "index": self.spec.describe(), "measured_recall": self.spec.measured_recall,
-                    "target_recall": self.target_recall, "version": self.version}
+            return {
+                "items": len(self),
+                "rows": len(self._rows),
+                "dead_rows": self.dead_rows,
+                "dim": self.dim,
+                "index": self.spec.describe(),
+                "measured_recall": self.spec.measured_recall,
+                "target_recall": self.target_recall,
+                "version": self.version,
+            }

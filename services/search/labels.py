@@ -38,18 +38,29 @@ class LabelRecord:
 
     def to_json(self) -> dict:
         features = np.ascontiguousarray(self.features, dtype="<f4").reshape(-1)
-        return {"item_id": self.item_id, "positive": bool(self.positive), "labeler": self.labeler,
-                "time": self.time, "feature_key": self.feature_key, "dim": int(features.size),
-                "features_b64": base64.b64encode(features.tobytes()).decode("ascii")}
+        return {
+            "item_id": self.item_id,
+            "positive": bool(self.positive),
+            "labeler": self.labeler,
+            "time": self.time,
+            "feature_key": self.feature_key,
+            "dim": int(features.size),
+            "features_b64": base64.b64encode(features.tobytes()).decode("ascii"),
+        }
 
     @classmethod
     def from_json(cls, record: dict) -> LabelRecord:
         features = np.frombuffer(base64.b64decode(record["features_b64"]), dtype="<f4").astype(np.float32)
         if features.size != int(record["dim"]):
             raise ValueError(f"label record has {features.size} features, says {record['dim']}")
-        return cls(features=features, positive=bool(record["positive"]), item_id=record.get("item_id"),
-                   labeler=record.get("labeler", ""), time=record.get("time", ""),
-                   feature_key=record.get("feature_key", FEATURE_KEY))
+        return cls(
+            features=features,
+            positive=bool(record["positive"]),
+            item_id=record.get("item_id"),
+            labeler=record.get("labeler", ""),
+            time=record.get("time", ""),
+            feature_key=record.get("feature_key", FEATURE_KEY),
+        )
 
 
 class LabelStore:

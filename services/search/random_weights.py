@@ -30,17 +30,31 @@ FULL_SIZE_CONFIG: dict = {
     "projection_dim": 768,
     "logit_scale_init_value": 2.6592,
     "text_config": {
-        "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-        "projection_dim": 768, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
+        "vocab_size": 49408,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 1,
     },
     "vision_config": {
-        "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-        "image_size": 336, "patch_size": 14, "hidden_act": "quick_gelu", "projection_dim": 768,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 336,
+        "patch_size": 14,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
     },
 }
 
-# Words the tiny tokenizer learns merges from: SFHQ-style prompt vocabulary (SFHQ_FACTS.md §7.5).
+# Words the tiny tokenizer learns merges from: SFHQ-style prompt vocabulary (docs/sfhq-format.md, "Prompt templates").
 _CORPUS = """
 a portrait photo of a young old man woman boy girl baby toddler teenage with smiling happy sad angry
 surprised neutral calm thoughtful worried expression and long short curly straight wavy bald afro bob cut
@@ -121,23 +135,36 @@ def build_tokenizer_files(num_merges: int = 300) -> tuple[dict[str, int], list[t
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def tiny_clip_config(vocab_size: int, *, image_size: int = 32, patch_size: int = 8, width: int = 32,
-                     projection_dim: int = 32) -> dict:
+def tiny_clip_config(
+    vocab_size: int, *, image_size: int = 32, patch_size: int = 8, width: int = 32, projection_dim: int = 32
+) -> dict:
     """A small CLIPConfig of the same architecture family (ViT vision tower + causal text transformer)."""
     return {
         "projection_dim": projection_dim,
         "logit_scale_init_value": 2.6592,
         "text_config": {
-            "vocab_size": vocab_size, "hidden_size": width, "intermediate_size": 2 * width,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
-            "hidden_act": "quick_gelu", "projection_dim": projection_dim,
+            "vocab_size": vocab_size,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "projection_dim": projection_dim,
             # The specials are the last two ids, exactly as in CLIP's own vocabulary.
-            "bos_token_id": vocab_size - 2, "eos_token_id": vocab_size - 1, "pad_token_id": vocab_size - 1,
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
+            "pad_token_id": vocab_size - 1,
         },
         "vision_config": {
-            "hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size,
-            "hidden_act": "quick_gelu", "projection_dim": projection_dim,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "hidden_act": "quick_gelu",
+            "projection_dim": projection_dim,
         },
     }
 
@@ -169,8 +196,13 @@ def write_random_clip_folder(path: str | Path, *, tiny: bool = True, seed: int =
     merge_lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
     tokenizer_config = {
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
-        "bos_token": START_TOKEN, "eos_token": END_TOKEN, "unk_token": END_TOKEN, "pad_token": END_TOKEN,
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "bos_token": START_TOKEN,
+        "eos_token": END_TOKEN,
+        "unk_token": END_TOKEN,
+        "pad_token": END_TOKEN,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
     (folder / RANDOM_MARKER).write_text(f"random CLIP weights, seed {seed}, tiny={tiny}\n", encoding="utf-8")

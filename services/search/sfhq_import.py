@@ -1,6 +1,6 @@
 """Index a downloaded SFHQ part with its released CLIP features (no GPU: the image tower never runs).
 
-Accepted inputs (SFHQ_FACTS.md §2):
+Accepted inputs (docs/sfhq-format.md, "On-disk layout"):
 - a folder `SFHQ_partN/` with `images/`, `pretrained_features/`, `landmarks/`, `segmentations/`;
 - the Kaggle layout, where each of those folders is nested twice (`images/images/*.jpg`);
 - either of them under one extra top-level folder, or as the downloaded `.zip` itself.
@@ -27,9 +27,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from services.common.blobs import BlobStore
+from services.common.errors import InvalidInput
 from services.common.safe_pickle import UnsafePickleError, load_feature_pickle
 from services.search.clip_model import FEATURE_KEY
 from services.search.index import IndexInputError, ItemMeta, VectorIndex
+from services.search.state import INDEX_KEY, SFHQ_DIM, IndexState
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ _PART_FROM_STEM = re.compile(r"^SFHQ_pt(\d+)_")
 REPORT_LIMIT = 50  # names listed per problem kind; the counts are always complete
 
 
-class SfhqImportError(ValueError):
+class SfhqImportError(InvalidInput):
     """The path is not an SFHQ part (no images/ + pretrained_features/ found), or unreadable."""
 
 
@@ -89,8 +92,14 @@ class _Entry:
     uri: str
 
 
-def import_sfhq(path: str | os.PathLike[str], index: VectorIndex, *, feature_key: str = FEATURE_KEY,
-                source: str | None = None, part: int | None = None) -> ImportReport:
+def import_sfhq(
+    path: str | os.PathLike[str],
+    index: VectorIndex,
+    *,
+    feature_key: str = FEATURE_KEY,
+    source: str | None = None,
+    part: int | None = None,
+) -> ImportReport:
     """Add every image of the SFHQ part at `path` that has a readable `feature_key` feature to `index`."""
     started = time.perf_counter()
     root = Path(path)
@@ -98,14 +107,17 @@ def import_sfhq(path: str | os.PathLike[str], index: VectorIndex, *, feature_key
     if root.is_file() and zipfile.is_zipfile(root):
         report.layout = "zip"
         with zipfile.ZipFile(root) as archive:
-            return _import_entries(_zip_entries(root, archive, report), index, report, feature_key, source,
-                                   part, started)
+            return _import_entries(
+                _zip_entries(root, archive, report), index, report, feature_key, source, part, started
+            )
     if not root.is_dir():
         raise SfhqImportError(f"{root} is neither a folder nor a zip archive")
     return _import_entries(_folder_entries(root, report), index, report, feature_key, source, part, started)
 
 
-def probe_feature_dim(path: str | os.PathLike[str], feature_key: str = FEATURE_KEY, tries: int = 20) -> int | None:
+def probe_feature_dim(
+    path: str | os.PathLike[str], feature_key: str = FEATURE_KEY, tries: int = 20
+) -> int | None:
     """The dimension of `feature_key` in the first readable pickle of the part (None if none of the first
     `tries` pickles has it)."""
     root = Path(path)
@@ -128,8 +140,15 @@ def probe_feature_dim(path: str | os.PathLike[str], feature_key: str = FEATURE_K
     return first_dim(_folder_entries(root, scratch)) if root.is_dir() else None
 
 
-def _import_entries(entries: Iterator[_Entry], index: VectorIndex, report: ImportReport, feature_key: str,
-                    source: str | None, part: int | None, started: float) -> ImportReport:
+def _import_entries(
+    entries: Iterator[_Entry],
+    index: VectorIndex,
+    report: ImportReport,
+    feature_key: str,
+    source: str | None,
+    part: int | None,
+    started: float,
+) -> ImportReport:
     by_kind: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
     nested = False
     for entry in entries:
@@ -141,8 +160,10 @@ def _import_entries(entries: Iterator[_Entry], index: VectorIndex, report: Impor
         nested |= entry.nested
     images, features = by_kind["images"], by_kind["pretrained_features"]
     if not images or not features:
-        raise SfhqImportError(f"{report.root}: no images/ and pretrained_features/ folders with files found "
-                              "(expected an SFHQ part, plain or Kaggle-nested)")
+        raise SfhqImportError(
+            f"{report.root}: no images/ and pretrained_features/ folders with files found "
+            "(expected an SFHQ part, plain or Kaggle-nested)"
+        )
     report.layout = report.layout or ("kaggle-nested" if nested else "plain")
     report.part = part or _detect_part(report.root, images)
     report.source = source or (f"sfhq_part{report.part}" if report.part else "sfhq")
@@ -165,9 +186,15 @@ def _import_entries(entries: Iterator[_Entry], index: VectorIndex, report: Impor
                 report.indexed += _flush(index, ids, vectors, metas, report)
         report.indexed += _flush(index, ids, vectors, metas, report)
     report.seconds = time.perf_counter() - started
-    log.info("SFHQ import of %s (%s, %s): %d images, %d indexed, problems: %s", report.root, report.layout,
-             report.source, report.images, report.indexed,
-             {k: getattr(report, k) for k in report.examples})
+    log.info(
+        "SFHQ import of %s (%s, %s): %d images, %d indexed, problems: %s",
+        report.root,
+        report.layout,
+        report.source,
+        report.images,
+        report.indexed,
+        {k: getattr(report, k) for k in report.examples},
+    )
     return report
 
 
@@ -192,8 +219,9 @@ def _flush(index: VectorIndex, ids: list, vectors: list, metas: list, report: Im
     return count
 
 
-def _read_feature(entry: _Entry | None, stem: str, feature_key: str, dim: int,
-                  report: ImportReport) -> np.ndarray | None:
+def _read_feature(
+    entry: _Entry | None, stem: str, feature_key: str, dim: int, report: ImportReport
+) -> np.ndarray | None:
     if entry is None:
         report.note("missing_features", stem)
         return None
@@ -233,8 +261,12 @@ def _classify(parts: tuple[str, ...]) -> tuple[str, bool] | None:
 
 def _wanted(kind: str, filename: str) -> bool:
     suffix = PurePosixPath(filename).suffix.lower()
-    return {"images": suffix in IMAGE_SUFFIXES, "pretrained_features": suffix == ".pickle",
-            "landmarks": suffix == ".npz", "segmentations": suffix == ".png"}[kind]
+    return {
+        "images": suffix in IMAGE_SUFFIXES,
+        "pretrained_features": suffix == ".pickle",
+        "landmarks": suffix == ".npz",
+        "segmentations": suffix == ".png",
+    }[kind]
 
 
 def _folder_entries(root: Path, report: ImportReport) -> Iterator[_Entry]:
@@ -261,8 +293,14 @@ def _folder_entries(root: Path, report: ImportReport) -> Iterator[_Entry]:
             if _UNSAFE_NAME.search(name) or name.startswith("."):
                 report.note("skipped_unsafe_names", repr(shown))
                 continue
-            yield _Entry(kind=kind, stem=PurePosixPath(name).stem, name=shown, nested=nested,
-                         read=lambda p=file_path: _read_regular_file(p), uri=file_path.absolute().as_uri())
+            yield _Entry(
+                kind=kind,
+                stem=PurePosixPath(name).stem,
+                name=shown,
+                nested=nested,
+                read=lambda p=file_path: _read_regular_file(p),
+                uri=file_path.absolute().as_uri(),
+            )
 
 
 def _read_regular_file(path: Path) -> bytes:
@@ -279,8 +317,13 @@ def _zip_entries(archive_path: Path, archive: zipfile.ZipFile, report: ImportRep
             continue
         name = info.filename
         parts = tuple(name.split("/"))
-        if (name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts or "" in parts
-                or _UNSAFE_NAME.search(name)):
+        if (
+            name.startswith("/")
+            or re.match(r"^[A-Za-z]:", name)
+            or ".." in parts
+            or "" in parts
+            or _UNSAFE_NAME.search(name)
+        ):
             report.note("skipped_unsafe_names", repr(name))
             continue
         classified = _classify(parts)
@@ -290,11 +333,33 @@ def _zip_entries(archive_path: Path, archive: zipfile.ZipFile, report: ImportRep
             report.note("skipped_symlinks", name)
             continue
         kind, nested = classified
-        yield _Entry(kind=kind, stem=PurePosixPath(parts[-1]).stem, name=name, nested=nested,
-                     read=lambda i=info: _read_zip_member(archive, i), uri=f"zip://{name}::{archive_uri}")
+        yield _Entry(
+            kind=kind,
+            stem=PurePosixPath(parts[-1]).stem,
+            name=name,
+            nested=nested,
+            read=lambda i=info: _read_zip_member(archive, i),
+            uri=f"zip://{name}::{archive_uri}",
+        )
 
 
 def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     # A bounded read: the sizes in a zip header can lie (zip bombs), the decompressed stream cannot.
     with archive.open(info) as member:
         return member.read(MAX_PICKLE_BYTES + 1)
+
+
+def import_into_store(path: str | os.PathLike[str], blobs: BlobStore, *, part: int = 0) -> dict:
+    """`sfhq import-sfhq PATH`: add an SFHQ part to the index saved in the blob store (run it with the
+    search service stopped, or restart it afterwards: a running service keeps its own copy)."""
+    index = IndexState(blobs).load()
+    if index is None:  # a first import decides the dimension (768 for SFHQ's CLIP ViT-L/14@336 features)
+        index = VectorIndex(probe_feature_dim(path) or SFHQ_DIM)
+    report = import_sfhq(path, index, part=part or None)
+    version = index.save(blobs, INDEX_KEY)
+    return {
+        **report.to_dict(),
+        "index_items": len(index),
+        "index_version": version,
+        "index": index.spec.describe(),
+    }

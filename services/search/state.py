@@ -23,8 +23,9 @@ class IndexState:
     than ~10 % of the time. (Curate decisions are durable in Redis meanwhile; see `curate.catch_up_all`.)
     """
 
-    def __init__(self, blobs, *, key: str = INDEX_KEY, debounce_s: float = 30.0,
-                 target_recall: float = 0.95) -> None:
+    def __init__(
+        self, blobs, *, key: str = INDEX_KEY, debounce_s: float = 30.0, target_recall: float = 0.95
+    ) -> None:
         self.blobs = blobs
         self.key = key
         self.debounce_s = debounce_s
@@ -68,7 +69,8 @@ class IndexState:
     def save_if_due(self, *, force: bool = False) -> bool:
         with self._lock:
             due = self._dirty_since is not None and (
-                force or time.monotonic() - self._dirty_since >= self._wait_s)
+                force or time.monotonic() - self._dirty_since >= self._wait_s
+            )
             if not due or self._index is None:
                 return False
             self._dirty_since = None  # changes from now on need another save

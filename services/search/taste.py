@@ -1,6 +1,6 @@
 """The taste model: a small classifier on CLIP features that approximates a person's good/bad judgement.
 
-It follows SFHQ's visual_taste_approximator (VTA, SFHQ_FACTS.md §8):
+It follows SFHQ's visual_taste_approximator (VTA, docs/sfhq-format.md, "Curation"):
 - features are L2-normalised CLIP vectors;
 - an ensemble of logistic regression and a "compressed kNN" (PCA → k-means centres, each carrying the
   mean label of its members → the mean of the k nearest centres), weighted like VTA's defaults without
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common.errors import FailedPrecondition, InvalidInput, NotFound
 from services.search.clip_model import FEATURE_KEY
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,15 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class TasteInputError(ValueError):
+class TasteInputError(InvalidInput):
     """Unusable training data or request (too few labels of a class, wrong dimensions, bad name)."""
 
 
-class TasteModelNotFound(LookupError):
+class TooFewLabels(FailedPrecondition):
+    """Training needs more labels of a class; the message says how many."""
+
+
+class TasteModelNotFound(NotFound):
     """No such taste model (or version) in the store."""
 
 
@@ -84,8 +89,9 @@ class LogisticMember:
         from sklearn.linear_model import LogisticRegression
 
         # Balanced class weights: labelled sets are often lopsided and the thresholds come later anyway.
-        model = LogisticRegression(C=0.1 if small else 1.0, class_weight="balanced", max_iter=2000,
-                                   random_state=seed)
+        model = LogisticRegression(
+            C=0.1 if small else 1.0, class_weight="balanced", max_iter=2000, random_state=seed
+        )
         model.fit(x, y)
         return cls(coef=model.coef_[0].astype(np.float64), intercept=float(model.intercept_[0]))
 
@@ -122,17 +128,22 @@ class CompressedKnnMember:
         counts = np.bincount(assignment, minlength=n_rows)
         used = counts > 0  # MiniBatchKMeans may leave a centre empty
         sums = np.bincount(assignment, weights=y.astype(np.float64), minlength=n_rows)
-        centres = np.stack([np.bincount(assignment, weights=reduced[:, c], minlength=n_rows)
-                            for c in range(n_cols)], axis=1)
-        return cls(pca_mean=pca.mean_.astype(np.float64), pca_components=pca.components_.astype(np.float64),
-                   centres=centres[used] / counts[used, None], centre_labels=sums[used] / counts[used],
-                   k=int(min(k, used.sum())))
+        centres = np.stack(
+            [np.bincount(assignment, weights=reduced[:, c], minlength=n_rows) for c in range(n_cols)], axis=1
+        )
+        return cls(
+            pca_mean=pca.mean_.astype(np.float64),
+            pca_components=pca.components_.astype(np.float64),
+            centres=centres[used] / counts[used, None],
+            centre_labels=sums[used] / counts[used],
+            k=int(min(k, used.sum())),
+        )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         reduced = (x - self.pca_mean) @ self.pca_components.T
         # Squared Euclidean distances to every centre; centres are few (≤ 4000).
-        dist = (reduced ** 2).sum(1)[:, None] - 2 * reduced @ self.centres.T + (self.centres ** 2).sum(1)[None, :]
-        nearest = np.argpartition(dist, self.k - 1, axis=1)[:, :self.k]
+        dist = (reduced**2).sum(1)[:, None] - 2 * reduced @ self.centres.T + (self.centres**2).sum(1)[None, :]
+        nearest = np.argpartition(dist, self.k - 1, axis=1)[:, : self.k]
         return self.centre_labels[nearest].mean(axis=1)
 
 
@@ -182,8 +193,16 @@ class TasteModel:
     # ---- training -----------------------------------------------------------------------------------
 
     @classmethod
-    def train(cls, features: np.ndarray, labels: np.ndarray, *, name: str = "default", ensemble: bool = True,
-              feature_key: str = FEATURE_KEY, seed: int = CV_SEED) -> TasteModel:
+    def train(
+        cls,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        name: str = "default",
+        ensemble: bool = True,
+        feature_key: str = FEATURE_KEY,
+        seed: int = CV_SEED,
+    ) -> TasteModel:
         """Cross-validate, choose thresholds, then fit on every label."""
         from sklearn.metrics import roc_auc_score
         from sklearn.model_selection import StratifiedKFold
@@ -195,8 +214,10 @@ class TasteModel:
             raise TasteInputError(f"{len(x)} feature vectors but {len(y)} labels")
         positives, negatives = int(y.sum()), int((~y).sum())
         if min(positives, negatives) < MIN_PER_CLASS:
-            raise TasteInputError(f"training needs at least {MIN_PER_CLASS} positive and {MIN_PER_CLASS} negative "
-                                  f"labels; have {positives} positive, {negatives} negative")
+            raise TooFewLabels(
+                f"training needs at least {MIN_PER_CLASS} positive and {MIN_PER_CLASS} negative "
+                f"labels; have {positives} positive, {negatives} negative"
+            )
         weights = dict(DEFAULT_WEIGHTS) if ensemble else {"lr": 1.0}
         total = sum(weights.values())
         weights = {k: v / total for k, v in weights.items()}
@@ -210,26 +231,50 @@ class TasteModel:
             fold_auc.append(float(roc_auc_score(y[test_rows], oof[test_rows])))
         low, high = choose_thresholds(oof, y)
         lr, knn = cls._fit_members(x, y, ensemble, seed)
-        model = cls(name=name, dim=x.shape[1], lr=lr, knn=knn, weights=weights, low_threshold=low,
-                    high_threshold=high, cv_accuracy=float(((oof >= 0.5) == y).mean()),
-                    cv_auc=float(roc_auc_score(y, oof)), positives=positives, negatives=negatives,
-                    feature_key=feature_key, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    fold_accuracy=fold_accuracy, fold_auc=fold_auc, cv_predictions=oof, cv_labels=y)
-        log.info("taste model %r: %d+/%d-, CV accuracy %.3f, AUC %.3f, thresholds %.2f/%.2f", name, positives,
-                 negatives, model.cv_accuracy, model.cv_auc, low, high)
+        model = cls(
+            name=name,
+            dim=x.shape[1],
+            lr=lr,
+            knn=knn,
+            weights=weights,
+            low_threshold=low,
+            high_threshold=high,
+            cv_accuracy=float(((oof >= 0.5) == y).mean()),
+            cv_auc=float(roc_auc_score(y, oof)),
+            positives=positives,
+            negatives=negatives,
+            feature_key=feature_key,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            fold_accuracy=fold_accuracy,
+            fold_auc=fold_auc,
+            cv_predictions=oof,
+            cv_labels=y,
+        )
+        log.info(
+            "taste model %r: %d+/%d-, CV accuracy %.3f, AUC %.3f, thresholds %.2f/%.2f",
+            name,
+            positives,
+            negatives,
+            model.cv_accuracy,
+            model.cv_auc,
+            low,
+            high,
+        )
         return model
 
     @staticmethod
-    def _fit_members(x: np.ndarray, y: np.ndarray, ensemble: bool,
-                     seed: int) -> tuple[LogisticMember, CompressedKnnMember | None]:
+    def _fit_members(
+        x: np.ndarray, y: np.ndarray, ensemble: bool, seed: int
+    ) -> tuple[LogisticMember, CompressedKnnMember | None]:
         small = len(y) < SMALL_DATA
         lr = LogisticMember.fit(x, y, small=small, seed=seed)
         knn = CompressedKnnMember.fit(x, y, small=small, seed=seed) if ensemble else None
         return lr, knn
 
     @staticmethod
-    def _combine(x: np.ndarray, lr: LogisticMember, knn: CompressedKnnMember | None,
-                 weights: dict[str, float]) -> np.ndarray:
+    def _combine(
+        x: np.ndarray, lr: LogisticMember, knn: CompressedKnnMember | None, weights: dict[str, float]
+    ) -> np.ndarray:
         score = weights["lr"] * lr.predict(x)
         if knn is not None:
             score += weights["knn"] * knn.predict(x)
@@ -243,32 +288,57 @@ class TasteModel:
         return np.clip(self._combine(x, self.lr, self.knn, self.weights), 0.0, 1.0)
 
     def info(self) -> dict:
-        return {"name": self.name, "version": self.version, "positives": self.positives,
-                "negatives": self.negatives, "cv_accuracy": self.cv_accuracy, "cv_auc": self.cv_auc,
-                "low_threshold": self.low_threshold, "high_threshold": self.high_threshold,
-                "created_at": self.created_at}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "positives": self.positives,
+            "negatives": self.negatives,
+            "cv_accuracy": self.cv_accuracy,
+            "cv_auc": self.cv_auc,
+            "low_threshold": self.low_threshold,
+            "high_threshold": self.high_threshold,
+            "created_at": self.created_at,
+        }
 
     # ---- persistence (no pickle) ----------------------------------------------------------------------
 
     def to_files(self) -> tuple[bytes, bytes]:
         """(model.npz bytes, model.json bytes)."""
-        arrays = {"lr_coef": self.lr.coef, "cv_predictions": self.cv_predictions,
-                  "cv_labels": self.cv_labels.astype(np.bool_)}
+        arrays = {
+            "lr_coef": self.lr.coef,
+            "cv_predictions": self.cv_predictions,
+            "cv_labels": self.cv_labels.astype(np.bool_),
+        }
         if self.knn is not None:
-            arrays.update(knn_pca_mean=self.knn.pca_mean, knn_pca_components=self.knn.pca_components,
-                          knn_centres=self.knn.centres, knn_centre_labels=self.knn.centre_labels)
+            arrays.update(
+                knn_pca_mean=self.knn.pca_mean,
+                knn_pca_components=self.knn.pca_components,
+                knn_centres=self.knn.centres,
+                knn_centre_labels=self.knn.centre_labels,
+            )
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         import sklearn
 
         meta = {
-            "format": FORMAT_VERSION, "name": self.name, "version": self.version, "dim": self.dim,
-            "feature_key": self.feature_key, "weights": self.weights, "lr_intercept": self.lr.intercept,
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "dim": self.dim,
+            "feature_key": self.feature_key,
+            "weights": self.weights,
+            "lr_intercept": self.lr.intercept,
             "knn_k": self.knn.k if self.knn is not None else None,
-            "low_threshold": self.low_threshold, "high_threshold": self.high_threshold,
-            "cv_accuracy": self.cv_accuracy, "cv_auc": self.cv_auc, "fold_accuracy": self.fold_accuracy,
-            "fold_auc": self.fold_auc, "positives": self.positives, "negatives": self.negatives,
-            "created_at": self.created_at, "trained_with": f"scikit-learn {sklearn.__version__}",
+            "low_threshold": self.low_threshold,
+            "high_threshold": self.high_threshold,
+            "cv_accuracy": self.cv_accuracy,
+            "cv_auc": self.cv_auc,
+            "fold_accuracy": self.fold_accuracy,
+            "fold_auc": self.fold_auc,
+            "positives": self.positives,
+            "negatives": self.negatives,
+            "created_at": self.created_at,
+            "trained_with": f"scikit-learn {sklearn.__version__}",
         }
         return buffer.getvalue(), json.dumps(meta, indent=1).encode()
 
@@ -281,17 +351,33 @@ class TasteModel:
             arrays = {key: data[key] for key in data.files}
         knn = None
         if meta["knn_k"] is not None:
-            knn = CompressedKnnMember(pca_mean=arrays["knn_pca_mean"], pca_components=arrays["knn_pca_components"],
-                                      centres=arrays["knn_centres"], centre_labels=arrays["knn_centre_labels"],
-                                      k=int(meta["knn_k"]))
-        return cls(name=meta["name"], dim=int(meta["dim"]),
-                   lr=LogisticMember(coef=arrays["lr_coef"], intercept=float(meta["lr_intercept"])), knn=knn,
-                   weights=meta["weights"], low_threshold=meta["low_threshold"],
-                   high_threshold=meta["high_threshold"], cv_accuracy=meta["cv_accuracy"], cv_auc=meta["cv_auc"],
-                   positives=meta["positives"], negatives=meta["negatives"], feature_key=meta["feature_key"],
-                   version=meta["version"], created_at=meta["created_at"], fold_accuracy=meta["fold_accuracy"],
-                   fold_auc=meta["fold_auc"], cv_predictions=arrays["cv_predictions"],
-                   cv_labels=arrays["cv_labels"])
+            knn = CompressedKnnMember(
+                pca_mean=arrays["knn_pca_mean"],
+                pca_components=arrays["knn_pca_components"],
+                centres=arrays["knn_centres"],
+                centre_labels=arrays["knn_centre_labels"],
+                k=int(meta["knn_k"]),
+            )
+        return cls(
+            name=meta["name"],
+            dim=int(meta["dim"]),
+            lr=LogisticMember(coef=arrays["lr_coef"], intercept=float(meta["lr_intercept"])),
+            knn=knn,
+            weights=meta["weights"],
+            low_threshold=meta["low_threshold"],
+            high_threshold=meta["high_threshold"],
+            cv_accuracy=meta["cv_accuracy"],
+            cv_auc=meta["cv_auc"],
+            positives=meta["positives"],
+            negatives=meta["negatives"],
+            feature_key=meta["feature_key"],
+            version=meta["version"],
+            created_at=meta["created_at"],
+            fold_accuracy=meta["fold_accuracy"],
+            fold_auc=meta["fold_auc"],
+            cv_predictions=arrays["cv_predictions"],
+            cv_labels=arrays["cv_labels"],
+        )
 
 
 class TasteStore:
@@ -334,22 +420,48 @@ class TasteStore:
             base = f"taste/{name}/v{version}"
             if not self.store.exists(f"{base}/model.json"):
                 raise TasteModelNotFound(f"taste model {name!r} has no version {version}")
-            self._cache[key] = TasteModel.from_files(self.store.get(f"{base}/model.npz"),
-                                                     self.store.get(f"{base}/model.json"))
+            self._cache[key] = TasteModel.from_files(
+                self.store.get(f"{base}/model.npz"), self.store.get(f"{base}/model.json")
+            )
         return self._cache[key]
 
     def latest(self, name: str) -> TasteModel:
         versions = self.versions(name)
         if not versions:
-            raise TasteModelNotFound(f"no taste model named {name!r} has been trained yet (label images, then "
-                                     "TrainTaste)")
+            raise TasteModelNotFound(
+                f"no taste model named {name!r} has been trained yet (label images, then TrainTaste)"
+            )
         return self.get(name, versions[-1])
 
     def resolve(self, spec: str) -> TasteModel:
-        """"name" → latest version, "name@N" → version N."""
+        """ "name" → latest version, "name@N" → version N."""
         name, _, version = spec.partition("@")
         if not version:
             return self.latest(name)
         if not version.isdigit():
             raise TasteInputError(f"taste model {spec!r}: the version after '@' must be a number")
         return self.get(name, int(version))
+
+
+class TasteCache:
+    """Taste models by "name" (the latest version, re-checked every few seconds) or "name@version"."""
+
+    def __init__(self, store: TasteStore, refresh_s: float = 10.0) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self._latest: dict[str, tuple[float, TasteModel]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, spec: str) -> TasteModel:
+        if "@" in spec:
+            return self.store.resolve(spec)
+        with self._lock:
+            cached = self._latest.get(spec)
+            if cached is None or time.monotonic() - cached[0] > self.refresh_s:
+                cached = (time.monotonic(), self.store.latest(spec))
+                self._latest[spec] = cached
+            return cached[1]
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._latest.pop(name, None)

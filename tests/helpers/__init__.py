@@ -1,1 +1,1 @@
-"""Test helpers shared by unit and integration tests (subprocess management: ``processes``)."""
+"""Test helpers shared by unit and integration tests (subprocess management: `processes`)."""

@@ -4,8 +4,8 @@
         wait_for_redis_key(redis_url, "started:job/1/encode", timeout=10)
         proc.kill()  # SIGKILL: no clean-up, like a crashed machine
 
-A target is ``package.module`` (run as ``python -m``) or ``package.module:function`` (imported and
-called with no arguments). The child runs from the repository root with it on ``PYTHONPATH``; its
+A target is `package.module` (run as `python -m`) or `package.module:function` (imported and
+called with no arguments). The child runs from the repository root with it on `PYTHONPATH`; its
 stdout and stderr go to a log file whose tail is shown when a wait fails.
 """
 
@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
-    """Poll ``condition`` until it is true; TimeoutError naming ``what`` after ``timeout`` s."""
+    """Poll `condition` until it is true; TimeoutError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -58,7 +58,7 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
 
 
 def wait_for_grpc_health(addr: str, service: str = "", timeout: float = 15.0) -> None:
-    """Wait until the standard gRPC health check of ``addr`` answers SERVING."""
+    """Wait until the standard gRPC health check of `addr` answers SERVING."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -116,7 +116,7 @@ class ManagedProcess:
         return self.popen.wait(10)
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, then wait for a graceful exit; returns the exit code (SIGKILL after ``timeout``)."""
+        """SIGTERM, then wait for a graceful exit; returns the exit code (SIGKILL after `timeout`)."""
         if self.alive():
             self.popen.send_signal(signal.SIGTERM)
         try:
@@ -155,7 +155,7 @@ def start_python(
     env: Mapping[str, str] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
 ) -> ManagedProcess:
-    """Run ``module`` or ``module:function`` in a fresh interpreter with ``env`` added to ours."""
+    """Run `module` or `module:function` in a fresh interpreter with `env` added to ours."""
     if ":" in target:
         module, function = target.split(":", 1)
         code = f"import sys, {module} as m; sys.argv[1:] = {list(args)!r}; m.{function}()"

@@ -1,6 +1,6 @@
 """Faults with real processes and real signals, and what must hold after each.
 
-* a handler that hangs forever gives up its lease after ``max_lease_s``; another worker takes over;
+* a handler that hangs forever gives up its lease after `max_lease_s`; another worker takes over;
 * a worker *process* frozen with SIGSTOP is taken over after the visibility timeout, and its late
   results, once it thaws, are applied zero times (every stage counts each item exactly once);
 * Redis SIGKILLed mid-job with the append-only file on: the job completes, nothing lost or doubled;
@@ -48,8 +48,16 @@ NOBODY = 65534
 
 
 def _worker(queue: RedisQueue, name: str, handler, **options) -> StageWorker:
-    worker = StageWorker(queue, "encode", handler, consumer=name, batch_size=1, block_ms=20,
-                         metrics=Metrics(CollectorRegistry()), **options)
+    worker = StageWorker(
+        queue,
+        "encode",
+        handler,
+        consumer=name,
+        batch_size=1,
+        block_ms=20,
+        metrics=Metrics(CollectorRegistry()),
+        **options,
+    )
     worker.start()
     return worker
 
@@ -76,10 +84,15 @@ def test_a_hung_handler_gives_up_its_lease_and_another_worker_takes_over(redis_c
 
     queue.enqueue(Task.make("job", "item", "encode", {}))
     hung = _worker(queue, "hung", hangs, max_lease_s=1.2)
-    wait_until(lambda: queue.stats()["stages"]["encode"]["pending"] == 1, 5, "the hung worker to take the task")
+    wait_until(
+        lambda: queue.stats()["stages"]["encode"]["pending"] == 1, 5, "the hung worker to take the task"
+    )
     started = time.monotonic()
-    healthy = _worker(queue, "healthy", lambda tasks: [TaskResult.success(t, {"by": "healthy", "n": t.deliveries})
-                                                        for t in tasks])
+    healthy = _worker(
+        queue,
+        "healthy",
+        lambda tasks: [TaskResult.success(t, {"by": "healthy", "n": t.deliveries}) for t in tasks],
+    )
     try:
         [result] = _results(queue, 1)
         waited = time.monotonic() - started
@@ -137,16 +150,26 @@ def test_an_item_is_written_whole_or_not_at_all(tmp_path):
 
     writer.store.put = put_until_the_disk_fills.__get__(writer.store)
     with pytest.raises(BlobWriteError, match="No space left on device"):
-        writer.write_item("SFHQ_pt1_00000000", image_jpeg=b"jpeg", segmentation_png=b"png",
-                          landmarks=np.zeros((110, 2), np.float32), features={"k": np.zeros((1, 4), np.float16)})
+        writer.write_item(
+            "SFHQ_pt1_00000000",
+            image_jpeg=b"jpeg",
+            segmentation_png=b"png",
+            landmarks=np.zeros((110, 2), np.float32),
+            features={"k": np.zeros((1, 4), np.float16)},
+        )
     assert len(calls) == 3
     assert [p for p in (tmp_path / "dataset").rglob("*") if p.is_file()] == []
 
 
 def test_finalizing_discards_the_unfinished_files_of_killed_writers(tmp_path):
     writer = DatasetWriter(str(tmp_path / "dataset"))
-    writer.write_item("SFHQ_pt1_00000000", image_jpeg=b"jpeg", segmentation_png=b"png",
-                      landmarks=np.zeros((110, 2), np.float32), features={"k": np.zeros((1, 4), np.float16)})
+    writer.write_item(
+        "SFHQ_pt1_00000000",
+        image_jpeg=b"jpeg",
+        segmentation_png=b"png",
+        landmarks=np.zeros((110, 2), np.float32),
+        features={"k": np.zeros((1, 4), np.float16)},
+    )
     # what a writer SIGKILLed between its write and its rename leaves behind
     leftover = tmp_path / "dataset" / "images" / ".sfhq-tmp-0a1b2c3d4e5f-SFHQ_pt1_00000001.jpg"
     leftover.write_bytes(b"half a jpe")
@@ -189,11 +212,15 @@ def _folder(cluster: harness.ReliabilityCluster, name: str) -> Path:
     return cluster.workdir / f"{name}-{uuid.uuid4().hex[:6]}"
 
 
-def _assert_exactly_once(cluster: harness.ReliabilityCluster, job: gateway_pb2.Job, out: Path, samples: int) -> None:
+def _assert_exactly_once(
+    cluster: harness.ReliabilityCluster, job: gateway_pb2.Job, out: Path, samples: int
+) -> None:
     assert job.state == SUCCEEDED, job.error
     counts = job.counts
     assert (counts.written, counts.failed, counts.in_flight) == (samples, 0, 0)
-    assert {stage: counts.done_by_stage[stage] for stage in SAMPLING_STAGES} == dict.fromkeys(SAMPLING_STAGES, samples)
+    assert {stage: counts.done_by_stage[stage] for stage in SAMPLING_STAGES} == dict.fromkeys(
+        SAMPLING_STAGES, samples
+    )
     check = harness.check_dataset(out, harness.sample_item_ids(samples))
     assert check.exactly_once, check
     report = harness.wait_for_quiet_queue(cluster.admin_redis())
@@ -204,8 +231,12 @@ def test_redis_killed_mid_job_with_aof_loses_nothing(cluster):
     out = _folder(cluster, "aof")
     with cluster.client() as client:
         job = client.submit(harness.sampling_spec(12, out))
-        wait_until(lambda: client.get_job(job.job_id).counts.done_by_stage["encode"] >= 2, 120, "some progress",
-                   interval=0.2)
+        wait_until(
+            lambda: client.get_job(job.job_id).counts.done_by_stage["encode"] >= 2,
+            120,
+            "some progress",
+            interval=0.2,
+        )
         # SIGKILL: only what the append-only file (fsync'd every second) holds survives
         cluster.redis_server.restart(kill=True)
         final = client.wait(job.job_id, timeout=240)
@@ -216,8 +247,12 @@ def test_redis_restarted_without_persistence_reports_lost_state(cluster):
     with cluster.client() as client:
         job = client.submit(harness.sampling_spec(40, _folder(cluster, "lost")))
         submitted = time.monotonic()
-        wait_until(lambda: client.get_job(job.job_id).counts.done_by_stage["sample"] >= 1, 120, "some progress",
-                   interval=0.2)
+        wait_until(
+            lambda: client.get_job(job.job_id).counts.done_by_stage["sample"] >= 1,
+            120,
+            "some progress",
+            interval=0.2,
+        )
         time.sleep(max(0.0, 1.2 - (time.monotonic() - submitted)))  # job ids carry whole seconds
         cluster.redis_server.restart(persistent=False)
         try:
@@ -252,12 +287,16 @@ def test_blob_write_failures_fail_items_with_the_reason_and_leave_no_partial_fil
     disk_full = _folder(cluster, "disk-full")
     disk_full.mkdir()  # writable, but the annotator may not write a file past 16 KiB
     cluster.kill("annotator")
-    cluster.start("annotator", obey_file_permissions=True, max_file_bytes=16 * 1024, log_name="annotator-restricted")
+    cluster.start(
+        "annotator", obey_file_permissions=True, max_file_bytes=16 * 1024, log_name="annotator-restricted"
+    )
     try:
         cluster.wait_healthy("annotator")
         with cluster.client() as client:
-            jobs = {reason: client.submit(harness.sampling_spec(2, folder, image_size=256)).job_id
-                    for reason, folder in (("Permission denied", read_only), ("File too large", disk_full))}
+            jobs = {
+                reason: client.submit(harness.sampling_spec(2, folder, image_size=256)).job_id
+                for reason, folder in (("Permission denied", read_only), ("File too large", disk_full))
+            }
             for reason, job_id in jobs.items():
                 job = client.wait(job_id, timeout=180)
                 assert job.state == FAILED and job.error.startswith("all 2 items failed"), job
@@ -286,8 +325,11 @@ def test_a_frozen_worker_process_is_taken_over_and_its_late_results_count_once(c
             job = client.submit(harness.sampling_spec(12, out))
 
             def frozen_one_holds_work() -> bool:
-                return bool(admin.xpending_range(stage_stream("encode"), "workers", "-", "+", 10,
-                                                 consumername=frozen_consumer))
+                return bool(
+                    admin.xpending_range(
+                        stage_stream("encode"), "workers", "-", "+", 10, consumername=frozen_consumer
+                    )
+                )
 
             wait_until(frozen_one_holds_work, 120, "the first encoder to hold tasks", interval=0.01)
             cluster.pause("encoder")  # SIGSTOP mid-batch: alive, silent, holding its entries

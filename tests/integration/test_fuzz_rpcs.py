@@ -1,6 +1,6 @@
 """Fuzz every public RPC (25 methods of 5 services) with generated and mutated requests.
 
-The generators are those of ``python reliability/fuzz.py`` (10,000+ requests; figures in
+The generators are those of `python reliability/fuzz.py` (10,000+ requests; figures in
 RELIABILITY.md), here with fewer examples per RPC and derandomized, so that a run is repeatable.
 The contract: every answer is an explicit status (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED,
 UNAUTHENTICATED...), never UNKNOWN or INTERNAL; no process dies; memory stays bounded. The cases
@@ -68,8 +68,13 @@ def test_fuzzed_requests_get_explicit_statuses(rpc, cluster, fuzz):
     env, sender, _ = fuzz
     seen: list[str] = []
 
-    @settings(max_examples=EXAMPLES_PER_RPC, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES_PER_RPC,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=fuzzing.cases(rpc, env))
     def answered_explicitly(case: fuzzing.FuzzCase) -> None:
         outcome = sender.send(case)

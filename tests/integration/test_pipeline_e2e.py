@@ -19,15 +19,16 @@ from PIL import Image
 from services.local_run import LocalCluster
 from sfhq.sdk import Client, SfhqError, build_spec
 from sfhq.v1 import gateway_pb2
+from tests.helpers.data import face_path, inspiration_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
-INSPIRATION = sorted((TESTDATA / "inspiration").glob("sd_0[0-2].jpg"))
+INSPIRATION = [inspiration_path(f"sd_0{i}") for i in range(3)]
 
 
 @pytest.fixture(scope="module")
 def random_weights_dir(tmp_path_factory) -> Path:
     from services.random_weights import write_random_weights
+
     folder = tmp_path_factory.mktemp("weights")
     write_random_weights(folder)
     return folder
@@ -36,8 +37,12 @@ def random_weights_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster(redis_server, random_weights_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cluster")
-    with LocalCluster(workdir, redis_server, random_weights_dir,
-                      extra_env={"SFHQ_VISIBILITY_TIMEOUT_S": "5", "SFHQ_BATCH_WAIT_MS": "20"}) as c:
+    with LocalCluster(
+        workdir,
+        redis_server,
+        random_weights_dir,
+        extra_env={"SFHQ_VISIBILITY_TIMEOUT_S": "5", "SFHQ_BATCH_WAIT_MS": "20"},
+    ) as c:
         c.start_all(timeout_s=240)
         yield c
 
@@ -81,8 +86,13 @@ def check_dataset(root: Path, job: gateway_pb2.Job) -> list[dict]:
 
 def test_inspiration_job_writes_a_complete_consistent_dataset(client, tmp_path):
     out = tmp_path / "dataset"
-    spec = build_spec(images=INSPIRATION, strategies=["e4e_strict_prior", "low_prior:steps=3"],
-                      output_uri=str(out), disable_dedup=True, seed=1)
+    spec = build_spec(
+        images=INSPIRATION,
+        strategies=["e4e_strict_prior", "low_prior:steps=3"],
+        output_uri=str(out),
+        disable_dedup=True,
+        seed=1,
+    )
     job = run_job(client, spec)
     assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
     c = job.counts
@@ -108,15 +118,20 @@ def test_inspiration_job_writes_a_complete_consistent_dataset(client, tmp_path):
     events = list(client.watch(job.job_id))
     assert events[-1].state == gateway_pb2.JOB_STATE_SUCCEEDED
     later = list(client.watch(job.job_id, after_event_id=events[len(events) // 2].event_id))
-    assert [e.event_id for e in later] == [e.event_id for e in events[len(events) // 2 + 1:]]
+    assert [e.event_id for e in later] == [e.event_id for e in events[len(events) // 2 + 1 :]]
 
 
 def test_a_second_identical_job_is_deterministic(client, tmp_path):
     outs = []
     for n in range(2):
         out = tmp_path / f"run{n}"
-        spec = build_spec(images=INSPIRATION[:2], strategies=["e4e_strict_prior", "low_prior:steps=2"],
-                          output_uri=str(out), disable_dedup=True, seed=5)
+        spec = build_spec(
+            images=INSPIRATION[:2],
+            strategies=["e4e_strict_prior", "low_prior:steps=2"],
+            output_uri=str(out),
+            disable_dedup=True,
+            seed=5,
+        )
         job = run_job(client, spec)
         assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
         outs.append(out)
@@ -133,8 +148,12 @@ def test_a_second_identical_job_is_deterministic(client, tmp_path):
 
 def test_a_poison_input_fails_only_its_own_item(client, tmp_path):
     out = tmp_path / "dataset"
-    spec = build_spec(images=[INSPIRATION[0], b"this is not an image", np.zeros(10).tobytes()],
-                      strategies=["e4e_strict_prior"], output_uri=str(out), seed=2)
+    spec = build_spec(
+        images=[INSPIRATION[0], b"this is not an image", np.zeros(10).tobytes()],
+        strategies=["e4e_strict_prior"],
+        output_uri=str(out),
+        seed=2,
+    )
     # a blank image: decodes fine but has no face
     blank = io.BytesIO()
     Image.new("RGB", (300, 300), (128, 128, 128)).save(blank, "PNG")
@@ -150,15 +169,28 @@ def test_a_poison_input_fails_only_its_own_item(client, tmp_path):
 
 
 def test_annotate_only_and_sampling_jobs(client, tmp_path):
-    faces = sorted((TESTDATA / "faces").glob("sfhq_sample_0[0-1].jpg"))
-    job = run_job(client, build_spec(mode="annotate", images=faces, output_uri=str(tmp_path / "ann"),
-                                     disable_dedup=True))
+    faces = [face_path(0), face_path(1)]
+    job = run_job(
+        client,
+        build_spec(mode="annotate", images=faces, output_uri=str(tmp_path / "ann"), disable_dedup=True),
+    )
     assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.counts.written == 2
     check_dataset(tmp_path / "ann", job)
 
-    job = run_job(client, build_spec(mode="sampling", samples=2, first_seed=10, psi_min=1.5, psi_max=1.8,
-                                     output_uri=str(tmp_path / "p3"), disable_dedup=True, part=3))
+    job = run_job(
+        client,
+        build_spec(
+            mode="sampling",
+            samples=2,
+            first_seed=10,
+            psi_min=1.5,
+            psi_max=1.8,
+            output_uri=str(tmp_path / "p3"),
+            disable_dedup=True,
+            part=3,
+        ),
+    )
     assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
     rows = check_dataset(tmp_path / "p3", job)
     assert [row["stem"] for row in rows] == ["SFHQ_pt3_00000000", "SFHQ_pt3_00000001"]
@@ -179,11 +211,17 @@ def test_folder_input_and_cancel(client, tmp_path):
     folder.mkdir()
     for path in INSPIRATION:
         shutil.copy(path, folder / path.name)
-    spec = build_spec(input_folder=str(folder), strategies=["e4e_strict_prior"], output_uri=str(tmp_path / "all"),
-                      disable_dedup=True)  # a random CLIP finds every pair of images alike
+    spec = build_spec(
+        input_folder=str(folder),
+        strategies=["e4e_strict_prior"],
+        output_uri=str(tmp_path / "all"),
+        disable_dedup=True,
+    )  # a random CLIP finds every pair of images alike
     done = run_job(client, spec)  # the gateway copies the folder's images into the blob store
     assert done.state == gateway_pb2.JOB_STATE_SUCCEEDED and done.counts.written == 3, done.error
-    spec = build_spec(input_folder=str(folder), strategies=["e4e_strict_prior"], output_uri=str(tmp_path / "o"))
+    spec = build_spec(
+        input_folder=str(folder), strategies=["e4e_strict_prior"], output_uri=str(tmp_path / "o")
+    )
     job = client.submit(spec)
     assert job.counts.inputs == 3
     cancelled = client.cancel(job.job_id)

@@ -14,7 +14,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.errors import PermanentError
+from services.common.errors import NotFound
 from services.common.images import ImageError
 from services.common.metrics import Metrics
 from services.common.queue import (
@@ -253,7 +253,7 @@ def test_permanent_errors_fail_one_task_without_retry(redis_client):
             if task.payload.get("bad") == "image":
                 raise ImageError("image data is truncated or corrupt (JPEG)")
             if task.payload.get("bad") == "face":
-                raise PermanentError("NOT_FOUND", "no face found")
+                raise NotFound("no face found")
         return [TaskResult.success(task, {"aligned": f"{task.item_id}.png"}) for task in batch]
 
     worker = start_worker(queue, "align", handler, batch_size=4)

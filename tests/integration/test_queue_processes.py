@@ -1,11 +1,11 @@
 """Stage workers as real processes (ServiceProcess + StageWorker): crashes, poison, SIGTERM.
 
-Each worker process runs ``worker_main`` below. Its handler records, in Redis:
-  * ``attempts:<task_id>``   INCR on every attempt (redeliveries show up here);
-  * ``started:<task_id>``    the pid that started it (so a test knows when to kill);
-  * ``effects``              HSETNX task_id -> pid: the task's *effect*, idempotent like a blob
+Each worker process runs `worker_main` below. Its handler records, in Redis:
+  * `attempts:<task_id>`   INCR on every attempt (redeliveries show up here);
+  * `started:<task_id>`    the pid that started it (so a test knows when to kill);
+  * `effects`              HSETNX task_id -> pid: the task's *effect*, idempotent like a blob
                              written to a deterministic key.
-The test plays coordinator: it applies each result once (SADD ``applied``) and counts them.
+The test plays coordinator: it applies each result once (SADD `applied`) and counts them.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ have size limits. Checked here with real processes:
 * no token, a wrong token, another scheme: UNAUTHENTICATED on every service; health checks stay open;
 * plaintext, TLS without a client certificate, a certificate from another CA: no connection;
 * the services reach each other (gateway -> search) over mTLS with their token, and jobs run;
-* the Redis ACL user cannot flush, reconfigure or read keys outside ``sfhq:*``; no password, no entry;
+* the Redis ACL user cannot flush, reconfigure or read keys outside `sfhq:*`; no password, no entry;
 * oversized messages, images and decompression bombs get explicit refusals;
 * no token, password or private key appears in any log or process command line.
 """
@@ -34,9 +34,13 @@ from sfhq.v1 import annotator_pb2, common_pb2, encoder_pb2, gateway_pb2
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # one cheap, harmless method per service (an empty request is refused or answered quickly)
-PROBES = {"gateway": "/sfhq.v1.Gateway/ListJobs", "encoder": "/sfhq.v1.Encoder/Encode",
-          "generator": "/sfhq.v1.Generator/Sample", "annotator": "/sfhq.v1.Annotator/Detect",
-          "search": "/sfhq.v1.Search/Search"}
+PROBES = {
+    "gateway": "/sfhq.v1.Gateway/ListJobs",
+    "encoder": "/sfhq.v1.Encoder/Encode",
+    "generator": "/sfhq.v1.Generator/Sample",
+    "annotator": "/sfhq.v1.Annotator/Detect",
+    "search": "/sfhq.v1.Search/Search",
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +51,20 @@ def cluster() -> harness.ReliabilityCluster:
     cluster.ensure_healthy()
 
 
-def _tls(cluster: harness.ReliabilityCluster, *, tokens: list[str], cert: str = "client",
-         tls_dir: Path | None = None) -> Settings:
+def _tls(
+    cluster: harness.ReliabilityCluster,
+    *,
+    tokens: list[str],
+    cert: str = "client",
+    tls_dir: Path | None = None,
+) -> Settings:
     folder = tls_dir or cluster.tls_dir
-    return Settings(auth_tokens=tokens, tls_cert=str(folder / f"{cert}.pem"), tls_key=str(folder / f"{cert}.key"),
-                    tls_ca=str(cluster.tls_dir / "ca.pem"))
+    return Settings(
+        auth_tokens=tokens,
+        tls_cert=str(folder / f"{cert}.pem"),
+        tls_key=str(folder / f"{cert}.key"),
+        tls_ca=str(cluster.tls_dir / "ca.pem"),
+    )
 
 
 def _code(channel: grpc.Channel, method: str, payload: bytes = b"", metadata=()) -> str:
@@ -85,9 +98,13 @@ def test_calls_without_a_valid_token_are_refused_on_every_service(cluster):
         with client_channel(cluster.addr(name), _tls(cluster, tokens=[])) as channel:
             assert _code(channel, method) == "UNAUTHENTICATED", name
             for header in ("Bearer not-the-token", f"Basic {cluster.tokens[1]}", "Bearer", cluster.tokens[1]):
-                assert _code(channel, method, metadata=(("authorization", header),)) == "UNAUTHENTICATED", header
+                assert _code(channel, method, metadata=(("authorization", header),)) == "UNAUTHENTICATED", (
+                    header
+                )
             # probes of load balancers and orchestrators need no token
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            )
             assert status == health_pb2.HealthCheckResponse.SERVING
         with cluster.channel(name) as channel:  # the user's token
             assert _code(channel, method) != "UNAUTHENTICATED", name
@@ -102,9 +119,12 @@ def test_connections_need_tls_and_a_client_certificate_from_our_ca(cluster, tmp_
     attempts = {
         "plaintext": grpc.insecure_channel(cluster.addr("gateway")),
         "no client certificate": client_channel(
-            cluster.addr("gateway"), Settings(auth_tokens=cluster.tokens[1:], tls_ca=str(cluster.tls_dir / "ca.pem"))),
+            cluster.addr("gateway"),
+            Settings(auth_tokens=cluster.tokens[1:], tls_ca=str(cluster.tls_dir / "ca.pem")),
+        ),
         "certificate of another CA": client_channel(
-            cluster.addr("gateway"), _tls(cluster, tokens=cluster.tokens[1:], tls_dir=stranger)),
+            cluster.addr("gateway"), _tls(cluster, tokens=cluster.tokens[1:], tls_dir=stranger)
+        ),
     }
     for what, channel in attempts.items():
         with channel:
@@ -128,8 +148,16 @@ def test_the_redis_user_of_the_services_has_least_privilege(cluster):
     service = redis.Redis.from_url(cluster.redis_server.service_url, decode_responses=True)
     try:
         assert service.set("sfhq:security-probe", "1") and service.delete("sfhq:security-probe") == 1
-        for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "requirepass"), ("KEYS", "*"),
-                        ("DEBUG", "SLEEP", "0"), ("ACL", "LIST"), ("SHUTDOWN", "NOSAVE"), ("GET", "other-app:key")):
+        for command in (
+            ("FLUSHALL",),
+            ("FLUSHDB",),
+            ("CONFIG", "GET", "requirepass"),
+            ("KEYS", "*"),
+            ("DEBUG", "SLEEP", "0"),
+            ("ACL", "LIST"),
+            ("SHUTDOWN", "NOSAVE"),
+            ("GET", "other-app:key"),
+        ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 service.execute_command(*command)
     finally:
@@ -137,8 +165,10 @@ def test_the_redis_user_of_the_services_has_least_privilege(cluster):
     anonymous = redis.Redis(port=cluster.redis_server.port, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
-    wrong = redis.Redis.from_url(cluster.redis_server.service_url.replace(cluster.redis_server.service_password, "x"),
-                                 retry=Retry(NoBackoff(), 0))
+    wrong = redis.Redis.from_url(
+        cluster.redis_server.service_url.replace(cluster.redis_server.service_password, "x"),
+        retry=Retry(NoBackoff(), 0),
+    )
     with pytest.raises(redis.AuthenticationError):
         wrong.ping()
 
@@ -146,17 +176,22 @@ def test_the_redis_user_of_the_services_has_least_privilege(cluster):
 def test_size_limits_and_decompression_bombs_are_refused(cluster):
     images = fuzzing.image_corpus()
     with cluster.client() as client:
-        spec = build_spec(mode="annotate", images=[b"\xff\xd8" + b"\x00" * (5 * 1024 * 1024)],
-                          output_uri=str(cluster.workdir / "too-big"))
+        spec = build_spec(
+            mode="annotate",
+            images=[b"\xff\xd8" + b"\x00" * (5 * 1024 * 1024)],
+            output_uri=str(cluster.workdir / "too-big"),
+        )
         with pytest.raises(SfhqError) as refused:
             client.submit(spec)
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "over the 4194304-byte limit" in refused.value.details
     bomb = common_pb2.Image(data=images["bomb"])
     claims = common_pb2.Image(data=images["claims_huge"])
-    calls = [("annotator", "/sfhq.v1.Annotator/Detect", annotator_pb2.DetectRequest(images=[bomb])),
-             ("annotator", "/sfhq.v1.Annotator/Align", annotator_pb2.AlignRequest(images=[claims])),
-             ("encoder", "/sfhq.v1.Encoder/Encode", encoder_pb2.EncodeRequest(images=[bomb]))]
+    calls = [
+        ("annotator", "/sfhq.v1.Annotator/Detect", annotator_pb2.DetectRequest(images=[bomb])),
+        ("annotator", "/sfhq.v1.Annotator/Align", annotator_pb2.AlignRequest(images=[claims])),
+        ("encoder", "/sfhq.v1.Encoder/Encode", encoder_pb2.EncodeRequest(images=[bomb])),
+    ]
     for name, method, request in calls:
         with cluster.channel(name) as channel:
             with pytest.raises(grpc.RpcError) as error:
@@ -186,13 +221,18 @@ def test_no_secret_appears_in_logs_or_command_lines(cluster):
     with client_channel(cluster.addr("gateway"), _tls(cluster, tokens=[])) as channel:
         _code(channel, PROBES["gateway"], metadata=(("authorization", leaked_attempt),))
     with cluster.client() as client:
-        job = client.wait(client.submit(harness.sampling_spec(1, cluster.workdir / "secrets-job")).job_id, timeout=180)
+        job = client.wait(
+            client.submit(harness.sampling_spec(1, cluster.workdir / "secrets-job")).job_id, timeout=180
+        )
         assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
-    secrets = {"user token": cluster.tokens[1], "service token": cluster.tokens[0],
-               "refused token": leaked_attempt.split()[1],
-               "redis admin password": cluster.redis_server.password,
-               "redis service password": cluster.redis_server.service_password,
-               "TLS private key": (cluster.tls_dir / "server.key").read_text().splitlines()[1]}
+    secrets = {
+        "user token": cluster.tokens[1],
+        "service token": cluster.tokens[0],
+        "refused token": leaked_attempt.split()[1],
+        "redis admin password": cluster.redis_server.password,
+        "redis service password": cluster.redis_server.service_password,
+        "TLS private key": (cluster.tls_dir / "server.key").read_text().splitlines()[1],
+    }
     texts = dict(cluster.logs())
     texts["redis.log"] = cluster.redis_server.log_path.read_text(errors="replace")
     pids = {name: proc.pid for name, proc in cluster.processes.items() if proc.poll() is None}

@@ -1,8 +1,6 @@
-"""FFHQ alignment: exact geometry on synthetic images, and real faces from ../shared/testdata."""
+"""FFHQ alignment: exact geometry on synthetic images, and real faces from tests/data."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -20,8 +18,9 @@ from services.annotator.align import (
     invert_transform,
     map_landmarks,
 )
+from tests.helpers.data import DATA
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
+TESTDATA = DATA
 
 
 def face_landmarks(eye_left, eye_right, mouth_left, mouth_right) -> np.ndarray:
@@ -38,7 +37,7 @@ def face_landmarks(eye_left, eye_right, mouth_left, mouth_right) -> np.ndarray:
 
 
 def blob_image(size: tuple[int, int], centre: tuple[float, float], sigma: float = 4.0) -> PIL.Image.Image:
-    """Black RGB image with one Gaussian spot (peak 255) at sub-pixel ``centre`` (pixel-centre coords)."""
+    """Black RGB image with one Gaussian spot (peak 255) at sub-pixel `centre` (pixel-centre coords)."""
     width, height = size
     pixels = np.zeros((height, width, 3), np.uint8)
     reach = int(np.ceil(5 * sigma))  # beyond 5 sigma the spot rounds to 0 anyway
@@ -62,7 +61,9 @@ def test_quad_of_an_upright_face_matches_the_ffhq_formula_by_hand() -> None:
     face = face_quad(lm)
     centre = np.array([300.0, 200.0 + 0.1 * 120])
     half = 216.0
-    expected = np.array([centre + [-half, -half], centre + [-half, half], centre + [half, half], centre + [half, -half]])
+    expected = np.array(
+        [centre + [-half, -half], centre + [-half, half], centre + [half, half], centre + [half, -half]]
+    )
     np.testing.assert_allclose(face.quad, expected, atol=1e-9)
     assert face.qsize == pytest.approx(2 * half)
 
@@ -88,7 +89,9 @@ def test_rotate_level_false_keeps_the_crop_axis_aligned() -> None:
         ((2600, 2200), ((900, 1000), (1500, 980)), ((1000, 1650), (1400, 1640)), 128, 128, (1230, 1220)),
     ],
 )
-def test_transform_predicts_where_a_pixel_lands(image_size, eyes, mouth, output_size, transform_size, spot) -> None:
+def test_transform_predicts_where_a_pixel_lands(
+    image_size, eyes, mouth, output_size, transform_size, spot
+) -> None:
     lm = face_landmarks(eyes[0], eyes[1], mouth[0], mouth[1])
     sigma = max(4.0, 2.5 * face_quad(lm).qsize / output_size)  # at least ~2.5 output px wide
     image = blob_image(image_size, spot, sigma)
@@ -104,7 +107,9 @@ def test_transform_maps_the_quad_to_the_output_corners_and_inverts() -> None:
     transform = ffhq_transform(lm, 1024, 4096)
     corners = map_landmarks(face_quad(lm).quad, transform)
     # Quad corners are the outer corners of the output square (pixel-centre coordinates: -0.5 and S-0.5).
-    np.testing.assert_allclose(corners, [[-0.5, -0.5], [-0.5, 1023.5], [1023.5, 1023.5], [1023.5, -0.5]], atol=1e-6)
+    np.testing.assert_allclose(
+        corners, [[-0.5, -0.5], [-0.5, 1023.5], [1023.5, 1023.5], [1023.5, -0.5]], atol=1e-6
+    )
     back = map_landmarks(map_landmarks(lm, transform), invert_transform(transform))
     np.testing.assert_allclose(back, lm, atol=1e-6)
 
@@ -178,12 +183,16 @@ def landmarker():
     return FaceLandmarker.shared()
 
 
-@pytest.mark.parametrize("name", ["inspiration/sd_00.jpg", "inspiration/render3d_03.jpg", "inspiration/sd_01.jpg"])
+@pytest.mark.parametrize(
+    "name", ["inspiration/sd_00.jpg", "inspiration/render3d_03.jpg", "inspiration/sd_01.jpg"]
+)
 def test_real_faces_align_with_eyes_at_the_ffhq_positions(landmarker, name) -> None:
     image = PIL.Image.open(TESTDATA / name).convert("RGB")
     face = landmarker.locate(image)
     aligned = align_face(image, face.landmarks68, output_size=256, transform_size=256)  # e4e setting
-    mapped = map_landmarks(face.landmarks68, ffhq_transform(face.landmarks68, 256, 256, image_size=image.size))
+    mapped = map_landmarks(
+        face.landmarks68, ffhq_transform(face.landmarks68, 256, 256, image_size=image.size)
+    )
 
     redetected = landmarker.locate(aligned)  # the aligned picture really shows the face there
     assert redetected.face_count == 1

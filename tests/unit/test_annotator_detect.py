@@ -1,8 +1,6 @@
-"""dlib detection and 68 landmarks on the real faces in ../shared/testdata, and on non-faces."""
+"""dlib detection and 68 landmarks on the real faces in tests/data, and on non-faces."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -20,8 +18,9 @@ from services.annotator.detect import (
     fuse_landmarks,
     locate_dlib_model,
 )
+from tests.helpers.data import DATA
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
+TESTDATA = DATA
 ALL_FACES = sorted(p.relative_to(TESTDATA).as_posix() for p in TESTDATA.glob("*/*.jpg"))
 
 
@@ -124,8 +123,11 @@ def test_detector_accepts_grey_and_rgba_arrays(landmarker) -> None:
 
 @pytest.mark.parametrize(
     ("pixels", "message"),
-    [(np.zeros((64, 64, 3), np.float32), "uint8"), (np.zeros((8, 8, 3), np.uint8), "too small"),
-     (np.zeros((64, 64, 2), np.uint8), "shape")],
+    [
+        (np.zeros((64, 64, 3), np.float32), "uint8"),
+        (np.zeros((8, 8, 3), np.uint8), "too small"),
+        (np.zeros((64, 64, 2), np.uint8), "shape"),
+    ],
 )
 def test_bad_images_raise_a_clear_error(landmarker, pixels, message) -> None:
     with pytest.raises(ImageInputError, match=message):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import PIL.Image
 import pytest
@@ -19,16 +17,9 @@ from services.annotator.fan import (
     load_fan,
 )
 from services.annotator.random_weights import write_random_fan_checkpoint
+from tests.helpers.data import DATA
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+TESTDATA = DATA
 
 
 class PeakModel(torch.nn.Module):
@@ -53,9 +44,20 @@ class PeakModel(torch.nn.Module):
 
 def test_official_layout_names() -> None:
     state = FAN(4).state_dict()
-    for key in ("conv1.weight", "conv1.bias", "bn1.running_var", "conv2.downsample.2.weight", "m0.b1_4.conv1.weight",
-                "m3.b2_plus_1.bn3.weight", "top_m_3.conv3.weight", "conv_last3.bias", "bn_end3.weight", "l3.weight",
-                "bl2.weight", "al2.weight"):
+    for key in (
+        "conv1.weight",
+        "conv1.bias",
+        "bn1.running_var",
+        "conv2.downsample.2.weight",
+        "m0.b1_4.conv1.weight",
+        "m3.b2_plus_1.bn3.weight",
+        "top_m_3.conv3.weight",
+        "conv_last3.bias",
+        "bn_end3.weight",
+        "l3.weight",
+        "bl2.weight",
+        "al2.weight",
+    ):
         assert key in state, key
     assert "bl3.weight" not in state and "al3.weight" not in state  # the last stack feeds nothing
     assert state["l0.weight"].shape == (68, 256, 1, 1)

@@ -31,8 +31,12 @@ def test_segmentation_png_is_single_channel_class_indices() -> None:
 
 @pytest.mark.parametrize(
     ("labels", "message"),
-    [(np.full((4, 4), 19), "class indices"), (np.full((4, 4), -1), "class indices"),
-     (np.zeros((4, 4, 3), np.uint8), "2-D"), (np.zeros((4, 4), np.float32), "integer")],
+    [
+        (np.full((4, 4), 19), "class indices"),
+        (np.full((4, 4), -1), "class indices"),
+        (np.zeros((4, 4, 3), np.uint8), "2-D"),
+        (np.zeros((4, 4), np.float32), "integer"),
+    ],
 )
 def test_bad_segmentations_are_refused(labels, message) -> None:
     with pytest.raises(FormatError, match=message):
@@ -84,7 +88,9 @@ def test_overlay_blends_the_map_like_the_original_and_draws_groups() -> None:
     out = np.asarray(render_overlay(image, label_map=labels))
     assert out.shape == (128, 128, 3)
     np.testing.assert_array_equal(out[10, 10], np.rint(0.4 * np.array([100, 50, 0]) + 0.6 * 255))
-    np.testing.assert_array_equal(out[10, 100], np.rint(0.4 * np.array([100, 50, 0]) + 0.6 * np.array([0, 85, 255])))
+    np.testing.assert_array_equal(
+        out[10, 100], np.rint(0.4 * np.array([100, 50, 0]) + 0.6 * np.array([0, 85, 255]))
+    )
 
     points = np.zeros((110, 2))
     for group, indices in LANDMARK_GROUPS.items():

@@ -20,9 +20,10 @@ from services.annotator.landmarks110 import (
     extend_landmarks,
     rescale_points,
 )
+from tests.helpers.data import DATA
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTDATA = ROOT.parent / "shared" / "testdata"
+TESTDATA = DATA
 SIZE = 256
 INNER = LANDMARK_GROUPS["inner_hairline"]
 OUTER = LANDMARK_GROUPS["outer_hairline"]
@@ -34,7 +35,11 @@ def face68() -> np.ndarray:
     """Real dlib landmarks of a test face at the 256-px working size."""
     from services.annotator.detect import FaceLandmarker
 
-    image = PIL.Image.open(TESTDATA / "faces" / "sfhq_sample_03.jpg").convert("RGB").resize((SIZE, SIZE), PIL.Image.BILINEAR)
+    image = (
+        PIL.Image.open(TESTDATA / "faces" / "sfhq_sample_03.jpg")
+        .convert("RGB")
+        .resize((SIZE, SIZE), PIL.Image.BILINEAR)
+    )
     return FaceLandmarker.shared().locate(image).landmarks68.astype(np.float64)
 
 
@@ -47,13 +52,20 @@ def frame(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
 def draw_map(lm: np.ndarray, hair: str = "normal", size: int = SIZE) -> np.ndarray:
     """A parsing map drawn from 68 points: hair (or skin when bald) over a head ellipse, a skin face
     up to a forehead line, ears, brows, eyes, a nose whose wings are as wide as the nostril span,
-    lips, a neck. ``hair``: normal | bald | hat | none (skin face, nothing above the forehead)."""
+    lips, a neck. `hair`: normal | bald | hat | none (skin face, nothing above the forehead)."""
     image = PIL.Image.new("L", (size, size), 0)
     draw = PIL.ImageDraw.Draw(image)
     centre, _, _, iod = frame(lm)
     half_width = 0.55 * np.linalg.norm(lm[16] - lm[0])
-    draw.rectangle([centre[0] - 0.8 * half_width, lm[8][1] - 0.2 * iod, centre[0] + 0.8 * half_width, size], fill=14)
-    head = [centre[0] - 1.15 * half_width, centre[1] - 1.9 * iod, centre[0] + 1.15 * half_width, centre[1] + 1.4 * iod]
+    draw.rectangle(
+        [centre[0] - 0.8 * half_width, lm[8][1] - 0.2 * iod, centre[0] + 0.8 * half_width, size], fill=14
+    )
+    head = [
+        centre[0] - 1.15 * half_width,
+        centre[1] - 1.9 * iod,
+        centre[0] + 1.15 * half_width,
+        centre[1] + 1.4 * iod,
+    ]
     if hair in ("normal", "hat"):
         draw.ellipse(head, fill=HAIR)
     if hair == "bald":
@@ -62,18 +74,32 @@ def draw_map(lm: np.ndarray, hair: str = "normal", size: int = SIZE) -> np.ndarr
         draw.pieslice([head[0], head[1] - 0.3 * iod, head[2], centre[1] + 0.6 * iod], 180, 360, fill=HAT)
     top = centre[1] - 1.15 * iod
     face = [tuple(p) for p in lm[0:17]] + [
-        (lm[16][0], lm[16][1] - 0.6 * iod), (centre[0] + 0.6 * half_width, top + 0.25 * iod), (centre[0], top),
-        (centre[0] - 0.6 * half_width, top + 0.25 * iod), (lm[0][0], lm[0][1] - 0.6 * iod)]
+        (lm[16][0], lm[16][1] - 0.6 * iod),
+        (centre[0] + 0.6 * half_width, top + 0.25 * iod),
+        (centre[0], top),
+        (centre[0] - 0.6 * half_width, top + 0.25 * iod),
+        (lm[0][0], lm[0][1] - 0.6 * iod),
+    ]
     draw.polygon(face, fill=SKIN)
     for point, cls in ((lm[1], 7), (lm[15], 8)):
-        draw.ellipse([point[0] - 0.18 * iod, point[1] - 0.45 * iod, point[0] + 0.18 * iod, point[1] + 0.1 * iod], fill=cls)
+        draw.ellipse(
+            [point[0] - 0.18 * iod, point[1] - 0.45 * iod, point[0] + 0.18 * iod, point[1] + 0.1 * iod],
+            fill=cls,
+        )
     draw.polygon([tuple(p) for p in lm[17:22]], fill=2, outline=2)
     draw.polygon([tuple(p) for p in lm[22:27]], fill=3, outline=3)
     draw.polygon([tuple(p) for p in lm[36:42]], fill=4)
     draw.polygon([tuple(p) for p in lm[42:48]], fill=5)
     wing = np.linalg.norm(lm[35] - lm[31]) / 2
-    nose = [lm[27] + [-0.15 * iod, 0], lm[27] + [0.15 * iod, 0], lm[29] + [wing, 0], lm[33] + [wing, 0],
-            lm[33], lm[33] - [wing, 0], lm[29] - [wing, 0]]
+    nose = [
+        lm[27] + [-0.15 * iod, 0],
+        lm[27] + [0.15 * iod, 0],
+        lm[29] + [wing, 0],
+        lm[33] + [wing, 0],
+        lm[33],
+        lm[33] - [wing, 0],
+        lm[29] - [wing, 0],
+    ]
     draw.polygon([tuple(p) for p in nose], fill=NOSE)
     draw.polygon([tuple(p) for p in np.concatenate([lm[48:55], lm[64:59:-1]])], fill=12)
     draw.polygon([tuple(p) for p in np.concatenate([lm[54:60], lm[48:49], lm[60:61], lm[67:63:-1]])], fill=13)
@@ -100,9 +126,29 @@ def test_groups_cover_110_indices_in_order() -> None:
     assert [r.start for r in ranges[1:]] == [r.stop for r in ranges[:-1]]
     assert ranges[0].start == 0 and ranges[-1].stop == 110
     sizes = {name: len(r) for name, r in LANDMARK_GROUPS.items()}
-    assert sum(sizes[n] for n in ("jaw", "right_brow", "left_brow", "nose_bridge", "nostrils", "right_eye",
-                                  "left_eye", "outer_lip", "inner_lip")) == 68
-    assert (sizes["nose_wings"], sizes["inner_lip_extra"], sizes["inner_hairline"], sizes["outer_hairline"]) == (4, 8, 9, 21)
+    assert (
+        sum(
+            sizes[n]
+            for n in (
+                "jaw",
+                "right_brow",
+                "left_brow",
+                "nose_bridge",
+                "nostrils",
+                "right_eye",
+                "left_eye",
+                "outer_lip",
+                "inner_lip",
+            )
+        )
+        == 68
+    )
+    assert (
+        sizes["nose_wings"],
+        sizes["inner_lip_extra"],
+        sizes["inner_hairline"],
+        sizes["outer_hairline"],
+    ) == (4, 8, 9, 21)
     np.testing.assert_allclose(np.diff(OUTER_HAIRLINE_ANGLES), 13.5)
     assert OUTER_HAIRLINE_ANGLES[0] == -135 and OUTER_HAIRLINE_ANGLES[-1] == 135
     assert set(INNER_HAIRLINE_ANGLES) <= set(OUTER_HAIRLINE_ANGLES) and len(INNER_HAIRLINE_ANGLES) == 9
@@ -187,7 +233,9 @@ def test_nose_wings_find_the_drawn_nose_edges(face68) -> None:
     wings = result.points[list(LANDMARK_GROUPS["nose_wings"])]
     assert not result.fallback[list(LANDMARK_GROUPS["nose_wings"])].any()
     centre_x = face68[27:31, 0].mean()
-    assert wings[0, 0] < centre_x < wings[2, 0] and wings[1, 0] < centre_x < wings[3, 0]  # image-left pair first
+    assert (
+        wings[0, 0] < centre_x < wings[2, 0] and wings[1, 0] < centre_x < wings[3, 0]
+    )  # image-left pair first
     assert wings[0, 1] < wings[1, 1] and wings[2, 1] < wings[3, 1]  # upper before lower
     for point in wings:  # each on the nose's edge: nose inwards, something else outwards
         outwards = np.array([np.sign(point[0] - centre_x), 0.0])
@@ -217,10 +265,19 @@ def test_rotated_face_gives_rotated_points(face68) -> None:
     # Rotate the map itself (nearest neighbour): output pixel p reads input R^T (p - c) + c.
     inverse = rotation.T
     offset = centre - inverse @ centre
-    data = (inverse[0, 0], inverse[0, 1], offset[0] + 0.5 - 0.5 * inverse[0].sum(),
-            inverse[1, 0], inverse[1, 1], offset[1] + 0.5 - 0.5 * inverse[1].sum())
-    rotated_map = np.asarray(PIL.Image.fromarray(upright_map).transform(
-        (SIZE, SIZE), PIL.Image.Transform.AFFINE, data, PIL.Image.Resampling.NEAREST))
+    data = (
+        inverse[0, 0],
+        inverse[0, 1],
+        offset[0] + 0.5 - 0.5 * inverse[0].sum(),
+        inverse[1, 0],
+        inverse[1, 1],
+        offset[1] + 0.5 - 0.5 * inverse[1].sum(),
+    )
+    rotated_map = np.asarray(
+        PIL.Image.fromarray(upright_map).transform(
+            (SIZE, SIZE), PIL.Image.Transform.AFFINE, data, PIL.Image.Resampling.NEAREST
+        )
+    )
     upright = extend_landmarks(face68, upright_map)
     tilted = extend_landmarks(rotated68, rotated_map)
     expected = (upright.astype(np.float64) - centre) @ rotation.T + centre

@@ -25,7 +25,7 @@ from services.annotator.parsing import (
 )
 from services.annotator.random_weights import random_bisenet_state_dict, write_random_bisenet_checkpoint
 
-# Facts about the released 79999_iter.pth (MODELS.md §2), independent of our code.
+# Facts about the released 79999_iter.pth (docs/checkpoints.md, "BiSeNet face parsing"), independent of our code.
 OFFICIAL_ENTRIES = 191
 OFFICIAL_FLOAT_TENSORS = 160
 OFFICIAL_FLOAT_VALUES = 13_313_088
@@ -47,17 +47,25 @@ OFFICIAL_SHAPES = {
     "conv_out16.conv_out.weight": (19, 64, 1, 1),
     "conv_out32.conv_out.weight": (19, 64, 1, 1),
 }
-OFFICIAL_PREFIX_ORDER = ["cp.resnet.conv1", "cp.resnet.bn1", "cp.resnet.layer1", "cp.resnet.layer2", "cp.resnet.layer3",
-                         "cp.resnet.layer4", "cp.arm16", "cp.arm32", "cp.conv_head32", "cp.conv_head16", "cp.conv_avg",
-                         "ffm.convblk", "ffm.conv1", "ffm.conv2", "conv_out.", "conv_out16", "conv_out32"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+OFFICIAL_PREFIX_ORDER = [
+    "cp.resnet.conv1",
+    "cp.resnet.bn1",
+    "cp.resnet.layer1",
+    "cp.resnet.layer2",
+    "cp.resnet.layer3",
+    "cp.resnet.layer4",
+    "cp.arm16",
+    "cp.arm32",
+    "cp.conv_head32",
+    "cp.conv_head16",
+    "cp.conv_avg",
+    "ffm.convblk",
+    "ffm.conv1",
+    "ffm.conv2",
+    "conv_out.",
+    "conv_out16",
+    "conv_out32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +78,13 @@ def parser(checkpoint):
     return load_parser(checkpoint)
 
 
-# ---- an independent, purely functional forward pass written from the description in MODELS.md -------------
+# ---- an independent, purely functional forward pass written from docs/checkpoints.md -------------
 
 
 def _bn(x, s, p):
-    return F.batch_norm(x, s[p + ".running_mean"], s[p + ".running_var"], s[p + ".weight"], s[p + ".bias"], False, 0.0, 1e-5)
+    return F.batch_norm(
+        x, s[p + ".running_mean"], s[p + ".running_var"], s[p + ".weight"], s[p + ".bias"], False, 0.0, 1e-5
+    )
 
 
 def _cbr(x, s, p, stride=1, padding=1):
@@ -91,13 +101,17 @@ def _block(x, s, p, stride):
 
 def _arm(x, s, p):
     feat = _cbr(x, s, p + ".conv")
-    att = torch.sigmoid(_bn(F.conv2d(F.adaptive_avg_pool2d(feat, 1), s[p + ".conv_atten.weight"]), s, p + ".bn_atten"))
+    att = torch.sigmoid(
+        _bn(F.conv2d(F.adaptive_avg_pool2d(feat, 1), s[p + ".conv_atten.weight"]), s, p + ".bn_atten")
+    )
     return feat * att
 
 
 def reference_main_logits(s: dict, x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[2:]
-    y = F.max_pool2d(F.relu(_bn(F.conv2d(x, s["cp.resnet.conv1.weight"], None, 2, 3), s, "cp.resnet.bn1")), 3, 2, 1)
+    y = F.max_pool2d(
+        F.relu(_bn(F.conv2d(x, s["cp.resnet.conv1.weight"], None, 2, 3), s, "cp.resnet.bn1")), 3, 2, 1
+    )
     for layer, stride in ((1, 1), (2, 2), (3, 2), (4, 2)):
         y = _block(y, s, f"cp.resnet.layer{layer}.0", stride)
         y = _block(y, s, f"cp.resnet.layer{layer}.1", 1)
@@ -112,7 +126,11 @@ def reference_main_logits(s: dict, x: torch.Tensor) -> torch.Tensor:
     f16 = _arm(feat16, s, "cp.arm16") + cp16
     cp8 = _cbr(F.interpolate(f16, feat8.shape[2:], mode="nearest"), s, "cp.conv_head16")
     fused = _cbr(torch.cat([feat8, cp8], 1), s, "ffm.convblk", padding=0)
-    att = torch.sigmoid(F.conv2d(F.relu(F.conv2d(F.adaptive_avg_pool2d(fused, 1), s["ffm.conv1.weight"])), s["ffm.conv2.weight"]))
+    att = torch.sigmoid(
+        F.conv2d(
+            F.relu(F.conv2d(F.adaptive_avg_pool2d(fused, 1), s["ffm.conv1.weight"])), s["ffm.conv2.weight"]
+        )
+    )
     fused = fused * att + fused
     out = F.conv2d(_cbr(fused, s, "conv_out.conv"), s["conv_out.conv_out.weight"])
     return F.interpolate(out, (h, w), mode="bilinear", align_corners=True)
@@ -132,7 +150,9 @@ def test_random_checkpoint_has_the_official_layout(checkpoint) -> None:
     for key, shape in OFFICIAL_SHAPES.items():
         assert tuple(state[key].shape) == shape, key
     assert not any(k.startswith(("module.", "cp.resnet.fc", "sp.")) for k in state)
-    first_seen = [next(i for i, k in enumerate(state) if k.startswith(prefix)) for prefix in OFFICIAL_PREFIX_ORDER]
+    first_seen = [
+        next(i for i, k in enumerate(state) if k.startswith(prefix)) for prefix in OFFICIAL_PREFIX_ORDER
+    ]
     assert first_seen == sorted(first_seen)
 
 

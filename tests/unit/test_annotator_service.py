@@ -10,17 +10,16 @@ import grpc
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 
+from services.annotator.faces import FaceAnnotator, default_transform_size
 from services.annotator.random_weights import write_random_bisenet_checkpoint
 from services.annotator.service import (
     PARSER_CHECKPOINT,
-    AnnotatorModels,
-    FaceAnnotator,
-    align_handler,
-    annotate_handler,
+    align_stage,
+    annotate_stage,
     build_process,
-    default_transform_size,
+    landmarker_model,
+    parser_model,
 )
 from services.common.blobs import BlobStore
 from services.common.config import Settings
@@ -29,16 +28,10 @@ from services.common.safe_pickle import load_feature_pickle
 from services.common.weights import WeightsRegistry
 from sfhq.tensors import tensor_to_numpy
 from sfhq.v1 import annotator_pb2, annotator_pb2_grpc, common_pb2
+from tests.helpers.data import DATA
+from tests.helpers.services import ServedProcess
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+TESTDATA = DATA
 
 
 def jpeg_bytes(name: str, size: int | None = None) -> bytes:
@@ -66,23 +59,29 @@ def weights_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def settings(weights_dir, tmp_path_factory) -> Settings:
-    return Settings(weights_dir=weights_dir, blob_url=str(tmp_path_factory.mktemp("blobs")), device="cpu",
-                    port=0, stages="none", parser_backend="torch")
+    return Settings(
+        weights_dir=weights_dir,
+        blob_url=str(tmp_path_factory.mktemp("blobs")),
+        device="cpu",
+        port=0,
+        stages="none",
+        parser_backend="torch",
+    )
+
+
+def models_for(settings: Settings) -> FaceAnnotator:
+    return FaceAnnotator(landmarker_model(settings), parser_model(settings))
 
 
 @pytest.fixture(scope="module")
 def server(settings):
-    process, _ = build_process(settings)
-    port = process.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield annotator_pb2_grpc.AnnotatorStub(channel), process
-    channel.close()
-    process.stop(grace=1)
+    with ServedProcess(build_process(settings), annotator_pb2_grpc.AnnotatorStub, grace_s=1) as running:
+        yield running.stub, running.process
 
 
 @pytest.fixture(scope="module")
 def annotator(settings) -> FaceAnnotator:
-    return FaceAnnotator(AnnotatorModels(settings))
+    return models_for(settings)
 
 
 # ---- gRPC ---------------------------------------------------------------------------------------------
@@ -90,8 +89,14 @@ def annotator(settings) -> FaceAnnotator:
 
 def test_detect_returns_faces_with_landmarks_and_empty_lists_for_non_faces(server) -> None:
     stub, _ = server
-    reply = stub.Detect(annotator_pb2.DetectRequest(images=[
-        common_pb2.Image(data=jpeg_bytes("inspiration/sd_00.jpg")), common_pb2.Image(data=grey_png())]))
+    reply = stub.Detect(
+        annotator_pb2.DetectRequest(
+            images=[
+                common_pb2.Image(data=jpeg_bytes("inspiration/sd_00.jpg")),
+                common_pb2.Image(data=grey_png()),
+            ]
+        )
+    )
     assert len(reply.detections) == 2
     face = reply.detections[0].faces[0]
     landmarks = tensor_to_numpy(face.landmarks68, expect_shape=(68, 2))
@@ -101,8 +106,13 @@ def test_detect_returns_faces_with_landmarks_and_empty_lists_for_non_faces(serve
 
 def test_align_returns_the_face_its_landmarks_and_the_transform(server) -> None:
     stub, _ = server
-    reply = stub.Align(annotator_pb2.AlignRequest(
-        images=[common_pb2.Image(data=jpeg_bytes("inspiration/render3d_01.jpg"))], output_size=256, transform_size=256))
+    reply = stub.Align(
+        annotator_pb2.AlignRequest(
+            images=[common_pb2.Image(data=jpeg_bytes("inspiration/render3d_01.jpg"))],
+            output_size=256,
+            transform_size=256,
+        )
+    )
     aligned = reply.faces[0]
     image = PIL.Image.open(io.BytesIO(aligned.image.data))
     assert image.format == "PNG" and image.size == (256, 256) and aligned.face_count == 1
@@ -115,10 +125,16 @@ def test_align_returns_the_face_its_landmarks_and_the_transform(server) -> None:
 
 def test_align_output_options_resize_and_blob_store(server, settings) -> None:
     stub, _ = server
-    reply = stub.Align(annotator_pb2.AlignRequest(
-        images=[common_pb2.Image(data=jpeg_bytes("inspiration/sd_03.jpg"))], output_size=128, transform_size=128,
-        output=common_pb2.OutputOptions(format=common_pb2.IMAGE_FORMAT_JPEG, jpeg_quality=80, size=64,
-                                        to_blob_store=True)))
+    reply = stub.Align(
+        annotator_pb2.AlignRequest(
+            images=[common_pb2.Image(data=jpeg_bytes("inspiration/sd_03.jpg"))],
+            output_size=128,
+            transform_size=128,
+            output=common_pb2.OutputOptions(
+                format=common_pb2.IMAGE_FORMAT_JPEG, jpeg_quality=80, size=64, to_blob_store=True
+            ),
+        )
+    )
     aligned = reply.faces[0]
     assert aligned.image.uri and not aligned.image.data
     data = BlobStore(settings.blob_url).get(aligned.image.uri)
@@ -131,7 +147,10 @@ def test_align_output_options_resize_and_blob_store(server, settings) -> None:
 def test_annotate_returns_segmentation_landmarks_and_overlay(server) -> None:
     stub, _ = server
     request = annotator_pb2.AnnotateRequest(
-        images=[common_pb2.Image(data=jpeg_bytes("faces/sfhq_sample_05.jpg", 256))], working_size=64, include_overlay=True)
+        images=[common_pb2.Image(data=jpeg_bytes("faces/sfhq_sample_05.jpg", 256))],
+        working_size=64,
+        include_overlay=True,
+    )
     annotation = stub.Annotate(request).annotations[0]
     segmentation = PIL.Image.open(io.BytesIO(annotation.segmentation.data))
     assert segmentation.mode == "L" and segmentation.size == (256, 256)
@@ -146,26 +165,60 @@ def test_annotate_returns_segmentation_landmarks_and_overlay(server) -> None:
 
     without = stub.Annotate(annotator_pb2.AnnotateRequest(images=request.images, working_size=64))
     assert not without.annotations[0].HasField("overlay")
-    detected = stub.Annotate(annotator_pb2.AnnotateRequest(images=request.images, working_size=128, detect_faces=True))
+    detected = stub.Annotate(
+        annotator_pb2.AnnotateRequest(images=request.images, working_size=128, detect_faces=True)
+    )
     assert detected.annotations[0].face_count == 1
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda s: s.Align(annotator_pb2.AlignRequest(images=[common_pb2.Image(data=grey_png())], output_size=64)),
-         "image 0: no face found"),
-        (lambda s: s.Detect(annotator_pb2.DetectRequest(images=[common_pb2.Image(data=b"not an image")])), "image 0"),
-        (lambda s: s.Detect(annotator_pb2.DetectRequest()), "1..64 images"),
-        (lambda s: s.Align(annotator_pb2.AlignRequest(images=[common_pb2.Image(data=grey_png())], output_size=99999)),
-         "output_size"),
-        (lambda s: s.Align(annotator_pb2.AlignRequest(images=[common_pb2.Image(data=grey_png())], output_size=64,
-                                                      output=common_pb2.OutputOptions(jpeg_quality=500))), "jpeg_quality"),
-        (lambda s: s.Annotate(annotator_pb2.AnnotateRequest(images=[common_pb2.Image(data=grey_png())], working_size=8)),
-         "working_size"),
-        (lambda s: s.Annotate(annotator_pb2.AnnotateRequest(images=[common_pb2.Image(data=grey_png())],
-                                                            detect_faces=True, working_size=64)), "no face found"),
-        (lambda s: s.Detect(annotator_pb2.DetectRequest(images=[common_pb2.Image()])), "neither data nor uri"),
+        (
+            lambda s: s.Align(
+                annotator_pb2.AlignRequest(images=[common_pb2.Image(data=grey_png())], output_size=64)
+            ),
+            "image 0: no face found",
+        ),
+        (
+            lambda s: s.Detect(annotator_pb2.DetectRequest(images=[common_pb2.Image(data=b"not an image")])),
+            "image 0",
+        ),
+        (lambda s: s.Detect(annotator_pb2.DetectRequest()), "images: the request has none; give 1..64"),
+        (
+            lambda s: s.Align(
+                annotator_pb2.AlignRequest(images=[common_pb2.Image(data=grey_png())], output_size=99999)
+            ),
+            "output_size",
+        ),
+        (
+            lambda s: s.Align(
+                annotator_pb2.AlignRequest(
+                    images=[common_pb2.Image(data=grey_png())],
+                    output_size=64,
+                    output=common_pb2.OutputOptions(jpeg_quality=500),
+                )
+            ),
+            "jpeg_quality",
+        ),
+        (
+            lambda s: s.Annotate(
+                annotator_pb2.AnnotateRequest(images=[common_pb2.Image(data=grey_png())], working_size=8)
+            ),
+            "working_size",
+        ),
+        (
+            lambda s: s.Annotate(
+                annotator_pb2.AnnotateRequest(
+                    images=[common_pb2.Image(data=grey_png())], detect_faces=True, working_size=64
+                )
+            ),
+            "no face found",
+        ),
+        (
+            lambda s: s.Detect(annotator_pb2.DetectRequest(images=[common_pb2.Image()])),
+            "neither data nor uri",
+        ),
     ],
 )
 def test_bad_requests_are_invalid_argument(server, call, message) -> None:
@@ -177,30 +230,35 @@ def test_bad_requests_are_invalid_argument(server, call, message) -> None:
 
 
 def test_missing_parser_checkpoint_is_failed_precondition_naming_sfhq_weights(tmp_path) -> None:
-    settings = Settings(weights_dir=tmp_path / "empty", blob_url=str(tmp_path / "blobs"), device="cpu", port=0,
-                        stages="none")
-    process, _ = build_process(settings)
-    port = process.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = annotator_pb2_grpc.AnnotatorStub(channel)
-            with pytest.raises(grpc.RpcError) as info:
-                stub.Annotate(annotator_pb2.AnnotateRequest(
-                    images=[common_pb2.Image(data=jpeg_bytes("faces/sfhq_sample_00.jpg", 128))], working_size=64))
-            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "sfhq weights" in info.value.details() and PARSER_CHECKPOINT in info.value.details()
-            # Detection and alignment do not need the parser.
-            assert len(stub.Detect(annotator_pb2.DetectRequest(
-                images=[common_pb2.Image(data=jpeg_bytes("faces/sfhq_sample_00.jpg"))])).detections[0].faces) == 1
-    finally:
-        process.stop(grace=1)
+    settings = Settings(
+        weights_dir=tmp_path / "empty", blob_url=str(tmp_path / "blobs"), device="cpu", port=0, stages="none"
+    )
+    with ServedProcess(build_process(settings), annotator_pb2_grpc.AnnotatorStub, grace_s=1) as running:
+        with pytest.raises(grpc.RpcError) as info:
+            running.stub.Annotate(
+                annotator_pb2.AnnotateRequest(
+                    images=[common_pb2.Image(data=jpeg_bytes("faces/sfhq_sample_00.jpg", 128))],
+                    working_size=64,
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "sfhq weights" in info.value.details() and PARSER_CHECKPOINT in info.value.details()
+        # Detection and alignment do not need the parser.
+        detected = running.stub.Detect(
+            annotator_pb2.DetectRequest(
+                images=[common_pb2.Image(data=jpeg_bytes("faces/sfhq_sample_00.jpg"))]
+            )
+        )
+        assert len(detected.detections[0].faces) == 1
 
 
 def test_onnx_backend_is_selected_by_settings(weights_dir, tmp_path) -> None:
-    settings = Settings(weights_dir=weights_dir, blob_url=str(tmp_path / "b"), device="cpu", parser_backend="onnx")
-    models = AnnotatorModels(settings)
-    assert models.parser().backend == "onnx"
-    assert models.provenance()["parser_backend"] == "onnx"
+    settings = Settings(
+        weights_dir=weights_dir, blob_url=str(tmp_path / "b"), device="cpu", parser_backend="onnx"
+    )
+    parser = parser_model(settings)
+    assert parser.get().backend == "onnx"
+    assert parser.provenance_record()["parser"]["backend"] == "onnx"
 
 
 def test_default_transform_size_supersamples_like_ffhq() -> None:
@@ -221,14 +279,18 @@ def test_align_stage_writes_the_aligned_png_and_fails_per_item(annotator, settin
         Task.make("job1", "i2", "align", {"output_size": 128}),
         Task.make("job1", "i3", "align", {"input": face_uri, "output_size": "big"}),
     ]
-    results = align_handler(annotator, blobs, settings)(tasks)
+    results = align_stage(annotator, blobs, settings)(tasks)
     assert [r.task_id for r in results] == [t.task_id for t in tasks]
     ok = results[0]
     assert ok.ok and ok.output["aligned"] == "jobs/job1/items/i0/align/aligned.png"
     assert PIL.Image.open(io.BytesIO(blobs.get(ok.output["aligned"]))).size == (128, 128)
     assert np.asarray(ok.output["landmarks68"]).shape == (68, 2) and ok.output["face_count"] == 1
     assert np.asarray(ok.output["transform"]).shape == (2, 3)
-    assert (results[1].ok, results[1].error_code, results[1].error_message) == (False, "INVALID_ARGUMENT", "no face found")
+    assert (results[1].ok, results[1].error_code, results[1].error_message) == (
+        False,
+        "INVALID_ARGUMENT",
+        "no face found",
+    )
     assert not results[2].ok and "input" in results[2].error_message
     assert not results[3].ok and "output_size" in results[3].error_message
 
@@ -239,13 +301,24 @@ def test_annotate_stage_writes_the_sfhq_files(annotator, settings, tmp_path) -> 
     features_key = blobs.put_npy("jobs/j2/items/c0/embed/features.npy", np.arange(16, dtype=np.float32))
     latent_key = blobs.put_npy("jobs/j2/items/c0/synthesize/latent.npy", np.zeros((10, 512), np.float32))
     dataset = tmp_path / "dataset"
-    payload = {"image": image_key, "features": features_key, "feature_key": "CLIP_ViTL_14@336", "stem": "SFHQ_pt9_00000001",
-               "dataset_uri": str(dataset), "image_size": 256, "jpeg_quality": 90, "working_size": 64,
-               "detect_faces": False, "latent": latent_key}
-    tasks = [Task.make("j2", "c0", "annotate", payload),
-             Task.make("j2", "c1", "annotate", {**payload, "features": "jobs/j2/missing.npy"}),
-             Task.make("j2", "c2", "annotate", {**payload, "stem": ""})]
-    results = annotate_handler(annotator, blobs, settings)(tasks)
+    payload = {
+        "image": image_key,
+        "features": features_key,
+        "feature_key": "CLIP_ViTL_14@336",
+        "stem": "SFHQ_pt9_00000001",
+        "dataset_uri": str(dataset),
+        "image_size": 256,
+        "jpeg_quality": 90,
+        "working_size": 64,
+        "detect_faces": False,
+        "latent": latent_key,
+    }
+    tasks = [
+        Task.make("j2", "c0", "annotate", payload),
+        Task.make("j2", "c1", "annotate", {**payload, "features": "jobs/j2/missing.npy"}),
+        Task.make("j2", "c2", "annotate", {**payload, "stem": ""}),
+    ]
+    results = annotate_stage(annotator, blobs, settings)(tasks)
     assert [r.task_id for r in results] == [t.task_id for t in tasks]
     assert results[0].ok, results[0].error_message
     files = results[0].output["files"]
@@ -261,9 +334,17 @@ def test_annotate_stage_writes_the_sfhq_files(annotator, settings, tmp_path) -> 
     features = load_feature_pickle((dataset / "pretrained_features" / f"{stem}.pickle").read_bytes())
     assert list(features) == ["CLIP_ViTL_14@336"] and features["CLIP_ViTL_14@336"].shape == (1, 16)
     provenance = results[0].output["provenance"]
-    assert provenance["parser_backend"] == "torch" and len(provenance["parser_sha256"]) == 64
+    assert provenance["parser"]["backend"] == "torch" and len(provenance["parser"]["sha256"]) == 64
+    assert (
+        provenance["parser"]["checkpoint"] == PARSER_CHECKPOINT
+        and provenance["landmarks68"]["landmarks68"] == "dlib"
+    )
     assert (results[1].ok, results[1].error_code) == (False, "NOT_FOUND")
-    assert not results[2].ok and results[2].error_code == "INVALID_ARGUMENT" and "stem" in results[2].error_message
+    assert (
+        not results[2].ok
+        and results[2].error_code == "INVALID_ARGUMENT"
+        and "stem" in results[2].error_message
+    )
 
 
 def test_annotate_stage_fails_every_item_when_the_parser_is_missing(tmp_path) -> None:
@@ -271,11 +352,22 @@ def test_annotate_stage_fails_every_item_when_the_parser_is_missing(tmp_path) ->
     blobs = BlobStore(settings.blob_url)
     image_key = blobs.put("x/image.jpg", jpeg_bytes("faces/sfhq_sample_02.jpg", 128))
     features_key = blobs.put_npy("x/f.npy", np.ones(4, np.float32))
-    payload = {"image": image_key, "features": features_key, "stem": "s1", "dataset_uri": str(tmp_path / "d"),
-               "image_size": 128, "working_size": 64}
-    handler = annotate_handler(FaceAnnotator(AnnotatorModels(settings)), blobs, settings)
-    results = handler([Task.make("j", "a", "annotate", payload), Task.make("j", "b", "annotate", {**payload, "stem": "s2"})])
-    assert all(not r.ok and r.error_code == "FAILED_PRECONDITION" and "sfhq weights" in r.error_message for r in results)
+    payload = {
+        "image": image_key,
+        "features": features_key,
+        "stem": "s1",
+        "dataset_uri": str(tmp_path / "d"),
+        "image_size": 128,
+        "working_size": 64,
+    }
+    handler = annotate_stage(models_for(settings), blobs, settings)
+    results = handler(
+        [Task.make("j", "a", "annotate", payload), Task.make("j", "b", "annotate", {**payload, "stem": "s2"})]
+    )
+    assert all(
+        not r.ok and r.error_code == "FAILED_PRECONDITION" and "sfhq weights" in r.error_message
+        for r in results
+    )
 
 
 def test_fan_is_used_when_registered_and_skipped_when_broken(tmp_path) -> None:
@@ -286,9 +378,10 @@ def test_fan_is_used_when_registered_and_skipped_when_broken(tmp_path) -> None:
     registry = WeightsRegistry(folder)
     # Placed directly: `sfhq weights add` would (rightly) refuse random bytes for the published hash.
     write_random_fan_checkpoint(registry.expected_path(FAN_CHECKPOINT), num_modules=1)
-    models = AnnotatorModels(Settings(weights_dir=folder, device="cpu"))
-    assert models.landmarker().fan is not None and models.provenance()["landmarks68"] == "dlib+fan"
+    with_fan = landmarker_model(Settings(weights_dir=folder, device="cpu"))
+    assert with_fan.get().fan is not None
+    assert with_fan.provenance_record()["landmarks68"]["landmarks68"] == "dlib+fan"
 
     registry.expected_path(FAN_CHECKPOINT).write_bytes(b"broken")
-    fallback = AnnotatorModels(Settings(weights_dir=folder, device="cpu"))
-    assert fallback.landmarker().fan is None and fallback.provenance()["landmarks68"] == "dlib"
+    fallback = landmarker_model(Settings(weights_dir=folder, device="cpu"))
+    assert fallback.get().fan is None and fallback.provenance_record()["landmarks68"]["landmarks68"] == "dlib"

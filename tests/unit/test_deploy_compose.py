@@ -98,9 +98,13 @@ def test_containers_are_hardened(models: dict[tuple[str, ...], dict[str, Any]]) 
     assert published["gateway"][0]["target"] == 50050
 
 
-def test_model_services_share_weights_read_only_and_blobs(models: dict[tuple[str, ...], dict[str, Any]]) -> None:
+def test_model_services_share_weights_read_only_and_blobs(
+    models: dict[tuple[str, ...], dict[str, Any]],
+) -> None:
     services = models[(check.COMPOSE_BASE,)]["services"]
-    assert {v["target"]: v.get("read_only", False) for v in services["weights"]["volumes"]} == {"/weights": False}
+    assert {v["target"]: v.get("read_only", False) for v in services["weights"]["volumes"]} == {
+        "/weights": False
+    }
     for name in MODEL_SERVICES:
         mounts = {v["target"]: v for v in services[name]["volumes"]}
         assert mounts["/weights"]["source"] == "weights" and mounts["/weights"]["read_only"] is True
@@ -108,7 +112,9 @@ def test_model_services_share_weights_read_only_and_blobs(models: dict[tuple[str
         assert services[name]["environment"]["SFHQ_BLOB_URL"] == "/data/blobs"
 
 
-def test_gpu_override_reserves_gpus_for_model_services_only(models: dict[tuple[str, ...], dict[str, Any]]) -> None:
+def test_gpu_override_reserves_gpus_for_model_services_only(
+    models: dict[tuple[str, ...], dict[str, Any]],
+) -> None:
     services = models[(check.COMPOSE_BASE, GPU_FILE)]["services"]
     for name in MODEL_SERVICES:
         service = services[name]
@@ -144,8 +150,11 @@ def test_third_party_images_are_pinned_by_digest(models: dict[tuple[str, ...], d
 
 
 def test_env_example_documents_every_variable_compose_reads() -> None:
-    documented = {line.split("=", 1)[0] for line in check.ENV_EXAMPLE.read_text().splitlines()
-                  if "=" in line and not line.lstrip().startswith("#")}
+    documented = {
+        line.split("=", 1)[0]
+        for line in check.ENV_EXAMPLE.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
     used: set[str] = set()
     for name in (check.COMPOSE_BASE, GPU_FILE, MINIO_FILE):
         text = (check.DEPLOY_DIR / name).read_text()

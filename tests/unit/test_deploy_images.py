@@ -97,7 +97,9 @@ def test_hadolint_finds_nothing() -> None:
     done = subprocess.run([binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     ignored = re.findall(r"# hadolint ignore=(\S+)", DOCKERFILE.read_text())
-    assert sorted(ignored) == ["DL3008", "DL3013", "DL3013"], "a new lint exception needs a reason in the file"
+    assert sorted(ignored) == ["DL3008", "DL3013", "DL3013"], (
+        "a new lint exception needs a reason in the file"
+    )
 
 
 def test_base_image_is_pinned_by_tag_and_digest() -> None:
@@ -125,7 +127,9 @@ def test_cpu_and_cuda_targets_run_as_non_root_with_tini_and_a_health_check() -> 
         copied = [rest for word, rest in merged if word == "COPY"]
         assert f"--from=build-{target} /opt/venv /opt/venv" in copied
     cuda_env = " ".join(rest for word, rest in all_stages["cuda"] if word == "ENV")
-    assert "NVIDIA_VISIBLE_DEVICES" not in cuda_env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in cuda_env
+    assert (
+        "NVIDIA_VISIBLE_DEVICES" not in cuda_env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in cuda_env
+    )
 
 
 def test_torch_pin_and_extras_match_pyproject() -> None:
@@ -142,10 +146,14 @@ def test_torch_pin_and_extras_match_pyproject() -> None:
     deps_cpu = stages()["deps-cpu"]
     first_pip = next(rest for word, rest in deps_cpu if word == "RUN" and "pip install" in rest)
     assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in first_pip
-    assert "whl/cpu" in next(rest for word, rest in deps_cpu if word == "ARG" and rest.startswith("TORCH_INDEX_URL"))
+    assert "whl/cpu" in next(
+        rest for word, rest in deps_cpu if word == "ARG" and rest.startswith("TORCH_INDEX_URL")
+    )
     # the GPU builds replace the CPU ones only after those are uninstalled (they share packages)
     deps_cuda = " ".join(rest for word, rest in stages()["deps-cuda"] if word == "RUN")
-    assert deps_cuda.index("pip uninstall --yes sfhq-factory onnxruntime faiss-cpu") < deps_cuda.index('".[gpu]"')
+    assert deps_cuda.index("pip uninstall --yes sfhq-factory onnxruntime faiss-cpu") < deps_cuda.index(
+        '".[gpu]"'
+    )
 
 
 def _pattern_regex(pattern: str) -> str:
@@ -170,16 +178,30 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_build_context_keeps_what_the_image_needs_and_drops_the_rest() -> None:
-    patterns = [line.strip() for line in (check.REPO_ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    sources = [s for word, rest in instructions() if word == "COPY" and "--from" not in rest
-               for s in shlex.split(rest)[:-1]]
+    patterns = [
+        line.strip()
+        for line in (check.REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = [
+        s
+        for word, rest in instructions()
+        if word == "COPY" and "--from" not in rest
+        for s in shlex.split(rest)[:-1]
+    ]
     assert {"pyproject.toml", "README.md", "sfhq", "services", "gateway", "protos"} <= set(sources)
     for source in sources:
         assert (check.REPO_ROOT / source).exists(), f"COPY source {source} does not exist"
         assert not dockerignored(source, patterns), f"COPY source {source} is excluded by .dockerignore"
-    for unwanted in (".git/config", ".venv/bin/python", "tests/unit/x.py", "weights/e4e.pt",
-                     "deploy/.env", "services/__pycache__/a.pyc", "out/dataset/images/0.jpg"):
+    for unwanted in (
+        ".git/config",
+        ".venv/bin/python",
+        "tests/unit/x.py",
+        "weights/e4e.pt",
+        "deploy/.env",
+        "services/__pycache__/a.pyc",
+        "out/dataset/images/0.jpg",
+    ):
         assert dockerignored(unwanted, patterns), f"{unwanted} would be sent to the builder"
 
 
@@ -202,16 +224,21 @@ class _RequireToken(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
-def start_health_server(credentials: grpc.ServerCredentials | None = None, token: str | None = None,
-                        status: health_pb2.HealthCheckResponse.ServingStatus = health_pb2.HealthCheckResponse.SERVING,
-                        ) -> tuple[grpc.Server, int, health.HealthServicer]:
+def start_health_server(
+    credentials: grpc.ServerCredentials | None = None,
+    token: str | None = None,
+    status: health_pb2.HealthCheckResponse.ServingStatus = health_pb2.HealthCheckResponse.SERVING,
+) -> tuple[grpc.Server, int, health.HealthServicer]:
     interceptors = [_RequireToken(token)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=interceptors)
     servicer = health.HealthServicer()
     servicer.set("", status)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = (server.add_secure_port("127.0.0.1:0", credentials) if credentials
-            else server.add_insecure_port("127.0.0.1:0"))
+    port = (
+        server.add_secure_port("127.0.0.1:0", credentials)
+        if credentials
+        else server.add_insecure_port("127.0.0.1:0")
+    )
     server.start()
     return server, port, servicer
 
@@ -224,7 +251,8 @@ def plain_server() -> Iterator[tuple[int, health.HealthServicer]]:
 
 
 def test_probe_reports_serving_not_serving_and_unknown_services(
-        plain_server: tuple[int, health.HealthServicer], capsys: pytest.CaptureFixture[str]) -> None:
+    plain_server: tuple[int, health.HealthServicer], capsys: pytest.CaptureFixture[str]
+) -> None:
     port, servicer = plain_server
     assert healthcheck.main(["--port", str(port)]) == 0
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -235,8 +263,10 @@ def test_probe_reports_serving_not_serving_and_unknown_services(
 
 
 def test_probe_reads_the_port_from_sfhq_port_and_fails_cleanly(
-        plain_server: tuple[int, health.HealthServicer], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    plain_server: tuple[int, health.HealthServicer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     port, _ = plain_server
     assert healthcheck.main([]) == 1  # no SFHQ_PORT: a clear message, exit 1 (Docker reserves 2)
     assert "SFHQ_PORT" in capsys.readouterr().err
@@ -249,8 +279,13 @@ def test_probe_reads_the_port_from_sfhq_port_and_fails_cleanly(
 
 def test_probe_runs_as_a_script_like_the_image_does(plain_server: tuple[int, health.HealthServicer]) -> None:
     port, _ = plain_server
-    done = subprocess.run([sys.executable, str(HEALTHCHECK_SCRIPT)], env={"SFHQ_PORT": str(port), "PATH": ""},
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, str(HEALTHCHECK_SCRIPT)],
+        env={"SFHQ_PORT": str(port), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert "SERVING" in done.stdout
 
@@ -279,17 +314,46 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "ext.cnf").write_text("subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
     openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=sfhq-test-ca")
     openssl("req", *ec[:-2], "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf")
-    openssl("req", "-x509", *ec, "-keyout", "self.key", "-out", "self.pem", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    )
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "self.key",
+        "-out",
+        "self.pem",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+    )
     return folder
 
 
 def tls_server(folder: Path, name: str, client_ca: Path | None = None) -> tuple[grpc.Server, int]:
     key, cert = (folder / f"{name}.key").read_bytes(), (folder / f"{name}.pem").read_bytes()
-    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca.read_bytes() if client_ca
-                                              else None, require_client_auth=client_ca is not None)
+    credentials = grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
     server, port, _ = start_health_server(credentials)
     return server, port
 
@@ -312,9 +376,15 @@ def test_probe_speaks_tls(certificates: Path, monkeypatch: pytest.MonkeyPatch) -
         use_tls(monkeypatch, certificates, "server")
         # the server's own certificate is accepted as the trust anchor, CA-signed or not...
         assert healthcheck.main(["--port", str(port), "--timeout", "5"]) == 0
-        assert healthcheck.main(["--port", str(port), "--timeout", "5", "--ca", str(certificates / "ca.pem")]) == 0
+        assert (
+            healthcheck.main(["--port", str(port), "--timeout", "5", "--ca", str(certificates / "ca.pem")])
+            == 0
+        )
         # ...but the chain is really verified: an unrelated CA does not vouch for it
-        assert healthcheck.main(["--port", str(port), "--timeout", "2", "--ca", str(certificates / "self.pem")]) == 1
+        assert (
+            healthcheck.main(["--port", str(port), "--timeout", "2", "--ca", str(certificates / "self.pem")])
+            == 1
+        )
     finally:
         server.stop(None)
 

@@ -57,12 +57,19 @@ def test_every_overlay_renders_the_whole_suite(rendered: dict[str, list[dict[str
         assert find(docs, "Namespace", "sfhq")
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) not installed")
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) not installed"
+)
 @pytest.mark.parametrize("overlay", check.OVERLAYS)
 def test_renderer_matches_kubectl_kustomize(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Our small kustomize must produce exactly what the real one does, object for object."""
-    out = subprocess.run(["kubectl", "kustomize", str(check.K8S_DIR / "overlays" / overlay)],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(check.K8S_DIR / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     reference = [d for d in yaml.safe_load_all(out) if d]
 
     def key(d: dict[str, Any]) -> tuple[str, str, str]:
@@ -76,41 +83,87 @@ def test_renderer_matches_kubectl_kustomize(overlay: str, rendered: dict[str, li
 
 
 def test_strategic_merge_follows_kustomize_semantics() -> None:
-    target = {"spec": {"containers": [{"name": "a", "image": "x", "env": [{"name": "A", "value": "1"},
-                                                                            {"name": "B", "value": "2"}]},
-                                      {"name": "b", "image": "y"}],
-                       "tolerations": [{"key": "t1"}], "keep": 1, "drop": 2}}
-    patch = {"spec": {"containers": [{"name": "a", "env": [{"name": "N", "value": "n"}, {"name": "B", "value": "22"}]},
-                                     {"name": "b", "$patch": "delete"}],
-                      "tolerations": [{"key": "t2"}], "drop": None}}
+    target = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "a",
+                    "image": "x",
+                    "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                },
+                {"name": "b", "image": "y"},
+            ],
+            "tolerations": [{"key": "t1"}],
+            "keep": 1,
+            "drop": 2,
+        }
+    }
+    patch = {
+        "spec": {
+            "containers": [
+                {"name": "a", "env": [{"name": "N", "value": "n"}, {"name": "B", "value": "22"}]},
+                {"name": "b", "$patch": "delete"},
+            ],
+            "tolerations": [{"key": "t2"}],
+            "drop": None,
+        }
+    }
     merged = check.strategic_merge(target, patch)
     assert [c["name"] for c in merged["spec"]["containers"]] == ["a"]
     # patch items first (merged with their namesakes), then the untouched ones, as kustomize does
-    assert merged["spec"]["containers"][0]["env"] == [{"name": "N", "value": "n"}, {"name": "B", "value": "22"},
-                                                      {"name": "A", "value": "1"}]
+    assert merged["spec"]["containers"][0]["env"] == [
+        {"name": "N", "value": "n"},
+        {"name": "B", "value": "22"},
+        {"name": "A", "value": "1"},
+    ]
     assert merged["spec"]["containers"][0]["image"] == "x"
     assert merged["spec"]["tolerations"] == [{"key": "t2"}]  # no merge key: replaced
     assert merged["spec"]["keep"] == 1 and "drop" not in merged["spec"]
     # custom resources have no merge keys at all: lists are replaced
-    crd = check.strategic_merge({"triggers": [{"name": "x"}, {"name": "y"}]}, {"triggers": [{"name": "x", "a": 1}]},
-                                builtin=False)
+    crd = check.strategic_merge(
+        {"triggers": [{"name": "x"}, {"name": "y"}]}, {"triggers": [{"name": "x", "a": 1}]}, builtin=False
+    )
     assert crd == {"triggers": [{"name": "x", "a": 1}]}
 
 
 def test_images_and_namespace_transformers(tmp_path: Path) -> None:
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "objects.yaml").write_text(yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "old"}},
-        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
-         "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "app:1"},
-                                                       {"name": "b", "image": "reg:5000/other@sha256:ab"}],
-                                        "restartPolicy": "Never"}}}},
-    ]))
+    (tmp_path / "base" / "objects.yaml").write_text(
+        yaml.safe_dump_all(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "old"}},
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": {"name": "j"},
+                    "spec": {
+                        "template": {
+                            "spec": {
+                                "containers": [
+                                    {"name": "a", "image": "app:1"},
+                                    {"name": "b", "image": "reg:5000/other@sha256:ab"},
+                                ],
+                                "restartPolicy": "Never",
+                            }
+                        }
+                    },
+                },
+            ]
+        )
+    )
     (tmp_path / "base" / "kustomization.yaml").write_text("resources: [objects.yaml]\n")
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "namespace": "new", "resources": ["base"],
-        "images": [{"name": "app", "newName": "r.io/app", "newTag": "2"},
-                   {"name": "reg:5000/other", "digest": "sha256:cd"}]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "namespace": "new",
+                "resources": ["base"],
+                "images": [
+                    {"name": "app", "newName": "r.io/app", "newTag": "2"},
+                    {"name": "reg:5000/other", "digest": "sha256:cd"},
+                ],
+            }
+        )
+    )
     docs = check.render_kustomization(tmp_path)
     assert find(docs, "Namespace", "new")  # kustomize renames the Namespace object itself
     job = find(docs, "Job", "j")
@@ -119,16 +172,25 @@ def test_images_and_namespace_transformers(tmp_path: Path) -> None:
     assert images == ["r.io/app:2", "reg:5000/other@sha256:cd"]
 
 
-@pytest.mark.parametrize("kustomization, message", [
-    ({"resources": ["x.yaml"], "commonLabels": {"a": "b"}}, "commonLabels"),
-    ({"resources": ["x.yaml"], "patches": [{"path": "p.yaml", "target": {"kind": "Job"}}]}, "target"),
-    ({"resources": ["missing.yaml"]}, "does not exist"),
-    ({"resources": ["x.yaml"], "patches": [{"patch": "kind: Job\napiVersion: batch/v1\nmetadata: {name: nope}\n"}]},
-     "matches 0 objects"),
-    ({"resources": ["x.yaml", "x.yaml"]}, "defined twice"),
-])
-def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path, kustomization: dict[str, Any],
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    "kustomization, message",
+    [
+        ({"resources": ["x.yaml"], "commonLabels": {"a": "b"}}, "commonLabels"),
+        ({"resources": ["x.yaml"], "patches": [{"path": "p.yaml", "target": {"kind": "Job"}}]}, "target"),
+        ({"resources": ["missing.yaml"]}, "does not exist"),
+        (
+            {
+                "resources": ["x.yaml"],
+                "patches": [{"patch": "kind: Job\napiVersion: batch/v1\nmetadata: {name: nope}\n"}],
+            },
+            "matches 0 objects",
+        ),
+        ({"resources": ["x.yaml", "x.yaml"]}, "defined twice"),
+    ],
+)
+def test_renderer_refuses_what_it_does_not_implement(
+    tmp_path: Path, kustomization: dict[str, Any], message: str
+) -> None:
     (tmp_path / "x.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
     (tmp_path / "p.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n")
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
@@ -145,7 +207,9 @@ def test_all_rendered_manifests_pass_strict_validation(rendered: dict[str, list[
     assert check.validate_documents(everything + template) == []
 
 
-def test_strict_validation_rejects_unknown_fields_and_unknown_kinds(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_strict_validation_rejects_unknown_fields_and_unknown_kinds(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     deployment = copy.deepcopy(find(rendered["cpu"], "Deployment", "encoder"))
     deployment["spec"]["template"]["spec"]["containers"][0]["resource"] = {}  # typo for `resources`
     scaled = copy.deepcopy(find(rendered["cpu"], "ScaledObject", "encoder"))
@@ -168,7 +232,9 @@ def test_lint_is_clean(overlay: str, rendered: dict[str, list[dict[str, Any]]]) 
     assert check.lint_manifests(rendered[overlay]) == []
 
 
-def test_lint_catches_broken_references_and_unsafe_settings(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_lint_catches_broken_references_and_unsafe_settings(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     docs = copy.deepcopy(rendered["cpu"])
     docs.remove(find(docs, "PodDisruptionBudget", "encoder"))
     find(docs, "Service", "search")["spec"]["selector"] = {"app.kubernetes.io/name": "serach"}
@@ -181,15 +247,17 @@ def test_lint_catches_broken_references_and_unsafe_settings(rendered: dict[str, 
     find(docs, "TriggerAuthentication", "sfhq-redis")["spec"]["secretTargetRef"][0]["key"] = "PASSWORD"
     find(docs, "Deployment", "encoder")["spec"]["replicas"] = 3
     problems = "\n".join(check.lint_manifests(docs))
-    for expected in ("Deployment encoder: no PodDisruptionBudget",
-                     "Service/sfhq/search: selector",
-                     "scales 'generater'",
-                     "$(REDIS_URL), which is not defined before it",
-                     "resources.limits lacks",
-                     "readOnlyRootFilesystem",
-                     "readinessProbe probes port 50050, the grpc port is 50053",
-                     "sfhq-secrets/PASSWORD",
-                     "sets replicas although"):
+    for expected in (
+        "Deployment encoder: no PodDisruptionBudget",
+        "Service/sfhq/search: selector",
+        "scales 'generater'",
+        "$(REDIS_URL), which is not defined before it",
+        "resources.limits lacks",
+        "readOnlyRootFilesystem",
+        "readinessProbe probes port 50050, the grpc port is 50053",
+        "sfhq-secrets/PASSWORD",
+        "sets replicas although",
+    ):
         assert expected in problems, f"{expected!r} not reported in:\n{problems}"
 
 
@@ -234,10 +302,18 @@ def test_autoscaling_keda_and_hpa_fallback(rendered: dict[str, list[dict[str, An
             assert all("streamLength" in t["metadata"] for t in scaled[name]["triggers"])
             assert all(t["authenticationRef"]["name"] == "sfhq-redis" for t in scaled[name]["triggers"])
         # idle model services scale to zero, except search, which serves queries and holds the index
-        assert [n for n in MODEL_SERVICES if scaled[n]["minReplicaCount"] == 0] == ["encoder", "generator", "annotator"]
+        assert [n for n in MODEL_SERVICES if scaled[n]["minReplicaCount"] == 0] == [
+            "encoder",
+            "generator",
+            "annotator",
+        ]
         assert scaled["search"]["minReplicaCount"] >= 1 and scaled["gateway"]["minReplicaCount"] >= 2
         assert RESULTS_STREAM in {t["metadata"].get("stream") for t in scaled["gateway"]["triggers"]}
-    hpas = {d["metadata"]["name"]: d["spec"] for d in rendered["cpu-hpa"] if d["kind"] == "HorizontalPodAutoscaler"}
+    hpas = {
+        d["metadata"]["name"]: d["spec"]
+        for d in rendered["cpu-hpa"]
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
     assert set(hpas) == {"gateway", *MODEL_SERVICES}
     assert not [d for d in rendered["cpu-hpa"] if d["apiVersion"].startswith("keda.sh/")]
     assert all(spec["minReplicas"] >= 1 for spec in hpas.values())
@@ -262,7 +338,8 @@ def test_grpc_load_balancing_uses_headless_services(rendered: dict[str, list[dic
 
 
 def test_weights_job_fills_the_shared_volume_that_services_mount_read_only(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     docs = rendered["cpu"]
     claim = find(docs, "PersistentVolumeClaim", "sfhq-weights")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]

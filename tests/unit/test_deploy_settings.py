@@ -1,9 +1,9 @@
 """The deployment files and the code agree: every SFHQ_* variable set anywhere in deploy/ is a real
-``Settings`` field and parses, ports and addresses are the ones ``Settings`` derives, and every
-command the containers run is a real ``sfhq`` CLI command with valid arguments.
+`Settings` field and parses, ports and addresses are the ones `Settings` derives, and every
+command the containers run is a real `sfhq` CLI command with valid arguments.
 
 Each container's environment is rebuilt the way its runtime would (image ENV, then compose's
-`environment` / Kubernetes' envFrom + env with $(VAR) expansion) and handed to ``Settings``.
+`environment` / Kubernetes' envFrom + env with $(VAR) expansion) and handed to `Settings`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ METRICS_PORT = 9090
 
 
 def settings_env_names() -> set[str]:
-    """Every environment variable ``Settings`` reads."""
+    """Every environment variable `Settings` reads."""
     names = {CONFIG_FILE_ENV}
     for field_name, field in Settings.model_fields.items():
         alias = field.validation_alias
@@ -76,7 +76,9 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 def k8s_container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
     """A container's environment as the kubelet builds it (secrets from the template)."""
     configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"}
-    secrets = {d["metadata"]["name"]: d["stringData"] for d in check.load_yaml_documents(check.SECRET_TEMPLATE)}
+    secrets = {
+        d["metadata"]["name"]: d["stringData"] for d in check.load_yaml_documents(check.SECRET_TEMPLATE)
+    }
     env = dockerfile_env()
     for source in container.get("envFrom") or []:
         if "configMapRef" in source:
@@ -85,7 +87,9 @@ def k8s_container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> 
             env.update(secrets[source["secretRef"]["name"]])
     for item in container.get("env") or []:
         if "value" in item:
-            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
+            env[item["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"]
+            )
         elif "secretKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = secrets[ref["name"]][ref["key"]]
@@ -106,7 +110,7 @@ def sfhq_commands(argv: list[str]) -> Iterator[list[str]]:
             tokens = shlex.split(line.strip().rstrip(";"))
             if "sfhq" not in tokens:
                 continue
-            tokens = tokens[tokens.index("sfhq"):]
+            tokens = tokens[tokens.index("sfhq") :]
             variables = [t for t in tokens if t.startswith("$") and t.lstrip("$") in loops]
             if variables:
                 for value in loops[variables[0].lstrip("$")]:
@@ -115,26 +119,33 @@ def sfhq_commands(argv: list[str]) -> Iterator[list[str]]:
                 yield tokens
 
 
-def all_commands(compose_models: dict[tuple[str, ...], dict[str, Any]],
-                 rendered: dict[str, list[dict[str, Any]]]) -> list[tuple[str, list[str]]]:
+def all_commands(
+    compose_models: dict[tuple[str, ...], dict[str, Any]], rendered: dict[str, list[dict[str, Any]]]
+) -> list[tuple[str, list[str]]]:
     found: list[tuple[str, list[str]]] = []
     for files, model in compose_models.items():
         for name, service in model["services"].items():
-            found += [(f"compose {'+'.join(files)} {name}", cmd) for cmd in sfhq_commands(service.get("command") or [])]
+            found += [
+                (f"compose {'+'.join(files)} {name}", cmd)
+                for cmd in sfhq_commands(service.get("command") or [])
+            ]
     for overlay, docs in rendered.items():
         for doc in docs:
             if doc["kind"] in check.WORKLOAD_KINDS:
                 for c in doc["spec"]["template"]["spec"]["containers"]:
                     argv = [*(c.get("command") or []), *(c.get("args") or [])]
-                    found += [(f"k8s {overlay} {doc['metadata']['name']}", cmd) for cmd in sfhq_commands(argv)]
+                    found += [
+                        (f"k8s {overlay} {doc['metadata']['name']}", cmd) for cmd in sfhq_commands(argv)
+                    ]
     return found
 
 
 # ---- environment variables --------------------------------------------------------------------
 
 
-def test_every_sfhq_variable_in_deploy_is_a_settings_field(compose_models: dict[tuple[str, ...], dict[str, Any]],
-                                                           rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_every_sfhq_variable_in_deploy_is_a_settings_field(
+    compose_models: dict[tuple[str, ...], dict[str, Any]], rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     used: dict[str, set[str]] = {}
 
     def note(names: Any, where: str) -> None:
@@ -143,8 +154,14 @@ def test_every_sfhq_variable_in_deploy_is_a_settings_field(compose_models: dict[
                 used.setdefault(name, set()).add(where)
 
     note(dockerfile_env(), "Dockerfile")
-    note((line.split("=", 1)[0] for line in check.ENV_EXAMPLE.read_text().splitlines()
-          if "=" in line and not line.startswith("#")), ".env.example")
+    note(
+        (
+            line.split("=", 1)[0]
+            for line in check.ENV_EXAMPLE.read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        ),
+        ".env.example",
+    )
     for model in compose_models.values():
         for name, service in model["services"].items():
             note(service.get("environment") or {}, f"compose {name}")
@@ -162,7 +179,8 @@ def test_every_sfhq_variable_in_deploy_is_a_settings_field(compose_models: dict[
 
 
 def test_compose_environments_parse_and_match_the_settings_defaults(
-        compose_models: dict[tuple[str, ...], dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    compose_models: dict[tuple[str, ...], dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for files, model in compose_models.items():
         for name in SFHQ_SERVICES:
             env = {**dockerfile_env(), **model["services"][name]["environment"]}
@@ -181,7 +199,8 @@ def test_compose_environments_parse_and_match_the_settings_defaults(
 
 
 def test_k8s_environments_parse_and_match_ports_probes_and_services(
-        rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for overlay, docs in rendered.items():
         for name in SFHQ_SERVICES:
             deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
@@ -194,7 +213,10 @@ def test_k8s_environments_parse_and_match_ports_probes_and_services(
             assert settings.metrics_port == ports["metrics"] == METRICS_PORT
             annotations = deployment["spec"]["template"]["metadata"]["annotations"]
             assert annotations["prometheus.io/port"] == str(METRICS_PORT)
-            assert settings.redis_url == "redis://:REPLACE_ME_openssl_rand_hex_32@redis.sfhq.svc.cluster.local:6379/0"
+            assert (
+                settings.redis_url
+                == "redis://:REPLACE_ME_openssl_rand_hex_32@redis.sfhq.svc.cluster.local:6379/0"
+            )
             assert settings.weights_dir == Path("/weights")
             gpu = overlay == "gpu" and name in ("encoder", "generator", "search")
             assert settings.device == ("cuda" if gpu else "cpu"), (overlay, name)
@@ -217,8 +239,9 @@ def test_dockerfile_exposes_the_service_and_metrics_ports() -> None:
 # ---- commands -----------------------------------------------------------------------------------
 
 
-def test_every_container_command_is_a_real_sfhq_command(compose_models: dict[tuple[str, ...], dict[str, Any]],
-                                                        rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_every_container_command_is_a_real_sfhq_command(
+    compose_models: dict[tuple[str, ...], dict[str, Any]], rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     root = typer.main.get_command(app)
     commands = all_commands(compose_models, rendered)
     served = {cmd[2] for _, cmd in commands if cmd[1] == "serve"}

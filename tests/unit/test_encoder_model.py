@@ -24,19 +24,12 @@ from services.encoder.model import (
     preprocess,
 )
 from services.encoder.random_weights import e4e_opts, random_encoder_state_dict
+from tests.helpers.data import DATA
 
-FACES = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "faces"
+FACES = DATA / "faces"
 
 # 8 heads reach all three pyramid levels (heads 0-2, 3-6, 7); a 64-px input keeps it fast.
 SMALL = EncoderConfig(n_styles=8, units_per_stage=(1, 2, 2, 1), input_size=64)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +424,6 @@ def test_full_1024_config_one_forward():
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory) -> Path:
-    pytest.importorskip("services.generator.random_weights")
     from services.encoder.random_weights import write_random_e4e_checkpoint
 
     # The demo's 64-px decoder (10 W+ rows) behind a shallow 32-px encoder, to stay fast.

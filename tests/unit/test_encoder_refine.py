@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,18 +22,11 @@ from services.encoder.refine import (
     prepare_target,
     resize_image,
 )
+from tests.helpers.data import face_path
 
-FACE = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "faces" / "sfhq_sample_02.jpg"
+FACE = face_path(2)
 # The perceptual extractor only runs the backbone: a shallow one at 32 px keeps the test fast.
 BACKBONE = EncoderConfig(n_styles=1, units_per_stage=(1, 1, 1, 1), input_size=32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +189,10 @@ def test_normalized_feature_distance_is_scale_invariant():
 
 @pytest.fixture(scope="module")
 def tiny_generator():
-    generator_model = pytest.importorskip("services.generator.model")
-    generator_weights = pytest.importorskip("services.generator.random_weights")
-    state = generator_weights.random_rosinality_state_dict(size=16, max_channels=32, seed=11)
-    return generator_model.generator_from_state_dict(state)
+    from services.generator.checkpoint import generator_from_state_dict
+    from services.generator.random_weights import random_rosinality_state_dict
+
+    return generator_from_state_dict(random_rosinality_state_dict(size=16, max_channels=32, seed=11))
 
 
 def optimize(generator, loss_fn, w_start, target, steps: int, lr: float) -> list[float]:
@@ -249,7 +240,8 @@ def test_loss_with_perceptual_term_converges(tiny_generator, identity_features):
 
 
 def test_low_prior_strategy_accepts_our_loss(tiny_generator):
-    manipulate = pytest.importorskip("services.generator.manipulate")
+    from services.generator import manipulate
+
     w_true, w_start = known_latent_and_start(tiny_generator, seed=14)
     with torch.no_grad():
         target = tiny_generator.synthesize(w_true, noise_mode="const")

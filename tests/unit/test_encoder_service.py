@@ -14,25 +14,18 @@ import torch
 from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
-from services.common.config import get_settings
+from services.common.model_holder import LazyModel
 from services.common.queue import RedisQueue, Task, connect_redis
 from services.encoder.model import EncoderConfig, encoder_from_checkpoint
 from services.encoder.random_weights import e4e_opts, random_encoder_state_dict
-from services.encoder.service import EncoderLoader, EncoderRunner, build_process, encode_handler
+from services.encoder.service import build_process, encode_stage, encoder_model
 from sfhq.tensors import tensor_to_numpy
 from sfhq.v1 import annotator_pb2, annotator_pb2_grpc, common_pb2, encoder_pb2, encoder_pb2_grpc
+from tests.helpers.data import DATA
+from tests.helpers.services import ServedProcess, settings_for
 
-FACES = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "faces"
-INSPIRATION = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "inspiration"
+FACES, INSPIRATION = DATA / "faces", DATA / "inspiration"
 CONFIG = EncoderConfig(n_styles=4, units_per_stage=(1, 1, 1, 1), input_size=64)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -56,35 +49,18 @@ def face(index: int, size: int = 128) -> Image.Image:
     return Image.open(FACES / f"sfhq_sample_0{index}.jpg").convert("RGB").resize((size, size))
 
 
-def settings_for(tmp_path: Path, **overrides):
-    values = {
-        "blob_url": str(tmp_path / "blobs"),
-        "weights_dir": tmp_path / "weights",
-        "device": "cpu",
-        "port": 0,
-        "stages": "none",  # gRPC only: no Redis needed
-        **overrides,
-    }
-    return get_settings(**values)
+def Server(settings, model=None) -> ServedProcess:  # noqa: N802 - reads like the class it returns
+    """A started encoder process (gRPC only) and a stub to it."""
+    return ServedProcess(build_process(settings, model=model), encoder_pb2_grpc.EncoderStub)
 
 
-class Server:
-    """A started encoder process and a stub to it."""
-
-    def __init__(self, settings, source=None):
-        self.process, self.servicer = build_process(settings, source=source)
-        port = self.process.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = encoder_pb2_grpc.EncoderStub(self.channel)
-
-    def close(self):
-        self.channel.close()
-        self.process.stop(grace=0)
+def ready(encoder) -> LazyModel:
+    return LazyModel.ready("encoder", encoder)
 
 
 @pytest.fixture()
 def server(tmp_path, encoder):
-    running = Server(settings_for(tmp_path), source=lambda: encoder)
+    running = Server(settings_for(tmp_path), ready(encoder))
     yield running
     running.close()
 
@@ -151,7 +127,7 @@ def test_encode_without_images_is_invalid(server):
     with pytest.raises(grpc.RpcError) as caught:
         server.stub.Encode(encoder_pb2.EncodeRequest())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "no images" in caught.value.details()
+    assert "images: the request has none" in caught.value.details()
 
 
 def test_missing_checkpoint_is_failed_precondition_naming_sfhq_weights(tmp_path):
@@ -213,7 +189,7 @@ def annotator():
 
 def test_encode_unaligned_aligns_through_the_annotator_then_encodes(tmp_path, encoder, annotator):
     fake, address = annotator()
-    running = Server(settings_for(tmp_path, annotator_addr=address), source=lambda: encoder)
+    running = Server(settings_for(tmp_path, annotator_addr=address), model=ready(encoder))
     try:
         sources = [Image.open(INSPIRATION / "sd_01.jpg"), Image.open(INSPIRATION / "render3d_00.jpg")]
         request = encoder_pb2.EncodeRequest(images=[common_pb2.Image(data=png_bytes(s)) for s in sources])
@@ -230,7 +206,7 @@ def test_encode_unaligned_aligns_through_the_annotator_then_encodes(tmp_path, en
 
 def test_encode_unaligned_relays_the_annotators_verdict(tmp_path, encoder, annotator):
     _, address = annotator(fail=(grpc.StatusCode.NOT_FOUND, "no face found in image 0"))
-    running = Server(settings_for(tmp_path, annotator_addr=address), source=lambda: encoder)
+    running = Server(settings_for(tmp_path, annotator_addr=address), model=ready(encoder))
     try:
         with pytest.raises(grpc.RpcError) as caught:
             running.stub.EncodeUnaligned(
@@ -243,7 +219,7 @@ def test_encode_unaligned_relays_the_annotators_verdict(tmp_path, encoder, annot
 
 
 def test_encode_unaligned_with_alignment_off_is_failed_precondition(tmp_path, encoder):
-    running = Server(settings_for(tmp_path, annotator_addr=""), source=lambda: encoder)
+    running = Server(settings_for(tmp_path, annotator_addr=""), model=ready(encoder))
     try:
         with pytest.raises(grpc.RpcError) as caught:
             running.stub.EncodeUnaligned(
@@ -258,9 +234,7 @@ def test_encode_unaligned_with_alignment_off_is_failed_precondition(tmp_path, en
 def test_encode_unaligned_with_the_annotator_down_is_unavailable(tmp_path, encoder):
     from services.common.embedded_redis import free_port
 
-    running = Server(
-        settings_for(tmp_path, annotator_addr=f"127.0.0.1:{free_port()}"), source=lambda: encoder
-    )
+    running = Server(settings_for(tmp_path, annotator_addr=f"127.0.0.1:{free_port()}"), model=ready(encoder))
     running.servicer.align_timeout_s = 3.0
     try:
         with pytest.raises(grpc.RpcError) as caught:
@@ -312,7 +286,7 @@ def test_encode_handler_writes_latents_and_fails_bad_tasks_alone(tmp_path, encod
         Task.make("job2", "item4", "encode", {"image": "in/missing.png"}),
     ]
     counting = CountingEncoder(encoder)
-    results = encode_handler(lambda: counting, blobs, settings)(tasks)
+    results = encode_stage(LazyModel.ready("encoder", counting), blobs, settings)(tasks)
 
     assert [r.task_id for r in results] == [t.task_id for t in tasks]
     assert [r.ok for r in results] == [True, False, True, False, False, False]
@@ -340,13 +314,13 @@ def test_encode_handler_with_missing_checkpoint_fails_every_task_permanently(tmp
     settings = settings_for(tmp_path)
     blobs = BlobStore(settings.blob_url)
     blobs.put("in/a.png", png_bytes(face(0)))
-    runner = EncoderRunner(EncoderLoader(settings).get, batch_size=8)
+    model = encoder_model(settings)  # the real loader, on an empty weights folder
     tasks = [Task.make("j", f"i{n}", "encode", {"image": "in/a.png"}) for n in range(2)]
-    results = encode_handler(runner, blobs, settings)(tasks)
+    results = encode_stage(model, blobs, settings)(tasks)
     assert [(r.ok, r.error_code) for r in results] == [(False, "FAILED_PRECONDITION")] * 2
     assert "sfhq weights download e4e-ffhq-encode" in results[0].error_message
     # Once a model is there (here: a loaded Encoder passed as is), the same tasks succeed.
-    results = encode_handler(encoder, blobs, settings)(tasks)
+    results = encode_stage(ready(encoder), blobs, settings)(tasks)
     assert [r.ok for r in results] == [True, True]
 
 
@@ -361,7 +335,7 @@ def test_encode_stage_worker_batches_tasks_across_jobs(sfhq_settings, encoder):
     )
 
     counting = CountingEncoder(encoder)
-    process, _ = build_process(settings, source=lambda: counting, blobs=blobs)
+    process = build_process(settings, model=LazyModel.ready("encoder", counting), blobs=blobs)
     process.start()
     try:
         results = []
@@ -376,18 +350,18 @@ def test_encode_stage_worker_batches_tasks_across_jobs(sfhq_settings, encoder):
     assert blobs.get_npy(results[0].output["latent"]).shape == (CONFIG.n_styles, 512)
 
 
-def test_typed_errors_map_to_statuses():
+def test_typed_errors_carry_their_statuses():
     from services.common.config import ConfigError
+    from services.common.errors import error_status
     from services.common.weights import WeightsMissing
     from services.encoder.model import CheckpointError, CheckpointMissing, EncoderInputError
-    from services.encoder.service import status_of
 
-    assert status_of(EncoderInputError("not face-sized")) == ("INVALID_ARGUMENT", "not face-sized")
-    assert status_of(CheckpointError("bad layout"))[0] == "FAILED_PRECONDITION"
-    assert "sfhq weights download" in status_of(CheckpointMissing("/w/e4e.pt"))[1]
-    assert status_of(WeightsMissing("e4e-ffhq-encode", Path("/w/e4e.pt")))[0] == "FAILED_PRECONDITION"
+    assert error_status(EncoderInputError("not face-sized")) == ("INVALID_ARGUMENT", "not face-sized")
+    assert error_status(CheckpointError("bad layout"))[0] == "FAILED_PRECONDITION"
+    assert "sfhq weights download" in error_status(CheckpointMissing("/w/e4e.pt"))[1]
+    assert error_status(WeightsMissing("e4e-ffhq-encode", Path("/w/e4e.pt")))[0] == "FAILED_PRECONDITION"
     assert (
-        status_of(ConfigError("device 'cuda' was requested but CUDA is not available"))[0]
+        error_status(ConfigError("device 'cuda' was requested but CUDA is not available"))[0]
         == "FAILED_PRECONDITION"
     )
-    assert status_of(RuntimeError("out of memory")) is None  # unexpected: retried by the worker
+    assert error_status(RuntimeError("out of memory")) is None  # unexpected: retried by the worker

@@ -38,14 +38,29 @@ def run_item(spec, plan, outputs_by_stage):
 
 
 CANNED = {
-    "align": lambda t: {"aligned": f"{t.item_id}/aligned.png", "landmarks68": [], "face_count": 1},
+    "align": lambda t: {
+        "aligned": f"{t.item_id}/aligned.png",
+        "landmarks68": [],
+        "source_landmarks68": [],
+        "transform": [[1, 0, 0], [0, 1, 0]],
+        "face_count": 1,
+    },
     "encode": lambda t: {"latent": f"{t.item_id}/latent.npy"},
     "sample": lambda t: {"w": f"{t.item_id}/w.npy", "image": f"{t.item_id}/sample.png"},
-    "synthesize": lambda t: {"candidates": [{"image": f"{t.item_id}/c{k}.png", "latent": f"{t.item_id}/c{k}.npy",
-                                             "strategy": s} for k, s in enumerate(t.payload["strategies"])]},
+    "synthesize": lambda t: {
+        "candidates": [
+            {"image": f"{t.item_id}/c{k}.png", "latent": f"{t.item_id}/c{k}.npy", "strategy": s}
+            for k, s in enumerate(t.payload["strategies"])
+        ]
+    },
     "embed": lambda t: {"features": f"{t.item_id}/f.npy", "feature_key": "CLIP_ViTL_14@336", "dim": 768},
-    "curate": lambda t: {"decision": "accepted", "taste_score": None, "duplicate_of": None, "similarity": 0.1},
-    "annotate": lambda t: {"files": {"image": "images/x.jpg"}, "face_count": 1},
+    "curate": lambda t: {
+        "decision": "accepted",
+        "taste_score": None,
+        "duplicate_of": None,
+        "similarity": 0.1,
+    },
+    "annotate": lambda t: {"files": {"image": "images/x.jpg"}, "face_count": 1, "fallback_points": 0},
 }
 
 
@@ -108,8 +123,12 @@ def test_rejections_and_failures_are_counted_and_stop_the_item():
 
     def curate(task):
         if task.item_id.endswith("c1"):
-            return {"decision": "rejected_duplicate", "taste_score": None, "duplicate_of": "i000000-c0",
-                    "similarity": 0.97}
+            return {
+                "decision": "rejected_duplicate",
+                "taste_score": None,
+                "duplicate_of": "i000000-c0",
+                "similarity": 0.97,
+            }
         return CANNED["curate"](task)
 
     records, counters, _ = run_item(spec, plan, {**CANNED, "curate": curate})
@@ -118,7 +137,9 @@ def test_rejections_and_failures_are_counted_and_stop_the_item():
     assert counters["rejected_duplicate"] == 1 and counters["written"] == 1
 
     task = first_tasks(spec, "job1", [{"uri": "in/a", "name": "a"}]).tasks[0]
-    failed = TaskResult(task.task_id, "job1", task.item_id, "align", False, {}, "INVALID_ARGUMENT", "no face found")
+    failed = TaskResult(
+        task.task_id, "job1", task.item_id, "align", False, {}, "INVALID_ARGUMENT", "no face found"
+    )
     step = advance(spec, "job1", plan.items[task.item_id], failed)
     assert step.items[task.item_id]["state"] == "failed"
     assert step.items[task.item_id]["error"]["message"] == "no face found"
@@ -134,18 +155,24 @@ def test_cancelling_records_the_output_but_schedules_nothing():
     assert step.items[task.item_id]["state"] == "cancelled"
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda s: s.ClearField("inputs"), "inputs"),
-    (lambda s: setattr(s, "mode", 42), "mode"),
-    (lambda s: s.strategies.add(name="nope"), "strategies[0].name"),
-    (lambda s: s.strategies.add(name="low_prior").params.__setitem__("steps", float("nan")), "strategies[0].params"),
-    (lambda s: setattr(s.output, "image_size", 10), "output.image_size"),
-    (lambda s: setattr(s.output, "jpeg_quality", 101), "output.jpeg_quality"),
-    (lambda s: setattr(s.curation, "dedup_threshold", 1.5), "curation.dedup_threshold"),
-    (lambda s: s.inputs.add(), "inputs[1]"),
-    (lambda s: s.inputs.add(data=b"x" * (2 << 20)), "inputs[1].data"),
-    (lambda s: setattr(s, "input_folder", "../../etc"), "input_folder"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda s: s.ClearField("inputs"), "inputs"),
+        (lambda s: setattr(s, "mode", 42), "mode"),
+        (lambda s: s.strategies.add(name="nope"), "strategies[0].name"),
+        (
+            lambda s: s.strategies.add(name="low_prior").params.__setitem__("steps", float("nan")),
+            "strategies[0].params",
+        ),
+        (lambda s: setattr(s.output, "image_size", 10), "output.image_size"),
+        (lambda s: setattr(s.output, "jpeg_quality", 101), "output.jpeg_quality"),
+        (lambda s: setattr(s.curation, "dedup_threshold", 1.5), "curation.dedup_threshold"),
+        (lambda s: s.inputs.add(), "inputs[1]"),
+        (lambda s: s.inputs.add(data=b"x" * (2 << 20)), "inputs[1].data"),
+        (lambda s: setattr(s, "input_folder", "../../etc"), "input_folder"),
+    ],
+)
 def test_invalid_specs_name_the_field(mutate, field):
     spec = build_spec(images=[b"a"])
     mutate(spec)
@@ -159,5 +186,7 @@ def test_sampling_spec_needs_a_count_and_ordered_psi():
     with pytest.raises(jobs.SpecError, match="psi_max"):
         resolve(build_spec(mode="sampling", samples=2, psi_min=1.8, psi_max=1.2))
     resolved = resolve(build_spec(mode="sampling", samples=2))
-    assert resolved.sampling["psi_min"] == pytest.approx(1.2) and resolved.sampling["psi_max"] == pytest.approx(2.0)
+    assert resolved.sampling["psi_min"] == pytest.approx(1.2) and resolved.sampling[
+        "psi_max"
+    ] == pytest.approx(2.0)
     assert resolved.dedup_threshold == pytest.approx(0.92)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from services.generator.checkpoint import generator_from_state_dict
 from services.generator.manipulate import (
     LAYER_GROUPS,
     STRATEGIES,
@@ -19,18 +20,10 @@ from services.generator.manipulate import (
     pixel_multiscale_loss,
     style_mix,
 )
-from services.generator.model import Generator, generator_from_state_dict, z_from_seed
+from services.generator.model import Generator, z_from_seed
 from services.generator.random_weights import random_latent_avg, random_rosinality_state_dict
 
 KW = dict(size=64, style_dim=32, n_mlp=2, max_channels=16, seed=21)  # n_latent = 10
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

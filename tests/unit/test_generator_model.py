@@ -10,20 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from services.generator.model import (
-    FP32_GROUPED,
+from services.generator.checkpoint import generator_from_state_dict, load_generator
+from services.generator.errors import (
     CheckpointFormatError,
     CheckpointLayoutError,
     CheckpointNotFoundError,
+    InvalidLatentError,
+)
+from services.generator.model import (
+    FP32_GROUPED,
     Generator,
     GeneratorConfig,
-    InvalidLatentError,
     LayerRun,
     StyledConv,
     ToRGB,
     blur_kernel,
-    generator_from_state_dict,
-    load_generator,
     upfirdn2d,
     z_from_seed,
 )
@@ -35,14 +36,6 @@ from services.generator.random_weights import (
 )
 
 TINY = dict(size=32, style_dim=32, n_mlp=2, max_channels=16, seed=7)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +167,7 @@ def test_upfirdn2d_matches_its_definition():
 
 
 def test_upsampling_styled_conv_matches_the_literal_formula():
-    """One up-conv layer computed with loops from MODELS.md's formulas vs our module."""
+    """One up-conv layer computed with loops from the formulas of docs/checkpoints.md vs our module."""
     gen = torch.Generator().manual_seed(4)
     c_in, c_out, style_dim, side, batch = 3, 2, 4, 4, 2
     layer = StyledConv(c_in, c_out, style_dim, upsample=True)

@@ -10,28 +10,17 @@ import pytest
 import torch
 
 from services.common.safe_pickle import UnsafePickleError
-from services.generator import random_weights
-from services.generator.model import CheckpointFormatError, CheckpointLayoutError, load_generator
+from services.generator.checkpoint import load_generator
+from services.generator.errors import CheckpointFormatError, CheckpointLayoutError
 from services.generator.nvlabs import (
     PersistentObject,
     load_nvlabs_state,
     name_pairs,
     nvlabs_to_rosinality,
 )
-from services.generator.random_weights import (
-    random_rosinality_state_dict,
-    write_nvlabs_pickle,
-    write_rosinality_checkpoint,
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
+from services.generator.random_weights import random_rosinality_state_dict, write_rosinality_checkpoint
+from tests.helpers import nvlabs_pickle
+from tests.helpers.nvlabs_pickle import write_nvlabs_pickle
 
 TINY = dict(size=16, style_dim=32, n_mlp=2, max_channels=16, seed=4)
 SIXTY_FOUR = dict(size=64, style_dim=64, n_mlp=2, max_channels=32, seed=5)
@@ -137,7 +126,7 @@ def test_conv_clamp_and_fp16_blocks_are_read_back(tmp_path):
 
 def test_module_source_in_the_pickle_is_never_executed(tmp_path, monkeypatch):
     canary = tmp_path / "pwned"
-    monkeypatch.setattr(random_weights, "_MODULE_SRC", f"open({str(canary)!r}, 'w').write('x')\n")
+    monkeypatch.setattr(nvlabs_pickle, "_MODULE_SRC", f"open({str(canary)!r}, 'w').write('x')\n")
     path = write_nvlabs_pickle(tmp_path / "evil-src.pkl", **TINY)
     generator = load_generator(path)
     assert generator.size == 16
@@ -167,10 +156,8 @@ def test_a_pickle_without_g_ema_is_a_clear_error():
 
 
 def test_conditional_generators_are_refused():
-    with random_weights._stand_in_nvlabs_modules() as fake:
-        record = random_weights._PersistentRecord(
-            fake.reconstruct, "Generator", {"c_dim": 10, "_modules": {}}
-        )
+    with nvlabs_pickle._stand_in_nvlabs_modules() as fake:
+        record = nvlabs_pickle._PersistentRecord(fake.reconstruct, "Generator", {"c_dim": 10, "_modules": {}})
         data = pickle.dumps({"G_ema": record})
     with pytest.raises(CheckpointFormatError, match="c_dim=10"):
         load_nvlabs_state(data)

@@ -12,36 +12,20 @@ import torch
 from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
-from services.common.config import get_settings
+from services.common.model_holder import LazyModel
 from services.common.queue import RedisQueue, Task, connect_redis
 from services.common.weights import WeightsRegistry
-from services.generator.model import Generator, generator_from_state_dict, z_from_seed
-from services.generator.random_weights import (
-    random_latent_avg,
-    random_rosinality_state_dict,
-    write_nvlabs_pickle,
-)
-from services.generator.service import (
-    GeneratorLoader,
-    GeneratorRunner,
-    build_process,
-    configure_runtime,
-    sample_handler,
-    synthesize_handler,
-    to_uint8,
-)
+from services.generator.checkpoint import generator_from_state_dict
+from services.generator.engine import configure_runtime, to_uint8
+from services.generator.model import Generator, z_from_seed
+from services.generator.random_weights import random_latent_avg, random_rosinality_state_dict
+from services.generator.service import build_process, generator_model, sample_stage, synthesize_stage
 from sfhq.tensors import numpy_to_tensor, tensor_to_numpy
 from sfhq.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from tests.helpers.nvlabs_pickle import write_nvlabs_pickle
+from tests.helpers.services import ServedProcess, settings_for
 
 KW = dict(size=16, style_dim=32, n_mlp=2, max_channels=16, seed=31)  # n_latent = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -64,33 +48,17 @@ class CountingGenerator:
         return getattr(self._generator, name)
 
 
-def settings_for(tmp_path, **overrides):
-    values = {
-        "blob_url": str(tmp_path / "blobs"),
-        "weights_dir": tmp_path / "weights",
-        "device": "cpu",
-        "port": 0,
-        "stages": "none",  # gRPC only: no Redis needed
-        **overrides,
-    }
-    return get_settings(**values)
+def ready(generator) -> LazyModel:
+    return LazyModel.ready("generator", generator)
 
 
-class Server:
-    def __init__(self, settings, source=None):
-        self.process, self.servicer = build_process(settings, source=source)
-        port = self.process.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = generator_pb2_grpc.GeneratorStub(self.channel)
-
-    def close(self):
-        self.channel.close()
-        self.process.stop(grace=0)
+def Server(settings, model=None) -> ServedProcess:  # noqa: N802 - reads like the class it returns
+    return ServedProcess(build_process(settings, model=model), generator_pb2_grpc.GeneratorStub)
 
 
 @pytest.fixture()
 def server(tmp_path, generator):
-    running = Server(settings_for(tmp_path), source=lambda: generator)
+    running = Server(settings_for(tmp_path), ready(generator))
     yield running
     running.close()
 
@@ -173,7 +141,7 @@ def test_synthesize_output_options(server, generator):
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (generator_pb2.SynthesizeRequest(), "expected 1..64 latents"),
+        (generator_pb2.SynthesizeRequest(), "latents: the request has none; give 1..64"),
         (generator_pb2.SynthesizeRequest(latents=[numpy_to_tensor(np.zeros(31))]), "latents[0]: shape [31]"),
         (
             generator_pb2.SynthesizeRequest(latents=[numpy_to_tensor(np.zeros((5, 32)))]),
@@ -363,9 +331,11 @@ def test_loader_falls_back_to_the_nvlabs_pickle_then_the_e4e_decoder(tmp_path):
         },
         e4e_path,
     )
-    assert GeneratorLoader(settings).get().source["format"] == "e4e-decoder"
+    assert generator_model(settings).get().source["format"] == "e4e-decoder"
     write_nvlabs_pickle(registry.expected_path("stylegan2-ada-ffhq"), **KW)
-    assert GeneratorLoader(settings).get().source["format"] == "nvlabs"
+    model = generator_model(settings)
+    assert model.get().source["format"] == "nvlabs"
+    assert model.provenance.checkpoint == "stylegan2-ada-ffhq" and len(model.provenance.sha256) == 64
 
 
 def test_runtime_settings_per_device():
@@ -394,15 +364,15 @@ def test_sample_handler_writes_w_plus_and_image(tmp_path, generator):
         Task.make("job2", "s1", "sample", {"seed": 6, "psi": 1.2}),
         Task.make("job2", "s2", "sample", {"psi": 1.2}),
     ]
-    results = sample_handler(GeneratorRunner(lambda: counting, batch_size=8), blobs, settings)(tasks)
+    results = sample_stage(ready(counting), blobs, settings)(tasks)
     assert [r.ok for r in results] == [True, False, True, False]
     assert results[1].error_code == "INVALID_ARGUMENT" and "psi" in results[1].error_message
     assert "seed" in results[3].error_message
     assert counting.batches == [2]  # both good samples in one model batch
-    assert results[0].output == {
-        "w": item_key("job1", "s1", "sample", "w.npy"),
-        "image": item_key("job1", "s1", "sample", "image.png"),
-    }
+    assert (results[0].output["w"], results[0].output["image"]) == (
+        item_key("job1", "s1", "sample", "w.npy"),
+        item_key("job1", "s1", "sample", "image.png"),
+    )
     w = blobs.get_npy(results[0].output["w"])
     assert w.shape == (6, 32) and w.dtype == np.float32
     with torch.no_grad():
@@ -436,7 +406,7 @@ def test_synthesize_handler_batches_candidates_and_fails_bad_tasks_alone(tmp_pat
         Task.make("job2", "i3", "synthesize", {"latent": "in/missing.npy", "strategies": strategies}),
     ]  # fmt: skip
     counting = CountingGenerator(generator)
-    results = synthesize_handler(GeneratorRunner(lambda: counting, batch_size=8), blobs, settings)(tasks)
+    results = synthesize_stage(ready(counting), blobs, settings, None)(tasks)
     assert [(r.ok, r.error_code) for r in results] == [
         (True, ""), (False, "INVALID_ARGUMENT"), (True, ""), (False, "INVALID_ARGUMENT"), (False, "NOT_FOUND"),
     ]  # fmt: skip
@@ -464,14 +434,14 @@ def test_synthesize_handler_with_missing_checkpoint_fails_permanently(tmp_path):
     settings = settings_for(tmp_path)
     blobs = BlobStore(settings.blob_url)
     blobs.put_npy("in/code.npy", np.zeros((6, 32), dtype=np.float32))
-    runner = GeneratorRunner(GeneratorLoader(settings).get, batch_size=8)
+    model = generator_model(settings)  # the real loader, on an empty weights folder
     tasks = [
         Task.make(
             "j", f"i{n}", "synthesize", {"latent": "in/code.npy", "strategies": [{"name": "style_mix"}]}
         )
         for n in range(2)
     ]
-    results = synthesize_handler(runner, blobs, settings)(tasks)
+    results = synthesize_stage(model, blobs, settings, None)(tasks)
     assert [(r.ok, r.error_code) for r in results] == [(False, "FAILED_PRECONDITION")] * 2
     assert "sfhq weights" in results[0].error_message
 
@@ -488,7 +458,7 @@ def test_synthesize_stage_worker_batches_across_jobs(sfhq_settings, generator):
     }
     queue.enqueue_many([Task.make(f"job{n % 2}", f"item{n}", "synthesize", payload) for n in range(3)])
     counting = CountingGenerator(generator)
-    process, _ = build_process(settings, source=lambda: counting, blobs=blobs)
+    process = build_process(settings, model=ready(counting), blobs=blobs)
     process.start()
     try:
         results = []

@@ -1,7 +1,7 @@
 """Hostile files on the import paths not already covered elsewhere.
 
 Covered elsewhere (checked before writing this file): SFHQ imports with code-running feature
-pickles, symlinked files and folders, zip members with ``..``/backslash names and link members
+pickles, symlinked files and folders, zip members with `..`/backslash names and link members
 (tests/unit/test_search_import.py); the restricted unpickler itself (test_safe_pickle.py); e4e,
 rosinality and NVlabs generator checkpoints that run code (test_encoder_model.py,
 test_generator_model.py, test_generator_nvlabs.py).
@@ -38,8 +38,11 @@ class RunsACommand:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize(("loader", "error"), [(load_bisenet, CheckpointError), (load_fan, FanCheckpointError)],
-                         ids=["bisenet", "fan"])
+@pytest.mark.parametrize(
+    ("loader", "error"),
+    [(load_bisenet, CheckpointError), (load_fan, FanCheckpointError)],
+    ids=["bisenet", "fan"],
+)
 def test_checkpoints_whose_pickle_runs_code_are_refused(tmp_path, loader, error):
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "model.pth"
@@ -69,8 +72,14 @@ def test_an_index_file_holding_pickled_objects_is_refused(tmp_path):
     poisoned = io.BytesIO()
     vectors = np.empty(2, dtype=object)
     vectors[0] = RunsACommand(marker)
-    np.savez(poisoned, vectors=vectors, alive=np.ones(2, bool), job=np.zeros(2, np.int32),
-             source=np.zeros(2, np.int32), taste=np.zeros(2, np.float32))
+    np.savez(
+        poisoned,
+        vectors=vectors,
+        alive=np.ones(2, bool),
+        job=np.zeros(2, np.int32),
+        source=np.zeros(2, np.int32),
+        taste=np.zeros(2, np.float32),
+    )
     store.put(f"index/main/{version}/arrays.npz", poisoned.getvalue())
     with pytest.raises(ValueError, match="allow_pickle"):
         VectorIndex.load(store, "index/main")
@@ -82,7 +91,9 @@ def test_a_corrupt_faiss_file_is_an_error_not_a_crash(tmp_path):
     version = _saved_index(store)
     manifest = json.loads(store.get(f"index/main/{version}/manifest.json"))
     store.put(f"index/main/{version}/faiss.index", b"IxFI" + os.urandom(64))
-    if manifest.get("spec", {}).get("kind", "flat") == "flat" and not store.get(f"index/main/{version}/faiss.index"):
+    if manifest.get("spec", {}).get("kind", "flat") == "flat" and not store.get(
+        f"index/main/{version}/faiss.index"
+    ):
         pytest.skip("this index keeps no FAISS structure to corrupt")
     with pytest.raises(RuntimeError):
         VectorIndex.load(store, "index/main")

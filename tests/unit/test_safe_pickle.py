@@ -23,7 +23,7 @@ from services.common.safe_pickle import (
 
 
 class _Payload:
-    """Pickles as ``callable(*args)``: what an attacker puts in a pickle."""
+    """Pickles as `callable(*args)`: what an attacker puts in a pickle."""
 
     def __init__(self, call, *args):
         self.call, self.args = call, args

@@ -23,8 +23,7 @@ from services.search.clip_model import (
     preprocess_image,
 )
 from services.search.random_weights import END_TOKEN, START_TOKEN, write_random_clip_folder
-
-FACES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "faces"
+from tests.helpers.data import face_path
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +38,7 @@ def embedder(clip_folder: Path):
 
 
 def face_images(count: int = 3) -> list[Image.Image]:
-    paths = sorted(FACES.glob("*.jpg"))[:count]
-    if len(paths) < count:
-        pytest.skip("shared test faces are not available")
-    return [Image.open(p) for p in paths]
+    return [Image.open(face_path(i)) for i in range(count)]
 
 
 def test_folder_has_the_official_layout(clip_folder: Path) -> None:
@@ -52,9 +48,14 @@ def test_folder_has_the_official_layout(clip_folder: Path) -> None:
     assert config["model_type"] == "clip"
     keys = set(load_file(str(clip_folder / "model.safetensors")))
     # A few of the official checkpoint's key names (transformers' CLIPModel layout).
-    for key in ("text_model.embeddings.token_embedding.weight", "vision_model.embeddings.class_embedding",
-                "vision_model.pre_layrnorm.weight", "visual_projection.weight", "text_projection.weight",
-                "logit_scale"):
+    for key in (
+        "text_model.embeddings.token_embedding.weight",
+        "vision_model.embeddings.class_embedding",
+        "vision_model.pre_layrnorm.weight",
+        "visual_projection.weight",
+        "text_projection.weight",
+        "logit_scale",
+    ):
         assert key in keys
     vocab = json.loads((clip_folder / "vocab.json").read_text())
     # CLIP's vocabulary order: 256 byte symbols, the same with </w>, merges, then the two specials last.
@@ -84,8 +85,12 @@ def test_preprocessing_matches_clip_reference(size: tuple[int, int]) -> None:
 
     rng = np.random.default_rng(sum(size))
     image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    reference = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                      image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    reference = CLIPImageProcessorPil(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
     expected = reference(images=[image], return_tensors="np")["pixel_values"][0]
     ours = preprocess_image(image, 32)
     assert ours.shape == (3, 32, 32) and ours.dtype == np.float32
@@ -132,8 +137,9 @@ def test_text_features_match_the_model_and_the_text_only_loader(clip_folder: Pat
     features = embedder.embed_texts(texts)
     assert features.shape == (3, embedder.dim)
     model = CLIPModel.from_pretrained(clip_folder, local_files_only=True).eval()
-    tokens = CLIPTokenizer.from_pretrained(clip_folder)(texts, padding="max_length", max_length=77,
-                                                        return_tensors="pt")
+    tokens = CLIPTokenizer.from_pretrained(clip_folder)(
+        texts, padding="max_length", max_length=77, return_tensors="pt"
+    )
     with torch.inference_mode():
         expected = model.get_text_features(input_ids=tokens["input_ids"]).pooler_output.numpy()
     np.testing.assert_allclose(features, expected, atol=1e-5)
@@ -142,8 +148,9 @@ def test_text_features_match_the_model_and_the_text_only_loader(clip_folder: Pat
     with pytest.raises(RuntimeError, match="text-only"):
         text_only.embed_images(face_images(1))
     image_only = load_clip(clip_folder, towers="image")
-    np.testing.assert_allclose(image_only.embed_images(face_images(2)), embedder.embed_images(face_images(2)),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        image_only.embed_images(face_images(2)), embedder.embed_images(face_images(2)), atol=1e-6
+    )
     with pytest.raises(ClipInputError):
         embedder.embed_texts([b"bytes"])
 
@@ -167,8 +174,9 @@ def test_loading_is_strict_about_the_key_layout(clip_folder: Path, tmp_path: Pat
 
     # Older exports of the official file carry position_ids buffers: those alone are accepted.
     legacy = shutil.copytree(clip_folder, tmp_path / "legacy")
-    _rewrite_weights(legacy, lambda s: s.__setitem__("text_model.embeddings.position_ids",
-                                                     torch.arange(77).unsqueeze(0)))
+    _rewrite_weights(
+        legacy, lambda s: s.__setitem__("text_model.embeddings.position_ids", torch.arange(77).unsqueeze(0))
+    )
     assert load_clip(legacy).dim == 32
 
 
@@ -210,5 +218,6 @@ def test_fp16_on_cuda_stays_close_to_float32(clip_folder: Path, embedder) -> Non
     gpu_features = gpu.embed_images(images)
     assert gpu_features.dtype == np.float32
     cosine = (cpu_features * gpu_features).sum(1) / (
-        np.linalg.norm(cpu_features, axis=1) * np.linalg.norm(gpu_features, axis=1))
+        np.linalg.norm(cpu_features, axis=1) * np.linalg.norm(gpu_features, axis=1)
+    )
     assert cosine.min() > 0.999

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
 from services.search.dedup import SFHQ_THRESHOLD, DedupInputError, find_pairs, near_duplicates
 from services.search.index import ItemMeta, SearchFilter, VectorIndex
-from services.search.synthetic import clustered_features, normalized
+from tests.helpers.synthetic import clustered_features, normalized
 
 DIM = 32
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    faiss.omp_set_num_threads(1)
 
 
 def oracle(vectors: np.ndarray, threshold: float, order: np.ndarray) -> tuple[set[int], dict[int, int]]:

@@ -52,15 +52,22 @@ def test_plain_layout_with_hostile_and_broken_files(tmp_path: Path) -> None:
     stems = [f"SFHQ_pt3_{i:08d}" for i in range(1, 7)]
     folders = write_part(root, stems)
     marker = tmp_path / "pwned"
-    (folders["pretrained_features"] / f"{stems[0]}.pickle").write_bytes(pickle.dumps({KEY: RunsACommand(marker)}))
+    (folders["pretrained_features"] / f"{stems[0]}.pickle").write_bytes(
+        pickle.dumps({KEY: RunsACommand(marker)})
+    )
     (folders["pretrained_features"] / f"{stems[1]}.pickle").unlink()  # missing features
-    (folders["pretrained_features"] / f"{stems[2]}.pickle").write_bytes(pickle.dumps({"DINO_ViTS_8": feature(stems[2])}))
+    (folders["pretrained_features"] / f"{stems[2]}.pickle").write_bytes(
+        pickle.dumps({"DINO_ViTS_8": feature(stems[2])})
+    )
     (folders["pretrained_features"] / f"{stems[3]}.pickle").write_bytes(
-        pickle.dumps({KEY: np.zeros((1, DIM + 1), np.float16)}))
+        pickle.dumps({KEY: np.zeros((1, DIM + 1), np.float16)})
+    )
     outside = tmp_path / "outside.jpg"
     Image.new("RGB", (8, 8)).save(outside)
     (folders["images"] / "SFHQ_pt3_00000099.jpg").symlink_to(outside)
-    (folders["pretrained_features"] / "SFHQ_pt3_00000099.pickle").write_bytes(pickle.dumps({KEY: feature("x_99")}))
+    (folders["pretrained_features"] / "SFHQ_pt3_00000099.pickle").write_bytes(
+        pickle.dumps({KEY: feature("x_99")})
+    )
     sample = root / "tiny sample (30 images)"
     sample.mkdir()
     Image.new("RGB", (8, 8)).save(sample / "SFHQ_pt3_00000500.jpg")  # sample folders are not the dataset
@@ -76,9 +83,11 @@ def test_plain_layout_with_hostile_and_broken_files(tmp_path: Path) -> None:
     assert sorted(index.item_ids()) == stems[4:]
     meta = index.get_meta(stems[4])
     assert meta.source == "sfhq_part3" and meta.image_uri == (folders["images"] / f"{stems[4]}.jpg").as_uri()
-    np.testing.assert_allclose(index.get_vector(stems[5]),
-                               feature(stems[5])[0] / np.linalg.norm(feature(stems[5]).astype(np.float32)),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        index.get_vector(stems[5]),
+        feature(stems[5])[0] / np.linalg.norm(feature(stems[5]).astype(np.float32)),
+        atol=1e-3,
+    )
 
 
 def test_kaggle_nested_layout_under_an_extra_folder(tmp_path: Path) -> None:
@@ -92,7 +101,9 @@ def test_kaggle_nested_layout_under_an_extra_folder(tmp_path: Path) -> None:
     assert report.layout == "kaggle-nested" and report.part == 2  # part from the stems
     assert report.indexed == 4 and report.skipped_symlinks == 1
     # Text search over SFHQ needs only the stored features: a query equal to one item finds it first.
-    hits = index.search(feature(stems[2]).astype(np.float32), k=2, filter=SearchFilter(source="sfhq_part2"))[0]
+    hits = index.search(feature(stems[2]).astype(np.float32), k=2, filter=SearchFilter(source="sfhq_part2"))[
+        0
+    ]
     assert hits[0].item_id == stems[2] and hits[0].score > 0.99
 
 
@@ -108,7 +119,7 @@ def test_zip_archive_with_path_traversal_and_link_members(tmp_path: Path) -> Non
         zf.writestr("../pretrained_features/SFHQ_pt1_00000009.pickle", pickle.dumps({KEY: feature("x_9")}))
         zf.writestr("images/images/..\\evil.jpg", b"x")
         link = zipfile.ZipInfo("images/images/SFHQ_pt1_00000007.jpg")
-        link.external_attr = (0o120777 << 16)  # a symbolic link member
+        link.external_attr = 0o120777 << 16  # a symbolic link member
         zf.writestr(link, "/etc/passwd")
     index = VectorIndex(DIM)
     report = import_sfhq(archive, index)

@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
@@ -22,22 +21,23 @@ from services.search.index import (
     exact_neighbours,
     recall_at_k,
 )
-from services.search.synthetic import clustered_features, normalized
+from tests.helpers.synthetic import clustered_features, normalized
 
 DIM = 32
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    faiss.omp_set_num_threads(1)
 
 
 def make_index(n: int = 600, seed: int = 0, **kwargs) -> tuple[VectorIndex, np.ndarray, list[str]]:
     data = clustered_features(n, DIM, seed=seed).vectors
     ids = [f"item{i:05d}" for i in range(n)]
-    metas = [ItemMeta(job_id=f"job{i % 3}", source="sfhq_part1" if i % 2 else f"job:job{i % 3}",
-                      image_uri=f"file:///data/{i}.jpg", taste_score=None if i % 7 == 0 else (i % 10) / 10)
-             for i in range(n)]
+    metas = [
+        ItemMeta(
+            job_id=f"job{i % 3}",
+            source="sfhq_part1" if i % 2 else f"job:job{i % 3}",
+            image_uri=f"file:///data/{i}.jpg",
+            taste_score=None if i % 7 == 0 else (i % 10) / 10,
+        )
+        for i in range(n)
+    ]
     index = VectorIndex(DIM, **kwargs)
     index.add(ids, data, metas)
     return index, data, ids
@@ -109,11 +109,16 @@ def test_filters_select_job_source_family_and_taste_range() -> None:
         (SearchFilter(source="sfhq_part1"), rows % 2 == 1),
         (SearchFilter(source="job"), rows % 2 == 0),  # "job" matches every "job:<id>" source
         (SearchFilter(min_taste=0.5, max_taste=0.7), (taste >= 0.5) & (taste <= 0.7)),
-        (SearchFilter(job_id="job2", source="job", min_taste=0.3), (rows % 3 == 2) & (rows % 2 == 0) & (taste >= 0.3)),
+        (
+            SearchFilter(job_id="job2", source="job", min_taste=0.3),
+            (rows % 3 == 2) & (rows % 2 == 0) & (taste >= 0.3),
+        ),
     ]
     for search_filter, mask in cases:
         hits = index.search(query, k=15, filter=search_filter)[0]
-        assert [h.item_id for h in hits] == [ids[i] for i in brute_force(data, query, 15, mask)], search_filter
+        assert [h.item_id for h in hits] == [ids[i] for i in brute_force(data, query, 15, mask)], (
+            search_filter
+        )
     assert index.search(query, k=5, filter=SearchFilter(job_id="no-such-job"))[0] == []
 
 
@@ -155,8 +160,13 @@ def test_index_type_follows_size_and_is_tuned_to_the_target_recall() -> None:
         choose_index_type(1_000_000, DIM)
 
 
-@pytest.mark.parametrize("spec", [IndexSpec("ivf", nlist=40, target_recall=0.9),
-                                  IndexSpec("hnsw", hnsw_m=16, ef_construction=40, target_recall=0.9)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        IndexSpec("ivf", nlist=40, target_recall=0.9),
+        IndexSpec("hnsw", hnsw_m=16, ef_construction=40, target_recall=0.9),
+    ],
+)
 def test_rebuild_tunes_the_search_parameter_on_the_data_at_hand(spec: IndexSpec) -> None:
     features = clustered_features(4000, DIM, n_queries=100, seed=5)
     index = VectorIndex(DIM, auto_rebuild=False, target_recall=0.9)
@@ -198,7 +208,9 @@ def test_save_and_load_round_trip_with_an_atomic_pointer(tmp_path: Path) -> None
     first = index.save(store)
     loaded = VectorIndex.load(store)
     assert loaded.version == first and len(loaded) == 295 and loaded.dead_rows == 5
-    assert [h.item_id for h in loaded.search(data[20], k=5)[0]] == [h.item_id for h in index.search(data[20], k=5)[0]]
+    assert [h.item_id for h in loaded.search(data[20], k=5)[0]] == [
+        h.item_id for h in index.search(data[20], k=5)[0]
+    ]
     assert loaded.get_meta(ids[20]) == index.get_meta(ids[20])
 
     # A writer that died before moving the pointer leaves a half version: readers never see it.

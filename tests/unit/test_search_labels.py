@@ -41,7 +41,9 @@ def test_the_latest_label_of_an_item_wins_and_anonymous_labels_all_count(tmp_pat
     assert labels.counts("faces") == (2, 2)
     row_of_a = [i for i in range(4) if np.array_equal(features[i], record(3, False).features)]
     assert row_of_a and not positive[row_of_a[0]]
-    assert len(BlobStore(tmp_path / "blobs").list("taste/faces/labels/")) == 3  # append-only: one file per call
+    assert (
+        len(BlobStore(tmp_path / "blobs").list("taste/faces/labels/")) == 3
+    )  # append-only: one file per call
     assert labels.training_set("other")[0].shape[0] == 0
 
 

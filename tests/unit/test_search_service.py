@@ -8,45 +8,30 @@ import threading
 import time
 from pathlib import Path
 
-import faiss
 import grpc
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
-from services.common.config import get_settings
+from services.common.contracts import CuratePayload
+from services.common.model_holder import LazyModel
 from services.common.queue import RedisQueue, Task, connect_redis
 from services.common.weights import WeightsRegistry
 from services.search.clip_model import load_clip
 from services.search.curate import CurateRequest, Curator, JobLock, LockUnavailable, decisions_key
 from services.search.random_weights import write_random_clip_folder
-from services.search.service import (
-    ClipRunner,
-    TasteCache,
-    build_process,
-    curate_handler,
-    embed_handler,
-    import_into_store,
-)
+from services.search.service import build_process, clip_provenance, curate_stage, embed_stage
+from services.search.sfhq_import import import_into_store
 from services.search.state import IndexState
-from services.search.synthetic import clustered_features, normalized
-from services.search.taste import TasteModel, TasteStore
+from services.search.taste import TasteCache, TasteModel, TasteStore
 from sfhq.tensors import numpy_to_tensor, tensor_to_numpy
 from sfhq.v1 import common_pb2, search_pb2, search_pb2_grpc
+from tests.helpers.data import face_bytes
+from tests.helpers.services import ServedProcess, settings_for
+from tests.helpers.synthetic import clustered_features, normalized
 
-FACES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "faces"
 DIM = 32  # the tiny CLIP's projection size
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +39,8 @@ def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_clip_folder(tmp_path_factory.mktemp("clip") / "clip", seed=11)
 
 
-def settings_for(tmp_path: Path, **overrides):
-    return get_settings(**{"blob_url": str(tmp_path / "blobs"), "weights_dir": tmp_path / "weights",
-                           "device": "cpu", "port": 0, "stages": "none", **overrides})
-
-
 def jpeg(index: int) -> bytes:
-    path = FACES / f"sfhq_sample_0{index}.jpg"
-    if not path.exists():
-        pytest.skip("shared test faces are not available")
-    return path.read_bytes()
+    return face_bytes(index)
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:
@@ -73,22 +50,16 @@ def code_of(call) -> tuple[grpc.StatusCode, str]:
     return caught.value.code(), caught.value.details()
 
 
-class Server:
-    def __init__(self, settings) -> None:
-        self.process, self.servicer = build_process(settings, save_debounce_s=0.2)
-        port = self.process.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = search_pb2_grpc.SearchStub(self.channel)
-
-    def close(self) -> None:
-        self.channel.close()
-        self.process.stop(grace=1)
+def Server(settings) -> ServedProcess:  # noqa: N802 - reads like the class it returns
+    return ServedProcess(build_process(settings, save_debounce_s=0.2), search_pb2_grpc.SearchStub, grace_s=1)
 
 
 @pytest.fixture()
 def server(tmp_path: Path, clip_folder: Path):
     settings = settings_for(tmp_path)
-    write_random_clip_folder(WeightsRegistry(settings.weights_dir).expected_path("clip-vit-l-14-336"), seed=11)
+    write_random_clip_folder(
+        WeightsRegistry(settings.weights_dir).expected_path("clip-vit-l-14-336"), seed=11
+    )
     running = Server(settings)
     yield running
     running.close()
@@ -101,18 +72,32 @@ def test_embed_search_add_and_remove_over_grpc(server: Server, tmp_path: Path) -
     vectors = [tensor_to_numpy(t) for t in embedded.image_features]
     assert len(vectors) == 3 and vectors[0].shape == (DIM,) and embedded.text_features[0].shape == [DIM]
 
-    items = [search_pb2.IndexedItem(item_id=f"face{i}", vector=numpy_to_tensor(v), image_uri=f"file:///f{i}.jpg",
-                                    job_id="j1" if i < 2 else "j2", source="job:j1" if i < 2 else "sfhq_part1",
-                                    taste_score=0.1 * i) for i, v in enumerate(vectors)]
+    items = [
+        search_pb2.IndexedItem(
+            item_id=f"face{i}",
+            vector=numpy_to_tensor(v),
+            image_uri=f"file:///f{i}.jpg",
+            job_id="j1" if i < 2 else "j2",
+            source="job:j1" if i < 2 else "sfhq_part1",
+            taste_score=0.1 * i,
+        )
+        for i, v in enumerate(vectors)
+    ]
     assert stub.Add(search_pb2.AddRequest(items=items)).index_size == 3
 
     by_image = stub.Search(search_pb2.SearchRequest(image=images[2], top_k=2)).hits
     assert by_image[0].item_id == "face2" and by_image[0].score > 0.999 and by_image[0].source == "sfhq_part1"
-    filtered = stub.Search(search_pb2.SearchRequest(vector=numpy_to_tensor(vectors[2]), top_k=5,
-                                                    filter=search_pb2.SearchFilter(job_id="j1"))).hits
+    filtered = stub.Search(
+        search_pb2.SearchRequest(
+            vector=numpy_to_tensor(vectors[2]), top_k=5, filter=search_pb2.SearchFilter(job_id="j1")
+        )
+    ).hits
     assert {h.item_id for h in filtered} == {"face0", "face1"}
-    scored = stub.Search(search_pb2.SearchRequest(vector=numpy_to_tensor(vectors[0]),
-                                                  filter=search_pb2.SearchFilter(min_taste_score=0.05))).hits
+    scored = stub.Search(
+        search_pb2.SearchRequest(
+            vector=numpy_to_tensor(vectors[0]), filter=search_pb2.SearchFilter(min_taste_score=0.05)
+        )
+    ).hits
     assert {h.item_id for h in scored} == {"face1", "face2"} and scored[0].HasField("taste_score")
     assert len(stub.Search(search_pb2.SearchRequest(text="a smiling woman")).hits) == 3
 
@@ -124,56 +109,79 @@ def test_embed_search_add_and_remove_over_grpc(server: Server, tmp_path: Path) -
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in details
     code, details = code_of(lambda: stub.Search(search_pb2.SearchRequest(top_k=3)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "no query" in details
-    code, details = code_of(lambda: stub.Embed(search_pb2.EmbedRequest(images=[common_pb2.Image(data=b"no image")])))
+    code, details = code_of(
+        lambda: stub.Embed(search_pb2.EmbedRequest(images=[common_pb2.Image(data=b"no image")]))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "image 0" in details
     nan = numpy_to_tensor(np.full(DIM, np.nan, np.float32))
     code, details = code_of(lambda: stub.Search(search_pb2.SearchRequest(vector=nan)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in details
     wrong = numpy_to_tensor(np.ones(DIM + 1, np.float32))
-    code, details = code_of(lambda: stub.Add(search_pb2.AddRequest(items=[search_pb2.IndexedItem(item_id="w",
-                                                                                                 vector=wrong)])))
+    code, details = code_of(
+        lambda: stub.Add(search_pb2.AddRequest(items=[search_pb2.IndexedItem(item_id="w", vector=wrong)]))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "dimension" in details
 
 
 def test_dedup_label_train_and_score_over_grpc(server: Server) -> None:
     stub = server.stub
     base = normalized(np.random.default_rng(0).standard_normal((3, DIM)))
-    stub.Add(search_pb2.AddRequest(items=[search_pb2.IndexedItem(item_id="kept", vector=numpy_to_tensor(base[0]))]))
+    stub.Add(
+        search_pb2.AddRequest(items=[search_pb2.IndexedItem(item_id="kept", vector=numpy_to_tensor(base[0]))])
+    )
     candidates = [base[0] + 0.01, base[1], base[1] + 0.01, base[2]]
-    reply = stub.Dedup(search_pb2.DedupRequest(vectors=[numpy_to_tensor(v.astype(np.float32)) for v in candidates],
-                                               against_index=True))
+    reply = stub.Dedup(
+        search_pb2.DedupRequest(
+            vectors=[numpy_to_tensor(v.astype(np.float32)) for v in candidates], against_index=True
+        )
+    )
     assert list(reply.kept) == [1, 3]
     assert {(d.index, d.duplicate_of) for d in reply.duplicates} == {(0, "kept"), (2, "#1")}
-    worst_first = stub.Dedup(search_pb2.DedupRequest(vectors=[numpy_to_tensor(v.astype(np.float32)) for v in candidates],
-                                                     scores=[0.5, 0.1, 0.9, 0.5], worst_first=True))
+    worst_first = stub.Dedup(
+        search_pb2.DedupRequest(
+            vectors=[numpy_to_tensor(v.astype(np.float32)) for v in candidates],
+            scores=[0.5, 0.1, 0.9, 0.5],
+            worst_first=True,
+        )
+    )
     assert list(worst_first.kept) == [0, 2, 3]
 
     vectors = clustered_features(120, DIM, seed=3).vectors
     good = normalized(vectors) @ np.random.default_rng(4).standard_normal(DIM) > 0
-    labels = [search_pb2.ItemLabel(vector=numpy_to_tensor(v), positive=bool(g), labeler="ana")
-              for v, g in zip(vectors, good, strict=True)]
+    labels = [
+        search_pb2.ItemLabel(vector=numpy_to_tensor(v), positive=bool(g), labeler="ana")
+        for v, g in zip(vectors, good, strict=True)
+    ]
     counts = stub.Label(search_pb2.LabelRequest(labels=labels))
     assert (counts.positives, counts.negatives) == (int(good.sum()), int((~good).sum()))
-    by_item = stub.Label(search_pb2.LabelRequest(labels=[search_pb2.ItemLabel(item_id="kept", positive=True)]))
+    by_item = stub.Label(
+        search_pb2.LabelRequest(labels=[search_pb2.ItemLabel(item_id="kept", positive=True)])
+    )
     assert by_item.positives == counts.positives + 1
 
     info = stub.TrainTaste(search_pb2.TrainTasteRequest())
     assert info.name == "default" and info.version == 1 and info.cv_auc > 0.8
     assert info.low_threshold <= 0.35 + 1e-6 and info.high_threshold >= 0.65 - 1e-6  # float32 on the wire
-    scores = stub.Score(search_pb2.ScoreRequest(taste_model="default@1",
-                                                vectors=[numpy_to_tensor(v) for v in vectors[:20]]))
+    scores = stub.Score(
+        search_pb2.ScoreRequest(taste_model="default@1", vectors=[numpy_to_tensor(v) for v in vectors[:20]])
+    )
     assert scores.model.version == 1 and len(scores.scores) == 20
     assert (np.array(scores.scores) >= 0.5).astype(bool).tolist().count(True) > 0
     assert np.mean((np.array(scores.scores) >= 0.5) == good[:20]) > 0.7
     with_image = stub.Score(search_pb2.ScoreRequest(images=[common_pb2.Image(data=jpeg(0))]))
     assert len(with_image.scores) == 1
 
-    code, details = code_of(lambda: stub.Score(search_pb2.ScoreRequest(taste_model="nobody",
-                                                                       vectors=[numpy_to_tensor(vectors[0])])))
+    code, details = code_of(
+        lambda: stub.Score(
+            search_pb2.ScoreRequest(taste_model="nobody", vectors=[numpy_to_tensor(vectors[0])])
+        )
+    )
     assert code == grpc.StatusCode.NOT_FOUND and "nobody" in details
     code, details = code_of(lambda: stub.TrainTaste(search_pb2.TrainTasteRequest(taste_model="empty")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "at least" in details
-    code, details = code_of(lambda: stub.Label(search_pb2.LabelRequest(labels=[search_pb2.ItemLabel(item_id="zz")])))
+    code, details = code_of(
+        lambda: stub.Label(search_pb2.LabelRequest(labels=[search_pb2.ItemLabel(item_id="zz")]))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "not in the index" in details
 
 
@@ -209,16 +217,23 @@ def test_embed_stage_writes_raw_features(tmp_path: Path, clip_folder: Path) -> N
     embedder = load_clip(clip_folder)
     blobs.put("inputs/face.jpg", jpeg(1))
     blobs.put("inputs/broken.jpg", b"not an image")
-    tasks = [Task.make("job1", "i1", "embed", {"image": "inputs/face.jpg"}),
-             Task.make("job1", "i2", "embed", {"image": "inputs/broken.jpg"}),
-             Task.make("job1", "i3", "embed", {"image": "inputs/missing.jpg"}),
-             Task.make("job1", "i4", "embed", {})]
-    results = embed_handler(ClipRunner(lambda: embedder), blobs, settings)(tasks)
+    tasks = [
+        Task.make("job1", "i1", "embed", {"image": "inputs/face.jpg"}),
+        Task.make("job1", "i2", "embed", {"image": "inputs/broken.jpg"}),
+        Task.make("job1", "i3", "embed", {"image": "inputs/missing.jpg"}),
+        Task.make("job1", "i4", "embed", {}),
+    ]
+    results = embed_stage(LazyModel.ready("clip", embedder, clip_provenance(embedder)), blobs, settings)(
+        tasks
+    )
     assert [r.ok for r in results] == [True, False, False, False]
     output = dict(results[0].output)
     provenance = output.pop("provenance")
-    assert output == {"features": item_key("job1", "i1", "embed", "features.npy"),
-                      "feature_key": "CLIP_ViTL_14@336", "dim": DIM}
+    assert output == {
+        "features": item_key("job1", "i1", "embed", "features.npy"),
+        "feature_key": "CLIP_ViTL_14@336",
+        "dim": DIM,
+    }
     assert provenance["clip"]["random_weights"] is True and len(provenance["clip"]["sha256"]) == 64
     expected = embedder.embed_images([Image.open(io.BytesIO(jpeg(1))).convert("RGB")])[0]
     np.testing.assert_allclose(blobs.get_npy(results[0].output["features"]), expected, atol=1e-5)
@@ -235,8 +250,9 @@ def put_features(blobs: BlobStore, job: str, item: str, vector: np.ndarray) -> d
 
 
 def make_curator(redis_client, blobs: BlobStore, tastes: TasteCache | None = None) -> Curator:
-    return Curator(redis_client, IndexState(blobs), blobs, tastes or TasteCache(TasteStore(blobs)),
-                   lock_wait_s=20)
+    return Curator(
+        redis_client, IndexState(blobs), blobs, tastes or TasteCache(TasteStore(blobs)), lock_wait_s=20
+    )
 
 
 def test_curate_decides_taste_duplicates_and_is_idempotent(redis_client, tmp_path: Path) -> None:
@@ -246,23 +262,46 @@ def test_curate_decides_taste_duplicates_and_is_idempotent(redis_client, tmp_pat
     tastes = TasteStore(blobs)
     tastes.save(TasteModel.train(features, good, name="taste"))
     curator = make_curator(redis_client, blobs, TasteCache(tastes))
-    handle = curate_handler(curator)
+    handle = curate_stage(curator)
     base = normalized(np.random.default_rng(10).standard_normal((2, DIM)))
     payload = {"taste_model": "", "accept_threshold": None, "dedup_threshold": None}
     tasks = [
         Task.make("jobA", "a", "curate", {**put_features(blobs, "jobA", "a", base[0]), **payload}),
         Task.make("jobA", "b", "curate", {**put_features(blobs, "jobA", "b", base[0] + 0.01), **payload}),
         Task.make("jobB", "c", "curate", {**put_features(blobs, "jobB", "c", base[0] + 0.01), **payload}),
-        Task.make("jobA", "d", "curate", {**put_features(blobs, "jobA", "d", base[0] + 0.01), **payload,
-                                          "dedup_threshold": -1}),
-        Task.make("jobA", "e", "curate", {**put_features(blobs, "jobA", "e", features[int(np.argmin(good))]),
-                                          **payload, "taste_model": "taste", "accept_threshold": 0.99}),
+        Task.make(
+            "jobA",
+            "d",
+            "curate",
+            {**put_features(blobs, "jobA", "d", base[0] + 0.01), **payload, "dedup_threshold": -1},
+        ),
+        Task.make(
+            "jobA",
+            "e",
+            "curate",
+            {
+                **put_features(blobs, "jobA", "e", features[int(np.argmin(good))]),
+                **payload,
+                "taste_model": "taste",
+                "accept_threshold": 0.99,
+            },
+        ),
         Task.make("jobA", "f", "curate", {"features": "missing/features.npy", "image": "x.png"}),
         Task.make("jobA", "g", "curate", {"image": "x.png"}),
     ]
     results = handle(tasks)
+    for result in results:
+        result.output.pop("provenance", None)  # curate loads no checkpoint: always empty
     decisions = [r.output.get("decision") for r in results]
-    assert decisions == ["accepted", "rejected_duplicate", "accepted", "accepted", "rejected_taste", None, None]
+    assert decisions == [
+        "accepted",
+        "rejected_duplicate",
+        "accepted",
+        "accepted",
+        "rejected_taste",
+        None,
+        None,
+    ]
     assert results[1].output["duplicate_of"] == "a" and results[1].output["similarity"] > 0.92
     assert results[2].output["duplicate_of"] is None  # another job's item is not this job's duplicate
     assert 0.0 <= results[4].output["taste_score"] < 0.99
@@ -273,7 +312,10 @@ def test_curate_decides_taste_duplicates_and_is_idempotent(redis_client, tmp_pat
 
     # Redelivery: the recorded decision comes back; "a" is not a duplicate of itself.
     again = handle([tasks[0], tasks[1]])
-    assert [r.output for r in again] == [results[0].output, results[1].output]
+    assert [{k: v for k, v in r.output.items() if k != "provenance"} for r in again] == [
+        results[0].output,
+        results[1].output,
+    ]
     assert redis_client.hlen(decisions_key("jobA")) == 4  # a, b, d, e: the failed tasks decide nothing
 
 
@@ -284,9 +326,13 @@ def test_two_workers_never_both_accept_near_duplicates(redis_client, tmp_path: P
     for g in range(6):
         for copy in range(4):  # four near-identical candidates per group
             vector = groups[g] + 0.005 * np.random.default_rng(g * 10 + copy).standard_normal(DIM)
-            tasks.append(Task.make("jobC", f"g{g}-{copy}", "curate", put_features(blobs, "jobC", f"g{g}-{copy}", vector)))
+            tasks.append(
+                Task.make(
+                    "jobC", f"g{g}-{copy}", "curate", put_features(blobs, "jobC", f"g{g}-{copy}", vector)
+                )
+            )
     # Two "processes": separate indexes, one Redis. Each takes every other task, concurrently.
-    workers = [curate_handler(make_curator(redis_client, blobs)) for _ in range(2)]
+    workers = [curate_stage(make_curator(redis_client, blobs)) for _ in range(2)]
     outputs: dict[str, dict] = {}
 
     def run(worker, share):
@@ -307,8 +353,12 @@ def test_a_restarted_worker_recovers_accepted_items_from_redis(redis_client, tmp
     blobs = BlobStore(tmp_path / "blobs")
     first = make_curator(redis_client, blobs)
     vectors = normalized(np.random.default_rng(13).standard_normal((3, DIM)))
-    curate_handler(first)([Task.make("jobD", f"x{i}", "curate", put_features(blobs, "jobD", f"x{i}", v))
-                           for i, v in enumerate(vectors)])
+    curate_stage(first)(
+        [
+            Task.make("jobD", f"x{i}", "curate", put_features(blobs, "jobD", f"x{i}", v))
+            for i, v in enumerate(vectors)
+        ]
+    )
     # A crash before the debounced save: a fresh process starts from an empty index.
     second = make_curator(redis_client, blobs)
     assert second.catch_up_all() == 3
@@ -319,7 +369,7 @@ def test_a_lost_lock_cannot_commit(redis_client, tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path / "blobs")
     curator = make_curator(redis_client, blobs)
     request_payload = put_features(blobs, "jobE", "y", np.ones(DIM))
-    request = CurateRequest.from_payload("jobE", "y", request_payload)
+    request = CurateRequest("jobE", "y", CuratePayload.parse(request_payload))
     with JobLock(redis_client, "jobE", ttl_ms=5000) as lock:
         redis_client.set(lock.key, "someone-else")  # our lock expired and another worker took it
         with pytest.raises(LockUnavailable):
@@ -343,9 +393,10 @@ def test_import_sfhq_into_the_store_then_search_it_by_text(tmp_path: Path, clip_
         Image.new("RGB", (4, 4)).save(part / "images" / f"{stem}.jpg")
         vector = planted if i == 7 else rng.standard_normal(DIM)
         (part / "pretrained_features" / f"{stem}.pickle").write_bytes(
-            pickle.dumps({"CLIP_ViTL_14@336": vector.astype(np.float16)[None, :]}))
+            pickle.dumps({"CLIP_ViTL_14@336": vector.astype(np.float16)[None, :]})
+        )
     settings = settings_for(tmp_path)
-    report = import_into_store(part, settings)
+    report = import_into_store(part, BlobStore(settings.blob_url))
     assert report["indexed"] == 20 and report["source"] == "sfhq_part4" and report["index_items"] == 20
     state = IndexState(BlobStore(settings.blob_url))
     hits = state.load().search(text_only.embed_texts([query]), k=3)[0]
@@ -353,8 +404,10 @@ def test_import_sfhq_into_the_store_then_search_it_by_text(tmp_path: Path, clip_
 
 
 def test_queue_workers_embed_and_curate_through_redis(sfhq_settings) -> None:
-    write_random_clip_folder(WeightsRegistry(sfhq_settings.weights_dir).expected_path("clip-vit-l-14-336"), seed=2)
-    process, _ = build_process(sfhq_settings, save_debounce_s=0.2)
+    write_random_clip_folder(
+        WeightsRegistry(sfhq_settings.weights_dir).expected_path("clip-vit-l-14-336"), seed=2
+    )
+    process = build_process(sfhq_settings, save_debounce_s=0.2)
     port = process.start()
     queue = RedisQueue.from_settings(sfhq_settings, connect_redis(sfhq_settings.redis_url))
     blobs = BlobStore(sfhq_settings.blob_url)
@@ -365,18 +418,35 @@ def test_queue_workers_embed_and_curate_through_redis(sfhq_settings) -> None:
         results = wait_for_results(queue, 2)
         assert (results["i1"].ok, results["i1"].error_code) == (False, "NOT_FOUND")
         features = results["i2"].output["features"]
-        payload = {"features": features, "image": "jobs/jobQ/inputs/face.jpg", "taste_model": "",
-                   "accept_threshold": None, "dedup_threshold": None}
+        payload = {
+            "features": features,
+            "image": "jobs/jobQ/inputs/face.jpg",
+            "taste_model": "",
+            "accept_threshold": None,
+            "dedup_threshold": None,
+        }
         queue.enqueue(Task.make("jobQ", "i2", "curate", payload))
         queue.enqueue(Task.make("jobQ", "i3", "curate", payload))  # the same features again
         results = wait_for_results(queue, 2)
         assert results["i2"].output["decision"] == "accepted"
-        assert results["i3"].output == {"decision": "rejected_duplicate", "taste_score": None,
-                                        "duplicate_of": "i2", "similarity": pytest.approx(1.0, abs=1e-3)}
+        assert results["i3"].output == {
+            "decision": "rejected_duplicate",
+            "taste_score": None,
+            "provenance": {},
+            "duplicate_of": "i2",
+            "similarity": pytest.approx(1.0, abs=1e-3),
+        }
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            hits = search_pb2_grpc.SearchStub(channel).Search(
-                search_pb2.SearchRequest(image=common_pb2.Image(uri="jobs/jobQ/inputs/face.jpg"),
-                                         filter=search_pb2.SearchFilter(source="job"))).hits
+            hits = (
+                search_pb2_grpc.SearchStub(channel)
+                .Search(
+                    search_pb2.SearchRequest(
+                        image=common_pb2.Image(uri="jobs/jobQ/inputs/face.jpg"),
+                        filter=search_pb2.SearchFilter(source="job"),
+                    )
+                )
+                .hits
+            )
         assert hits[0].item_id == "jobQ/i2" and hits[0].job_id == "jobQ" and hits[0].source == "job:jobQ"
         assert hits[0].image_uri == blobs.uri("jobs/jobQ/inputs/face.jpg")
     finally:

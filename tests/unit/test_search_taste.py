@@ -8,25 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from services.common.blobs import BlobStore
-from services.search.synthetic import clustered_features, normalized
 from services.search.taste import (
     TasteInputError,
     TasteModel,
     TasteModelNotFound,
     TasteStore,
+    TooFewLabels,
     choose_thresholds,
 )
+from tests.helpers.synthetic import clustered_features, normalized
 
 DIM = 32
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with threadpool_limits(1):
-        yield
 
 
 def labelled(n: int = 240, seed: int = 0, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -63,16 +57,28 @@ def test_logistic_regression_alone_is_an_option() -> None:
 def test_thresholds_follow_the_ratio_30_rule_within_the_safety_bounds() -> None:
     # 100 positives at p = 0.90 with 3 negatives among them, and 100 negatives at p = 0.10 with 2
     # positives among them; a muddle of both at 0.5.
-    p = np.concatenate([np.full(100, 0.9), np.full(3, 0.9), np.full(100, 0.1), np.full(2, 0.1),
-                        np.full(10, 0.5), np.full(10, 0.5)])
-    y = np.concatenate([np.ones(100), np.zeros(3), np.zeros(100), np.ones(2), np.ones(10), np.zeros(10)]).astype(bool)
+    p = np.concatenate(
+        [
+            np.full(100, 0.9),
+            np.full(3, 0.9),
+            np.full(100, 0.1),
+            np.full(2, 0.1),
+            np.full(10, 0.5),
+            np.full(10, 0.5),
+        ]
+    )
+    y = np.concatenate(
+        [np.ones(100), np.zeros(3), np.zeros(100), np.ones(2), np.ones(10), np.zeros(10)]
+    ).astype(bool)
     low, high = choose_thresholds(p, y)
     # TP/FP at t ≤ 0.5 is 110/13 < 30; at t in (0.5, 0.9] it is 100/3.001 ≥ 30: the first such t is 0.51.
     assert high == 0.65  # ... raised to the 0.65 floor
     # TN/FN is 100/2.001 ≥ 30 for t in [0.1, 0.5); the last such t is 0.49, capped at 0.35.
     assert low == 0.35
     # Muddles near both ends: the rule's own values now lie within the bounds and are used as they are.
-    inner = np.array([0.8] * 100 + [0.7] * 10 + [0.3] * 10 + [0.2] * 2 + [0.8] * 3 + [0.7] * 10 + [0.3] * 10 + [0.2] * 100)
+    inner = np.array(
+        [0.8] * 100 + [0.7] * 10 + [0.3] * 10 + [0.2] * 2 + [0.8] * 3 + [0.7] * 10 + [0.3] * 10 + [0.2] * 100
+    )
     truth = np.array([True] * 122 + [False] * 123)
     # high: TP/FP is 110/13 up to 0.7 and 100/3 above: the first t is 0.71.
     # low: TN/FN is 100/2 on [0.2, 0.3) and 110/12 from 0.3: the last t is 0.29.
@@ -111,7 +117,7 @@ def test_bad_training_data_and_unknown_models_are_clear_errors(tmp_path: Path) -
     few_negatives = labels.copy()
     few_negatives[:] = True
     few_negatives[:5] = False
-    with pytest.raises(TasteInputError, match="at least 10 positive and 10 negative"):
+    with pytest.raises(TooFewLabels, match="at least 10 positive and 10 negative"):
         TasteModel.train(vectors, few_negatives)
     with pytest.raises(TasteInputError, match="99 labels"):
         TasteModel.train(vectors, labels[:99])

@@ -24,12 +24,20 @@ class ClusteredFeatures:
     duplicate_of: np.ndarray  # int64 [n] the row a planted near-duplicate copies, or -1
 
 
-def clustered_features(n: int, dim: int = 768, *, n_queries: int = 0, n_clusters: int | None = None,
-                       duplicate_fraction: float = 0.03, seed: int = 0, chunk: int = 50_000) -> ClusteredFeatures:
+def clustered_features(
+    n: int,
+    dim: int = 768,
+    *,
+    n_queries: int = 0,
+    n_clusters: int | None = None,
+    duplicate_fraction: float = 0.03,
+    seed: int = 0,
+    chunk: int = 50_000,
+) -> ClusteredFeatures:
     """Draw `n` CLIP-like vectors (+ `n_queries` held-out ones) from one clustered distribution."""
     rng = np.random.default_rng(seed)
     n_clusters = n_clusters or max(8, int(2 * np.sqrt(n)))
-    spectrum = (np.arange(1, dim + 1, dtype=np.float64) ** -0.9)
+    spectrum = np.arange(1, dim + 1, dtype=np.float64) ** -0.9
     spectrum = np.sqrt(spectrum / spectrum.sum()).astype(np.float32)  # per-direction std, total variance 1
     rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     rotation = rotation.astype(np.float32)
@@ -57,7 +65,9 @@ def clustered_features(n: int, dim: int = 768, *, n_queries: int = 0, n_clusters
         originals = rng.choice(np.setdiff1d(np.arange(n), copies), size=n_dup)
         norms = np.linalg.norm(vectors[originals], axis=1, keepdims=True)
         jitter = rng.uniform(0.15, 0.40, size=(n_dup, 1)).astype(np.float32) / np.sqrt(dim)
-        vectors[copies] = vectors[originals] + rng.standard_normal((n_dup, dim), dtype=np.float32) * norms * jitter
+        vectors[copies] = (
+            vectors[originals] + rng.standard_normal((n_dup, dim), dtype=np.float32) * norms * jitter
+        )
         duplicate_of[copies] = originals
         cluster[copies] = cluster[originals]
     scale = 20.0 / np.linalg.norm(out, axis=1, keepdims=True).mean()

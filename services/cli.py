@@ -1,0 +1,191 @@
+"""The `sfhq` commands that run the system: `serve`, `run`, `weights ...`, `overlay`, `import-sfhq`.
+
+They reach the `sfhq` command line as a plugin (entry point group `sfhq.commands`, see
+`sfhq.cli.load_plugins`), so the light client never imports the services. This module itself stays
+light -- only typer at import -- because a light install loads it too: every command first checks
+that the services extra is installed and says so in one line when it is not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+# What `pip install 'sfhq-factory[services]'` brings that the light client lacks.
+SERVICES_EXTRA_MODULES = ("torch", "redis", "faiss", "dlib", "transformers", "onnxruntime")
+
+
+def missing_services_extra() -> list[str]:
+    """The modules of the services extra that cannot be imported here (empty: it is installed)."""
+    return [name for name in SERVICES_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
+def require_services_extra() -> None:
+    missing = missing_services_extra()
+    if missing:
+        console.print(
+            f"[bold red]error:[/] this command needs the services extra (missing: {', '.join(missing)}): "
+            "pip install 'sfhq-factory\\[services]'"
+        )
+        raise typer.Exit(2)
+
+
+def serve(
+    service: Annotated[str, typer.Argument(help="gateway | encoder | generator | annotator | search")],
+) -> None:
+    """Run one service (gRPC server + its queue workers) until SIGTERM."""
+    require_services_extra()
+    from services.common.config import get_settings
+    from services.launch import SERVICES, serve_service
+
+    if service not in SERVICES:
+        console.print(f"[bold red]error:[/] unknown service {service!r}; choose from {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    serve_service(service, get_settings())
+
+
+def run(
+    inputs: Annotated[Path, typer.Argument(help="folder of inspiration images")] = Path(
+        "examples/inspiration"
+    ),
+    output: Annotated[Path, typer.Argument(help="dataset folder to write")] = Path("out/example"),
+    random_weights: Annotated[
+        bool,
+        typer.Option(
+            "--random-weights", help="DEMO ONLY: random models at a small size instead of checkpoints"
+        ),
+    ] = False,
+    mode: str = "inspiration",
+    strategy: Annotated[list[str] | None, typer.Option("--strategy", "-s")] = None,
+    samples: int = 8,
+    dedup: Annotated[
+        float | None,
+        typer.Option(
+            help="near-duplicate cosine threshold (0 = off); default 0.92, off with --random-weights"
+        ),
+    ] = None,
+    taste_model: str = "",
+    seed: int = 0,
+    image_size: int = 1024,
+) -> None:
+    """The main job on one machine: start Redis (embedded unless REDIS_URL), every service, run, write the dataset."""
+    require_services_extra()
+    from services.local_run import LocalRunOptions, run_local
+
+    options = LocalRunOptions(
+        inputs=inputs, output=output, random_weights=random_weights, mode=mode, strategies=strategy or [],
+        samples=samples, dedup=dedup, taste_model=taste_model, seed=seed, image_size=image_size,
+    )  # fmt: skip
+    sys.exit(run_local(options, console=console))
+
+
+def overlay(dataset: Path, stem: str, output: Annotated[Path | None, typer.Argument()] = None) -> None:
+    """Draw an item's parsing map and 110 landmarks over its image (PNG)."""
+    require_services_extra()
+    import numpy as np
+    from PIL import Image
+
+    from services.annotator.overlay import render_overlay
+
+    image = Image.open(dataset / "images" / f"{stem}.jpg").convert("RGB")
+    seg_path, lm_path = dataset / "segmentations" / f"{stem}.png", dataset / "landmarks" / f"{stem}.npz"
+    label_map = np.asarray(Image.open(seg_path)) if seg_path.exists() else None
+    landmarks = np.load(lm_path, allow_pickle=False)["landmarks"] if lm_path.exists() else None
+    target = output or dataset / "overlays" / f"{stem}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    render_overlay(image, label_map=label_map, landmarks=landmarks).save(target)
+    out.print(str(target))
+
+
+def import_sfhq(
+    path: Path, part: Annotated[int, typer.Option(help="SFHQ part number (source name)")] = 0
+) -> None:
+    """Index a downloaded SFHQ part (its released CLIP features) into the search index in the blob store."""
+    require_services_extra()
+    from services.common.blobs import BlobStore
+    from services.common.config import get_settings
+    from services.search.sfhq_import import import_into_store
+
+    report = import_into_store(path, BlobStore(get_settings().blob_url), part=part)
+    out.print(json.dumps(report, indent=2, default=str))
+
+
+weights_app = typer.Typer(help="Official checkpoints: list, download, add, verify.", no_args_is_help=True)
+
+
+def _registry():  # -> WeightsRegistry
+    require_services_extra()
+    from services.common.config import get_settings
+    from services.common.weights import WeightsRegistry
+
+    return WeightsRegistry(get_settings().weights_dir)
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Known checkpoints and whether each is present."""
+    registry = _registry()
+    table = Table("name", "present", "file", "format", "description")
+    for row in registry.list():
+        table.add_row(
+            row["name"], "yes" if row.get("present") else "no", str(row.get("filename", "")),
+            str(row.get("format", "")), str(row.get("description", "")),
+        )  # fmt: skip
+    out.print(table)
+    if registry.is_random():
+        console.print("[bold yellow]this weights folder holds RANDOM demo weights[/]")
+
+
+@weights_app.command("download")
+def weights_download(
+    name: str, url: Annotated[str, typer.Option(help="override the source URL")] = ""
+) -> None:
+    """Download a checkpoint (resumable, checksum-verified)."""
+    out.print(str(_registry().download(name, url=url or None)))
+
+
+@weights_app.command("add")
+def weights_add(name: str, path: Path, link: bool = False) -> None:
+    """Register a checkpoint file (or folder) you already have."""
+    out.print(str(_registry().add(name, path, link=link)))
+
+
+@weights_app.command("verify")
+def weights_verify(name: Annotated[str, typer.Argument()] = "") -> None:
+    """Check the sha256 of one or every present checkpoint."""
+    registry = _registry()
+    names = [name] if name else [r["name"] for r in registry.list() if r.get("present")]
+    bad = [n for n in names if not registry.verify(n)]
+    for n in names:
+        out.print(f"{n}: {'FAILED' if n in bad else 'ok'}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@weights_app.command("make-random")
+def weights_make_random(folder: Path) -> None:
+    """DEMO/TESTS ONLY: write small random models in the official layouts into FOLDER (marked RANDOM_WEIGHTS)."""
+    require_services_extra()
+    from services.random_weights import write_random_weights
+
+    write_random_weights(folder)
+    console.print(f"[bold yellow]wrote RANDOM weights to {folder} (not for real datasets)[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """The `sfhq.commands` entry point: add this module's commands to the `sfhq` app."""
+    app.command()(serve)
+    app.command()(run)
+    app.command()(overlay)
+    app.command("import-sfhq")(import_sfhq)
+    app.add_typer(weights_app, name="weights")

@@ -1,0 +1,111 @@
+"""Protobuf <-> Python for the Search API (filters, hits, indexed items, duplicates, labels, taste
+models). Bad values raise `InvalidInput` naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from services.common.errors import InvalidInput
+from services.common.rpc import read_vector
+from services.search.dedup import DedupResult
+from services.search.index import Hit, ItemMeta, SearchFilter, VectorIndex
+from services.search.labels import LabelRecord
+from services.search.taste import TasteModel
+from sfhq.v1 import search_pb2
+
+MAX_TEXT_CHARS = 2000  # CLIP reads 75 tokens anyway
+
+
+def text(value: str, what: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"{what} is {len(value)} characters; at most {MAX_TEXT_CHARS}")
+    return value
+
+
+def search_filter(message: search_pb2.SearchFilter) -> SearchFilter:
+    return SearchFilter(
+        job_id=message.job_id or None,
+        source=message.source or None,
+        min_taste=message.min_taste_score if message.HasField("min_taste_score") else None,
+        max_taste=message.max_taste_score if message.HasField("max_taste_score") else None,
+    )
+
+
+def search_response(hits: Iterable[Hit]) -> search_pb2.SearchResponse:
+    return search_pb2.SearchResponse(
+        hits=[
+            search_pb2.SearchHit(
+                item_id=hit.item_id,
+                score=hit.score,
+                image_uri=hit.image_uri,
+                job_id=hit.job_id,
+                source=hit.source,
+                taste_score=hit.taste_score,
+            )
+            for hit in hits
+        ]
+    )
+
+
+def item_metas(items: Sequence[search_pb2.IndexedItem]) -> list[ItemMeta]:
+    return [
+        ItemMeta(
+            job_id=item.job_id,
+            source=item.source,
+            image_uri=item.image_uri,
+            taste_score=item.taste_score if item.HasField("taste_score") else None,
+        )
+        for item in items
+    ]
+
+
+def dedup_response(result: DedupResult) -> search_pb2.DedupResponse:
+    return search_pb2.DedupResponse(
+        kept=result.kept,
+        duplicates=[
+            search_pb2.Duplicate(
+                index=position, duplicate_of=f"#{other}" if isinstance(other, int) else other, similarity=sim
+            )
+            for position, other, sim in result.duplicates
+        ],
+    )
+
+
+def label_records(labels: Sequence[search_pb2.ItemLabel], index: VectorIndex | None) -> list[LabelRecord]:
+    """Each label with its features: sent along, or looked up in the index by item id."""
+    records = []
+    for i, label in enumerate(labels):
+        if label.HasField("vector"):
+            features = read_vector(label.vector, f"label {i} vector")
+        elif label.item_id:
+            found = index.get_vector(label.item_id) if index is not None else None
+            if found is None:
+                raise InvalidInput(
+                    f"label {i}: item {label.item_id!r} is not in the index; send its vector instead"
+                )
+            features = found
+        else:
+            raise InvalidInput(f"label {i} has neither an item id nor a vector")
+        records.append(
+            LabelRecord(
+                features=features,
+                positive=label.positive,
+                item_id=label.item_id or None,
+                labeler=label.labeler,
+            )
+        )
+    return records
+
+
+def taste_info(model: TasteModel) -> search_pb2.TasteModelInfo:
+    return search_pb2.TasteModelInfo(
+        name=model.name,
+        version=model.version or 0,
+        positives=model.positives,
+        negatives=model.negatives,
+        cv_accuracy=model.cv_accuracy,
+        cv_auc=model.cv_auc,
+        low_threshold=model.low_threshold,
+        high_threshold=model.high_threshold,
+        created_at=model.created_at,
+    )
