@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from gateway.jobs import ResolvedSpec, derive_seed
 from services.common.contracts import (
     FEATURE_KEY,
@@ -43,6 +45,7 @@ from services.common.contracts import (
 from services.common.dataset import stem_for
 from services.common.queue import Task, TaskResult
 
+PSI_STREAM = 0x7051  # the random stream of sample psis (any constant: it only has to stay the same)
 E4E_ALIGN_SIZE = 256  # e4e's own alignment setting (docs/alignment.md): output 256, no supersampling
 
 ItemRecord = dict[str, Any]
@@ -61,7 +64,10 @@ class Plan:
     def enqueue(self, job_id: str, item: ItemRecord, stage: str, payload: Payload) -> None:
         """Queue `item`'s next task; the item records the stage it waits for."""
         item["stage"] = stage
-        self.tasks.append(Task.make(job_id, item["id"], stage, payload.to_dict()))
+        # A contract is JSON by construction: no need for Task.make's serialisation check.
+        self.tasks.append(
+            Task(f"{job_id}/{item['id']}/{stage}", job_id, item["id"], stage, payload.to_dict())
+        )
 
 
 def new_item(
@@ -74,10 +80,21 @@ def new_item(
     strategy: dict[str, Any] | None = None,
 ) -> ItemRecord:
     return {
-        "id": item_id, "parent": parent, "kind": kind, "ordinal": ordinal, "state": ItemState.PENDING,
-        "stage": "", "source": source or {}, "strategy": strategy, "outputs": {}, "stem": "",
-        "taste_score": None, "duplicate_of": None, "similarity": None, "error": None,
-    }  # fmt: skip
+        "id": item_id,
+        "parent": parent,
+        "kind": kind,
+        "ordinal": ordinal,
+        "state": ItemState.PENDING,
+        "stage": "",
+        "source": source or {},
+        "strategy": strategy,
+        "outputs": {},
+        "stem": "",
+        "taste_score": None,
+        "duplicate_of": None,
+        "similarity": None,
+        "error": None,
+    }
 
 
 def input_item_id(ordinal: int) -> str:
@@ -93,57 +110,58 @@ def candidates_per_parent(spec: ResolvedSpec) -> int:
 
 
 def first_tasks(spec: ResolvedSpec, job_id: str, inputs: list[dict[str, Any]]) -> Plan:
-    """The plan of a new job: one item per input (or per sample) and its first task.
+    """The plan of a new job: one item per input (or per sample) and its first task."""
+    return first_plans(spec, job_id, inputs)[0]
 
-    `inputs` are {"uri": ..., "name": ...} for image jobs; ignored for sampling jobs.
+
+def first_plans(
+    spec: ResolvedSpec, job_id: str, inputs: list[dict[str, Any]], chunk_size: int | None = None
+) -> list[Plan]:
+    """A new job's items and first tasks, in plans of at most `chunk_size` items (each with the
+    counters of its own items), so that the gateway can enqueue a huge job in atomic steps.
+
+    `inputs` are {"uri": ..., "name": ...} for image jobs; ignored for sampling jobs. The payloads
+    are checked against their contract in one pass; every step is linear in the job's size.
     """
-    plan = Plan()
     if spec.mode == "sampling":
         s = spec.sampling
-        for n in range(s["count"]):
-            seed = s["first_seed"] + n
-            # Each sample's psi is a deterministic draw from [psi_min, psi_max] by its seed.
-            frac = (derive_seed("psi", spec.seed, seed) % 1_000_000) / 1_000_000
-            psi = round(s["psi_min"] + frac * (s["psi_max"] - s["psi_min"]), 4)
-            item = new_item(sample_item_id(n), "sample", n, source={"seed": seed, "psi": psi})
-            plan.items[item["id"]] = item
-            plan.enqueue(job_id, item, "sample", SamplePayload(seed=seed, psi=psi))
+        seeds = range(s["first_seed"], s["first_seed"] + s["count"])
+        items = [
+            new_item(sample_item_id(n), "sample", n, source={"seed": seed, "psi": psi})
+            for n, (seed, psi) in enumerate(zip(seeds, sample_psis(spec), strict=True))
+        ]
+        stage = "sample"
+        payloads = SamplePayload.validate_many([item["source"] for item in items], stage)
     else:
         size = E4E_ALIGN_SIZE if spec.mode == "inspiration" else spec.image_size
         transform = (
             size if spec.mode == "inspiration" else 4 * size
         )  # FFHQ supersamples 4x for its 1024 crops
-        for n, source in enumerate(inputs):
-            item = new_item(input_item_id(n), "input", n, source=source)
+        items = [new_item(input_item_id(n), "input", n, source=source) for n, source in enumerate(inputs)]
+        stage = "align"
+        rows = [
+            {"input": source["uri"], "output_size": size, "transform_size": transform} for source in inputs
+        ]
+        payloads = AlignPayload.validate_many(rows, stage)
+    step = chunk_size or max(1, len(items))
+    plans = []
+    for start in range(0, max(1, len(items)), step):
+        plan = Plan()
+        for item, payload in zip(items[start : start + step], payloads[start : start + step], strict=True):
+            item["stage"] = stage
             plan.items[item["id"]] = item
-            plan.enqueue(
-                job_id,
-                item,
-                "align",
-                AlignPayload(input=source["uri"], output_size=size, transform_size=transform),
-            )
-    plan.bump("inputs", len(plan.items))
-    plan.bump("items", len(plan.items))
-    plan.bump("in_flight", len(plan.tasks))
-    return plan
+            plan.tasks.append(Task(f"{job_id}/{item['id']}/{stage}", job_id, item["id"], stage, payload))
+        plan.counters = {"inputs": len(plan.items), "items": len(plan.items), "in_flight": len(plan.tasks)}
+        plans.append(plan)
+    return plans
 
 
-def enumerate_chunks(plan: Plan, size: int) -> list[tuple[int, Plan]]:
-    """A new job's plan cut into `(first item's position, sub-plan)` chunks of `size` items, each with
-    the tasks of its own items and counters for them (one pass over the tasks)."""
-    tasks_of: dict[str, list[Task]] = {}
-    for task in plan.tasks:
-        tasks_of.setdefault(task.item_id, []).append(task)
-    item_ids = list(plan.items)
-    chunks = []
-    for start in range(0, len(item_ids), size):
-        ids = item_ids[start : start + size]
-        chunk = Plan(
-            items={i: plan.items[i] for i in ids}, tasks=[t for i in ids for t in tasks_of.get(i, [])]
-        )
-        chunk.counters = {"items": len(ids), "inputs": len(ids), "in_flight": len(chunk.tasks)}
-        chunks.append((start, chunk))
-    return chunks
+def sample_psis(spec: ResolvedSpec) -> list[float]:
+    """Each sample's psi: a draw from [psi_min, psi_max] that depends only on the job seed and the
+    sample's position (the same spec gives the same psis, whatever the count)."""
+    s = spec.sampling
+    fractions = np.random.default_rng([spec.seed & 0xFFFF_FFFF_FFFF_FFFF, PSI_STREAM]).random(s["count"])
+    return [round(float(p), 4) for p in s["psi_min"] + fractions * (s["psi_max"] - s["psi_min"])]
 
 
 def candidate_image(item: ItemRecord) -> str:
@@ -170,10 +188,17 @@ def _annotate_payload(spec: ResolvedSpec, item: ItemRecord) -> AnnotatePayload:
     embed = EmbedOutput.parse(item["outputs"]["embed"], "embed")
     latent = (item["outputs"].get("synthesize") or {}).get("latent")
     return AnnotatePayload(
-        image=candidate_image(item), features=embed.features, feature_key=embed.feature_key or FEATURE_KEY,
-        stem=item["stem"], dataset_uri=spec.dataset_uri, image_size=spec.image_size,
-        jpeg_quality=spec.jpeg_quality, working_size=spec.annotation_size, detect_faces=False, latent=latent,
-    )  # fmt: skip
+        image=candidate_image(item),
+        features=embed.features,
+        feature_key=embed.feature_key or FEATURE_KEY,
+        stem=item["stem"],
+        dataset_uri=spec.dataset_uri,
+        image_size=spec.image_size,
+        jpeg_quality=spec.jpeg_quality,
+        working_size=spec.annotation_size,
+        detect_faces=False,
+        latent=latent,
+    )
 
 
 def _fail(plan: Plan, item: ItemRecord, stage: str, code: str, message: str) -> None:
@@ -228,16 +253,24 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
         plan.enqueue(job_id, item, "encode", EncodePayload(image=SampleOutput.parse(output, stage).image))
     elif stage == "encode":
         payload = SynthesizePayload(
-            latent=EncodeOutput.parse(output, stage).latent, strategies=_strategies_for(spec, item),
-            target=item["outputs"].get("align", {}).get("aligned"), sampled_w=item["outputs"].get("sample", {}).get("w"),
-        )  # fmt: skip
+            latent=EncodeOutput.parse(output, stage).latent,
+            strategies=_strategies_for(spec, item),
+            target=item["outputs"].get("align", {}).get("aligned"),
+            sampled_w=item["outputs"].get("sample", {}).get("w"),
+        )
         plan.enqueue(job_id, item, "synthesize", payload)
     elif stage == "synthesize":
         item["state"] = ItemState.EXPANDED
         per_parent = candidates_per_parent(spec)
         for k, candidate in enumerate(SynthesizeOutput.parse(output, stage).candidates[:per_parent]):
-            child = new_item(f"{item['id']}-c{k}", "candidate", item["ordinal"] * per_parent + k, parent=item["id"],
-                             source=item["source"], strategy=candidate.strategy.to_dict())  # fmt: skip
+            child = new_item(
+                f"{item['id']}-c{k}",
+                "candidate",
+                item["ordinal"] * per_parent + k,
+                parent=item["id"],
+                source=item["source"],
+                strategy=candidate.strategy.to_dict(),
+            )
             child["outputs"]["synthesize"] = candidate.to_dict()
             plan.items[child["id"]] = child
             plan.enqueue(job_id, child, "embed", EmbedPayload(image=candidate.image))
@@ -245,9 +278,12 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
             plan.bump("candidates")
     elif stage == "embed":
         curate = CuratePayload(
-            features=EmbedOutput.parse(output, stage).features, image=candidate_image(item), taste_model=spec.taste_model,
-            accept_threshold=spec.accept_threshold, dedup_threshold=spec.dedup_threshold,
-        )  # fmt: skip
+            features=EmbedOutput.parse(output, stage).features,
+            image=candidate_image(item),
+            taste_model=spec.taste_model,
+            accept_threshold=spec.accept_threshold,
+            dedup_threshold=spec.dedup_threshold,
+        )
         plan.enqueue(job_id, item, "curate", curate)
     elif stage == "curate":
         curated = CurateOutput.parse(output, stage)
@@ -289,10 +325,19 @@ def manifest_row(
     """One manifest row per written item (docs/pipeline.md, "Datasets")."""
     synth = item["outputs"].get("synthesize") or {}
     return {
-        "stem": item["stem"], "item_id": item["id"], "job_id": job_id, "parent_id": item["parent"],
-        "source": item["source"], "strategy": item.get("strategy") or {}, "taste_score": item["taste_score"],
-        "duplicate_of": item["duplicate_of"], "latent_path": files.get("latent", ""),
-        "image_path": files.get("image", ""), "segmentation_path": files.get("segmentation", ""),
-        "landmarks_path": files.get("landmarks", ""), "features_path": files.get("features", ""),
-        "latent_blob": synth.get("latent", ""), "provenance": provenance,
-    }  # fmt: skip
+        "stem": item["stem"],
+        "item_id": item["id"],
+        "job_id": job_id,
+        "parent_id": item["parent"],
+        "source": item["source"],
+        "strategy": item.get("strategy") or {},
+        "taste_score": item["taste_score"],
+        "duplicate_of": item["duplicate_of"],
+        "latent_path": files.get("latent", ""),
+        "image_path": files.get("image", ""),
+        "segmentation_path": files.get("segmentation", ""),
+        "landmarks_path": files.get("landmarks", ""),
+        "features_path": files.get("features", ""),
+        "latent_blob": synth.get("latent", ""),
+        "provenance": provenance,
+    }

@@ -22,7 +22,7 @@ import numpy as np
 from gateway import jobs
 from gateway.coordinator import EVENTS_MAXLEN, Coordinator, JobStore, now_iso
 from gateway.jobs import ResolvedSpec, SpecError
-from gateway.pipeline import Plan, enumerate_chunks, first_tasks
+from gateway.pipeline import Plan, first_plans
 from services.common.blobs import BlobStore
 from services.common.config import ConfigError, Settings
 from services.common.dataset import DatasetWriter
@@ -168,7 +168,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 claimed = self.store.redis.get(key) or job_id
                 if claimed != job_id:
                     return self.SubmitJob(request, context)  # another call won the race: answer with its job
-        self._create(job_id, request, spec, first_tasks(spec, job_id, inputs))
+        self._create(job_id, request, spec, first_plans(spec, job_id, inputs, SUBMIT_CHUNK))
         return job_message(job_id, self.store.job(job_id))
 
     def _check_locations(self, spec_msg: gateway_pb2.JobSpec, spec: ResolvedSpec) -> None:
@@ -238,7 +238,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return inputs
 
     def _create(
-        self, job_id: str, request: gateway_pb2.SubmitJobRequest, spec: ResolvedSpec, plan: Plan
+        self, job_id: str, request: gateway_pb2.SubmitJobRequest, spec: ResolvedSpec, plans: list[Plan]
     ) -> None:
         """Write the job and enqueue its first tasks. Safe to run again for the same job after a crash:
         the record is written once, and each chunk of tasks is applied once (it has an idempotency id)."""
@@ -264,8 +264,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         r.zadd(jobs.JOBS_INDEX, {job_id: time.time()}, nx=True)
         # Enqueue in chunks; the job stays QUEUED meanwhile so early results cannot finish it too soon.
-        for start, chunk in enumerate_chunks(plan, SUBMIT_CHUNK):
-            self.store.apply(job_id, chunk, task_id=f"{job_id}/create/{start}")
+        for number, chunk in enumerate(plans):
+            self.store.apply(job_id, chunk, task_id=f"{job_id}/create/{number * SUBMIT_CHUNK}")
         self.store.set_state(job_id, jobs.RUNNING, only_from={jobs.QUEUED})
         self.store.apply(job_id, Plan())  # finishes at once if every task already completed
 

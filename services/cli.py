@@ -83,9 +83,17 @@ def run(
     from services.local_run import LocalRunOptions, run_local
 
     options = LocalRunOptions(
-        inputs=inputs, output=output, random_weights=random_weights, mode=mode, strategies=strategy or [],
-        samples=samples, dedup=dedup, taste_model=taste_model, seed=seed, image_size=image_size,
-    )  # fmt: skip
+        inputs=inputs,
+        output=output,
+        random_weights=random_weights,
+        mode=mode,
+        strategies=strategy or [],
+        samples=samples,
+        dedup=dedup,
+        taste_model=taste_model,
+        seed=seed,
+        image_size=image_size,
+    )
     sys.exit(run_local(options, console=console))
 
 
@@ -138,9 +146,12 @@ def weights_list() -> None:
     table = Table("name", "present", "file", "format", "description")
     for row in registry.list():
         table.add_row(
-            row["name"], "yes" if row.get("present") else "no", str(row.get("filename", "")),
-            str(row.get("format", "")), str(row.get("description", "")),
-        )  # fmt: skip
+            row["name"],
+            "yes" if row.get("present") else "no",
+            str(row.get("filename", "")),
+            str(row.get("format", "")),
+            str(row.get("description", "")),
+        )
     out.print(table)
     if registry.is_random():
         console.print("[bold yellow]this weights folder holds RANDOM demo weights[/]")

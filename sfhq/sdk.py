@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from sfhq.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, search_pb2
 DEFAULT_ADDRESS = "127.0.0.1:50050"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+SLOW_CALL_S = 120.0  # SubmitJob stages the inputs: give it longer than the default deadline
 TERMINAL_STATES = (
     gateway_pb2.JOB_STATE_SUCCEEDED,
     gateway_pb2.JOB_STATE_FAILED,
@@ -190,6 +192,71 @@ def _credentials(
     return creds
 
 
+@dataclass(frozen=True)
+class Call:
+    """One gateway call, the same for both clients: the RPC, its request and its deadline."""
+
+    method: str
+    request: Any
+    timeout: float | None = None  # None: the client's default
+
+
+class Requests:
+    """What each client method sends. `Client` and `AsyncClient` only run these calls, so the
+    two clients cannot drift apart (tests/unit/test_sdk.py compares their signatures too)."""
+
+    @staticmethod
+    def submit(spec: gateway_pb2.JobSpec, request_id: str | None) -> Call:
+        # The request_id makes retries safe: the same id returns the same job.
+        request = gateway_pb2.SubmitJobRequest(spec=spec, request_id=request_id or os.urandom(12).hex())
+        return Call("SubmitJob", request, SLOW_CALL_S)
+
+    @staticmethod
+    def get_job(job_id: str) -> Call:
+        return Call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
+
+    @staticmethod
+    def cancel(job_id: str) -> Call:
+        return Call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job_id))
+
+    @staticmethod
+    def list_jobs(limit: int, state: gateway_pb2.JobState) -> Call:
+        return Call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state))
+
+    @staticmethod
+    def list_items(job_id: str, state: str, limit: int, offset: int) -> Call:
+        return Call(
+            "ListItems", gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
+        )
+
+    @staticmethod
+    def get_item(job_id: str, item_id: str, image: bool, annotations: bool) -> Call:
+        request = gateway_pb2.GetItemRequest(
+            job_id=job_id, item_id=item_id, include_image=image, include_annotations=annotations
+        )
+        return Call("GetItem", request, 60.0)
+
+    @staticmethod
+    def search(
+        text: str | None, image: ImageSource | None, vector: np.ndarray | None, **filters: Any
+    ) -> Call:
+        return Call("Search", search_request(text, image, vector, **filters))
+
+    @staticmethod
+    def label(labels: dict[str, bool], taste_model: str, labeler: str) -> Call:
+        request = search_pb2.LabelRequest(taste_model=taste_model)
+        for item_id, positive in labels.items():
+            request.labels.add(item_id=item_id, positive=positive, labeler=labeler)
+        return Call("Label", request)
+
+    @staticmethod
+    def watch(job_id: str, after_event_id: str) -> gateway_pb2.WatchJobRequest:
+        return gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=after_event_id)
+
+
+ImageSource = bytes | str | os.PathLike
+
+
 class Client:
     """Synchronous client. Retries UNAVAILABLE with exponential backoff; every call has a deadline.
 
@@ -212,15 +279,15 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.retries = retries
-        self._token = token or os.environ.get("SFHQ_TOKEN") or None
-        creds = _credentials(self._token, root_certificates, tls, client_cert)
+        token = token or os.environ.get("SFHQ_TOKEN") or None
+        creds = _credentials(token, root_certificates, tls, client_cert)
         options = _channel_options(max_message_mb)
         self._channel = (
             grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address, options)
         )
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         # Without TLS the token travels as plain metadata (loopback / trusted networks only).
-        self._metadata = (("authorization", f"Bearer {self._token}"),) if self._token and not creds else ()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token and not creds else ()
 
     def __enter__(self) -> Client:
         return self
@@ -231,12 +298,13 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    def _run(self, call: Call) -> Any:
+        timeout = max(self.timeout, call.timeout or 0.0)
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                return getattr(self._stub, method)(
-                    request, timeout=timeout or self.timeout, metadata=self._metadata
+                return getattr(self._stub, call.method)(
+                    call.request, timeout=timeout, metadata=self._metadata
                 )
             except grpc.RpcError as exc:
                 if exc.code() in RETRYABLE and attempt < self.retries:
@@ -249,35 +317,30 @@ class Client:
     # jobs
     def submit(self, spec: gateway_pb2.JobSpec, *, request_id: str | None = None) -> gateway_pb2.Job:
         """Submits a job. The request_id makes retries safe: the same id returns the same job."""
-        request = gateway_pb2.SubmitJobRequest(spec=spec, request_id=request_id or os.urandom(12).hex())
-        return self._call("SubmitJob", request, timeout=max(self.timeout, 120.0))
+        return self._run(Requests.submit(spec, request_id))
 
     def submit_images(self, paths: Iterable[str | os.PathLike], **options: Any) -> gateway_pb2.Job:
         """Uploads local images (files or folders) as an inspiration (or `mode=`) job."""
         return self.submit(build_spec(images=image_files(paths), **options))
 
     def get_job(self, job_id: str) -> gateway_pb2.Job:
-        return self._call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
+        return self._run(Requests.get_job(job_id))
 
     def cancel(self, job_id: str) -> gateway_pb2.Job:
-        return self._call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job_id))
+        return self._run(Requests.cancel(job_id))
 
     def list_jobs(
         self, limit: int = 50, state: gateway_pb2.JobState = gateway_pb2.JOB_STATE_UNSPECIFIED
     ) -> list[gateway_pb2.Job]:
-        return list(self._call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state)).jobs)
+        return list(self._run(Requests.list_jobs(limit, state)).jobs)
 
     def watch(self, job_id: str, after_event_id: str = "") -> Iterator[gateway_pb2.JobEvent]:
         """Progress events until the job ends; reconnects and resumes after the last event seen."""
-        last = after_event_id
-        failures = 0
+        last, failures = after_event_id, 0
         while True:
             try:
-                for event in self._stub.WatchJob(
-                    gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last), metadata=self._metadata
-                ):
-                    last = event.event_id
-                    failures = 0
+                for event in self._stub.WatchJob(Requests.watch(job_id, last), metadata=self._metadata):
+                    last, failures = event.event_id, 0
                     yield event
                 return
             except grpc.RpcError as exc:
@@ -290,12 +353,10 @@ class Client:
         """Blocks until the job is finished (or `timeout` seconds pass: TimeoutError)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in self.watch(job_id):
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+            _check_deadline(deadline, job_id, timeout)
         job = self.get_job(job_id)
         while job.state not in TERMINAL_STATES:  # the stream ended early (e.g. state lost): poll
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+            _check_deadline(deadline, job_id, timeout)
             time.sleep(0.5)
             job = self.get_job(job_id)
         return job
@@ -304,16 +365,12 @@ class Client:
     def list_items(
         self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0
     ) -> list[gateway_pb2.Item]:
-        request = gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
-        return list(self._call("ListItems", request).items)
+        return list(self._run(Requests.list_items(job_id, state, limit, offset)).items)
 
     def get_item(
         self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True
     ) -> gateway_pb2.Item:
-        request = gateway_pb2.GetItemRequest(
-            job_id=job_id, item_id=item_id, include_image=image, include_annotations=annotations
-        )
-        return self._call("GetItem", request, timeout=max(self.timeout, 60.0))
+        return self._run(Requests.get_item(job_id, item_id, image, annotations))
 
     def download(
         self,
@@ -324,7 +381,7 @@ class Client:
         query: str | None = None,
         top_k: int = 100,
     ) -> list[Path]:
-        """Fetches some items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written)."""
+        """Fetches items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written)."""
         if item_ids is None and query is not None:
             item_ids = [hit.item_id for hit in self.search(query, job_id=job_id, top_k=top_k).hits]
         if item_ids is None:
@@ -336,7 +393,7 @@ class Client:
         self,
         text: str | None = None,
         *,
-        image: bytes | str | os.PathLike | None = None,
+        image: ImageSource | None = None,
         vector: np.ndarray | None = None,
         top_k: int = 10,
         job_id: str = "",
@@ -344,28 +401,25 @@ class Client:
         min_taste_score: float | None = None,
         max_taste_score: float | None = None,
     ) -> search_pb2.SearchResponse:
-        return self._call(
-            "Search",
-            search_request(
-                text,
-                image,
-                vector,
-                top_k=top_k,
-                job_id=job_id,
-                source=source,
-                min_taste_score=min_taste_score,
-                max_taste_score=max_taste_score,
-            ),
+        filters = dict(
+            top_k=top_k,
+            job_id=job_id,
+            source=source,
+            min_taste_score=min_taste_score,
+            max_taste_score=max_taste_score,
         )
+        return self._run(Requests.search(text, image, vector, **filters))
 
     def label(
         self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = ""
     ) -> search_pb2.LabelResponse:
         """Labels indexed items as good (True) or bad (False) for a taste model."""
-        request = search_pb2.LabelRequest(taste_model=taste_model)
-        for item_id, positive in labels.items():
-            request.labels.add(item_id=item_id, positive=positive, labeler=labeler)
-        return self._call("Label", request)
+        return self._run(Requests.label(labels, taste_model, labeler))
+
+
+def _check_deadline(deadline: float | None, job_id: str, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"job {job_id} still running after {timeout} s")
 
 
 def write_item_files(item: gateway_pb2.Item, dest: Path) -> Path:
@@ -404,7 +458,7 @@ def write_item_files(item: gateway_pb2.Item, dest: Path) -> Path:
 
 
 class AsyncClient:
-    """asyncio client with the same methods as Client (awaitables; `watch` is an async iterator)."""
+    """asyncio client with exactly the methods of `Client` (awaitables; `watch` is an async iterator)."""
 
     def __init__(
         self,
@@ -418,6 +472,7 @@ class AsyncClient:
         client_cert: tuple[bytes, bytes] | None = None,
         max_message_mb: int = 64,
     ) -> None:
+        self.address = address
         self.timeout = timeout
         self.retries = retries
         token = token or os.environ.get("SFHQ_TOKEN") or None
@@ -440,12 +495,13 @@ class AsyncClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    async def _run(self, call: Call) -> Any:
+        timeout = max(self.timeout, call.timeout or 0.0)
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                return await getattr(self._stub, method)(
-                    request, timeout=timeout or self.timeout, metadata=self._metadata
+                return await getattr(self._stub, call.method)(
+                    call.request, timeout=timeout, metadata=self._metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in RETRYABLE and attempt < self.retries:
@@ -455,52 +511,33 @@ class AsyncClient:
                 raise SfhqError(exc.code(), exc.details() or "") from None
         raise AssertionError("unreachable")
 
+    # jobs
     async def submit(self, spec: gateway_pb2.JobSpec, *, request_id: str | None = None) -> gateway_pb2.Job:
-        request = gateway_pb2.SubmitJobRequest(spec=spec, request_id=request_id or os.urandom(12).hex())
-        return await self._call("SubmitJob", request, timeout=max(self.timeout, 120.0))
+        """Submits a job. The request_id makes retries safe: the same id returns the same job."""
+        return await self._run(Requests.submit(spec, request_id))
+
+    async def submit_images(self, paths: Iterable[str | os.PathLike], **options: Any) -> gateway_pb2.Job:
+        """Uploads local images (files or folders) as an inspiration (or `mode=`) job."""
+        return await self.submit(build_spec(images=image_files(paths), **options))
 
     async def get_job(self, job_id: str) -> gateway_pb2.Job:
-        return await self._call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
+        return await self._run(Requests.get_job(job_id))
 
     async def cancel(self, job_id: str) -> gateway_pb2.Job:
-        return await self._call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job_id))
+        return await self._run(Requests.cancel(job_id))
 
     async def list_jobs(
         self, limit: int = 50, state: gateway_pb2.JobState = gateway_pb2.JOB_STATE_UNSPECIFIED
     ) -> list[gateway_pb2.Job]:
-        return list(
-            (await self._call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state))).jobs
-        )
-
-    async def list_items(
-        self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0
-    ) -> list[gateway_pb2.Item]:
-        request = gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
-        return list((await self._call("ListItems", request)).items)
-
-    async def get_item(
-        self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True
-    ) -> gateway_pb2.Item:
-        request = gateway_pb2.GetItemRequest(
-            job_id=job_id, item_id=item_id, include_image=image, include_annotations=annotations
-        )
-        return await self._call("GetItem", request, timeout=max(self.timeout, 60.0))
-
-    async def search(self, text: str | None = None, **kwargs: Any) -> search_pb2.SearchResponse:
-        image, vector = kwargs.pop("image", None), kwargs.pop("vector", None)
-        return await self._call("Search", search_request(text, image, vector, **kwargs))
+        return list((await self._run(Requests.list_jobs(limit, state))).jobs)
 
     async def watch(self, job_id: str, after_event_id: str = "") -> AsyncIterator[gateway_pb2.JobEvent]:
-        last = after_event_id
-        failures = 0
+        """Progress events until the job ends; reconnects and resumes after the last event seen."""
+        last, failures = after_event_id, 0
         while True:
             try:
-                call = self._stub.WatchJob(
-                    gateway_pb2.WatchJobRequest(job_id=job_id, after_event_id=last), metadata=self._metadata
-                )
-                async for event in call:
-                    last = event.event_id
-                    failures = 0
+                async for event in self._stub.WatchJob(Requests.watch(job_id, last), metadata=self._metadata):
+                    last, failures = event.event_id, 0
                     yield event
                 return
             except grpc.aio.AioRpcError as exc:
@@ -509,11 +546,70 @@ class AsyncClient:
                 failures += 1
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
 
-    async def wait(self, job_id: str) -> gateway_pb2.Job:
+    async def wait(self, job_id: str, timeout: float | None = None) -> gateway_pb2.Job:
+        """Waits until the job is finished (or `timeout` seconds pass: TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         async for _ in self.watch(job_id):
-            pass
+            _check_deadline(deadline, job_id, timeout)
         job = await self.get_job(job_id)
         while job.state not in TERMINAL_STATES:
+            _check_deadline(deadline, job_id, timeout)
             await asyncio.sleep(0.5)
             job = await self.get_job(job_id)
         return job
+
+    # items
+    async def list_items(
+        self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0
+    ) -> list[gateway_pb2.Item]:
+        return list((await self._run(Requests.list_items(job_id, state, limit, offset))).items)
+
+    async def get_item(
+        self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True
+    ) -> gateway_pb2.Item:
+        return await self._run(Requests.get_item(job_id, item_id, image, annotations))
+
+    async def download(
+        self,
+        job_id: str,
+        dest: str | os.PathLike,
+        *,
+        item_ids: Sequence[str] | None = None,
+        query: str | None = None,
+        top_k: int = 100,
+    ) -> list[Path]:
+        """Fetches items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written)."""
+        if item_ids is None and query is not None:
+            item_ids = [hit.item_id for hit in (await self.search(query, job_id=job_id, top_k=top_k)).hits]
+        if item_ids is None:
+            item_ids = [i.item_id for i in await self.list_items(job_id, state="written")]
+        items = await asyncio.gather(*(self.get_item(job_id, item_id) for item_id in item_ids))
+        return [write_item_files(item, Path(dest)) for item in items]
+
+    # search and labels
+    async def search(
+        self,
+        text: str | None = None,
+        *,
+        image: ImageSource | None = None,
+        vector: np.ndarray | None = None,
+        top_k: int = 10,
+        job_id: str = "",
+        source: str = "",
+        min_taste_score: float | None = None,
+        max_taste_score: float | None = None,
+    ) -> search_pb2.SearchResponse:
+        filters = dict(
+            top_k=top_k,
+            job_id=job_id,
+            source=source,
+            min_taste_score=min_taste_score,
+            max_taste_score=max_taste_score,
+        )
+        return await self._run(Requests.search(text, image, vector, **filters))
+
+    async def label(
+        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = ""
+    ) -> search_pb2.LabelResponse:
+        """Labels indexed items as good (True) or bad (False) for a taste model."""
+        return await self._run(Requests.label(labels, taste_model, labeler))

@@ -13,7 +13,6 @@ Helpers: `tests/helpers/processes.py` (start, watch and kill subprocesses), `ser
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -37,10 +36,10 @@ def _one_thread_everywhere() -> None:
     # libraries imported before this conftest or by test modules. Importing them here just for that
     # would cost seconds for test runs that never use them, so only imported ones are touched.
     torch = sys.modules.get("torch")
-    if torch is not None and importlib.util.find_spec("torch") is not None:
+    if getattr(torch, "__spec__", None) is not None:  # not a test's stand-in module
         torch.set_num_threads(1)
     faiss = sys.modules.get("faiss")
-    if faiss is not None:
+    if getattr(faiss, "__spec__", None) is not None:
         faiss.omp_set_num_threads(1)
 
 

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import PIL.Image
 
+from services.annotator import messages
 from services.annotator.detect import FaceLandmarker
 from services.annotator.faces import (
     DEFAULT_OUTPUT_SIZE,
@@ -46,7 +47,6 @@ from services.common.rpc import OutputFormat, check_count, read_blob_image, read
 from services.common.server import ServiceProcess, run_service
 from services.common.stage_handler import StageHandler, batched_handler, one_by_one
 from services.common.weights import WeightsRegistry
-from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import annotator_pb2, annotator_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,7 @@ class AnnotatorServicer(annotator_pb2_grpc.AnnotatorServicer):
         detections = []
         for index, image in enumerate(self._images(list(request.images))):
             with naming(f"image {index}"):
-                faces = self.annotator.detect(image)
-            detections.append(annotator_pb2.Detection(faces=[
-                annotator_pb2.Face(left=f.box.left, top=f.box.top, right=f.box.right, bottom=f.box.bottom,
-                                   score=f.box.score, landmarks68=numpy_to_tensor(f.landmarks68)) for f in faces]))  # fmt: skip
+                detections.append(messages.detection(self.annotator.detect(image)))
         return annotator_pb2.DetectResponse(detections=detections)
 
     def Align(
@@ -128,22 +125,19 @@ class AnnotatorServicer(annotator_pb2_grpc.AnnotatorServicer):
                 aligned = self.annotator.align(image, size, transform_size, not request.disable_padding)
             if output.size and output.size != size:  # the caller wants another size: follow it
                 aligned = aligned.resized(output.size)
-            faces.append(annotator_pb2.AlignedFace(
-                image=output.message(aligned.image, self.blobs, "annotator"), landmarks68=numpy_to_tensor(aligned.landmarks68),
-                transform=numpy_to_tensor(aligned.transform), face_count=aligned.face_count))  # fmt: skip
+            faces.append(messages.aligned_face(aligned, output, self.blobs))
         return annotator_pb2.AlignResponse(faces=faces)
 
     def Annotate(
         self, request: annotator_pb2.AnnotateRequest, context: grpc.ServicerContext
     ) -> annotator_pb2.AnnotateResponse:
-        working_size = check_range(
+        working = check_range(
             request.working_size or DEFAULT_WORKING_SIZE, WORKING_SIZE_RANGE, "working_size"
         )
-        images = self._images(list(request.images))
         results = self.annotator.annotate_batch(
-            images,
+            self._images(list(request.images)),
             detect_faces=request.detect_faces,
-            working_size=working_size,
+            working_size=working,
             with_overlay=request.include_overlay,
         )
         annotations = []
@@ -151,14 +145,7 @@ class AnnotatorServicer(annotator_pb2_grpc.AnnotatorServicer):
             if not isinstance(result, Annotation):
                 with naming(f"image {index}"):
                     raise result
-            annotation = annotator_pb2.Annotation(
-                segmentation=common_pb2.Image(data=segmentation_to_png(result.label_map)),
-                landmarks=numpy_to_tensor(result.landmarks),
-                face_count=result.face_count,
-            )
-            if result.overlay is not None:
-                annotation.overlay.data = encode_image(result.overlay, "png")
-            annotations.append(annotation)
+            annotations.append(messages.annotation(result))
         return annotator_pb2.AnnotateResponse(annotations=annotations)
 
 
@@ -177,10 +164,13 @@ def align_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) 
         key = item_key(task.job_id, task.item_id, "align", "aligned.png")
         blobs.put(key, encode_image(aligned.image, "png"))
         return AlignOutput(
-            aligned=key, landmarks68=np.round(aligned.landmarks68, 3).tolist(), face_count=aligned.face_count,
-            source_landmarks68=aligned.source_landmarks68.tolist(), transform=aligned.transform.tolist(),
+            aligned=key,
+            landmarks68=np.round(aligned.landmarks68, 3).tolist(),
+            face_count=aligned.face_count,
+            source_landmarks68=aligned.source_landmarks68.tolist(),
+            transform=aligned.transform.tolist(),
             provenance=annotator.landmarker.provenance_record(),
-        )  # fmt: skip
+        )
 
     return batched_handler(parse, one_by_one(align), store)
 
@@ -212,9 +202,14 @@ def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Setting
 
     def run(items: list[_ToAnnotate]) -> list[Annotation | Exception]:
         first = items[0].payload  # a group shares these (group_by below)
-        return list(annotator.annotate_batch(
-            [item.image for item in items], detect_faces=first.detect_faces, working_size=first.working_size,
-            canonical_fallback=first.canonical_fallback))  # fmt: skip
+        return list(
+            annotator.annotate_batch(
+                [item.image for item in items],
+                detect_faces=first.detect_faces,
+                working_size=first.working_size,
+                canonical_fallback=first.canonical_fallback,
+            )
+        )
 
     def store(task: Task, item: _ToAnnotate, annotation: Annotation) -> AnnotateOutput:
         payload = item.payload
@@ -228,8 +223,12 @@ def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Setting
             latent=blobs.get_npy(payload.latent) if payload.latent else None,
         )
         provenance = {**annotator.parser.provenance_record(), **annotator.landmarker.provenance_record()}
-        return AnnotateOutput(files=files, face_count=annotation.face_count,
-                              fallback_points=annotation.fallback_points, provenance=provenance)  # fmt: skip
+        return AnnotateOutput(
+            files=files,
+            face_count=annotation.face_count,
+            fallback_points=annotation.fallback_points,
+            provenance=provenance,
+        )
 
     def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool]:
         return item.payload.working_size, item.payload.detect_faces, item.payload.canonical_fallback

@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.common.errors import InvalidInput
 
@@ -44,6 +44,9 @@ class Decision(StrEnum):
     REJECTED_DUPLICATE = "rejected_duplicate"
 
 
+_list_adapters: dict[type, TypeAdapter[Any]] = {}
+
+
 class _Contract(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
     what: ClassVar[str] = "payload"
@@ -63,6 +66,22 @@ class _Contract(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @classmethod
+    def validate_many(cls, rows: list[dict[str, Any]], stage: str = "") -> list[dict[str, Any]]:
+        """Check many dicts in one pass of pydantic-core (a new job's first tasks); returns them as
+        their JSON form. InvalidInput names the first bad row."""
+        adapter = _list_adapters.get(cls)
+        if adapter is None:
+            adapter = _list_adapters[cls] = TypeAdapter(list[cls])  # type: ignore[valid-type]
+        try:
+            return adapter.dump_python(adapter.validate_python(rows), mode="json")
+        except ValidationError as error:
+            issue = error.errors()[0]
+            where = f"{stage} {cls.what}" if stage else cls.what
+            raise InvalidInput(
+                f"{where} {issue['loc'][0]} is invalid: {issue['loc'][1:]}: {issue['msg']}"
+            ) from None
 
 
 class Payload(_Contract):

@@ -109,7 +109,7 @@ def _check_id_part(value: str, what: str) -> str:
     return value
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     """One unit of work for one stage: an item of a job, with its stage payload."""
 

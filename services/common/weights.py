@@ -60,10 +60,10 @@ class CheckpointSpec:
     name: str
     filename: str  # file (or folder) name inside the weights folder
     url: str  # direct download URL; for a folder, the base URL the file names are appended to
-    sha256: str | None  # None: not published; verify() records the computed hash instead
-    size: int | None  # bytes, when known
     format: str
     description: str
+    sha256: str | None = None  # None: not published; verify() records the computed hash instead
+    size: int | None = None  # bytes, when known
     is_dir: bool = False
     files: tuple[str, ...] = ()  # a folder's required files
     optional_files: tuple[str, ...] = ()  # downloaded when the source has them, never required
@@ -84,8 +84,6 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
             name="stylegan2-ffhq-config-f",
             filename="stylegan2-ffhq-config-f.pt",
             url=_gdrive("1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT"),
-            sha256=None,
-            size=None,
             format="rosinality-stylegan2",
             description="StyleGAN2 FFHQ config-f, 1024 px, rosinality conversion ({'g_ema', 'latent_avg'})",
             page_url="https://github.com/omertov/encoder4editing#pretrained-models",
@@ -94,8 +92,6 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
             name="stylegan2-ada-ffhq",
             filename="ffhq.pkl",
             url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",
-            sha256=None,
-            size=None,
             format="nvlabs-stylegan2-ada-pickle",
             description="StyleGAN2-ADA FFHQ 1024 px network pickle (NVlabs; read with the restricted unpickler)",
             page_url="https://github.com/NVlabs/stylegan2-ada-pytorch#data-repository",
@@ -105,8 +101,6 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
             name="e4e-ffhq-encode",
             filename="e4e_ffhq_encode.pt",
             url=_gdrive("1cUv_reLE6k3604or78EranS7XzuVMWeO"),
-            sha256=None,
-            size=None,
             format="e4e-psp",
             description="encoder4editing FFHQ encoder + its StyleGAN2 decoder ({'state_dict', 'opts', 'latent_avg'})",
             page_url="https://github.com/omertov/encoder4editing#pretrained-models",
@@ -115,8 +109,6 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
             name="bisenet-face-parsing",
             filename="79999_iter.pth",
             url=_gdrive("154JgKpzCPW82qINcVieuPH3fZ2e0P812"),
-            sha256=None,
-            size=None,
             format="bisenet-state-dict",
             description="BiSeNet face parsing, 19 CelebAMask-HQ classes (zllrunning/face-parsing.PyTorch)",
             page_url="https://github.com/zllrunning/face-parsing.PyTorch#training",
@@ -125,8 +117,6 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
             name="clip-vit-l-14-336",
             filename="clip-vit-large-patch14-336",
             url="https://huggingface.co/openai/clip-vit-large-patch14-336/resolve/main",
-            sha256=None,
-            size=None,
             format="hf-clip-folder",
             description="OpenAI CLIP ViT-L/14@336px, Hugging Face folder (the model of SFHQ's released features)",
             is_dir=True,
@@ -143,8 +133,6 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
             name="fan-2d",
             filename="2DFAN4-11f355bf06.pth.tar",
             url="https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
-            sha256=None,
-            size=None,
             format="face-alignment-fan",
             description="face-alignment 2D-FAN-4 68-point landmark network (optional second landmark source)",
             page_url="https://github.com/1adrianb/face-alignment",

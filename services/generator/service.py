@@ -35,12 +35,11 @@ from services.common.rpc import OutputFormat, check_count, read_array, read_blob
 from services.common.server import ServiceProcess, run_service
 from services.common.stage_handler import StageHandler, batched_handler
 from services.common.weights import WeightsRegistry
-from services.generator import engine
+from services.generator import engine, messages
 from services.generator.checkpoint import load_generator
-from services.generator.engine import Truncation, as_latent, image_from_tensor, to_w_plus
+from services.generator.engine import image_from_tensor, to_w_plus
 from services.generator.manipulate import STRATEGIES, LossFn, StrategySpec
 from services.generator.model import Generator
-from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -51,12 +50,6 @@ MAX_ITEMS_PER_REQUEST = 64  # latents or seeds per call: each is a full-size ima
 MAX_STRATEGIES_PER_REQUEST = 16
 # Pixels one call may return in all: 64 images of 1024 px (64 at 4096 px once took 5 min and 1.5 GB).
 MAX_OUTPUT_PIXELS = MAX_ITEMS_PER_REQUEST * 1024 * 1024
-NOISE_MODES = {
-    generator_pb2.NOISE_MODE_UNSPECIFIED: "const",
-    generator_pb2.NOISE_MODE_CONST: "const",
-    generator_pb2.NOISE_MODE_RANDOM: "random",
-    generator_pb2.NOISE_MODE_NONE: "none",
-}
 
 GeneratorModel = LazyModel[Generator]
 
@@ -74,18 +67,6 @@ def generator_model(settings: Settings, registry: WeightsRegistry | None = None)
         return generator, Provenance.from_registry(registry, name, format=generator.source.get("format"))
 
     return LazyModel("generator", load)
-
-
-def _noise_mode(value: int) -> str:
-    if value not in NOISE_MODES:
-        raise InvalidInput(f"noise_mode: unknown value {value}")
-    return NOISE_MODES[value]
-
-
-def _strategy_message(spec: StrategySpec) -> common_pb2.Strategy:
-    record = spec.record()
-    params = {key: float(value) for key, value in record["params"].items()}
-    return common_pb2.Strategy(name=record["name"], params=params, seed=record["seed"])
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
@@ -107,32 +88,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     def _images(self, images: Tensor, output: OutputFormat) -> list[common_pb2.Image]:
         return [output.message(image_from_tensor(image), self.blobs, "generator") for image in images]
 
-    def _truncation(
-        self, request: generator_pb2.SynthesizeRequest | generator_pb2.SampleRequest, psi_field: str
-    ) -> Truncation:
-        n_latent = self.model.get().n_latent
-        psi = engine.check_psi(getattr(request, psi_field), psi_field) if request.HasField(psi_field) else 1.0
-        has_cutoff = request.HasField("truncation_cutoff")
-        return Truncation(
-            psi, engine.check_cutoff(request.truncation_cutoff, n_latent) if has_cutoff else None
-        )
-
     def Synthesize(
         self, request: generator_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> generator_pb2.SynthesizeResponse:
         output = self._output(request.output, check_count(request.latents, "latents", MAX_ITEMS_PER_REQUEST))
         generator = self.model.get()
-        latents = [
-            as_latent(read_array(m, f"latents[{i}]"), generator, f"latents[{i}]")
-            for i, m in enumerate(request.latents)
-        ]
-        if len({latent.ndim for latent in latents}) > 1:  # mixed W and W+: broadcast the W ones
-            latents = [to_w_plus(latent, generator.n_latent) for latent in latents]
-        truncation, noise_mode = self._truncation(request, "truncation_psi"), _noise_mode(request.noise_mode)
-        batch = self.settings.batch_size
-        images = self.model.run(
-            lambda g: engine.synthesize(g, torch.cat(latents), batch, truncation, noise_mode)
-        )
+        batch = messages.latents(request.latents, generator)
+        truncation = messages.truncation(request, "truncation_psi", generator.n_latent)
+        noise, size = messages.noise_mode(request.noise_mode), self.settings.batch_size
+        images = self.model.run(lambda g: engine.synthesize(g, batch, size, truncation, noise))
         return generator_pb2.SynthesizeResponse(images=self._images(images, output))
 
     def Sample(
@@ -140,32 +104,23 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     ) -> generator_pb2.SampleResponse:
         seeds = list(request.seeds)
         output = self._output(request.output, check_count(seeds, "seeds", MAX_ITEMS_PER_REQUEST))
-        truncation, noise_mode = self._truncation(request, "psi"), _noise_mode(request.noise_mode)
+        truncation = messages.truncation(request, "psi", self.model.get().n_latent)
+        noise, size = messages.noise_mode(request.noise_mode), self.settings.batch_size
         w = self.model.run(
             lambda g: engine.sample_w(g, seeds, [truncation.psi] * len(seeds), truncation.cutoff)
         )
-        images = self.model.run(
-            lambda g: engine.synthesize_samples(g, w, seeds, self.settings.batch_size, noise_mode)
-        )
-        return generator_pb2.SampleResponse(samples=[
-            generator_pb2.Sample(seed=seed, w=numpy_to_tensor(w[i].numpy()), image=image)
-            for i, (seed, image) in enumerate(zip(seeds, self._images(images, output), strict=True))
-        ])  # fmt: skip
+        images = self.model.run(lambda g: engine.synthesize_samples(g, w, seeds, size, noise))
+        return messages.samples_response(seeds, w, self._images(images, output))
 
     def Candidates(
         self, request: generator_pb2.CandidatesRequest, context: grpc.ServicerContext
     ) -> generator_pb2.CandidatesResponse:
-        output = self._output(
-            request.output, check_count(request.strategies, "strategies", MAX_STRATEGIES_PER_REQUEST)
-        )
-        generator = self.model.get()
+        count = check_count(request.strategies, "strategies", MAX_STRATEGIES_PER_REQUEST)
+        output, generator = self._output(request.output, count), self.model.get()
         if not request.HasField("latent"):
             raise InvalidInput("latent: the W+ code is required")
         w_plus = engine.as_w_plus(read_array(request.latent, "latent"), generator, "latent", allow_w=False)
-        specs = [
-            engine.strategy_spec(s.name, dict(s.params), s.seed, f"strategies[{i}]")
-            for i, s in enumerate(request.strategies)
-        ]
+        specs = messages.strategies(request.strategies)
         target = sampled_w = None
         if request.HasField("target"):
             target = engine.tensor_from_image(read_image(request.target, self.blobs, self.settings, "target"))
@@ -173,13 +128,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             sampled_w = engine.as_w_plus(read_array(request.sampled_w, "sampled_w"), generator, "sampled_w")
         pairs = self.model.run(lambda g: engine.candidates(g, w_plus, specs, target, sampled_w, self.loss_fn))
         latents = torch.stack([latent for _, latent in pairs])
-        images = self._images(
-            self.model.run(lambda g: engine.synthesize(g, latents, self.settings.batch_size)), output
-        )
-        return generator_pb2.CandidatesResponse(candidates=[
-            generator_pb2.Candidate(strategy=_strategy_message(spec), image=image, latent=numpy_to_tensor(latent.numpy()))
-            for (spec, latent), image in zip(pairs, images, strict=True)
-        ])  # fmt: skip
+        images = self.model.run(lambda g: engine.synthesize(g, latents, self.settings.batch_size))
+        return messages.candidates_response(pairs, self._images(images, output))
 
 
 def sample_stage(model: GeneratorModel, blobs: BlobStore, settings: Settings) -> StageHandler:

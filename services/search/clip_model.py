@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from services.common.errors import InvalidInput
+from services.common.model_holder import Provenance
 from services.common.weights import WeightsError, WeightsMissing
 from services.search.random_weights import RANDOM_MARKER
 
@@ -331,6 +332,13 @@ def load_clip(
             embedder.export_image_onnx(target)
         embedder.use_onnx(target)
     return embedder
+
+
+def clip_provenance(embedder: ClipEmbedder) -> Provenance:
+    """The provenance record of a loaded CLIP (its folder's sha256, random or not, backend...)."""
+    record = embedder.provenance()
+    details = {key: record[key] for key in ("feature_key", "dim", "backend", "device", "dtype")}
+    return Provenance(REGISTRY_NAME, embedder.folder.name, record["sha256"], embedder.is_random, details)
 
 
 def load_clip_from_registry(

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from services.common.errors import InvalidInput
 from services.common.rpc import read_vector
 from services.search.dedup import DedupResult
 from services.search.index import Hit, ItemMeta, SearchFilter, VectorIndex
 from services.search.labels import LabelRecord
 from services.search.taste import TasteModel
-from sfhq.v1 import search_pb2
+from sfhq.v1 import common_pb2, search_pb2
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 75 tokens anyway
 
@@ -57,6 +59,19 @@ def item_metas(items: Sequence[search_pb2.IndexedItem]) -> list[ItemMeta]:
         )
         for item in items
     ]
+
+
+def vectors(messages: Sequence[common_pb2.Tensor], what: str = "vector") -> np.ndarray:
+    """Repeated Tensor fields as one [N, D] array (InvalidInput names the bad one)."""
+    return np.stack([read_vector(v, f"{what} {i}") for i, v in enumerate(messages)])
+
+
+def vectors_and_scores(request: search_pb2.DedupRequest) -> tuple[np.ndarray, np.ndarray | None]:
+    rows = vectors(request.vectors)
+    scores = np.asarray(request.scores, np.float64) if request.scores else None
+    if scores is not None and len(scores) != len(rows):
+        raise InvalidInput(f"{len(scores)} scores for {len(rows)} vectors")
+    return rows, scores
 
 
 def dedup_response(result: DedupResult) -> search_pb2.DedupResponse:

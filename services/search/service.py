@@ -32,7 +32,7 @@ from services.common.server import ServiceProcess, run_service
 from services.common.stage_handler import StageHandler, batched_handler
 from services.common.weights import WeightsRegistry
 from services.search import messages
-from services.search.clip_model import REGISTRY_NAME, ClipEmbedder, load_clip_from_registry
+from services.search.clip_model import ClipEmbedder, clip_provenance, load_clip_from_registry
 from services.search.curate import CurateRequest, Curator
 from services.search.dedup import SFHQ_THRESHOLD, near_duplicates
 from services.search.labels import LabelStore
@@ -52,21 +52,18 @@ MAX_LABELS_PER_REQUEST = 10_000
 ClipModel = LazyModel[ClipEmbedder]
 
 
-def clip_provenance(embedder: ClipEmbedder) -> Provenance:
-    record = embedder.provenance()
-    details = {key: record[key] for key in ("feature_key", "dim", "backend", "device", "dtype")}
-    return Provenance(REGISTRY_NAME, embedder.folder.name, record["sha256"], embedder.is_random, details)
-
-
 def clip_model(settings: Settings, registry: WeightsRegistry | None = None) -> ClipModel:
     """CLIP ViT-L/14@336 from the registered local folder (a missing one names `sfhq weights`)."""
     registry = registry or WeightsRegistry(settings.weights_dir)
 
     def load() -> tuple[ClipEmbedder, Provenance]:
         embedder = load_clip_from_registry(
-            registry, device=settings.resolved_device(), backend=settings.clip_backend,
-            fp16=settings.use_fp16(), batch_size=settings.batch_size,
-        )  # fmt: skip
+            registry,
+            device=settings.resolved_device(),
+            backend=settings.clip_backend,
+            fp16=settings.use_fp16(),
+            batch_size=settings.batch_size,
+        )
         return embedder, clip_provenance(embedder)
 
     return LazyModel("clip", load)
@@ -76,9 +73,14 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     """`sfhq.v1.Search`: typed errors raised here become the call's status."""
 
     def __init__(
-        self, clip: ClipModel, state: IndexState, blobs: BlobStore, settings: Settings, tastes: TasteCache,
+        self,
+        clip: ClipModel,
+        state: IndexState,
+        blobs: BlobStore,
+        settings: Settings,
+        tastes: TasteCache,
         labels: LabelStore,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.clip = clip
         self.state = state
         self.blobs = blobs
@@ -133,13 +135,9 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     def Add(self, request: search_pb2.AddRequest, context: grpc.ServicerContext) -> search_pb2.AddResponse:
         check_count(request.items, "items", MAX_VECTORS_PER_REQUEST)
-        vectors = np.stack(
-            [read_vector(item.vector, f"item {i} vector") for i, item in enumerate(request.items)]
-        )
-        index = self.state.index_for(vectors.shape[1])
-        size = index.add(
-            [item.item_id for item in request.items], vectors, messages.item_metas(request.items)
-        )
+        vectors = messages.vectors([item.vector for item in request.items], "item vector")
+        ids, metas = [item.item_id for item in request.items], messages.item_metas(request.items)
+        size = self.state.index_for(vectors.shape[1]).add(ids, vectors, metas)
         self.state.mark_dirty()
         return search_pb2.AddResponse(index_size=size)
 
@@ -156,15 +154,15 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self, request: search_pb2.DedupRequest, context: grpc.ServicerContext
     ) -> search_pb2.DedupResponse:
         check_count(request.vectors, "vectors", MAX_VECTORS_PER_REQUEST)
-        vectors = np.stack([read_vector(v, f"vector {i}") for i, v in enumerate(request.vectors)])
-        scores = np.asarray(request.scores, np.float64) if request.scores else None
-        if scores is not None and len(scores) != len(vectors):
-            raise InvalidInput(f"{len(scores)} scores for {len(vectors)} vectors")
+        vectors, scores = messages.vectors_and_scores(request)
         index = self.state.index if request.against_index else None
         result = near_duplicates(
-            vectors, threshold=request.threshold or SFHQ_THRESHOLD, scores=scores, worst_first=request.worst_first,
+            vectors,
+            threshold=request.threshold or SFHQ_THRESHOLD,
+            scores=scores,
+            worst_first=request.worst_first,
             index=index if index is not None and len(index) else None,
-        )  # fmt: skip
+        )
         return messages.dedup_response(result)
 
     def Label(
@@ -193,10 +191,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         if not request.vectors and not request.images:
             raise InvalidInput("the request has neither vectors nor images")
         model = self.tastes(request.taste_model or DEFAULT_TASTE_MODEL)
-        rows = [read_vector(v, f"vector {i}") for i, v in enumerate(request.vectors)]
+        rows = [messages.vectors(request.vectors)] if request.vectors else []
         if request.images:
-            rows.extend(self._images(list(request.images)))
-        scores = model.predict_proba(np.stack(rows)).tolist()
+            rows.append(self._images(list(request.images)))
+        scores = model.predict_proba(np.concatenate(rows)).tolist()
         return search_pb2.ScoreResponse(scores=scores, model=messages.taste_info(model))
 
 
@@ -237,8 +235,14 @@ def curate_stage(curator: Curator) -> StageHandler:
     )
 
 
-def build_process(settings: Settings, *, clip: ClipModel | None = None, blobs: BlobStore | None = None,
-                  save_debounce_s: float = 30.0, redis_client: redis.Redis | None = None) -> ServiceProcess:  # fmt: skip
+def build_process(
+    settings: Settings,
+    *,
+    clip: ClipModel | None = None,
+    blobs: BlobStore | None = None,
+    save_debounce_s: float = 30.0,
+    redis_client: redis.Redis | None = None,
+) -> ServiceProcess:
     """The search process (gRPC servicer + embed/curate workers), not started."""
     blobs = blobs or BlobStore(settings.blob_url)
     state = IndexState(blobs, key=INDEX_KEY, debounce_s=save_debounce_s)

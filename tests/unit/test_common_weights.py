@@ -99,7 +99,9 @@ def registry_with(tmp_path: Path, **specs: CheckpointSpec) -> WeightsRegistry:
 
 
 def file_spec(url: str, sha256: str | None = PAYLOAD_SHA, **extra) -> CheckpointSpec:
-    return CheckpointSpec("tiny", "tiny.pt", url, sha256, len(PAYLOAD), "test", "a test file", **extra)
+    return CheckpointSpec(
+        "tiny", "tiny.pt", url, "test", "a test file", sha256=sha256, size=len(PAYLOAD), **extra
+    )
 
 
 # ---- the catalogue and look-ups -----------------------------------------------------------------
@@ -198,9 +200,7 @@ def test_hash_prefix_from_the_file_name(tmp_path):
 
 
 def test_folder_hash_covers_every_file(tmp_path):
-    spec = CheckpointSpec(
-        "dir", "dir", "http://x", None, None, "test", "folder", is_dir=True, files=("a", "b")
-    )
+    spec = CheckpointSpec("dir", "dir", "http://x", "test", "folder", is_dir=True, files=("a", "b"))
     registry = registry_with(tmp_path, dir=spec)
     source = tmp_path / "src"
     source.mkdir()
@@ -279,7 +279,7 @@ def test_download_a_folder_checkpoint(tmp_path, file_server):
         {"/clip/config.json": b"{}", "/clip/model.safetensors": PAYLOAD, "/clip/vocab.json": b"{}"}
     )
     spec = CheckpointSpec(
-        "clip", "clip-folder", f"{file_server.base_url}/clip", None, None, "hf", "folder", is_dir=True,
+        "clip", "clip-folder", f"{file_server.base_url}/clip", "hf", "folder", is_dir=True,
         files=("config.json", "model.safetensors", "vocab.json"), optional_files=("tokenizer.json",),
     )  # fmt: skip
     registry = registry_with(tmp_path, clip=spec)

@@ -137,7 +137,7 @@ def test_the_services_extra_guard_fires_in_a_light_install(command, tmp_path):
 @pytest.mark.parametrize("path", SERVICE_FILES, ids=lambda p: p.parent.name)
 def test_each_service_file_is_wiring_on_the_shared_scaffold(path):
     text = path.read_text()
-    assert len(text.splitlines()) <= 280, f"{path} has {len(text.splitlines())} lines"
+    assert len(text.splitlines()) <= 275, f"{path} has {len(text.splitlines())} lines (wiring is about 250)"
     for needed in ("services.common.server import", "ServiceProcess", "run_service", "batched_handler"):
         assert needed in text, f"{path.name} does not use {needed}"
     # The scaffold owns these; a service re-implementing them is a near-copy in the making.
