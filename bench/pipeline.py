@@ -91,7 +91,7 @@ def through_services(images: list[Path], weights: Path, workdir: Path) -> float:
 
     with (
         EmbeddedRedis(dir=workdir / "redis") as redis_server,
-        LocalCluster(workdir, redis_server.url, weights) as cluster,
+        LocalCluster(workdir, redis_server.url, weights, data_roots=(workdir,)) as cluster,
     ):
         cluster.start_all()
         with Client(cluster.addr("gateway"), timeout=120) as client:

@@ -23,7 +23,14 @@ from gateway.pipeline import Plan, advance, manifest_row
 from services.common.blobs import BlobStore
 from services.common.contracts import ItemState
 from services.common.dataset import DatasetWriter
-from services.common.queue import COORDINATOR_GROUP, RESULTS_STREAM, RedisQueue, TaskResult, stage_stream
+from services.common.queue import (
+    CANCELLED_JOBS,
+    COORDINATOR_GROUP,
+    RESULTS_STREAM,
+    RedisQueue,
+    TaskResult,
+    stage_stream,
+)
 
 log = logging.getLogger("sfhq.coordinator")
 EVENTS_MAXLEN = 200_000
@@ -58,7 +65,10 @@ local state = redis.call('HGET', KEYS[2], 'state')
 local in_flight = tonumber(redis.call('HGET', KEYS[2], 'in_flight') or '0')
 if in_flight <= 0 and (state == 'RUNNING' or state == 'CANCELLING') then
   local next_state = 'FINALIZING'
-  if state == 'CANCELLING' then next_state = 'CANCELLED' end
+  if state == 'CANCELLING' then
+    next_state = 'CANCELLED'
+    redis.call('HSET', KEYS[2], 'finished_s', math.floor(plan.time_ms / 1000))
+  end
   redis.call('HSET', KEYS[2], 'state', next_state)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', plan.events_maxlen, '*', 'kind', 'state', 'state', next_state,
              'time_ms', plan.time_ms)
@@ -143,6 +153,22 @@ class JobStore:
         lost_while_watching = self._first_epoch_ms is not None and self.epoch_ms() != self._first_epoch_ms
         return lost_while_watching and self.predates_data(job_id)
 
+    def forget(self, job_id: str, owner: str) -> None:
+        """Delete every Redis key of a job (state, items, events, applied results, curate state)."""
+        keys = [
+            jobs.job_key(job_id),
+            jobs.items_key(job_id),
+            jobs.events_key(job_id),
+            jobs.applied_key(job_id),
+        ]
+        keys += list(self.redis.scan_iter(match=f"sfhq:curate:{job_id}*", count=1000))
+        with self.redis.pipeline() as pipe:
+            pipe.delete(*keys)
+            pipe.zrem(jobs.JOBS_INDEX, job_id)
+            pipe.zrem(jobs.owner_jobs_key(owner), job_id)
+            pipe.srem(CANCELLED_JOBS, job_id)
+            pipe.execute()
+
     def item(self, job_id: str, item_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(jobs.items_key(job_id), item_id)
         return json.loads(raw) if raw else None
@@ -162,12 +188,15 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key)
-                    current: str | None = pipe.hget(key, "state")  # type: ignore[assignment]  # immediate mode
+                    current: str | None = pipe.hget(key, "state")  # immediate mode (watched)
                     if current is None or (only_from is not None and current not in only_from):
                         pipe.unwatch()
                         return False
                     pipe.multi()
-                    pipe.hset(key, mapping={"state": state, "updated_at": now_iso(), "error": error})
+                    fields = {"state": state, "updated_at": now_iso(), "error": error}
+                    if state in jobs.TERMINAL:
+                        fields["finished_s"] = str(int(time.time()))  # the retention clock starts
+                    pipe.hset(key, mapping=fields)
                     pipe.xadd(
                         jobs.events_key(job_id),
                         {
@@ -198,6 +227,8 @@ class Coordinator:
         batch: int = 64,
         block_ms: int = 500,
         provenance: dict[str, Any] | None = None,
+        retention_s: float = 30 * 24 * 3600,
+        sweep_every_s: float = 60.0,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -206,6 +237,9 @@ class Coordinator:
         self.batch = batch
         self.block_ms = block_ms
         self.provenance = provenance or {}
+        self.retention_s = retention_s
+        self.sweep_every_s = sweep_every_s
+        self._next_sweep = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
         self._specs: dict[str, ResolvedSpec] = {}
@@ -230,6 +264,9 @@ class Coordinator:
                 entries = self.queue.read_results(self.consumer, self.batch, self.block_ms)
                 for entry_id, result in entries:
                     self.handle(entry_id, result)
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self.sweep_every_s
+                    self.expire_finished_jobs()
             except redis.ConnectionError as exc:
                 log.warning("redis unavailable (%s); retrying", exc)
                 self._stop.wait(1.0)
@@ -249,9 +286,36 @@ class Coordinator:
             return
         cancelling = job.get("state") in (jobs.CANCELLING, jobs.CANCELLED)
         plan = advance(self._spec(result.job_id, job), result.job_id, item, result, cancelling=cancelling)
+        for task in plan.tasks:  # the next stages stay in the job's trace
+            task.trace = job.get("trace", "")
         outcome = self.store.apply(result.job_id, plan, task_id=result.task_id, result_entry=entry_id)
         if outcome == 2:
             self.finalize(result.job_id)
+
+    def expire_finished_jobs(self, now: float | None = None) -> list[str]:
+        """Forget jobs that finished more than `retention_s` ago: their Redis state and intermediate
+        blobs go (their datasets stay). Idempotent, so several gateways may sweep at once."""
+        now = time.time() if now is None else now
+        cutoff = now - self.retention_s
+        expired = []
+        # A job cannot finish before it was created: only jobs created before the cutoff qualify.
+        for job_id in self.store.redis.zrangebyscore(jobs.JOBS_INDEX, "-inf", cutoff, start=0, num=1000):
+            job = self.store.job(job_id)
+            if job and (
+                job.get("state") not in jobs.TERMINAL or float(job.get("finished_s") or now) > cutoff
+            ):
+                continue
+            self.store.forget(job_id, job.get("owner", "") if job else "")
+            self.blobs.delete_folder(f"jobs/{job_id}")
+            expired.append(job_id)
+        if expired:
+            log.info(
+                "expired %d finished jobs older than %.0f s (first: %s)",
+                len(expired),
+                self.retention_s,
+                expired[0],
+            )
+        return expired
 
     def _drop_orphan(self, entry_id: str, result: TaskResult) -> None:
         """Ack a result whose job is gone; say why once per job (a lost Redis can bring thousands)."""

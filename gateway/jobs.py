@@ -66,41 +66,19 @@ def events_key(job_id: str) -> str:
     return f"sfhq:job:{job_id}:events"
 
 
-JOBS_INDEX = "sfhq:jobs"  # zset job_id -> created time (ms)
+JOBS_INDEX = "sfhq:jobs"  # zset job_id -> created time (s)
+
+
+def owner_jobs_key(owner: str) -> str:
+    """zset job_id -> created time (s) of one user's jobs (ListJobs of a non-admin reads only this)."""
+    return f"sfhq:jobs:owner:{owner}"
+
+
 EPOCH_KEY = "sfhq:epoch"  # set once per Redis dataset; its disappearance means Redis lost its data
 
 
 def request_key(request_id: str) -> str:
     return f"sfhq:request:{request_id}"
-
-
-def location_key(uri: str) -> str | None:
-    """A comparable form of a local path or URL: a resolved absolute path (symlinks followed, so a link
-    cannot lead out of a root), or `proto://normalised/path`; None for a relative path."""
-    import os
-    import posixpath
-    from urllib.parse import unquote, urlparse
-
-    if "://" in uri:
-        protocol, rest = uri.split("://", 1)
-        if protocol not in ("file", "local"):
-            return f"{protocol}://{posixpath.normpath('/' + rest)[1:]}"
-        uri = unquote(urlparse(uri).path)
-    if not os.path.isabs(uri):
-        return None
-    return os.path.realpath(uri)
-
-
-def location_within(uri: str, roots: list[str]) -> bool:
-    """True when `uri` is one of `roots` or below one (path-segment boundaries, not string prefixes)."""
-    key = location_key(uri)
-    if key is None:
-        return False
-    for root in roots:
-        root_key = location_key(root)
-        if root_key is not None and (key == root_key or key.startswith(root_key.rstrip("/") + "/")):
-            return True
-    return False
 
 
 JOB_ID_TIME_FORMAT = "%Y%m%d-%H%M%S"  # job ids are "<UTC creation time>-<8 hex digits>"
@@ -142,6 +120,7 @@ class ResolvedSpec:
     jpeg_quality: int
     annotation_size: int
     seed: int
+    owner: str = ""  # the user who submitted the job
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -169,7 +148,7 @@ def _strategy(msg: common_pb2.Strategy, field: str) -> dict[str, Any]:
 
 
 def validate_spec(
-    spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_image_bytes: int
+    spec: gateway_pb2.JobSpec, *, default_dataset_uri: str, max_image_bytes: int, owner: str = ""
 ) -> ResolvedSpec:
     """Checks every field; raises SpecError naming the first bad one."""
     if len(spec.name) > MAX_NAME:
@@ -278,6 +257,7 @@ def validate_spec(
         jpeg_quality=quality,
         annotation_size=annotation,
         seed=int(spec.seed),
+        owner=owner,
     )
 
 

@@ -282,6 +282,7 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
             image=candidate_image(item),
             taste_model=spec.taste_model,
             accept_threshold=spec.accept_threshold,
+            owner=spec.owner,
             dedup_threshold=spec.dedup_threshold,
         )
         plan.enqueue(job_id, item, "curate", curate)

@@ -365,6 +365,9 @@ def _string_for(name: str, env: Environment) -> st.SearchStrategy[str]:
                 ["../x", "/", "/etc", "s3://b/k", "memory://x", "http://127.0.0.1:9/x", "a" * 5000]
             ),
         )
+    if name == "owner":
+        # real users (another user's data must stay invisible), and names no user can have
+        return st.one_of(st.sampled_from(["", "tester", "admin", "default", "someone-else", "../x", "a" * 40]), base)
     if name == "uri":
         return st.one_of(st.sampled_from(env.blob_keys or ["jobs/x"]), base)
     if name == "dtype":

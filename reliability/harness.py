@@ -203,13 +203,24 @@ class ReliabilityCluster(LocalCluster):
         tls: bool = True,
         auth: bool = True,
         extra_env: dict[str, str] | None = None,
+        users: int = 0,
     ) -> None:
         self.redis_server = redis_server
-        # two tokens: the first is what services send each other, the second is a user's
-        self.tokens = [secrets.token_urlsafe(24), secrets.token_urlsafe(24)] if auth else []
+        # more users, each with a token of their own (the multi-user load mode): user0, user1, ...
+        self.user_tokens = {f"user{n}": secrets.token_urlsafe(24) for n in range(users)} if auth else {}
+        # three tokens: the services' own (tokens[0]), the user "tester"'s (tokens[1]), the admin's (tokens[2])
+        self.tokens = [secrets.token_urlsafe(24) for _ in range(3)] if auth else []
         self.tls_dir = make_certificates(workdir / "tls") if tls else None
         # SFHQ_DATA_ROOTS: jobs (and fuzzers) may read and write inside the work folder only.
-        env = {**FAST_ENV, "SFHQ_AUTH_TOKENS": ",".join(self.tokens), "SFHQ_DATA_ROOTS": str(workdir)}
+        env = {**FAST_ENV, "SFHQ_DATA_ROOTS": str(workdir)}
+        if auth:
+            env |= {
+                "SFHQ_SERVICE_TOKENS": self.tokens[0],
+                "SFHQ_AUTH_TOKENS": ",".join(
+                    [f"tester={self.tokens[1]}", f"admin={self.tokens[2]}"]
+                    + [f"{name}={token}" for name, token in self.user_tokens.items()]
+                ),
+            }
         if self.tls_dir is not None:
             env |= {
                 "SFHQ_TLS_CERT": str(self.tls_dir / "server.pem"),
@@ -219,7 +230,8 @@ class ReliabilityCluster(LocalCluster):
         super().__init__(
             workdir, redis_server.service_url, weights_dir, extra_env={**env, **(extra_env or {})}
         )
-        # How the tests and scripts reach the services: the client certificate and the user's token.
+        # How the tests and scripts reach the internal services: the client certificate and a service
+        # token (internal RPCs refuse user tokens); the gateway is reached as the user (`client()`).
         tls_files = {}
         if self.tls_dir is not None:
             tls_files = {
@@ -227,7 +239,7 @@ class ReliabilityCluster(LocalCluster):
                 "tls_key": str(self.tls_dir / "client.key"),
                 "tls_ca": str(self.tls_dir / "ca.pem"),
             }
-        self.client_settings = Settings(auth_tokens=self.tokens[1:], **tls_files)
+        self.client_settings = Settings(service_tokens=self.tokens[:1], **tls_files)
 
     # -- processes ----------------------------------------------------------------------------
 
@@ -345,11 +357,11 @@ class ReliabilityCluster(LocalCluster):
     # -- clients --------------------------------------------------------------------------------
 
     def channel(self, name: str) -> grpc.Channel:
-        """A channel to `name` with the client certificate and the user token."""
+        """A channel to `name` with the client certificate and the services' token."""
         return client_channel(self.addr(name), self.client_settings)
 
-    def client(self, **options: Any) -> Client:
-        """An SDK client of the gateway, authenticated like a user would be."""
+    def client(self, *, as_admin: bool = False, token: str | None = None, **options: Any) -> Client:
+        """An SDK client of the gateway, authenticated as the user "tester" (or the admin user)."""
         tls: dict[str, Any] = {}
         if self.tls_dir is not None:
             tls = {
@@ -360,7 +372,9 @@ class ReliabilityCluster(LocalCluster):
                 ),
             }
         options.setdefault("timeout", 60)
-        return Client(self.addr("gateway"), token=self.tokens[1] if self.tokens else None, **tls, **options)
+        if token is None and self.tokens:
+            token = self.tokens[2] if as_admin else self.tokens[1]
+        return Client(self.addr("gateway"), token=token, **tls, **options)
 
     def admin_redis(self) -> redis.Redis:
         return self.redis_server.admin()
@@ -387,13 +401,18 @@ def new_workdir(prefix: str = "sfhq-reliability-") -> Path:
 
 @contextlib.contextmanager
 def running_cluster(
-    *, extra_env: dict[str, str] | None = None, keep: bool = False, tls: bool = True, auth: bool = True
+    *,
+    extra_env: dict[str, str] | None = None,
+    keep: bool = False,
+    tls: bool = True,
+    auth: bool = True,
+    users: int = 0,
 ) -> Iterator[ReliabilityCluster]:
     """A hardened cluster on its own append-only Redis, stopped and removed on exit."""
     workdir = new_workdir()
     redis_server = HardenedRedis(dir=workdir / "redis", appendonly=True).start()
     cluster = ReliabilityCluster(
-        workdir, redis_server, random_weights_dir(), extra_env=extra_env, tls=tls, auth=auth
+        workdir, redis_server, random_weights_dir(), extra_env=extra_env, tls=tls, auth=auth, users=users
     )
     try:
         cluster.start_all(timeout_s=300)

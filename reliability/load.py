@@ -328,6 +328,231 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- watchers: thousands of open WatchJob streams ----------------------------------------------------
+
+
+def watchers_main(connection: dict[str, Any], job_ids: list[str], count: int, ready: Any, done: Any) -> None:
+    """A client process holding `count` WatchJob streams (asyncio, 8 channels) until the jobs end."""
+    import asyncio
+
+    from sfhq.sdk import AsyncClient
+
+    tls = connection["tls"]
+    options = dict(
+        token=connection["token"],
+        retries=0,
+        root_certificates=Path(tls, "ca.pem").read_bytes(),
+        client_cert=(Path(tls, "client.pem").read_bytes(), Path(tls, "client.key").read_bytes()),
+    )
+
+    async def run() -> None:
+        clients = [AsyncClient(connection["gateway"], **options) for _ in range(8)]
+        opened = 0
+        finished = 0
+
+        async def watch(n: int) -> None:
+            nonlocal opened, finished
+            first = True
+            async for _event in clients[n % 8].watch(job_ids[n % len(job_ids)]):
+                if first:
+                    first, opened = False, opened + 1
+                    if opened == count:
+                        ready.set()
+            finished += 1
+
+        results = await asyncio.gather(*(watch(n) for n in range(count)), return_exceptions=True)
+        done.value = finished
+        done.errors = sum(isinstance(r, BaseException) for r in results)  # type: ignore[attr-defined]
+        for client in clients:
+            await client.close()
+
+    asyncio.run(run())
+
+
+def probe_latencies(
+    cluster: harness.ReliabilityCluster, job_id: str, seconds: float
+) -> dict[str, list[float]]:
+    """GetJob and a health check every 50 ms for `seconds`, on a channel of their own."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    times: dict[str, list[float]] = {"GetJob": [], "Health": []}
+    with cluster.client(retries=0) as client, cluster.channel("gateway") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            client.get_job(job_id)
+            times["GetJob"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            times["Health"].append(time.perf_counter() - started)
+            time.sleep(0.05)
+    return times
+
+
+def run_watchers(cluster: harness.ReliabilityCluster, *, streams: int, seconds: float) -> dict[str, Any]:
+    """Open `streams` WatchJob streams on jobs held running (the generator frozen), and measure
+    GetJob and health latency before and while they are open."""
+    cluster.kill("gateway")
+    cluster.start("gateway", env={"SFHQ_MAX_STREAMS_PER_USER": str(streams + 10)})
+    cluster.wait_healthy("gateway")
+    with cluster.client() as client:
+        job_ids = [
+            client.submit(harness.sampling_spec(2, cluster.workdir / f"watch-{n}")).job_id for n in range(10)
+        ]
+    cluster.pause("generator")  # no sample is made: the jobs stay RUNNING, their streams open
+    try:
+        idle = probe_latencies(cluster, job_ids[0], seconds)
+        context = multiprocessing.get_context("spawn")
+        ready, done = context.Event(), context.Manager().Namespace()
+        done.value, done.errors = 0, 0
+        connection = {
+            "gateway": cluster.addr("gateway"),
+            "token": cluster.tokens[1],
+            "tls": str(cluster.tls_dir),
+        }
+        watcher = context.Process(target=watchers_main, args=(connection, job_ids, streams, ready, done))
+        opened_at = time.monotonic()
+        watcher.start()
+        if not ready.wait(timeout=300):
+            raise RuntimeError(f"the {streams} streams did not all open within 300 s")
+        open_s = time.monotonic() - opened_at
+        busy = probe_latencies(cluster, job_ids[0], seconds)
+        rss = cluster.rss_mb("gateway")
+    finally:
+        cluster.resume("generator")
+    with cluster.client() as client:
+        states = [client.wait(job_id, timeout=600).state for job_id in job_ids]
+    watcher.join(120)
+    return {
+        "streams": streams,
+        "open_s": round(open_s, 1),
+        "idle": {k: percentiles(v) for k, v in idle.items()},
+        "busy": {k: percentiles(v) for k, v in busy.items()},
+        "probes": len(busy["GetJob"]),
+        "gateway_rss_mb": round(rss),
+        "jobs_succeeded": sum(state == 5 for state in states),
+        "streams_finished": done.value,
+        "stream_errors": done.errors,
+    }
+
+
+def watchers_markdown(result: dict[str, Any], command: str) -> str:
+    def ms(pair: tuple[float, float]) -> str:
+        return f"{pair[0] * 1000:.1f} / {pair[1] * 1000:.1f}"
+
+    return (
+        "\n".join(
+            [
+                f"Command: `{command}` ({time.strftime('%Y-%m-%d')}); {result['streams']} WatchJob streams from one client "
+                "process (asyncio, 8 channels, mTLS + a user token) on 10 jobs held running (generator frozen); "
+                f"GetJob + health probed every 50 ms from another connection ({result['probes']} probes).",
+                "",
+                "| figure | no streams open | streams open |",
+                "| --- | ---: | ---: |",
+                f"| GetJob p50 / p99 (ms) | {ms(result['idle']['GetJob'])} | {ms(result['busy']['GetJob'])} |",
+                f"| health check p50 / p99 (ms) | {ms(result['idle']['Health'])} | {ms(result['busy']['Health'])} |",
+                f"| time to open every stream (s) | - | {result['open_s']} |",
+                f"| gateway memory (MiB) | - | {result['gateway_rss_mb']} |",
+                f"| streams that ended with their job / errors | - | {result['streams_finished']} / {result['stream_errors']} |",
+                f"| jobs succeeded after the generator resumed | - | {result['jobs_succeeded']} / 10 |",
+            ]
+        )
+        + "\n"
+    )
+
+
+# ---- users: many people on one gateway ---------------------------------------------------------------
+
+
+def user_main(
+    connection: dict[str, Any], name: str, token: str, others: str, seconds: float, out_path: str
+) -> None:
+    """One user: submit small jobs, list them, try every other user's jobs; count what leaks."""
+    from sfhq.sdk import Client, SfhqError
+
+    tls = connection["tls"]
+    client = Client(
+        connection["gateway"],
+        token=token,
+        timeout=60,
+        root_certificates=Path(tls, "ca.pem").read_bytes(),
+        client_cert=(Path(tls, "client.pem").read_bytes(), Path(tls, "client.key").read_bytes()),
+    )
+    report = {"user": name, "jobs": 0, "succeeded": 0, "foreign_listed": 0, "foreign_reads": 0, "refused": 0}
+    mine: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = client.submit(harness.sampling_spec(1, Path(connection["out"]) / f"{name}-{len(mine)}"))
+        mine.append(job.job_id)
+        Path(out_path).with_suffix(".jobs").write_text("\n".join(mine))
+        report["jobs"] += 1
+        report["succeeded"] += client.wait(job.job_id, timeout=300).state == 5
+        listed = {j.job_id: j.owner for j in client.list_jobs(limit=1000)}
+        report["foreign_listed"] += sum(owner != name for owner in listed.values())
+        for path in Path(others).glob("*.jobs"):
+            if path.stem == name:
+                continue
+            for job_id in path.read_text().split():
+                try:
+                    client.get_job(job_id)
+                    report["foreign_reads"] += 1
+                except SfhqError:
+                    report["refused"] += 1
+    client.close()
+    Path(out_path).write_text(json.dumps(report))
+
+
+def run_users(cluster: harness.ReliabilityCluster, *, seconds: float, work: Path) -> dict[str, Any]:
+    connection = {
+        "gateway": cluster.addr("gateway"),
+        "tls": str(cluster.tls_dir),
+        "out": str(cluster.workdir / "users"),
+    }
+    context = multiprocessing.get_context("spawn")
+    outputs = {name: work / f"{name}.json" for name in cluster.user_tokens}
+    processes = [
+        context.Process(
+            target=user_main, args=(connection, name, token, str(work), seconds, str(outputs[name]))
+        )
+        for name, token in cluster.user_tokens.items()
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(seconds + 400)
+    reports = [json.loads(path.read_text()) for path in outputs.values() if path.exists()]
+    return {
+        "users": len(cluster.user_tokens),
+        "seconds": seconds,
+        "jobs": sum(r["jobs"] for r in reports),
+        "succeeded": sum(r["succeeded"] for r in reports),
+        "foreign_listed": sum(r["foreign_listed"] for r in reports),
+        "foreign_reads": sum(r["foreign_reads"] for r in reports),
+        "refused": sum(r["refused"] for r in reports),
+        "reports": len(reports),
+    }
+
+
+def users_markdown(result: dict[str, Any], command: str) -> str:
+    return (
+        "\n".join(
+            [
+                f"Command: `{command}` ({time.strftime('%Y-%m-%d')}); {result['users']} users, one process each, for "
+                f"{result['seconds']:.0f} s: submit a 1-sample job, watch it, list jobs, try to read every other user's jobs.",
+                "",
+                "| figure | value |",
+                "| --- | ---: |",
+                f"| jobs submitted / succeeded | {result['jobs']} / {result['succeeded']} |",
+                f"| other users' jobs seen in ListJobs | {result['foreign_listed']} |",
+                f"| other users' jobs read with GetJob | {result['foreign_reads']} |",
+                f"| reads of other users' jobs refused (NOT_FOUND) | {result['refused']} |",
+            ]
+        )
+        + "\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -347,10 +572,22 @@ def main() -> int:
         default=str(ROOT / "bench" / "results" / "load.md"),
         help="where the table goes (default: bench/results/load.md, for BENCHMARKS.md)",
     )
+    parser.add_argument(
+        "--mode",
+        choices=("queue", "watchers", "users"),
+        default="queue",
+        help="queue: bounded vs unbounded (default); watchers: --streams WatchJob streams; "
+        "users: --users people on one gateway",
+    )
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=6)
     args = parser.parse_args()
     harness.stop_cleanly_on_sigterm()
     if args.quick:
         args.clients, args.seconds, args.grace = 4, 6.0, 2.0
+        args.streams, args.users = min(args.streams, 100), min(args.users, 3)
+    if args.mode != "queue":
+        return other_mode(args)
     with harness.running_cluster() as cluster:
         work = cluster.workdir / "load"
         work.mkdir()
@@ -378,6 +615,29 @@ def main() -> int:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(table)
     return 0 if all(r["errors"] == 0 for r in results) else 1
+
+
+def other_mode(args: argparse.Namespace) -> int:
+    with harness.running_cluster(users=args.users if args.mode == "users" else 0) as cluster:
+        if args.mode == "watchers":
+            result = run_watchers(cluster, streams=args.streams, seconds=min(args.seconds, 20.0))
+            command = f"python reliability/load.py --mode watchers --streams {args.streams}"
+            table, ok = watchers_markdown(result, command), result["stream_errors"] == 0
+        else:
+            work = cluster.workdir / "users-work"
+            work.mkdir()
+            result = run_users(cluster, seconds=args.seconds, work=work)
+            command = (
+                f"python reliability/load.py --mode users --users {args.users} --seconds {args.seconds:.0f}"
+            )
+            table = users_markdown(result, command)
+            ok = result["foreign_listed"] == result["foreign_reads"] == 0 and result["reports"] == args.users
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    out = ROOT / "bench" / "results" / f"load-{args.mode}.md"
+    out.write_text(table)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ class LocalCluster:
         blob_url: str | None = None,
         extra_env: dict[str, str] | None = None,
         services: tuple[str, ...] = SERVICE_ORDER,
+        data_roots: tuple[Path, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.services = services
@@ -114,6 +115,8 @@ class LocalCluster:
             "SFHQ_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
             **{f"SFHQ_{name.upper()}_ADDR": f"127.0.0.1:{port}" for name, port in self.ports.items()},
+            # where the jobs of this machine's user may read and write besides the blob store
+            "SFHQ_DATA_ROOTS": ",".join(str(Path(root).resolve()) for root in data_roots),
             **(extra_env or {}),
         }
         self.env.pop("REDIS_URL", None)
@@ -239,7 +242,7 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
             )
     with (
         redis_for_run(workdir, console) as redis_url,
-        LocalCluster(workdir, redis_url, weights_dir) as cluster,
+        LocalCluster(workdir, redis_url, weights_dir, data_roots=(output.parent,)) as cluster,
     ):
         with console.status("starting services ..."):
             try:

@@ -163,6 +163,19 @@ def search_request(
     return request
 
 
+def with_trace(metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """`metadata` plus the caller's OpenTelemetry trace context (W3C `traceparent`), when the
+    application uses OpenTelemetry: the job's spans in every service then join the caller's trace.
+    The SDK does not need OpenTelemetry; without it this returns `metadata` unchanged."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return metadata
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return (*metadata, *carrier.items())
+
+
 def _channel_options(max_message_mb: int) -> list[tuple[str, Any]]:
     size = max_message_mb * 1024 * 1024
     return [
@@ -304,7 +317,7 @@ class Client:
         for attempt in range(self.retries + 1):
             try:
                 return getattr(self._stub, call.method)(
-                    call.request, timeout=timeout, metadata=self._metadata
+                    call.request, timeout=timeout, metadata=with_trace(self._metadata)
                 )
             except grpc.RpcError as exc:
                 if exc.code() in RETRYABLE and attempt < self.retries:
@@ -339,7 +352,9 @@ class Client:
         last, failures = after_event_id, 0
         while True:
             try:
-                for event in self._stub.WatchJob(Requests.watch(job_id, last), metadata=self._metadata):
+                for event in self._stub.WatchJob(
+                    Requests.watch(job_id, last), metadata=with_trace(self._metadata)
+                ):
                     last, failures = event.event_id, 0
                     yield event
                 return
@@ -501,7 +516,7 @@ class AsyncClient:
         for attempt in range(self.retries + 1):
             try:
                 return await getattr(self._stub, call.method)(
-                    call.request, timeout=timeout, metadata=self._metadata
+                    call.request, timeout=timeout, metadata=with_trace(self._metadata)
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in RETRYABLE and attempt < self.retries:
@@ -536,7 +551,9 @@ class AsyncClient:
         last, failures = after_event_id, 0
         while True:
             try:
-                async for event in self._stub.WatchJob(Requests.watch(job_id, last), metadata=self._metadata):
+                async for event in self._stub.WatchJob(
+                    Requests.watch(job_id, last), metadata=with_trace(self._metadata)
+                ):
                     last, failures = event.event_id, 0
                     yield event
                 return

@@ -10,7 +10,7 @@ the server speaks TLS) run this inside the service's container:
 
 Exit status 0 when the server answers SERVING, else 1 (not serving, unreachable in time, or the
 probe is misconfigured; Docker reserves 2), with the reason on stderr. It reads the same settings as the
-server (`SFHQ_PORT`, `SFHQ_TLS_CERT`/`SFHQ_TLS_KEY`/`SFHQ_TLS_CA`, `SFHQ_AUTH_TOKENS`)
+server (`SFHQ_PORT`, `SFHQ_TLS_CERT`/`SFHQ_TLS_KEY`/`SFHQ_TLS_CA`, `SFHQ_SERVICE_TOKENS`)
 and imports only grpcio and grpcio-health-checking, so a probe costs a fraction of a second.
 """
 
@@ -85,8 +85,8 @@ def check(
     Returns `(healthy, description)`; never raises for an unhealthy or unreachable server.
     """
     env = dict(os.environ) if env is None else env
-    # Servers with auth on may still guard the health service; send the first token like any client.
-    tokens = [t.strip() for t in env.get("SFHQ_AUTH_TOKENS", "").split(",") if t.strip()]
+    # Health is exempt from auth, but a proxy in front may still want a token: send a service token.
+    tokens = [t.strip() for t in env.get("SFHQ_SERVICE_TOKENS", "").split(",") if t.strip()]
     metadata = (("authorization", f"Bearer {tokens[0]}"),) if tokens else None
     with open_channel(f"{host}:{port}", env, server_name, ca_file) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

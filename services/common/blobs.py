@@ -16,6 +16,7 @@ import io
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -220,6 +221,19 @@ class BlobStore:
                 os.unlink(full)
             else:
                 self.fs.rm_file(full)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_folder(self, prefix: str) -> bool:
+        """Remove every blob under the folder `prefix` ("jobs/<id>"); returns False if there was none."""
+        folder = validate_key(prefix.rstrip("/"))
+        full = self._full_path(folder)
+        try:
+            if self.is_local:
+                shutil.rmtree(full)
+            else:
+                self.fs.rm(full, recursive=True)
         except FileNotFoundError:
             return False
         return True

@@ -84,9 +84,23 @@ class Settings(BaseSettings):
     annotator_addr: str = _default_addr("annotator")
     search_addr: str = _default_addr("search")
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # /metrics has no auth: it listens on its own address, loopback unless a deployment opens it.
+    metrics_host: str = "127.0.0.1"
+    # People and tools: `name=token` entries (a bare token is the user "default"); empty = auth off.
     auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Where jobs may read inputs and write datasets (local folders or URL prefixes); empty = anywhere.
+    # The services' own tokens for calls between them (internal RPCs accept only these and `admin`).
+    service_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Extra places where jobs may read input folders and write datasets (local folders or URLs of the
+    # blob store's protocol); the blob store (each user's own area in it) is always allowed.
     data_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Limits on an input folder, checked while it is listed (before anything is copied).
+    max_input_files: int = Field(default=100_000, ge=1)
+    max_input_bytes: int = Field(default=8 * 1024**3, ge=1)
+    max_input_depth: int = Field(default=8, ge=0)
+    max_spec_bytes: int = Field(default=4 * 1024**2, ge=1024)  # a job spec as stored (no inline images)
+    # How long a finished job's state and its intermediate blobs are kept (datasets stay).
+    job_retention_s: float = Field(default=30 * 24 * 3600, gt=0)
+    max_streams_per_user: int = Field(default=64, ge=1)  # open WatchJob streams per user
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -108,7 +122,7 @@ class Settings(BaseSettings):
 
     # ---- validation -------------------------------------------------------------------------
 
-    @field_validator("auth_tokens", "data_roots", mode="before")
+    @field_validator("auth_tokens", "service_tokens", "data_roots", mode="before")
     @classmethod
     def _parse_tokens(cls, value: Any) -> Any:
         return _split_csv(value) if value is not None else []
@@ -261,7 +275,7 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.auth_tokens)
+        return bool(self.auth_tokens or self.service_tokens)
 
     def configure_logging(self) -> None:
         """Apply `log_level` to the root logger with one plain format for every service."""

@@ -181,6 +181,7 @@ class CuratePayload(Payload):
     features: BlobKey = Field(min_length=1)
     image: BlobKey = Field(min_length=1)
     taste_model: str = Field("", max_length=128)  # "" = no taste filter
+    owner: str = Field("", max_length=32)  # the job's user: the taste model is theirs, and so is the item
     accept_threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     # None = SFHQ's 0.92; negative = no near-duplicate check
     dedup_threshold: float | None = Field(None, lt=1.0, allow_inf_nan=False)

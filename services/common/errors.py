@@ -10,9 +10,11 @@ matching message text:
 | `NotFound` | NOT_FOUND | an id or key that does not exist |
 | `FailedPrecondition` | FAILED_PRECONDITION | the system is not ready for it (missing or bad checkpoint, too few labels) |
 | `ResourceExhausted` | RESOURCE_EXHAUSTED | a bounded resource is full (a stage's queue) |
+| `PermissionDenied` | PERMISSION_DENIED | the caller is known but may not do this |
+| `DataLoss` | DATA_LOSS | state that existed is gone |
 | `Unavailable` | UNAVAILABLE | infrastructure that a retry may well fix (a blob store refusing a write) |
 
-The first four are `PermanentError`s: a stage worker publishes a failed result for the task and
+All but `Unavailable` are `PermanentError`s: a stage worker publishes a failed result for the task and
 never retries it. `Unavailable` is transient: a worker leaves the task to be redelivered, a gRPC
 call answers UNAVAILABLE (which the SDK retries). Anything else is unexpected: a worker retries it
 and dead-letters it after `max_deliveries`; a gRPC call answers UNKNOWN.
@@ -96,6 +98,18 @@ class ResourceExhausted(PermanentError):
     """A bounded resource is full; try again later or ask for less."""
 
     default_code = "RESOURCE_EXHAUSTED"
+
+
+class PermissionDenied(PermanentError):
+    """The caller is known but may not do this (a user token on an internal service)."""
+
+    default_code = "PERMISSION_DENIED"
+
+
+class DataLoss(PermanentError):
+    """State that existed is gone (Redis restarted without persistence, files deleted)."""
+
+    default_code = "DATA_LOSS"
 
 
 class Unavailable(ServiceError):

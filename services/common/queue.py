@@ -120,6 +120,7 @@ class Task:
     payload: dict[str, Any]
     entry_id: str = ""  # Redis stream entry id; set when read from the queue
     deliveries: int = 1  # how many times this entry has been handed to a worker, this one included
+    trace: str = ""  # W3C traceparent of the job's trace (services.common.tracing); "" = none
 
     @classmethod
     def make(cls, job_id: str, item_id: str, stage: str, payload: dict[str, Any]) -> Task:
@@ -130,13 +131,16 @@ class Task:
         return cls(f"{job_id}/{item_id}/{stage}", job_id, item_id, stage, dict(payload))
 
     def to_fields(self) -> dict[str, str]:
-        return {
+        fields = {
             "task_id": self.task_id,
             "job_id": self.job_id,
             "item_id": self.item_id,
             "stage": self.stage,
             "payload": _dump_json(self.payload, "payload"),
         }
+        if self.trace:
+            fields["trace"] = self.trace[:256]
+        return fields
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: dict[str, str]) -> Task:
@@ -147,6 +151,7 @@ class Task:
             stage=_required(fields, "stage"),
             payload=_json_object(_required(fields, "payload"), "payload"),
             entry_id=entry_id,
+            trace=fields.get("trace", "")[:256],
         )
 
 

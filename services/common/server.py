@@ -7,8 +7,9 @@ interceptors:
   logs failures, and turns the typed errors of `services.common.errors` raised by a servicer
   (`ImageError`, `PermanentError`, `WeightsMissing`, `QueueFull`...) into the matching
   status, so servicers can simply raise;
-* auth: with `auth_tokens` set, every call but health checks needs `authorization: Bearer <token>`
-  (compared in constant time), else UNAUTHENTICATED.
+* auth (`services.common.auth`): with tokens configured every call but health checks needs
+  `authorization: Bearer <token>` (compared in constant time), else UNAUTHENTICATED; these worker
+  services take service tokens and the admin user only (PERMISSION_DENIED for other users).
 
 `ServiceProcess` is the life cycle of one service process: gRPC server + stage workers +
 Prometheus endpoint; SIGTERM/SIGINT stop it gracefully (health NOT_SERVING, workers finish their
@@ -18,7 +19,6 @@ batch, in-flight calls get `grace` seconds).
 from __future__ import annotations
 
 import collections
-import hmac
 import logging
 import os
 import signal
@@ -34,9 +34,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import Principal, Refusal, TokenBook, authenticate, reset_principal, set_principal
 from services.common.config import DEFAULT_PORTS, Settings
 from services.common.errors import STATUS_NAMES, Unavailable, error_status
 from services.common.metrics import METRICS, Metrics
+from services.common.tracing import metadata_with_context, server_span, setup_tracing, shutdown_tracing
 
 __all__ = [
     "HEALTH_SERVICE",
@@ -157,52 +159,71 @@ def _code_name(context: grpc.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Bearer-token check; health checks are exempt so probes work without a token."""
+def record_call(metrics: Metrics, method: str, code: str, started: float) -> None:
+    """Count and time a finished call by method and status; log it (quietly for caller errors)."""
+    elapsed = time.perf_counter() - started
+    metrics.grpc_requests.labels(method, code).inc()
+    metrics.grpc_latency.labels(method, code).observe(elapsed)
+    if code == "OK":
+        log.debug("%s OK %.1f ms", method, elapsed * 1000)
+    elif code in _CLIENT_ERRORS:
+        log.info("%s %s %.1f ms", method, code, elapsed * 1000)
+    else:
+        log.warning("%s %s %.1f ms", method, code, elapsed * 1000)
 
-    def __init__(self, tokens: Sequence[str], exempt_prefixes: Sequence[str] = AUTH_EXEMPT_PREFIXES) -> None:
-        if not tokens:
-            raise ValueError("AuthInterceptor needs at least one token")
-        self._tokens = [token.encode() for token in tokens]
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Bearer tokens -> the call's principal (`services.common.auth`); health checks are exempt so
+    probes work without a token. `internal`: only service tokens and the admin user may call."""
+
+    def __init__(
+        self, book: TokenBook, *, internal: bool, exempt_prefixes: Sequence[str] = AUTH_EXEMPT_PREFIXES
+    ) -> None:
+        self.book = book
+        self.internal = internal
         self._exempt = tuple(exempt_prefixes)
 
-    def _check(self, metadata: Sequence[tuple[str, Any]] | None) -> str | None:
-        """None when authorised, else the reason."""
-        header = next((value for key, value in metadata or () if key == "authorization"), None)
-        if header is None:
-            return "missing bearer token (send 'authorization: Bearer <token>')"
-        if isinstance(header, bytes):
-            header = header.decode(errors="replace")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            return "malformed authorization header (expected 'Bearer <token>')"
-        given_bytes = given.strip().encode()
-        # Compare with every token, without stopping at a match, so timing reveals nothing.
-        matched = False
-        for token in self._tokens:
-            matched |= hmac.compare_digest(given_bytes, token)
-        return None if matched else "invalid bearer token"
-
     def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        if handler_call_details.method.startswith(self._exempt):
-            return continuation(handler_call_details)
-        reason = self._check(handler_call_details.invocation_metadata)
-        if reason is None:
-            return continuation(handler_call_details)
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or handler_call_details.method.startswith(self._exempt):
+            return handler
+        outcome = authenticate(self.book, handler_call_details.invocation_metadata, internal=self.internal)
+        if isinstance(outcome, Refusal):
+            return _rebuild(handler, lambda _behavior, _streams: _refusing(outcome))
+        return _rebuild(handler, lambda behavior, streams: _as_principal(outcome, behavior, streams))
 
-        def deny(_behavior: Behavior, _streams: bool) -> Behavior:
-            def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
-            # Never looks at the request: an undecodable one is refused for the token first,
-            # so a caller without a token learns nothing about what the service accepts.
-            refuse.ignores_request = True  # type: ignore[attr-defined]
-            return refuse
+def _refusing(refusal: Refusal) -> Behavior:
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode[refusal.code], refusal.reason)
 
-        return _rebuild(handler, deny)
+    # Never looks at the request: an undecodable one is refused for the token first,
+    # so a caller without a token learns nothing about what the service accepts.
+    refuse.ignores_request = True  # type: ignore[attr-defined]
+    return refuse
+
+
+def _as_principal(principal: Principal, behavior: Behavior, streams: bool) -> Behavior:
+    """`behavior` run with `current_principal()` set (the behaviour runs in a pool thread)."""
+    if streams:
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            token = set_principal(principal)
+            try:
+                yield from behavior(request, context)
+            finally:
+                reset_principal(token)
+
+        return stream
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        token = set_principal(principal)
+        try:
+            return behavior(request, context)
+        finally:
+            reset_principal(token)
+
+    return unary
 
 
 class ObservabilityInterceptor(grpc.ServerInterceptor):
@@ -221,17 +242,6 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             lambda behavior, streams: self._observe(method, behavior, streams),
             tolerant_requests=True,
         )
-
-    def _record(self, method: str, code: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        self.metrics.grpc_requests.labels(method, code).inc()
-        self.metrics.grpc_latency.labels(method, code).observe(elapsed)
-        if code == "OK":
-            log.debug("%s OK %.1f ms", method, elapsed * 1000)
-        elif code in _CLIENT_ERRORS:
-            log.info("%s %s %.1f ms", method, code, elapsed * 1000)
-        else:
-            log.warning("%s %s %.1f ms", method, code, elapsed * 1000)
 
     def _status_of(
         self, method: str, exc: Exception, context: grpc.ServicerContext
@@ -268,7 +278,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 started, code = time.perf_counter(), "UNKNOWN"
                 try:
                     self._refuse_undecodable(method, behavior, request, context)
-                    yield from behavior(request, context)
+                    with server_span(method, context.invocation_metadata()):
+                        yield from behavior(request, context)
                     code = _code_name(context)
                 except GeneratorExit:
                     code = "CANCELLED"
@@ -279,7 +290,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                         context.abort(grpc.StatusCode[code], message)
                     raise
                 finally:
-                    self._record(method, code, started)
+                    record_call(self.metrics, method, code, started)
 
             return observed_stream
 
@@ -287,7 +298,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             started, code = time.perf_counter(), "UNKNOWN"
             try:
                 self._refuse_undecodable(method, behavior, request, context)
-                response = behavior(request, context)
+                with server_span(method, context.invocation_metadata()):
+                    response = behavior(request, context)
                 code = _code_name(context)
                 return response
             except Exception as exc:
@@ -296,7 +308,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                     context.abort(grpc.StatusCode[code], message)
                 raise
             finally:
-                self._record(method, code, started)
+                record_call(self.metrics, method, code, started)
 
         return observed
 
@@ -334,15 +346,16 @@ def build_server(
     max_workers: int = 16,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     metrics: Metrics | None = None,
+    internal: bool = True,
 ) -> grpc.Server:
-    """A gRPC server with size limits, metrics/logging and (when tokens are set) auth.
+    """A gRPC server with size limits, metrics/logging and (when tokens are set) auth. `internal`:
+    a worker service, which only service tokens and the admin user may call.
 
     Not bound yet: add the servicers, then `bind_server` (which applies TLS/mTLS from the
     settings) and `server.start()` -- or let `ServiceProcess` do all of that.
     """
     chain: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(metrics)]
-    if settings.auth_tokens:
-        chain.append(AuthInterceptor(settings.auth_tokens))
+    chain.append(AuthInterceptor(TokenBook(settings.auth_tokens, settings.service_tokens), internal=internal))
     chain.extend(interceptors)
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
@@ -408,16 +421,18 @@ class _BearerTokenInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds `authorization: Bearer <token>` to every call (plaintext channels cannot carry call credentials)."""
+    """Adds the trace context and, on plaintext channels (which cannot carry call credentials),
+    `authorization: Bearer <token>` to every call."""
 
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+    def __init__(self, token: str | None) -> None:
+        self._header = ("authorization", f"Bearer {token}") if token else None
 
     def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        headers: tuple[tuple[str, str], ...] = (self._header,) if self._header else ()
         return _CallDetails(
             details.method,
             details.timeout,
-            [*(details.metadata or ()), self._header],
+            list(metadata_with_context((*(details.metadata or ()), *headers))),
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),
@@ -436,8 +451,17 @@ class _BearerTokenInterceptor(
         return continuation(self._with_token(details), request_iterator)
 
 
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
+    """TLS credentials of a client: the CA bundle, and this process's certificate for mTLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.tls_ca, "TLS CA bundle") if settings.tls_ca else None,
+        private_key=_read(settings.tls_key, "TLS private key") if settings.tls_enabled else None,
+        certificate_chain=_read(settings.tls_cert, "TLS certificate") if settings.tls_enabled else None,
+    )
+
+
 def client_channel(addr: str, settings: Settings, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A channel to another service: TLS when `tls_ca`/`tls_cert` are set, the first auth token, limits."""
+    """A channel to another service: TLS when `tls_ca`/`tls_cert` are set, the first service token, limits."""
     size = settings.max_message_bytes
     channel_options = [
         ("grpc.max_send_message_length", size),
@@ -448,20 +472,18 @@ def client_channel(addr: str, settings: Settings, *, options: Sequence[tuple[str
         ("grpc.lb_policy_name", "round_robin"),
         *options,
     ]
-    token = settings.auth_tokens[0] if settings.auth_tokens else None
+    token = settings.service_tokens[0] if settings.service_tokens else None
     if settings.tls_ca or settings.tls_enabled:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(settings.tls_ca, "TLS CA bundle") if settings.tls_ca else None,
-            private_key=_read(settings.tls_key, "TLS private key") if settings.tls_enabled else None,
-            certificate_chain=_read(settings.tls_cert, "TLS certificate") if settings.tls_enabled else None,
-        )
+        credentials = channel_credentials(settings)
         if token:
             credentials = grpc.composite_channel_credentials(
                 credentials, grpc.access_token_call_credentials(token)
             )
-        return grpc.secure_channel(addr, credentials, options=channel_options)
+        return grpc.intercept_channel(
+            grpc.secure_channel(addr, credentials, options=channel_options), _BearerTokenInterceptor(None)
+        )
     channel = grpc.insecure_channel(addr, options=channel_options)
-    return grpc.intercept_channel(channel, _BearerTokenInterceptor(token)) if token else channel
+    return grpc.intercept_channel(channel, _BearerTokenInterceptor(token))
 
 
 # ---- the process ------------------------------------------------------------------------------
@@ -585,7 +607,7 @@ class ServiceProcess:
             from prometheus_client import start_http_server
 
             self._metrics_server, _ = start_http_server(
-                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+                self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.metrics.registry
             )
             self.metrics_port = self._metrics_server.server_port
         self.health = add_health_and_reflection(self.server, self._service_names)
@@ -670,4 +692,9 @@ def run_service(build: Callable[[Settings], ServiceProcess], settings: Settings 
 
     settings = settings or get_settings()
     settings.configure_logging()
-    build(settings).serve_forever()
+    process = build(settings)
+    setup_tracing(process.name)
+    try:
+        process.serve_forever()
+    finally:
+        shutdown_tracing()

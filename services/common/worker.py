@@ -31,6 +31,7 @@ from services.common.errors import PermanentError, error_status
 from services.common.metrics import METRICS, Metrics
 from services.common.queue import RedisQueue, Task, TaskResult
 from services.common.stages import check_stage
+from services.common.tracing import task_spans
 
 __all__ = ["HandlerContractError", "PermanentError", "StageHandler", "StageWorker", "default_consumer_name"]
 
@@ -213,7 +214,8 @@ class StageWorker(threading.Thread):
         return done, transient
 
     def _call(self, tasks: list[Task]) -> list[TaskResult]:
-        results = self.handler(list(tasks))
+        with task_spans(self.stage, tasks):  # one span per task, under its own job's trace
+            results = self.handler(list(tasks))
         if not isinstance(results, Sequence) or len(results) != len(tasks):
             count = len(results) if isinstance(results, Sequence) else type(results).__name__
             raise HandlerContractError(f"handler returned {count} results for {len(tasks)} tasks")

@@ -29,7 +29,7 @@ from services.common.contracts import CurateOutput, CuratePayload, Decision
 from services.common.errors import InvalidInput
 from services.search.index import ItemMeta, SearchFilter
 from services.search.state import IndexState
-from services.search.taste import TasteModel
+from services.search.taste import TasteModel, qualified_name
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Curator:
             score: float | None = None
             payload = request.payload
             if payload.taste_model:
-                model = self.taste_source(payload.taste_model)
+                model = self.taste_source(qualified_name(payload.owner, payload.taste_model))
                 score = float(model.predict_proba(vector)[0])
                 threshold = (
                     model.high_threshold if payload.accept_threshold is None else payload.accept_threshold
@@ -216,6 +216,7 @@ class Curator:
                 "features": request.features_key,
                 "image_uri": self.blobs.uri(payload.image),
                 "taste_score": score,
+                "owner": payload.owner,
             }
             self._commit_decision(request, job_lock, output, accepted_entry=entry)
             self._add(request.job_id, entry, vector)
@@ -288,6 +289,7 @@ class Curator:
                     job_id=job_id,
                     source=f"job:{job_id}",
                     image_uri=entry.get("image_uri") or "",
+                    owner=entry.get("owner") or "",
                     taste_score=entry.get("taste_score"),
                 )
             ],

@@ -62,6 +62,7 @@ class ItemMeta:
     source: str = ""
     image_uri: str = ""
     taste_score: float | None = None
+    owner: str = ""  # the user whose item it is; "" = public (an imported SFHQ part)
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,16 @@ class SearchFilter:
     source: str | None = None
     min_taste: float | None = None
     max_taste: float | None = None
+    owner: str | None = None  # only this user's items and public ones
 
     def is_empty(self) -> bool:
-        return not self.job_id and not self.source and self.min_taste is None and self.max_taste is None
+        return (
+            not self.job_id
+            and not self.source
+            and self.min_taste is None
+            and self.max_taste is None
+            and self.owner is None
+        )
 
 
 @dataclass(frozen=True)
@@ -435,6 +443,7 @@ class _Rows:
     alive: _Column = field(init=False)
     job: _Column = field(init=False)
     source: _Column = field(init=False)
+    owner: _Column = field(init=False)
     taste: _Column = field(init=False)
     item_ids: list[str] = field(default_factory=list)
     image_uris: list[str] = field(default_factory=list)
@@ -444,6 +453,7 @@ class _Rows:
         self.alive = _Column(np.bool_)
         self.job = _Column(np.int32)
         self.source = _Column(np.int32)
+        self.owner = _Column(np.int32)
         self.taste = _Column(np.float32, fill=np.nan)
 
     def __len__(self) -> int:
@@ -474,6 +484,7 @@ class VectorIndex:
         self._row_of: dict[str, int] = {}
         self._jobs = _Vocabulary([""])
         self._sources = _Vocabulary([""])
+        self._owners = _Vocabulary([""])  # code 0 = public
         self._faiss = (
             build_faiss_index(self.spec, dim, np.zeros((0, dim), np.float32))
             if self.spec.kind in ("flat", "sq_fp16", "hnsw")
@@ -518,6 +529,7 @@ class VectorIndex:
             source=self._sources.words[self._rows.source.view[row]],
             image_uri=self._rows.image_uris[row],
             taste_score=None if math.isnan(taste) else taste,
+            owner=self._owners.words[self._rows.owner.view[row]],
         )
 
     # ---- mutation -----------------------------------------------------------------------------------
@@ -548,6 +560,7 @@ class VectorIndex:
             rows.alive.extend(np.ones(len(unit), np.bool_))
             rows.job.extend(np.array([self._jobs.code(m.job_id or "") for m in metas], np.int32))
             rows.source.extend(np.array([self._sources.code(m.source or "") for m in metas], np.int32))
+            rows.owner.extend(np.array([self._owners.code(m.owner or "") for m in metas], np.int32))
             rows.taste.extend(
                 np.array([np.nan if m.taste_score is None else m.taste_score for m in metas], np.float32)
             )
@@ -647,6 +660,7 @@ class VectorIndex:
         fresh.alive = _Column.of(np.ones(len(keep), np.bool_))
         fresh.job = _Column.of(rows.job.view[keep])
         fresh.source = _Column.of(rows.source.view[keep])
+        fresh.owner = _Column.of(rows.owner.view[keep])
         fresh.taste = _Column.of(rows.taste.view[keep], fill=np.nan)
         fresh.item_ids = [rows.item_ids[r] for r in keep]
         fresh.image_uris = [rows.image_uris[r] for r in keep]
@@ -659,7 +673,7 @@ class VectorIndex:
         last = np.zeros(len(rows), bool)
         last[chosen] = True
         order = np.concatenate([np.flatnonzero(~last), np.flatnonzero(last)])
-        for column in (rows.vectors, rows.alive, rows.job, rows.source, rows.taste):
+        for column in (rows.vectors, rows.alive, rows.job, rows.source, rows.owner, rows.taste):
             column.data[: column.size] = column.view[order]
         rows.item_ids = [rows.item_ids[r] for r in order]
         rows.image_uris = [rows.image_uris[r] for r in order]
@@ -751,6 +765,10 @@ class VectorIndex:
                     c for w, c in self._sources.codes.items() if w == filter.source or w.startswith(family)
                 ]
                 mask &= np.isin(rows.source.view, codes)
+            if filter.owner is not None:
+                code = self._owners.codes.get(filter.owner)
+                mine = rows.owner.view == (-1 if code is None else code)
+                mask &= mine | (rows.owner.view == 0)  # the user's own items and public ones
             if filter.min_taste is not None:
                 mask &= rows.taste.view >= filter.min_taste  # NaN (unscored) compares False: excluded
             if filter.max_taste is not None:
@@ -820,6 +838,7 @@ class VectorIndex:
                 alive=rows.alive.view,
                 job=rows.job.view,
                 source=rows.source.view,
+                owner=rows.owner.view,
                 taste=rows.taste.view,
             )
             manifest = {
@@ -834,6 +853,7 @@ class VectorIndex:
                 "image_uris": rows.image_uris,
                 "jobs": self._jobs.words,
                 "sources": self._sources.words,
+                "owners": self._owners.words,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             faiss_bytes = faiss.serialize_index(self._faiss).tobytes() if self._faiss is not None else b""
@@ -887,12 +907,17 @@ class VectorIndex:
         rows.alive = _Column.of(columns["alive"])
         rows.job = _Column.of(columns["job"])
         rows.source = _Column.of(columns["source"])
+        # indexes saved before owners existed: every item public
+        rows.owner = _Column.of(
+            columns["owner"] if "owner" in columns else np.zeros(len(columns["alive"]), np.int32)
+        )
         rows.taste = _Column.of(columns["taste"], fill=np.nan)
         rows.item_ids, rows.image_uris = manifest["item_ids"], manifest["image_uris"]
         index._rows = rows
         index._row_of = {rows.item_ids[r]: int(r) for r in np.flatnonzero(rows.alive.view)}
         index._jobs = _Vocabulary(manifest["jobs"])
         index._sources = _Vocabulary(manifest["sources"])
+        index._owners = _Vocabulary(manifest.get("owners", [""]))
         index._built_at = manifest["built_at"]
         index.version = version
         faiss_bytes = store.get(f"{key}/{version}/faiss.index")

@@ -30,6 +30,7 @@ def search_filter(message: search_pb2.SearchFilter) -> SearchFilter:
         source=message.source or None,
         min_taste=message.min_taste_score if message.HasField("min_taste_score") else None,
         max_taste=message.max_taste_score if message.HasField("max_taste_score") else None,
+        owner=message.owner or None,
     )
 
 
@@ -56,6 +57,7 @@ def item_metas(items: Sequence[search_pb2.IndexedItem]) -> list[ItemMeta]:
             source=item.source,
             image_uri=item.image_uri,
             taste_score=item.taste_score if item.HasField("taste_score") else None,
+            owner=item.owner,
         )
         for item in items
     ]
@@ -113,8 +115,10 @@ def label_records(labels: Sequence[search_pb2.ItemLabel], index: VectorIndex | N
 
 
 def taste_info(model: TasteModel) -> search_pb2.TasteModelInfo:
+    owner, _, name = model.name.partition("/")
     return search_pb2.TasteModelInfo(
-        name=model.name,
+        name=name,
+        owner=owner,
         version=model.version or 0,
         positives=model.positives,
         negatives=model.negatives,

@@ -37,7 +37,7 @@ from services.search.curate import CurateRequest, Curator
 from services.search.dedup import SFHQ_THRESHOLD, near_duplicates
 from services.search.labels import LabelStore
 from services.search.state import INDEX_KEY, IndexState
-from services.search.taste import TasteCache, TasteModel, TasteStore
+from services.search.taste import TasteCache, TasteModel, TasteStore, qualified_name
 from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import common_pb2, search_pb2, search_pb2_grpc
 
@@ -168,7 +168,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     def Label(
         self, request: search_pb2.LabelRequest, context: grpc.ServicerContext
     ) -> search_pb2.LabelResponse:
-        name = request.taste_model or DEFAULT_TASTE_MODEL
+        name = qualified_name(request.owner, request.taste_model or DEFAULT_TASTE_MODEL)
         check_count(request.labels, "labels", MAX_LABELS_PER_REQUEST)
         self.labels.append(name, messages.label_records(request.labels, self.state.index))
         positives, negatives = self.labels.counts(name)
@@ -177,7 +177,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     def TrainTaste(
         self, request: search_pb2.TrainTasteRequest, context: grpc.ServicerContext
     ) -> search_pb2.TasteModelInfo:
-        name = request.taste_model or DEFAULT_TASTE_MODEL
+        name = qualified_name(request.owner, request.taste_model or DEFAULT_TASTE_MODEL)
         with self._train_lock:
             features, labels = self.labels.training_set(name)
             model = TasteModel.train(features, labels, name=name)
@@ -190,7 +190,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     ) -> search_pb2.ScoreResponse:
         if not request.vectors and not request.images:
             raise InvalidInput("the request has neither vectors nor images")
-        model = self.tastes(request.taste_model or DEFAULT_TASTE_MODEL)
+        model = self.tastes(qualified_name(request.owner, request.taste_model or DEFAULT_TASTE_MODEL))
         rows = [messages.vectors(request.vectors)] if request.vectors else []
         if request.images:
             rows.append(self._images(list(request.images)))

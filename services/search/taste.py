@@ -42,6 +42,7 @@ HIGH_FLOOR, LOW_CEILING = 0.65, 0.35
 DEFAULT_WEIGHTS = {"knn": 0.3, "lr": 0.4}  # VTA's [kNN, LR, LGB] = [0.3, 0.4, 0.3] without LGB
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_OWNER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # a user name (services.common.auth.USER_NAME)
 
 
 class TasteInputError(InvalidInput):
@@ -57,9 +58,18 @@ class TasteModelNotFound(NotFound):
 
 
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise TasteInputError(f"taste model name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    """A taste model's full name, `<owner>/<name>`: every user has their own models."""
+    owner, sep, plain = name.partition("/") if isinstance(name, str) else ("", "", "")
+    if not sep or not _OWNER.match(owner):
+        raise TasteInputError(f"taste model {name!r} must be named <owner>/<name>")
+    if not _NAME.match(plain):
+        raise TasteInputError(f"taste model name {plain!r} must be 1-64 letters, digits, '.', '_' or '-'")
     return name
+
+
+def qualified_name(owner: str, spec: str) -> str:
+    """`owner`'s model `spec` ("name" or "name@version") as the store knows it ("" = the user default)."""
+    return f"{owner or 'default'}/{spec}"
 
 
 def _unit_rows(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -198,7 +208,7 @@ class TasteModel:
         features: np.ndarray,
         labels: np.ndarray,
         *,
-        name: str = "default",
+        name: str = "default/default",
         ensemble: bool = True,
         feature_key: str = FEATURE_KEY,
         seed: int = CV_SEED,

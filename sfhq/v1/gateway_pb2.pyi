@@ -150,7 +150,7 @@ class JobCounts(_message.Message):
     def __init__(self, inputs: _Optional[int] = ..., items: _Optional[int] = ..., candidates: _Optional[int] = ..., accepted: _Optional[int] = ..., rejected_taste: _Optional[int] = ..., rejected_duplicate: _Optional[int] = ..., failed: _Optional[int] = ..., in_flight: _Optional[int] = ..., done_by_stage: _Optional[_Mapping[str, int]] = ..., written: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "counts", "dataset_uri", "created_at", "updated_at", "error")
+    __slots__ = ("job_id", "spec", "state", "counts", "dataset_uri", "created_at", "updated_at", "error", "owner", "name", "mode")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,9 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     state: JobState
@@ -167,7 +170,10 @@ class Job(_message.Message):
     created_at: str
     updated_at: str
     error: str
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    owner: str
+    name: str
+    mode: JobMode
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ..., name: _Optional[str] = ..., mode: _Optional[_Union[JobMode, str]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

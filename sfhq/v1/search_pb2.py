@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sfhq.v1 import common_pb2 as sfhq_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sfhq/v1/search.proto\x12\x07sfhq.v1\x1a\x14sfhq/v1/common.proto\"=\n\x0c\x45mbedRequest\x12\x1e\n\x06images\x18\x01 \x03(\x0b\x32\x0e.sfhq.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\"`\n\rEmbedResponse\x12\'\n\x0eimage_features\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12&\n\rtext_features\x18\x02 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\"\x92\x01\n\x0cSearchFilter\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x1c\n\x0fmin_taste_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1c\n\x0fmax_taste_score\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x12\n\x10_min_taste_scoreB\x12\n\x10_max_taste_score\"\xa2\x01\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x1f\n\x05image\x18\x02 \x01(\x0b\x32\x0e.sfhq.v1.ImageH\x00\x12!\n\x06vector\x18\x03 \x01(\x0b\x32\x0f.sfhq.v1.TensorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.sfhq.v1.SearchFilterB\x07\n\x05query\"\x88\x01\n\tSearchHit\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\timage_uri\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x18\n\x0btaste_score\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_taste_score\"2\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.sfhq.v1.SearchHit\"\x9c\x01\n\x0bIndexedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1f\n\x06vector\x18\x02 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x11\n\timage_uri\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x18\n\x0btaste_score\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_taste_score\"1\n\nAddRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.sfhq.v1.IndexedItem\"!\n\x0b\x41\x64\x64Response\x12\x12\n\nindex_size\x18\x01 \x01(\x03\"!\n\rRemoveRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"5\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x03\x12\x12\n\nindex_size\x18\x02 \x01(\x03\"\x7f\n\x0c\x44\x65\x64upRequest\x12 \n\x07vectors\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x13\n\x0bworst_first\x18\x04 \x01(\x08\x12\x15\n\ragainst_index\x18\x05 \x01(\x08\"D\n\tDuplicate\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x14\n\x0c\x64uplicate_of\x18\x02 \x01(\t\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\"E\n\rDedupResponse\x12\x0c\n\x04kept\x18\x01 \x03(\x05\x12&\n\nduplicates\x18\x02 \x03(\x0b\x32\x12.sfhq.v1.Duplicate\"`\n\tItemLabel\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1f\n\x06vector\x18\x02 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x10\n\x08positive\x18\x03 \x01(\x08\x12\x0f\n\x07labeler\x18\x04 \x01(\t\"G\n\x0cLabelRequest\x12\x13\n\x0btaste_model\x18\x01 \x01(\t\x12\"\n\x06labels\x18\x02 \x03(\x0b\x32\x12.sfhq.v1.ItemLabel\"5\n\rLabelResponse\x12\x11\n\tpositives\x18\x01 \x01(\x03\x12\x11\n\tnegatives\x18\x02 \x01(\x03\"(\n\x11TrainTasteRequest\x12\x13\n\x0btaste_model\x18\x01 \x01(\t\"\xbd\x01\n\x0eTasteModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x11\n\tpositives\x18\x03 \x01(\x03\x12\x11\n\tnegatives\x18\x04 \x01(\x03\x12\x13\n\x0b\x63v_accuracy\x18\x05 \x01(\x02\x12\x0e\n\x06\x63v_auc\x18\x06 \x01(\x02\x12\x15\n\rlow_threshold\x18\x07 \x01(\x02\x12\x16\n\x0ehigh_threshold\x18\x08 \x01(\x02\x12\x12\n\ncreated_at\x18\t \x01(\t\"e\n\x0cScoreRequest\x12\x13\n\x0btaste_model\x18\x01 \x01(\t\x12 \n\x07vectors\x18\x02 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x1e\n\x06images\x18\x03 \x03(\x0b\x32\x0e.sfhq.v1.Image\"G\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.sfhq.v1.TasteModelInfo2\xd3\x03\n\x06Search\x12\x36\n\x05\x45mbed\x12\x15.sfhq.v1.EmbedRequest\x1a\x16.sfhq.v1.EmbedResponse\x12\x39\n\x06Search\x12\x16.sfhq.v1.SearchRequest\x1a\x17.sfhq.v1.SearchResponse\x12\x30\n\x03\x41\x64\x64\x12\x13.sfhq.v1.AddRequest\x1a\x14.sfhq.v1.AddResponse\x12\x39\n\x06Remove\x12\x16.sfhq.v1.RemoveRequest\x1a\x17.sfhq.v1.RemoveResponse\x12\x36\n\x05\x44\x65\x64up\x12\x15.sfhq.v1.DedupRequest\x1a\x16.sfhq.v1.DedupResponse\x12\x36\n\x05Label\x12\x15.sfhq.v1.LabelRequest\x1a\x16.sfhq.v1.LabelResponse\x12\x41\n\nTrainTaste\x12\x1a.sfhq.v1.TrainTasteRequest\x1a\x17.sfhq.v1.TasteModelInfo\x12\x36\n\x05Score\x12\x15.sfhq.v1.ScoreRequest\x1a\x16.sfhq.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sfhq/v1/search.proto\x12\x07sfhq.v1\x1a\x14sfhq/v1/common.proto\"=\n\x0c\x45mbedRequest\x12\x1e\n\x06images\x18\x01 \x03(\x0b\x32\x0e.sfhq.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\"`\n\rEmbedResponse\x12\'\n\x0eimage_features\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12&\n\rtext_features\x18\x02 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\"\xa1\x01\n\x0cSearchFilter\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x1c\n\x0fmin_taste_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1c\n\x0fmax_taste_score\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05owner\x18\x05 \x01(\tB\x12\n\x10_min_taste_scoreB\x12\n\x10_max_taste_score\"\xa2\x01\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x1f\n\x05image\x18\x02 \x01(\x0b\x32\x0e.sfhq.v1.ImageH\x00\x12!\n\x06vector\x18\x03 \x01(\x0b\x32\x0f.sfhq.v1.TensorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.sfhq.v1.SearchFilterB\x07\n\x05query\"\x88\x01\n\tSearchHit\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\timage_uri\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x18\n\x0btaste_score\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_taste_score\"2\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.sfhq.v1.SearchHit\"\xab\x01\n\x0bIndexedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1f\n\x06vector\x18\x02 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x11\n\timage_uri\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x18\n\x0btaste_score\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05owner\x18\x07 \x01(\tB\x0e\n\x0c_taste_score\"1\n\nAddRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.sfhq.v1.IndexedItem\"!\n\x0b\x41\x64\x64Response\x12\x12\n\nindex_size\x18\x01 \x01(\x03\"!\n\rRemoveRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"5\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x03\x12\x12\n\nindex_size\x18\x02 \x01(\x03\"\x7f\n\x0c\x44\x65\x64upRequest\x12 \n\x07vectors\x18\x01 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x13\n\x0bworst_first\x18\x04 \x01(\x08\x12\x15\n\ragainst_index\x18\x05 \x01(\x08\"D\n\tDuplicate\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x14\n\x0c\x64uplicate_of\x18\x02 \x01(\t\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\"E\n\rDedupResponse\x12\x0c\n\x04kept\x18\x01 \x03(\x05\x12&\n\nduplicates\x18\x02 \x03(\x0b\x32\x12.sfhq.v1.Duplicate\"`\n\tItemLabel\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1f\n\x06vector\x18\x02 \x01(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x10\n\x08positive\x18\x03 \x01(\x08\x12\x0f\n\x07labeler\x18\x04 \x01(\t\"V\n\x0cLabelRequest\x12\x13\n\x0btaste_model\x18\x01 \x01(\t\x12\"\n\x06labels\x18\x02 \x03(\x0b\x32\x12.sfhq.v1.ItemLabel\x12\r\n\x05owner\x18\x03 \x01(\t\"5\n\rLabelResponse\x12\x11\n\tpositives\x18\x01 \x01(\x03\x12\x11\n\tnegatives\x18\x02 \x01(\x03\"7\n\x11TrainTasteRequest\x12\x13\n\x0btaste_model\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\xcc\x01\n\x0eTasteModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x11\n\tpositives\x18\x03 \x01(\x03\x12\x11\n\tnegatives\x18\x04 \x01(\x03\x12\x13\n\x0b\x63v_accuracy\x18\x05 \x01(\x02\x12\x0e\n\x06\x63v_auc\x18\x06 \x01(\x02\x12\x15\n\rlow_threshold\x18\x07 \x01(\x02\x12\x16\n\x0ehigh_threshold\x18\x08 \x01(\x02\x12\x12\n\ncreated_at\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\"t\n\x0cScoreRequest\x12\x13\n\x0btaste_model\x18\x01 \x01(\t\x12 \n\x07vectors\x18\x02 \x03(\x0b\x32\x0f.sfhq.v1.Tensor\x12\x1e\n\x06images\x18\x03 \x03(\x0b\x32\x0e.sfhq.v1.Image\x12\r\n\x05owner\x18\x04 \x01(\t\"G\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.sfhq.v1.TasteModelInfo2\xd3\x03\n\x06Search\x12\x36\n\x05\x45mbed\x12\x15.sfhq.v1.EmbedRequest\x1a\x16.sfhq.v1.EmbedResponse\x12\x39\n\x06Search\x12\x16.sfhq.v1.SearchRequest\x1a\x17.sfhq.v1.SearchResponse\x12\x30\n\x03\x41\x64\x64\x12\x13.sfhq.v1.AddRequest\x1a\x14.sfhq.v1.AddResponse\x12\x39\n\x06Remove\x12\x16.sfhq.v1.RemoveRequest\x1a\x17.sfhq.v1.RemoveResponse\x12\x36\n\x05\x44\x65\x64up\x12\x15.sfhq.v1.DedupRequest\x1a\x16.sfhq.v1.DedupResponse\x12\x36\n\x05Label\x12\x15.sfhq.v1.LabelRequest\x1a\x16.sfhq.v1.LabelResponse\x12\x41\n\nTrainTaste\x12\x1a.sfhq.v1.TrainTasteRequest\x1a\x17.sfhq.v1.TasteModelInfo\x12\x36\n\x05Score\x12\x15.sfhq.v1.ScoreRequest\x1a\x16.sfhq.v1.ScoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,43 +37,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDRESPONSE']._serialized_start=118
   _globals['_EMBEDRESPONSE']._serialized_end=214
   _globals['_SEARCHFILTER']._serialized_start=217
-  _globals['_SEARCHFILTER']._serialized_end=363
-  _globals['_SEARCHREQUEST']._serialized_start=366
-  _globals['_SEARCHREQUEST']._serialized_end=528
-  _globals['_SEARCHHIT']._serialized_start=531
-  _globals['_SEARCHHIT']._serialized_end=667
-  _globals['_SEARCHRESPONSE']._serialized_start=669
-  _globals['_SEARCHRESPONSE']._serialized_end=719
-  _globals['_INDEXEDITEM']._serialized_start=722
-  _globals['_INDEXEDITEM']._serialized_end=878
-  _globals['_ADDREQUEST']._serialized_start=880
-  _globals['_ADDREQUEST']._serialized_end=929
-  _globals['_ADDRESPONSE']._serialized_start=931
-  _globals['_ADDRESPONSE']._serialized_end=964
-  _globals['_REMOVEREQUEST']._serialized_start=966
-  _globals['_REMOVEREQUEST']._serialized_end=999
-  _globals['_REMOVERESPONSE']._serialized_start=1001
-  _globals['_REMOVERESPONSE']._serialized_end=1054
-  _globals['_DEDUPREQUEST']._serialized_start=1056
-  _globals['_DEDUPREQUEST']._serialized_end=1183
-  _globals['_DUPLICATE']._serialized_start=1185
-  _globals['_DUPLICATE']._serialized_end=1253
-  _globals['_DEDUPRESPONSE']._serialized_start=1255
-  _globals['_DEDUPRESPONSE']._serialized_end=1324
-  _globals['_ITEMLABEL']._serialized_start=1326
-  _globals['_ITEMLABEL']._serialized_end=1422
-  _globals['_LABELREQUEST']._serialized_start=1424
-  _globals['_LABELREQUEST']._serialized_end=1495
-  _globals['_LABELRESPONSE']._serialized_start=1497
-  _globals['_LABELRESPONSE']._serialized_end=1550
-  _globals['_TRAINTASTEREQUEST']._serialized_start=1552
-  _globals['_TRAINTASTEREQUEST']._serialized_end=1592
-  _globals['_TASTEMODELINFO']._serialized_start=1595
-  _globals['_TASTEMODELINFO']._serialized_end=1784
-  _globals['_SCOREREQUEST']._serialized_start=1786
-  _globals['_SCOREREQUEST']._serialized_end=1887
-  _globals['_SCORERESPONSE']._serialized_start=1889
-  _globals['_SCORERESPONSE']._serialized_end=1960
-  _globals['_SEARCH']._serialized_start=1963
-  _globals['_SEARCH']._serialized_end=2430
+  _globals['_SEARCHFILTER']._serialized_end=378
+  _globals['_SEARCHREQUEST']._serialized_start=381
+  _globals['_SEARCHREQUEST']._serialized_end=543
+  _globals['_SEARCHHIT']._serialized_start=546
+  _globals['_SEARCHHIT']._serialized_end=682
+  _globals['_SEARCHRESPONSE']._serialized_start=684
+  _globals['_SEARCHRESPONSE']._serialized_end=734
+  _globals['_INDEXEDITEM']._serialized_start=737
+  _globals['_INDEXEDITEM']._serialized_end=908
+  _globals['_ADDREQUEST']._serialized_start=910
+  _globals['_ADDREQUEST']._serialized_end=959
+  _globals['_ADDRESPONSE']._serialized_start=961
+  _globals['_ADDRESPONSE']._serialized_end=994
+  _globals['_REMOVEREQUEST']._serialized_start=996
+  _globals['_REMOVEREQUEST']._serialized_end=1029
+  _globals['_REMOVERESPONSE']._serialized_start=1031
+  _globals['_REMOVERESPONSE']._serialized_end=1084
+  _globals['_DEDUPREQUEST']._serialized_start=1086
+  _globals['_DEDUPREQUEST']._serialized_end=1213
+  _globals['_DUPLICATE']._serialized_start=1215
+  _globals['_DUPLICATE']._serialized_end=1283
+  _globals['_DEDUPRESPONSE']._serialized_start=1285
+  _globals['_DEDUPRESPONSE']._serialized_end=1354
+  _globals['_ITEMLABEL']._serialized_start=1356
+  _globals['_ITEMLABEL']._serialized_end=1452
+  _globals['_LABELREQUEST']._serialized_start=1454
+  _globals['_LABELREQUEST']._serialized_end=1540
+  _globals['_LABELRESPONSE']._serialized_start=1542
+  _globals['_LABELRESPONSE']._serialized_end=1595
+  _globals['_TRAINTASTEREQUEST']._serialized_start=1597
+  _globals['_TRAINTASTEREQUEST']._serialized_end=1652
+  _globals['_TASTEMODELINFO']._serialized_start=1655
+  _globals['_TASTEMODELINFO']._serialized_end=1859
+  _globals['_SCOREREQUEST']._serialized_start=1861
+  _globals['_SCOREREQUEST']._serialized_end=1977
+  _globals['_SCORERESPONSE']._serialized_start=1979
+  _globals['_SCORERESPONSE']._serialized_end=2050
+  _globals['_SEARCH']._serialized_start=2053
+  _globals['_SEARCH']._serialized_end=2520
 # @@protoc_insertion_point(module_scope)

@@ -24,16 +24,18 @@ class EmbedResponse(_message.Message):
     def __init__(self, image_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., text_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ...) -> None: ...
 
 class SearchFilter(_message.Message):
-    __slots__ = ("job_id", "source", "min_taste_score", "max_taste_score")
+    __slots__ = ("job_id", "source", "min_taste_score", "max_taste_score", "owner")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MIN_TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
     MAX_TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     source: str
     min_taste_score: float
     max_taste_score: float
-    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., min_taste_score: _Optional[float] = ..., max_taste_score: _Optional[float] = ...) -> None: ...
+    owner: str
+    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., min_taste_score: _Optional[float] = ..., max_taste_score: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("text", "image", "vector", "top_k", "filter")
@@ -72,20 +74,22 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class IndexedItem(_message.Message):
-    __slots__ = ("item_id", "vector", "image_uri", "job_id", "source", "taste_score")
+    __slots__ = ("item_id", "vector", "image_uri", "job_id", "source", "taste_score", "owner")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     vector: _common_pb2.Tensor
     image_uri: str
     job_id: str
     source: str
     taste_score: float
-    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ...) -> None: ...
+    owner: str
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class AddRequest(_message.Message):
     __slots__ = ("items",)
@@ -158,12 +162,14 @@ class ItemLabel(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., positive: _Optional[bool] = ..., labeler: _Optional[str] = ...) -> None: ...
 
 class LabelRequest(_message.Message):
-    __slots__ = ("taste_model", "labels")
+    __slots__ = ("taste_model", "labels", "owner")
     TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     taste_model: str
     labels: _containers.RepeatedCompositeFieldContainer[ItemLabel]
-    def __init__(self, taste_model: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[ItemLabel, _Mapping]]] = ...) -> None: ...
+    owner: str
+    def __init__(self, taste_model: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[ItemLabel, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class LabelResponse(_message.Message):
     __slots__ = ("positives", "negatives")
@@ -174,13 +180,15 @@ class LabelResponse(_message.Message):
     def __init__(self, positives: _Optional[int] = ..., negatives: _Optional[int] = ...) -> None: ...
 
 class TrainTasteRequest(_message.Message):
-    __slots__ = ("taste_model",)
+    __slots__ = ("taste_model", "owner")
     TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     taste_model: str
-    def __init__(self, taste_model: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, taste_model: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class TasteModelInfo(_message.Message):
-    __slots__ = ("name", "version", "positives", "negatives", "cv_accuracy", "cv_auc", "low_threshold", "high_threshold", "created_at")
+    __slots__ = ("name", "version", "positives", "negatives", "cv_accuracy", "cv_auc", "low_threshold", "high_threshold", "created_at", "owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POSITIVES_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +198,7 @@ class TasteModelInfo(_message.Message):
     LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     HIGH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     positives: int
@@ -199,17 +208,20 @@ class TasteModelInfo(_message.Message):
     low_threshold: float
     high_threshold: float
     created_at: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., positives: _Optional[int] = ..., negatives: _Optional[int] = ..., cv_accuracy: _Optional[float] = ..., cv_auc: _Optional[float] = ..., low_threshold: _Optional[float] = ..., high_threshold: _Optional[float] = ..., created_at: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., positives: _Optional[int] = ..., negatives: _Optional[int] = ..., cv_accuracy: _Optional[float] = ..., cv_auc: _Optional[float] = ..., low_threshold: _Optional[float] = ..., high_threshold: _Optional[float] = ..., created_at: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("taste_model", "vectors", "images")
+    __slots__ = ("taste_model", "vectors", "images", "owner")
     TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     taste_model: str
     vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
     images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
-    def __init__(self, taste_model: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ...) -> None: ...
+    owner: str
+    def __init__(self, taste_model: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("scores", "model")

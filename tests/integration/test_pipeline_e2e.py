@@ -42,6 +42,7 @@ def cluster(redis_server, random_weights_dir, tmp_path_factory):
         redis_server,
         random_weights_dir,
         extra_env={"SFHQ_VISIBILITY_TIMEOUT_S": "5", "SFHQ_BATCH_WAIT_MS": "20"},
+        data_roots=(tmp_path_factory.getbasetemp(),),
     ) as c:
         c.start_all(timeout_s=240)
         yield c

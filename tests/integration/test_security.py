@@ -25,8 +25,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from reliability import fuzzing, harness
+from services.common.auth import Principal, Refusal, TokenBook, authenticate
 from services.common.config import Settings
-from services.common.server import AuthInterceptor, client_channel
+from services.common.server import client_channel
 from services.local_run import SERVICE_ORDER
 from sfhq.sdk import SfhqError, build_spec
 from sfhq.v1 import annotator_pb2, common_pb2, encoder_pb2, gateway_pb2
@@ -58,9 +59,10 @@ def _tls(
     cert: str = "client",
     tls_dir: Path | None = None,
 ) -> Settings:
+    """Client settings whose channels send `tokens[0]` (if any) as the bearer token."""
     folder = tls_dir or cluster.tls_dir
     return Settings(
-        auth_tokens=tokens,
+        service_tokens=tokens,
         tls_cert=str(folder / f"{cert}.pem"),
         tls_key=str(folder / f"{cert}.key"),
         tls_ca=str(cluster.tls_dir / "ca.pem"),
@@ -83,13 +85,18 @@ def test_the_token_check_compares_every_token_in_constant_time(monkeypatch):
         calls.append(b)
         return real(a, b)
 
-    monkeypatch.setattr("services.common.server.hmac.compare_digest", spy)
-    check = AuthInterceptor(["first-token", "second-token"])._check
-    assert check((("authorization", "Bearer first-token"),)) is None
-    assert calls == [b"first-token", b"second-token"]  # no early exit on a match: timing says nothing
-    assert check((("authorization", "Bearer nope"),)) == "invalid bearer token"
-    assert check((("authorization", "Basic Zmlyc3QtdG9rZW4="),)).startswith("malformed")
-    assert check(()).startswith("missing bearer token")
+    monkeypatch.setattr("services.common.auth.hmac.compare_digest", spy)
+    book = TokenBook(["alice=alice-token-0123456789", "bob=bob-token-0123456789"], ["service-token-0123456"])
+    assert book.resolve("alice-token-0123456789") == Principal("alice")
+    # no early exit on a match: every token is compared, so timing says nothing
+    assert calls == [b"alice-token-0123456789", b"bob-token-0123456789", b"service-token-0123456"]
+    assert book.resolve("service-token-0123456") == Principal("service", "service")
+    assert book.resolve("nope") is None
+    refusal = authenticate(book, (("authorization", "Basic Zmlyc3QtdG9rZW4="),), internal=False)
+    assert isinstance(refusal, Refusal) and refusal.reason.startswith("malformed")
+    assert authenticate(book, (), internal=False).reason.startswith("missing bearer token")
+    internal = authenticate(book, (("authorization", "Bearer alice-token-0123456789"),), internal=True)
+    assert (internal.code, "internal service" in internal.reason) == ("PERMISSION_DENIED", True)
 
 
 def test_calls_without_a_valid_token_are_refused_on_every_service(cluster):
@@ -106,12 +113,19 @@ def test_calls_without_a_valid_token_are_refused_on_every_service(cluster):
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
             )
             assert status == health_pb2.HealthCheckResponse.SERVING
-        with cluster.channel(name) as channel:  # the user's token
-            assert _code(channel, method) != "UNAUTHENTICATED", name
+        with cluster.channel(name) as channel:  # the services' token
+            assert _code(channel, method) not in ("UNAUTHENTICATED", "PERMISSION_DENIED"), name
+        user = _tls(cluster, tokens=[cluster.tokens[1]])
+        with client_channel(cluster.addr(name), user) as channel:  # a user's token
+            expected = "OK" if name == "gateway" else "PERMISSION_DENIED"  # internal RPCs: services only
+            assert _code(channel, method) in (
+                {expected} if expected != "OK" else {"OK", "INVALID_ARGUMENT"}
+            ), name
+        admin = _tls(cluster, tokens=[cluster.tokens[2]])
+        with client_channel(cluster.addr(name), admin) as channel:  # the admin user may call anything
+            assert _code(channel, method) not in ("UNAUTHENTICATED", "PERMISSION_DENIED"), name
     with cluster.client() as client:
         assert client.list_jobs(limit=1) is not None
-    with client_channel(cluster.addr("gateway"), _tls(cluster, tokens=[cluster.tokens[0]])) as channel:
-        assert _code(channel, PROBES["gateway"]) == "OK"  # the services' own token works too
 
 
 def test_connections_need_tls_and_a_client_certificate_from_our_ca(cluster, tmp_path):
@@ -120,10 +134,10 @@ def test_connections_need_tls_and_a_client_certificate_from_our_ca(cluster, tmp_
         "plaintext": grpc.insecure_channel(cluster.addr("gateway")),
         "no client certificate": client_channel(
             cluster.addr("gateway"),
-            Settings(auth_tokens=cluster.tokens[1:], tls_ca=str(cluster.tls_dir / "ca.pem")),
+            Settings(service_tokens=cluster.tokens[1:2], tls_ca=str(cluster.tls_dir / "ca.pem")),
         ),
         "certificate of another CA": client_channel(
-            cluster.addr("gateway"), _tls(cluster, tokens=cluster.tokens[1:], tls_dir=stranger)
+            cluster.addr("gateway"), _tls(cluster, tokens=cluster.tokens[1:2], tls_dir=stranger)
         ),
     }
     for what, channel in attempts.items():
@@ -211,7 +225,7 @@ def test_jobs_may_only_write_inside_the_data_roots(cluster):
         spec = build_spec(mode="annotate", input_folder="/", output_uri=str(cluster.workdir / "ok"))
         with pytest.raises(SfhqError) as refused:
             client.submit(spec)
-        assert "outside the allowed data roots" in refused.value.details
+        assert "outside the data roots" in refused.value.details
     assert not Path("/etc/sfhq-should-not-exist").exists()
 
 
@@ -227,6 +241,7 @@ def test_no_secret_appears_in_logs_or_command_lines(cluster):
         assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
     secrets = {
         "user token": cluster.tokens[1],
+        "admin token": cluster.tokens[2],
         "service token": cluster.tokens[0],
         "refused token": leaked_attempt.split()[1],
         "redis admin password": cluster.redis_server.password,

@@ -161,7 +161,7 @@ def test_abort_with_refuses_unknown_codes():
 
 
 def test_auth_tokens(tmp_path):
-    settings = Settings(auth_tokens=["token-one", "token-two"])
+    settings = Settings(auth_tokens=["admin=token-one-0123456789"], service_tokens=["token-two-0123456789"])
     metrics = Metrics(CollectorRegistry())
     server, addr = serve(settings, metrics)
     try:
@@ -171,7 +171,7 @@ def test_auth_tokens(tmp_path):
             assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "missing bearer token" in failure.value.details()
             with pytest.raises(grpc.RpcError) as failure:
-                call(anonymous, "Echo", metadata=[("authorization", "Bearer token-three")])
+                call(anonymous, "Echo", metadata=[("authorization", "Bearer token-three-0123456789")])
             assert (failure.value.code(), failure.value.details()) == (
                 grpc.StatusCode.UNAUTHENTICATED,
                 "invalid bearer token",
@@ -179,10 +179,15 @@ def test_auth_tokens(tmp_path):
             with pytest.raises(grpc.RpcError) as failure:
                 list(anonymous.unary_stream(f"/{SERVICE}/Stream")(b"s", timeout=5))
             assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert call(anonymous, "Echo", metadata=[("authorization", "Bearer token-two")]) == b"hi"
+            assert (
+                call(anonymous, "Echo", metadata=[("authorization", "Bearer token-two-0123456789")]) == b"hi"
+            )
+            assert (
+                call(anonymous, "Echo", metadata=[("authorization", "Bearer token-one-0123456789")]) == b"hi"
+            )
             # probes need no token
             assert health_status(anonymous) == health_pb2.HealthCheckResponse.SERVING
-        # client_channel sends the first token by itself
+        # client_channel sends the first service token by itself
         with client_channel(addr, settings) as channel:
             assert call(channel, "Echo", b"ok") == b"ok"
             assert list(channel.unary_stream(f"/{SERVICE}/Stream")(b"s", timeout=5))[0] == b"s0"
@@ -266,10 +271,11 @@ def test_tls_and_mutual_tls(certificates):
 
 def test_tls_with_bearer_tokens(certificates):
     c = certificates
-    settings = Settings(tls_cert=str(c / "server.pem"), tls_key=str(c / "server.key"), auth_tokens=["t"])
+    token = "service-token-0123456789"
+    settings = Settings(tls_cert=str(c / "server.pem"), tls_key=str(c / "server.key"), service_tokens=[token])
     server, addr = serve(settings)
     try:
-        with client_channel(addr, Settings(tls_ca=str(c / "ca.pem"), auth_tokens=["t"])) as channel:
+        with client_channel(addr, Settings(tls_ca=str(c / "ca.pem"), service_tokens=[token])) as channel:
             assert call(channel, "Echo", b"both") == b"both"
         with (
             client_channel(addr, Settings(tls_ca=str(c / "ca.pem"))) as channel,

@@ -290,11 +290,13 @@ def test_probe_runs_as_a_script_like_the_image_does(plain_server: tuple[int, hea
     assert "SERVING" in done.stdout
 
 
-def test_probe_sends_the_first_auth_token(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probe_sends_the_first_service_token(monkeypatch: pytest.MonkeyPatch) -> None:
     server, port, _ = start_health_server(token="secret-one")
     try:
         assert healthcheck.main(["--port", str(port)]) == 1  # UNAUTHENTICATED without a token
-        monkeypatch.setenv("SFHQ_AUTH_TOKENS", "secret-one, secret-two")
+        monkeypatch.setenv("SFHQ_AUTH_TOKENS", "alice=a-user-token-that-is-long")  # never sent by probes
+        assert healthcheck.main(["--port", str(port)]) == 1
+        monkeypatch.setenv("SFHQ_SERVICE_TOKENS", "secret-one, secret-two")
         assert healthcheck.main(["--port", str(port)]) == 0
     finally:
         server.stop(None)

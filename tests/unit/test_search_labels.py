@@ -22,9 +22,9 @@ def test_labels_survive_a_new_store_object_exactly(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path / "blobs")
     labels = LabelStore(blobs)
     first = [record(i, i % 2 == 0, f"item{i}") for i in range(5)]
-    key = labels.append("faces", first)
-    assert key.startswith("taste/faces/labels/") and key.endswith(".jsonl")
-    read = LabelStore(BlobStore(tmp_path / "blobs")).records("faces")
+    key = labels.append("ann/faces", first)
+    assert key.startswith("taste/ann/faces/labels/") and key.endswith(".jsonl")
+    read = LabelStore(BlobStore(tmp_path / "blobs")).records("ann/faces")
     assert [r.item_id for r in read] == [f"item{i}" for i in range(5)]
     np.testing.assert_array_equal(read[3].features, first[3].features)  # bit-exact float32
     assert read[0].labeler == "ana" and read[0].time.endswith("Z")
@@ -33,18 +33,18 @@ def test_labels_survive_a_new_store_object_exactly(tmp_path: Path) -> None:
 
 def test_the_latest_label_of_an_item_wins_and_anonymous_labels_all_count(tmp_path: Path) -> None:
     labels = LabelStore(BlobStore(tmp_path / "blobs"))
-    labels.append("faces", [record(1, True, "a"), record(2, False, "b")])
-    labels.append("faces", [record(3, False, "a")])  # the labeller changed their mind about "a"
-    labels.append("faces", [record(4, True), record(5, True)])  # explicit features, no item
-    features, positive = labels.training_set("faces")
+    labels.append("ann/faces", [record(1, True, "a"), record(2, False, "b")])
+    labels.append("ann/faces", [record(3, False, "a")])  # the labeller changed their mind about "a"
+    labels.append("ann/faces", [record(4, True), record(5, True)])  # explicit features, no item
+    features, positive = labels.training_set("ann/faces")
     assert features.shape == (4, 16)
-    assert labels.counts("faces") == (2, 2)
+    assert labels.counts("ann/faces") == (2, 2)
     row_of_a = [i for i in range(4) if np.array_equal(features[i], record(3, False).features)]
     assert row_of_a and not positive[row_of_a[0]]
     assert (
-        len(BlobStore(tmp_path / "blobs").list("taste/faces/labels/")) == 3
+        len(BlobStore(tmp_path / "blobs").list("taste/ann/faces/labels/")) == 3
     )  # append-only: one file per call
-    assert labels.training_set("other")[0].shape[0] == 0
+    assert labels.training_set("ann/other")[0].shape[0] == 0
 
 
 def test_concurrent_labellers_do_not_lose_labels(tmp_path: Path) -> None:
@@ -52,23 +52,23 @@ def test_concurrent_labellers_do_not_lose_labels(tmp_path: Path) -> None:
 
     def label(worker: int) -> None:
         for i in range(10):
-            labels.append("faces", [record(worker * 100 + i, True, f"w{worker}-{i}")])
+            labels.append("ann/faces", [record(worker * 100 + i, True, f"w{worker}-{i}")])
 
     threads = [threading.Thread(target=label, args=(w,)) for w in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert labels.counts("faces") == (40, 0)
+    assert labels.counts("ann/faces") == (40, 0)
 
 
 def test_bad_labels_are_refused(tmp_path: Path) -> None:
     labels = LabelStore(BlobStore(tmp_path / "blobs"))
     with pytest.raises(TasteInputError, match="finite"):
-        labels.append("faces", [LabelRecord(features=np.array([np.nan, 1.0]), positive=True)])
+        labels.append("ann/faces", [LabelRecord(features=np.array([np.nan, 1.0]), positive=True)])
     with pytest.raises(TasteInputError, match="name"):
-        labels.append("no/slashes", [record(1, True)])
-    labels.append("faces", [record(1, True, "a")])
-    labels.append("faces", [LabelRecord(features=np.ones(8, np.float32), positive=False, item_id="b")])
+        labels.append("ann/no/slashes", [record(1, True)])
+    labels.append("ann/faces", [record(1, True, "a")])
+    labels.append("ann/faces", [LabelRecord(features=np.ones(8, np.float32), positive=False, item_id="b")])
     with pytest.raises(TasteInputError, match="mix feature dimensions"):
-        labels.training_set("faces")
+        labels.training_set("ann/faces")

@@ -260,7 +260,7 @@ def test_curate_decides_taste_duplicates_and_is_idempotent(redis_client, tmp_pat
     features = clustered_features(120, DIM, seed=8).vectors
     good = normalized(features) @ np.random.default_rng(9).standard_normal(DIM) > 0
     tastes = TasteStore(blobs)
-    tastes.save(TasteModel.train(features, good, name="taste"))
+    tastes.save(TasteModel.train(features, good, name="default/taste"))
     curator = make_curator(redis_client, blobs, TasteCache(tastes))
     handle = curate_stage(curator)
     base = normalized(np.random.default_rng(10).standard_normal((2, DIM)))

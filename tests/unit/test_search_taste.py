@@ -34,7 +34,7 @@ def labelled(n: int = 240, seed: int = 0, noise: float = 0.05) -> tuple[np.ndarr
 
 def test_training_cross_validates_and_scores_held_out_images() -> None:
     vectors, labels = labelled(300)
-    model = TasteModel.train(vectors[:240], labels[:240], name="faces")
+    model = TasteModel.train(vectors[:240], labels[:240], name="ann/faces")
     assert model.positives + model.negatives == 240
     assert len(model.fold_auc) == 5 and model.cv_auc > 0.85 and model.cv_accuracy > 0.75
     assert model.cv_predictions.shape == (240,)
@@ -96,20 +96,20 @@ def test_thresholds_follow_the_ratio_30_rule_within_the_safety_bounds() -> None:
 def test_store_versions_models_without_pickle(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     vectors, labels = labelled(200, seed=2)
-    first = TasteModel.train(vectors, labels, name="faces")
-    second = TasteModel.train(vectors[:150], labels[:150], name="faces", ensemble=False)
+    first = TasteModel.train(vectors, labels, name="ann/faces")
+    second = TasteModel.train(vectors[:150], labels[:150], name="ann/faces", ensemble=False)
     tastes = TasteStore(store)
     assert tastes.save(first) == 1 and tastes.save(second) == 2
-    assert tastes.versions("faces") == [1, 2]
+    assert tastes.versions("ann/faces") == [1, 2]
     fresh = TasteStore(store)  # nothing cached: everything comes back from the blobs
-    assert fresh.latest("faces").version == 2 and fresh.latest("faces").knn is None
-    reloaded = fresh.resolve("faces@1")
+    assert fresh.latest("ann/faces").version == 2 and fresh.latest("ann/faces").knn is None
+    reloaded = fresh.resolve("ann/faces@1")
     np.testing.assert_array_equal(reloaded.predict_proba(vectors), first.predict_proba(vectors))
     assert reloaded.info() == {**first.info(), "version": 1}
     # The files are plain npz (refusing pickle) and JSON.
-    with np.load(io.BytesIO(store.get("taste/faces/v1/model.npz")), allow_pickle=False) as arrays:
+    with np.load(io.BytesIO(store.get("taste/ann/faces/v1/model.npz")), allow_pickle=False) as arrays:
         assert arrays["lr_coef"].shape == (DIM,) and arrays["knn_centres"].ndim == 2
-    assert json.loads(store.get("taste/faces/v1/model.json"))["high_threshold"] == first.high_threshold
+    assert json.loads(store.get("taste/ann/faces/v1/model.json"))["high_threshold"] == first.high_threshold
 
 
 def test_bad_training_data_and_unknown_models_are_clear_errors(tmp_path: Path) -> None:
@@ -122,15 +122,15 @@ def test_bad_training_data_and_unknown_models_are_clear_errors(tmp_path: Path) -
     with pytest.raises(TasteInputError, match="99 labels"):
         TasteModel.train(vectors, labels[:99])
     with pytest.raises(TasteInputError, match="name"):
-        TasteModel.train(vectors, labels, name="../escape")
+        TasteModel.train(vectors, labels, name="ann/../escape")
     model = TasteModel.train(vectors, labels)
     with pytest.raises(TasteInputError, match=f"\\[N, {DIM}\\]"):
         model.predict_proba(np.ones((2, DIM + 1)))
     tastes = TasteStore(BlobStore(tmp_path / "blobs"))
-    with pytest.raises(TasteModelNotFound, match="no taste model named 'nobody'"):
-        tastes.latest("nobody")
+    with pytest.raises(TasteModelNotFound, match="no taste model named 'ann/nobody'"):
+        tastes.latest("ann/nobody")
     tastes.save(model)
     with pytest.raises(TasteModelNotFound, match="no version 7"):
-        tastes.resolve("default@7")
+        tastes.resolve("ann/default@7")
     with pytest.raises(TasteInputError, match="number"):
-        tastes.resolve("default@latest")
+        tastes.resolve("ann/default@latest")
