@@ -367,7 +367,9 @@ def _string_for(name: str, env: Environment) -> st.SearchStrategy[str]:
         )
     if name == "owner":
         # real users (another user's data must stay invisible), and names no user can have
-        return st.one_of(st.sampled_from(["", "tester", "admin", "default", "someone-else", "../x", "a" * 40]), base)
+        return st.one_of(
+            st.sampled_from(["", "tester", "admin", "default", "someone-else", "../x", "a" * 40]), base
+        )
     if name == "uri":
         return st.one_of(st.sampled_from(env.blob_keys or ["jobs/x"]), base)
     if name == "dtype":
