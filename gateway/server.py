@@ -42,6 +42,7 @@ log = logging.getLogger("sfhq.gateway")
 
 T = TypeVar("T")
 BLOCKING_THREADS = 32  # the pool for the blocking parts of unary calls
+REDIS_CONNECTIONS = 64  # the asyncio Redis pool of the WatchJob streams
 SEARCH_TIMEOUT_S = 60.0
 RETRY_AFTER_S = "30"
 
@@ -175,7 +176,12 @@ async def serve(settings: Settings) -> None:
     store = JobStore(client)
     store.epoch_ms()  # record when this Redis data set began (see JobStore.state_lost)
     blobs = BlobStore(settings.blob_url)
-    hub = WatchHub(aioredis.Redis.from_url(settings.redis_url, decode_responses=True))
+    # A bounded pool that makes callers wait for a connection (never MaxConnectionsError): the end of
+    # a big job wakes every one of its streams at once.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, decode_responses=True, max_connections=REDIS_CONNECTIONS, timeout=30
+    )
+    hub = WatchHub(aioredis.Redis(connection_pool=pool))
     channel, metadata = aio_client_channel(settings.addr_for("search"), settings)
     servicer = GatewayServicer(
         GatewayCore(settings, queue, store, blobs),

@@ -27,6 +27,7 @@ log = logging.getLogger("sfhq.gateway.watch")
 Event = tuple[str, dict[str, str], dict[str, str]]  # (event id, fields, the job's record at that time)
 QUEUE_SIZE = 2_000  # events buffered per stream before it is told to catch up from Redis instead
 READ_COUNT = 500
+RECORD_TTL_S = 0.2
 
 
 def id_key(event_id: str) -> tuple[int, int]:
@@ -51,6 +52,8 @@ class WatchHub:
         self.redis = client
         self.block_ms = block_ms
         self._feeds: dict[str, _Feed] = {}
+        # a job's record, shared by all its streams for a moment (a job's end wakes them all at once)
+        self._records: dict[str, tuple[float, asyncio.Future[dict[str, str]]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -110,9 +113,24 @@ class WatchHub:
             if not feed.subscribers and self._feeds.get(job_id) is feed:
                 del self._feeds[job_id]
 
+    async def _record(self, job_id: str) -> dict[str, str]:
+        """The job's record, read at most once per RECORD_TTL_S however many streams ask."""
+        now = asyncio.get_running_loop().time()
+        cached = self._records.get(job_id)
+        if cached is None or now - cached[0] > RECORD_TTL_S:
+            future = asyncio.ensure_future(self.redis.hgetall(jobs.job_key(job_id)))
+            cached = self._records[job_id] = (now, future)
+            if len(self._records) > 10_000:
+                self._records = {k: v for k, v in self._records.items() if now - v[0] <= RECORD_TTL_S}
+        try:
+            return await asyncio.shield(cached[1])
+        except Exception:
+            self._records.pop(job_id, None)
+            raise
+
     async def _over(self, job_id: str, key: str, cursor: str) -> bool:
         """True when the job has ended and no event after `cursor` exists; DataLoss when it vanished."""
-        record = await self.redis.hgetall(jobs.job_key(job_id))
+        record = await self._record(job_id)
         if not record:
             raise DataLoss(lost_state_message(job_id))
         return record.get("state") in jobs.TERMINAL and not await self._newer(key, cursor)
@@ -127,7 +145,7 @@ class WatchHub:
             batch = await self.redis.xrange(key, min=f"({cursor}", max=until, count=READ_COUNT)
             if not batch:
                 return
-            record = await self.redis.hgetall(jobs.job_key(job_id))
+            record = await self._record(job_id)
             for event_id, fields in batch:
                 cursor = event_id
                 yield event_id, fields, record

@@ -362,7 +362,9 @@ def watchers_main(connection: dict[str, Any], job_ids: list[str], count: int, re
 
         results = await asyncio.gather(*(watch(n) for n in range(count)), return_exceptions=True)
         done.value = finished
-        done.errors = sum(isinstance(r, BaseException) for r in results)  # type: ignore[attr-defined]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        done.errors = len(errors)  # type: ignore[attr-defined]
+        done.first_error = repr(errors[0])[:300] if errors else ""  # type: ignore[attr-defined]
         for client in clients:
             await client.close()
 
@@ -405,7 +407,7 @@ def run_watchers(cluster: harness.ReliabilityCluster, *, streams: int, seconds: 
         idle = probe_latencies(cluster, job_ids[0], seconds)
         context = multiprocessing.get_context("spawn")
         ready, done = context.Event(), context.Manager().Namespace()
-        done.value, done.errors = 0, 0
+        done.value, done.errors, done.first_error = 0, 0, ""
         connection = {
             "gateway": cluster.addr("gateway"),
             "token": cluster.tokens[1],
@@ -434,6 +436,7 @@ def run_watchers(cluster: harness.ReliabilityCluster, *, streams: int, seconds: 
         "jobs_succeeded": sum(state == 5 for state in states),
         "streams_finished": done.value,
         "stream_errors": done.errors,
+        "first_stream_error": done.first_error,
     }
 
 
