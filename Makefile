@@ -21,7 +21,7 @@ protos: setup
 	$(PY) -m sfhq.protos_build
 
 run: setup
-	$(VENV)/bin/sfhq run examples/inspiration out/example --random-weights
+	$(VENV)/bin/sfhq run examples/inspiration out/example --random-weights --overwrite
 
 test: setup
 	$(PY) -m sfhq.protos_build --check

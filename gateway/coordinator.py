@@ -18,11 +18,12 @@ from typing import Any
 import redis
 
 from gateway import jobs
+from gateway.datasets import DatasetBook
 from gateway.jobs import ResolvedSpec
-from gateway.pipeline import Plan, advance, manifest_row
+from gateway.pipeline import Plan, advance, written_row
 from services.common.blobs import BlobStore
 from services.common.contracts import ItemState
-from services.common.dataset import DatasetWriter
+from services.common.dataset import FOLDERS, DatasetWriter
 from services.common.queue import (
     CANCELLED_JOBS,
     COORDINATOR_GROUP,
@@ -34,10 +35,9 @@ from services.common.queue import (
 
 log = logging.getLogger("sfhq.coordinator")
 EVENTS_MAXLEN = 200_000
-MANIFEST_FILES = ("manifest.jsonl", "manifest.parquet", "dataset_info.json")
 
-# KEYS: applied set, job hash, items hash, events stream, results stream
-# ARGV: task id ("" = not a result, e.g. job creation), result entry id, group, plan JSON, now (ISO)
+# KEYS: applied set, job hash, items hash, events stream, results stream, jobs-to-finalize set
+# ARGV: task id ("" = not a result, e.g. job creation), result entry id, group, plan JSON, now (ISO), job id
 APPLY_LUA = """
 if ARGV[1] ~= '' then
   if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
@@ -64,13 +64,11 @@ end
 local state = redis.call('HGET', KEYS[2], 'state')
 local in_flight = tonumber(redis.call('HGET', KEYS[2], 'in_flight') or '0')
 if in_flight <= 0 and (state == 'RUNNING' or state == 'CANCELLING') then
-  local next_state = 'FINALIZING'
-  if state == 'CANCELLING' then
-    next_state = 'CANCELLED'
-    redis.call('HSET', KEYS[2], 'finished_s', math.floor(plan.time_ms / 1000))
-  end
-  redis.call('HSET', KEYS[2], 'state', next_state)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', plan.events_maxlen, '*', 'kind', 'state', 'state', next_state,
+  -- a cancelled job, too, writes its manifest for what it wrote before it ends CANCELLED
+  if state == 'CANCELLING' then redis.call('HSET', KEYS[2], 'cancel_requested', '1') end
+  redis.call('HSET', KEYS[2], 'state', 'FINALIZING')
+  redis.call('SADD', KEYS[6], ARGV[6])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', plan.events_maxlen, '*', 'kind', 'state', 'state', 'FINALIZING',
              'time_ms', plan.time_ms)
   return 2
 end
@@ -117,12 +115,10 @@ class JobStore:
             jobs.items_key(job_id),
             jobs.events_key(job_id),
             RESULTS_STREAM,
+            jobs.TO_FINALIZE,
         ]
-        return int(
-            self._apply(
-                keys=keys, args=[task_id, result_entry, COORDINATOR_GROUP, json.dumps(payload), now_iso()]
-            )
-        )
+        args = [task_id, result_entry, COORDINATOR_GROUP, json.dumps(payload), now_iso(), job_id]
+        return int(self._apply(keys=keys, args=args))
 
     def job(self, job_id: str) -> dict[str, str]:
         return self.redis.hgetall(jobs.job_key(job_id))
@@ -243,6 +239,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
         self._specs: dict[str, ResolvedSpec] = {}
+        self.datasets = DatasetBook(store.redis)
         self._orphans: set[str] = set()  # jobs whose results were dropped (logged once each)
 
     def start(self) -> None:
@@ -264,6 +261,7 @@ class Coordinator:
                 entries = self.queue.read_results(self.consumer, self.batch, self.block_ms)
                 for entry_id, result in entries:
                     self.handle(entry_id, result)
+                self.finalize_pending()  # jobs drained by a cancel or by another gateway's apply
                 if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + self.sweep_every_s
                     self.expire_finished_jobs()
@@ -284,7 +282,9 @@ class Coordinator:
             log.error("result %s for unknown item; dropping", result.task_id)
             self.queue.ack_results([entry_id])
             return
-        cancelling = job.get("state") in (jobs.CANCELLING, jobs.CANCELLED)
+        cancelling = (
+            job.get("state") in (jobs.CANCELLING, jobs.CANCELLED) or job.get("cancel_requested") == "1"
+        )
         plan = advance(self._spec(result.job_id, job), result.job_id, item, result, cancelling=cancelling)
         for task in plan.tasks:  # the next stages stay in the job's trace
             task.trace = job.get("trace", "")
@@ -332,70 +332,118 @@ class Coordinator:
         self.queue.ack_results([entry_id])
 
     def finalize_pending(self) -> None:
-        for job_id in self.store.redis.zrange(jobs.JOBS_INDEX, 0, -1):
-            if self.store.redis.hget(jobs.job_key(job_id), "state") == jobs.FINALIZING:
-                self.finalize(job_id)
+        """Finalize every drained job (the set the apply script fills; a job stays in it until done)."""
+        for job_id in sorted(self.store.redis.smembers(jobs.TO_FINALIZE)):
+            self.finalize(job_id)
 
     def finalize(self, job_id: str) -> None:
-        """Writes manifest + dataset_info and marks the job done. Idempotent (rewrites the same files)."""
+        """Writes the job's part of its dataset's manifest, merges every part into manifest.jsonl /
+        .parquet and dataset_info.json, then ends the job (SUCCEEDED, FAILED or, after a cancel,
+        CANCELLED). Idempotent: a gateway killed half-way does it again on restart."""
         job = self.store.job(job_id)
         if job.get("state") != jobs.FINALIZING:
+            self.store.redis.srem(jobs.TO_FINALIZE, job_id)
             return
         spec = self._spec(job_id, job)
         items = self.store.items(job_id)
         writer = DatasetWriter(spec.dataset_uri)
-        rows = []
-        by_id = {item["id"]: item for item in items}
-        for item in items:
-            if item["state"] != ItemState.WRITTEN:
-                continue
-            files = (item["outputs"].get("annotate") or {}).get("files", {})
-            # Each stage reports the checkpoints it used; a candidate inherits its parent's (align, encode).
-            provenance = dict(self.provenance)
-            parent = by_id.get(item["parent"]) or {}
-            for source in (parent.get("outputs", {}), item["outputs"]):
-                for stage_out in source.values():
-                    if isinstance(stage_out, dict):
-                        provenance.update(stage_out.get("provenance", {}))
-            rows.append(manifest_row(spec, job_id, item, files, provenance))
+        rows, failures = self._rows(spec, job_id, items), self._failures(items)
         counts = {name: int(job.get(name, 0)) for name in jobs.COUNTERS}
-        failures = [
-            {"item_id": i["id"], **i["error"]} for i in items if i["state"] == ItemState.FAILED and i["error"]
-        ]
-        info = {
-            "job_id": job_id,
-            "spec": json.loads(job["spec"]),
-            "resolved": json.loads(job["resolved"]),
-            "counts": counts,
-            "failures": failures[:1000],
-            "provenance": self.provenance,
-            "finished_at": now_iso(),
-        }
+        cancelled = job.get("cancel_requested") == "1"
+        final_state = jobs.CANCELLED if cancelled else jobs.SUCCEEDED
+        error = ""
+        if not rows and counts["failed"] > 0 and not cancelled:
+            final_state = jobs.FAILED
+            error = f"all {counts['failed']} items failed; first: {failures[0].get('message', '') if failures else ''}"
         try:
-            own = {item["stem"] for item in items if item.get("stem")} | set(MANIFEST_FILES)
-            discarded = writer.discard_partial_writes(own)
-            if discarded:
-                log.warning(
-                    "job %s: removed %d unfinished files of killed writers: %s",
-                    job_id,
-                    len(discarded),
-                    ", ".join(discarded[:5]),
-                )
-            writer.write_manifest(rows, info)
+            removed = self._remove_unlisted(writer, items)
+            info = {
+                "job_id": job_id,
+                "owner": job.get("owner", ""),
+                "name": job.get("name", ""),
+                "state": final_state,
+                "created_at": job.get("created_at", ""),
+                "finished_at": now_iso(),
+                "spec": json.loads(job["spec"]),
+                "resolved": json.loads(job["resolved"]),
+                "counts": counts,
+                "written": len(rows),
+                "failures": failures[:1000],
+                "failures_total": len(failures),
+                "removed_unlisted": removed,
+                "provenance": self.provenance | self._checkpoints(rows),
+                "random_weights": any(_is_random(row["provenance"]) for row in rows),
+            }
+            writer.write_job_part(job_id, rows, info)
+            self._merge(spec, writer)
         except Exception as exc:  # the dataset location is broken: the job fails with the reason
             log.exception("writing the manifest of %s failed", job_id)
             self.store.set_state(
                 job_id, jobs.FAILED, error=f"writing the manifest failed: {exc}", only_from={jobs.FINALIZING}
             )
+            self.store.redis.srem(jobs.TO_FINALIZE, job_id)
             return
-        if not rows and counts["failed"] > 0:
-            first = failures[0] if failures else {}
-            self.store.set_state(
-                job_id,
-                jobs.FAILED,
-                only_from={jobs.FINALIZING},
-                error=f"all {counts['failed']} items failed; first: {first.get('message', '')}",
-            )
-        else:
-            self.store.set_state(job_id, jobs.SUCCEEDED, only_from={jobs.FINALIZING})
+        self.store.set_state(job_id, final_state, error=error, only_from={jobs.FINALIZING})
+        self.store.redis.srem(jobs.TO_FINALIZE, job_id)
         self._specs.pop(job_id, None)
+
+    def _rows(self, spec: ResolvedSpec, job_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_id = {item["id"]: item for item in items}
+        return [
+            written_row(spec, job_id, item, by_id.get(item["parent"]), self.provenance)
+            for item in items
+            if item["state"] == ItemState.WRITTEN
+        ]
+
+    @staticmethod
+    def _failures(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        failures = []
+        for item in items:
+            if item["state"] == ItemState.FAILED and item["error"]:
+                source = item.get("source") or {}
+                failures.append({"item_id": item["id"], "source": source.get("name", ""), **item["error"]})
+        return failures
+
+    @staticmethod
+    def _checkpoints(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for row in rows:
+            seen.update(row.get("provenance") or {})
+        return seen
+
+    @staticmethod
+    def _remove_unlisted(writer: DatasetWriter, items: list[dict[str, Any]]) -> list[str]:
+        """Files of items that got a stem but did not end written (an annotate cut short by a cancel or
+        a failure): removed, so every file in the dataset is in its manifest. Also the temporary files
+        of killed writers of this job's stems."""
+        own = {item["stem"] for item in items if item.get("stem")}
+        removed = writer.discard_partial_writes(own)
+        for item in items:
+            if item.get("stem") and item["state"] != ItemState.WRITTEN:
+                for kind in FOLDERS:
+                    path = writer.path_of(kind, item["stem"])
+                    if writer.store.delete(path):
+                        removed.append(path)
+        if removed:
+            log.warning("removed %d files no manifest row lists: %s", len(removed), ", ".join(removed[:5]))
+        return removed
+
+    def _merge(self, spec: ResolvedSpec, writer: DatasetWriter) -> None:
+        record = self.datasets.get(spec.dataset_id)
+        if record is None:  # a job without a dataset record (made before datasets had one)
+            identity = {k: v for k, v in (writer.read_info() or {}).items() if k in IDENTITY_FIELDS}
+            identity.setdefault("uri", spec.dataset_uri)
+            identity.setdefault("part", spec.part)
+            with self.store.redis.lock(f"sfhq:dataset-uri-lock:{spec.dataset_uri}", timeout=120):
+                writer.merge(identity)
+            return
+        with self.datasets.lock(record.dataset_id):
+            writer.merge(record.identity())
+
+
+IDENTITY_FIELDS = ("dataset_id", "uri", "owner", "part", "settings", "created_at")
+
+
+def _is_random(provenance: dict[str, Any]) -> bool:
+    """Whether any checkpoint in a row's provenance was random demo weights."""
+    return any(isinstance(value, dict) and value.get("random_weights") for value in provenance.values())

@@ -20,9 +20,10 @@ import numpy as np
 
 from gateway import jobs, messages
 from gateway.coordinator import JobStore, now_iso
+from gateway.datasets import DatasetBook, WriteMode
 from gateway.jobs import ResolvedSpec, SpecError
 from gateway.locations import FolderLimits, Locations, user_area
-from gateway.pipeline import Plan, first_plans
+from gateway.pipeline import Plan, first_plans, stems_needed, written_row
 from services.common import tracing
 from services.common.auth import Principal
 from services.common.blobs import BlobStore
@@ -30,6 +31,8 @@ from services.common.config import Settings
 from services.common.dataset import DatasetWriter
 from services.common.errors import DataLoss, InvalidInput, NotFound, ResourceExhausted
 from services.common.queue import RedisQueue
+from services.common.safe_pickle import load_feature_pickle
+from sfhq import __version__
 from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import gateway_pb2
 
@@ -70,6 +73,7 @@ class GatewayCore:
         )
         self.locations = Locations(blobs, settings.data_roots, limits)
         self._create_record = store.redis.register_script(CREATE_JOB_LUA)
+        self.datasets = DatasetBook(store.redis)
 
     # ---- jobs -----------------------------------------------------------------------------------
 
@@ -114,6 +118,15 @@ class GatewayCore:
             claimed = self.store.redis.get(request_key) or job_id  # a concurrent retry won the race
             if claimed != job_id:
                 return self.submit(request, caller)
+        spec, _dataset = self.datasets.attach(
+            spec,
+            request.spec.output,
+            location=self.locations.canonical("output.dataset_uri", spec.dataset_uri),
+            mode=WriteMode(spec.write_mode),
+            caller=caller,
+            job_id=job_id,
+            stems=stems_needed(spec, len(request.spec.inputs) + len(folder)),
+        )
         inputs = self._stage_inputs(job_id, request.spec, spec, folder, owner)
         plans = first_plans(spec, job_id, inputs, SUBMIT_CHUNK)
         traceparent = tracing.inject()  # the job's trace: SubmitJob's span, carried by every task
@@ -183,7 +196,7 @@ class GatewayCore:
         record = {
             "spec": display, "resolved": spec.to_json(), "state": jobs.QUEUED, "created_at": created,
             "updated_at": created, "dataset_uri": spec.dataset_uri, "error": "", "in_flight": 0,
-            "owner": spec.owner,
+            "owner": spec.owner, "dataset_id": spec.dataset_id,
             "trace": traceparent, "name": spec_msg.name, "mode": spec.mode, **dict.fromkeys(jobs.COUNTERS, 0),
         }  # fmt: skip
         self._create_record(keys=[jobs.job_key(job_id)], args=[json.dumps(record)])
@@ -291,6 +304,14 @@ class GatewayCore:
                     if key:
                         message.image.data = self.blobs.get(key)
             if request.include_annotations and written:
+                spec = ResolvedSpec.from_json(job["resolved"])
+                parent = self.store.item(request.job_id, record["parent"]) if record["parent"] else None
+                row = written_row(spec, request.job_id, record, parent, {"code_version": __version__})
+                message.manifest_json = json.dumps(row, sort_keys=True)
+                message.dataset_id = spec.dataset_id
+                for key, value in load_feature_pickle(dataset.get(written["features"])).items():
+                    kind = "float16" if value.dtype == np.float16 else "float32"  # SFHQ's are float16
+                    message.features[key].CopyFrom(numpy_to_tensor(value, kind))
                 message.segmentation.data = dataset.get(written["segmentation"])
                 with np.load(io.BytesIO(dataset.get(written["landmarks"])), allow_pickle=False) as npz:
                     message.landmarks.CopyFrom(numpy_to_tensor(npz["landmarks"]))

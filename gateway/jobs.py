@@ -16,12 +16,12 @@ from typing import Any
 from google.protobuf import json_format
 
 from services.common.errors import InvalidInput
+from services.common.strategies import SCHEMAS, check_params
 from sfhq.v1 import common_pb2, gateway_pb2
 
 # SFHQ's own two candidates per inspiration image (docs/sfhq-format.md, "Candidate types").
 DEFAULT_STRATEGIES: tuple[tuple[str, dict[str, float]], ...] = (("e4e_strict_prior", {}), ("low_prior", {}))
 DEFAULT_CORRECTION = ("encoder_truncation", {"coarse": 0.3, "middle": 0.3, "fine": 0.3})
-KNOWN_STRATEGIES = {"e4e_strict_prior", "low_prior", "style_mix", "encoder_truncation"}
 MAX_INPUTS = 100_000
 MAX_SAMPLES = 1_000_000
 MAX_CANDIDATE_STRATEGIES = 16
@@ -74,6 +74,7 @@ def owner_jobs_key(owner: str) -> str:
     return f"sfhq:jobs:owner:{owner}"
 
 
+TO_FINALIZE = "sfhq:jobs:finalizing"  # set of drained jobs whose manifest is still to be written
 EPOCH_KEY = "sfhq:epoch"  # set once per Redis dataset; its disappearance means Redis lost its data
 
 
@@ -121,6 +122,9 @@ class ResolvedSpec:
     annotation_size: int
     seed: int
     owner: str = ""  # the user who submitted the job
+    write_mode: str = "new"  # "new" | "append" | "overwrite" (gateway/datasets.py)
+    dataset_id: str = ""  # set when the job attaches to its dataset
+    stem_base: int = 0  # the first stem index of the job's block in the dataset's numbering
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -137,13 +141,15 @@ def _finite(value: float, field: str, lo: float, hi: float) -> float:
 
 
 def _strategy(msg: common_pb2.Strategy, field: str) -> dict[str, Any]:
-    if msg.name not in KNOWN_STRATEGIES:
-        raise SpecError(f"{field}.name: unknown strategy {msg.name!r} (known: {sorted(KNOWN_STRATEGIES)})")
-    params = {}
-    for key, value in msg.params.items():
-        if len(key) > 64:
-            raise SpecError(f"{field}.params: parameter name too long")
-        params[key] = _finite(value, f"{field}.params[{key!r}]", -1e6, 1e6)
+    """A strategy checked against the generator's parameter table (services.common.strategies)."""
+    if msg.name not in SCHEMAS:
+        raise SpecError(f"{field}.name: unknown strategy {msg.name!r} (known: {', '.join(SCHEMAS)})")
+    if len(msg.params) > 64 or any(len(key) > 64 for key in msg.params):
+        raise SpecError(f"{field}.params: too many parameters or a name too long")
+    try:
+        params = check_params(msg.name, dict(msg.params))
+    except ValueError as exc:
+        raise SpecError(f"{field}.params: {exc}") from None
     return {"name": msg.name, "params": params, "seed": int(msg.seed)}
 
 
@@ -244,6 +250,13 @@ def validate_spec(
     annotation = out.annotation_size or 256
     if not 64 <= annotation <= 1024:
         raise SpecError("output.annotation_size: must be in [64, 1024]")
+    write_modes = {
+        gateway_pb2.WRITE_MODE_NEW: "new",
+        gateway_pb2.WRITE_MODE_APPEND: "append",
+        gateway_pb2.WRITE_MODE_OVERWRITE: "overwrite",
+    }
+    if out.write_mode not in write_modes:
+        raise SpecError(f"output.write_mode: must be NEW, APPEND or OVERWRITE (got {out.write_mode})")
     return ResolvedSpec(
         mode=mode,
         strategies=strategies,
@@ -258,6 +271,7 @@ def validate_spec(
         annotation_size=annotation,
         seed=int(spec.seed),
         owner=owner,
+        write_mode=write_modes[out.write_mode],
     )
 
 

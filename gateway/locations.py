@@ -92,6 +92,12 @@ class Locations:
         rest = uri.split("://", 1)[1]
         return f"{protocol}://{posixpath.normpath('/' + rest)[1:]}"
 
+    def canonical(self, field: str, uri: str) -> str:
+        """The one name of a location (links resolved, `file://` and plain paths alike): datasets are
+        known by it."""
+        self._check_protocol(field, uri)
+        return self._comparable(field, uri)
+
     @staticmethod
     def _within(location: str, root: str) -> bool:
         return location == root or location.startswith(root.rstrip("/") + "/")

@@ -68,7 +68,10 @@ def job(job_id: str, record: dict[str, str], *, with_spec: bool = True) -> gatew
         owner=record.get("owner", ""),
         name=record.get("name", ""),
         mode=MODE_TO_PROTO.get(record.get("mode", ""), gateway_pb2.JOB_MODE_UNSPECIFIED),
+        dataset_id=record.get("dataset_id", ""),
     )
+    if record.get("state") == jobs.FINALIZING and record.get("cancel_requested") == "1":
+        message.state = gateway_pb2.JOB_STATE_CANCELLING  # a cancelled job writing its manifest
     if with_spec and record.get("spec"):
         json_format.Parse(record["spec"], message.spec, ignore_unknown_fields=True)
     return message

@@ -109,6 +109,19 @@ def candidates_per_parent(spec: ResolvedSpec) -> int:
     return 1 if spec.mode == "sampling" else len(spec.strategies)
 
 
+def stems_needed(spec: ResolvedSpec, inputs: int) -> int:
+    """How many stems a job may use: one per possible candidate (its block in the dataset's numbering)."""
+    if spec.mode == "sampling":
+        return int(spec.sampling["count"])
+    return inputs * (1 if spec.mode == "annotate_only" else len(spec.strategies))
+
+
+def stem_of(spec: ResolvedSpec, item: ItemRecord) -> str:
+    """A candidate's stem: its place in the job (deterministic) within the job's block of the dataset's
+    numbering (unique across jobs: gateway/datasets.py reserves the block at submit)."""
+    return stem_for(spec.part, spec.stem_base + item["ordinal"])
+
+
 def first_tasks(spec: ResolvedSpec, job_id: str, inputs: list[dict[str, Any]]) -> Plan:
     """The plan of a new job: one item per input (or per sample) and its first task."""
     return first_plans(spec, job_id, inputs)[0]
@@ -201,7 +214,18 @@ def _annotate_payload(spec: ResolvedSpec, item: ItemRecord) -> AnnotatePayload:
     )
 
 
+def source_name(item: ItemRecord) -> str:
+    """What a person calls the item's origin: its input file's name, or its sample's seed."""
+    source = item.get("source") or {}
+    if source.get("name"):
+        return str(source["name"])
+    return f"sample seed {source['seed']}" if "seed" in source else ""
+
+
 def _fail(plan: Plan, item: ItemRecord, stage: str, code: str, message: str) -> None:
+    name = source_name(item)
+    if name and not message.startswith(name):  # a failure names the file it came from
+        message = f"{name}: {message}"
     item["state"] = ItemState.FAILED
     item["error"] = {"stage": stage, "code": code or "UNKNOWN", "message": message}
     plan.bump("failed")
@@ -211,7 +235,12 @@ def _fail(plan: Plan, item: ItemRecord, stage: str, code: str, message: str) -> 
 
 
 def advance(
-    spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult, *, cancelling: bool = False
+    spec: ResolvedSpec,
+    job_id: str,
+    item: ItemRecord,
+    result: TaskResult,
+    *,
+    cancelling: bool = False,
 ) -> Plan:
     """What applying `result` to `item` means: the next state, tasks, counters and events."""
     plan = Plan()
@@ -224,6 +253,11 @@ def advance(
     if cancelling:  # record what came back, schedule nothing (workers answer CANCELLED for queued tasks)
         if result.ok:
             item["outputs"][result.stage] = result.output
+        if result.ok and result.stage == "annotate":  # its files are in the dataset: count and list it
+            item["state"] = ItemState.WRITTEN
+            plan.bump("written")
+            plan.events.append(event)
+            return plan
         item["state"] = ItemState.CANCELLED
         plan.bump("cancelled")
         plan.events.append(event)
@@ -293,7 +327,7 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
         )
         if curated.decision == Decision.ACCEPTED:
             item["state"] = ItemState.ACCEPTED
-            item["stem"] = stem_for(spec.part, item["ordinal"])
+            item["stem"] = stem_of(spec, item)
             plan.bump("accepted")
             plan.events.append(
                 {"kind": "item_accepted", "item_id": item["id"], "stage": stage, "message": item["stem"]}
@@ -320,6 +354,20 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
         _fail(plan, item, stage, "INTERNAL", f"no transition after stage {stage!r}")
 
 
+def written_row(
+    spec: ResolvedSpec, job_id: str, item: ItemRecord, parent: ItemRecord | None, base: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest row of a written item. Each stage reports the checkpoints it used (`provenance`
+    in its output); a candidate inherits its parent's (align, encode); `base` is the gateway's own."""
+    provenance = dict(base)
+    for source in ((parent or {}).get("outputs", {}), item["outputs"]):
+        for stage_out in source.values():
+            if isinstance(stage_out, dict):
+                provenance.update(stage_out.get("provenance", {}))
+    files = (item["outputs"].get("annotate") or {}).get("files", {})
+    return manifest_row(spec, job_id, item, files, provenance)
+
+
 def manifest_row(
     spec: ResolvedSpec, job_id: str, item: ItemRecord, files: dict[str, str], provenance: dict[str, Any]
 ) -> dict[str, Any]:
@@ -331,6 +379,7 @@ def manifest_row(
         "job_id": job_id,
         "parent_id": item["parent"],
         "source": item["source"],
+        "dataset_id": spec.dataset_id,
         "strategy": item.get("strategy") or {},
         "taste_score": item["taste_score"],
         "duplicate_of": item["duplicate_of"],

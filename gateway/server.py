@@ -45,6 +45,8 @@ BLOCKING_THREADS = 32  # the pool for the blocking parts of unary calls
 REDIS_CONNECTIONS = 64  # the asyncio Redis pool of the WatchJob streams
 SEARCH_TIMEOUT_S = 60.0
 RETRY_AFTER_S = "30"
+MAX_IMPORT_ITEMS = 1000  # per ImportItems message (1000 x 768 float32 = 3 MB)
+MAX_IMPORT_TOTAL = 2_000_000  # per ImportItems call: every SFHQ part together is ~425,000
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -156,6 +158,34 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         await asyncio.to_thread(self._check_labelled_items, request, caller)
         request.owner = caller.name  # labels train the caller's own taste model
         return await self._proxy("Label", request, context)
+
+    async def ImportItems(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.ImportItemsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> gateway_pb2.ImportItemsResponse:
+        """Batches of features into the running search index. The admin's imports are public (a shared
+        SFHQ part); a user's are theirs alone."""
+        caller = current_principal()
+        owner = "" if caller.is_admin else caller.name
+        reply = gateway_pb2.ImportItemsResponse()
+        async for request in request_iterator:
+            reply.batches += 1
+            if len(request.items) > MAX_IMPORT_ITEMS:
+                raise InvalidInput(f"items: {len(request.items)} in one message; at most {MAX_IMPORT_ITEMS}")
+            if reply.added + len(request.items) > MAX_IMPORT_TOTAL:
+                raise ResourceExhausted(f"items: at most {MAX_IMPORT_TOTAL} per import; split it")
+            for n, item in enumerate(request.items):
+                # "<job>/<item>" ids belong to jobs' items: an import may not stand in for one
+                if not item.item_id or len(item.item_id) > 200 or "/" in item.item_id:
+                    raise InvalidInput(
+                        f"items[{n}].item_id: {item.item_id[:60]!r} must be 1-200 characters, no '/'"
+                    )
+                item.owner, item.job_id = owner, ""
+            added = await self._proxy("Add", search_pb2.AddRequest(items=request.items), context)
+            reply.added += len(request.items)
+            reply.index_size = added.index_size
+        return reply
 
     def _check_labelled_items(self, request: search_pb2.LabelRequest, caller: Principal) -> None:
         """Items named `<job_id>/<item_id>` must be in the caller's jobs (SFHQ stems are public)."""

@@ -62,6 +62,7 @@ class Rpc:
     path: str  # "/sfhq.v1.Gateway/GetJob"
     request: type[Message]
     server_streaming: bool
+    client_streaming: bool = False
 
     @property
     def name(self) -> str:  # "Gateway.GetJob"
@@ -80,6 +81,7 @@ def public_rpcs() -> list[Rpc]:
                     f"/{service.full_name}/{method.name}",
                     message_factory.GetMessageClass(method.input_type),
                     method.server_streaming,
+                    method.client_streaming,
                 )
             )
     return rpcs
@@ -578,6 +580,11 @@ def seed_requests(env: Environment) -> dict[str, list[Message]]:
         ],
         "/sfhq.v1.Gateway/Search": [search_pb2.SearchRequest(text="a smiling face", top_k=3)],
         "/sfhq.v1.Gateway/Label": [label],
+        "/sfhq.v1.Gateway/ImportItems": [
+            gateway_pb2.ImportItemsRequest(
+                items=[search_pb2.IndexedItem(item_id="fuzz-import", vector=vec(env.clip_dim), source="fuzz")]
+            )
+        ],
         "/sfhq.v1.Encoder/Encode": [encoder_pb2.EncodeRequest(images=[image])],
         "/sfhq.v1.Encoder/EncodeUnaligned": [encoder_pb2.EncodeRequest(images=[face])],
         "/sfhq.v1.Generator/Synthesize": [generator_pb2.SynthesizeRequest(latents=[vec(env.n_latent, 512)])],
@@ -785,6 +792,7 @@ class Sender:
         self._channels: dict[str, grpc.Channel] = {}
         self._process_of = {rpc.path: rpc.process for rpc in public_rpcs()}
         self._streaming = {rpc.path for rpc in public_rpcs() if rpc.server_streaming}
+        self._uploads = {rpc.path for rpc in public_rpcs() if rpc.client_streaming}
 
     def _channel(self, process: str) -> grpc.Channel:
         if process not in self._channels:
@@ -798,7 +806,11 @@ class Sender:
         if invalid:  # grpc's client would fail it locally (with INTERNAL!): it never reaches a server
             return Outcome(CLIENT_REJECTED, invalid, 0.0)
         try:
-            if case.rpc_path in self._streaming:
+            if case.rpc_path in self._uploads:  # a client stream: the case's message, twice
+                channel.stream_unary(case.rpc_path)(
+                    iter([case.payload, case.payload]), timeout=self.timeout_s, metadata=case.metadata
+                )
+            elif case.rpc_path in self._streaming:
                 call = channel.unary_stream(case.rpc_path)(
                     case.payload, timeout=self.timeout_s, metadata=case.metadata
                 )

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one error, one line
 out = Console()
 
 # What `pip install 'sfhq-factory[services]'` brings that the light client lacks.
@@ -77,10 +77,18 @@ def run(
     taste_model: str = "",
     seed: int = 0,
     image_size: int = 1024,
+    append: Annotated[bool, typer.Option("--append", help="add to the dataset in OUTPUT")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the dataset in OUTPUT")] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="the local cluster's data folder (default: OUTPUT.work)")
+    ] = None,
 ) -> None:
-    """The main job on one machine: start Redis (embedded unless REDIS_URL), every service, run, write the dataset."""
+    """The main job on one machine: up (Redis + every service), submit, watch, down; writes the dataset."""
     require_services_extra()
-    from services.local_run import LocalRunOptions, run_local
+    if append and overwrite:
+        console.print("[bold red]error:[/] --append and --overwrite exclude each other")
+        raise typer.Exit(2)
+    from services.local_job import LocalRunOptions, run_local
 
     options = LocalRunOptions(
         inputs=inputs,
@@ -93,8 +101,59 @@ def run(
         taste_model=taste_model,
         seed=seed,
         image_size=image_size,
+        write_mode="append" if append else "overwrite" if overwrite else "new",
+        data_dir=data,
     )
     sys.exit(run_local(options, console=console))
+
+
+DEFAULT_DATA = Path("sfhq-data")
+
+
+def up(
+    data: Annotated[Path, typer.Option(help="where the cluster keeps Redis, blobs and logs")] = DEFAULT_DATA,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", help="DEMO ONLY: random models instead of checkpoints")
+    ] = False,
+    allow: Annotated[
+        list[Path] | None,
+        typer.Option("--allow", help="a folder jobs may read and write besides the blob store (repeat)"),
+    ] = None,
+) -> None:
+    """Start a local cluster in the background (Redis with persistence + every service); keeps its data."""
+    require_services_extra()
+    from services import cluster
+    from sfhq.localenv import env_file
+
+    with console.status("starting the cluster ..."):
+        state = cluster.up(
+            data, random_weights=random_weights, data_roots=tuple(allow or ()), say=console.print
+        )
+    out.print(f"gateway   {state.gateway_addr}")
+    out.print(f"redis     {state.redis_url}  (append-only file in {Path(state.data_dir) / 'redis'})")
+    out.print(f"data      {state.data_dir}")
+    out.print(f"env file  {env_file()}  (the sfhq commands read it; `sfhq env` prints it)")
+    if state.random_weights:
+        console.print(
+            f"[bold yellow]RANDOM WEIGHTS ({state.weights_dir}): demo models, the faces are noise[/]"
+        )
+    out.print("stop it with `sfhq down`")
+
+
+def down(
+    data: Annotated[
+        Path | None, typer.Option(help="the cluster's data folder (default: the one that is up)")
+    ] = None,
+) -> None:
+    """Stop the local cluster `sfhq up` started; its jobs, datasets, index and labels stay in its data folder."""
+    require_services_extra()
+    from services import cluster
+
+    state = cluster.down(data, say=console.print)
+    if state is None:
+        console.print("no local cluster is up")
+        raise typer.Exit(1)
+    out.print(f"stopped the cluster of {state.data_dir}")
 
 
 def overlay(dataset: Path, stem: str, output: Annotated[Path | None, typer.Argument()] = None) -> None:
@@ -116,16 +175,36 @@ def overlay(dataset: Path, stem: str, output: Annotated[Path | None, typer.Argum
 
 
 def import_sfhq(
-    path: Path, part: Annotated[int, typer.Option(help="SFHQ part number (source name)")] = 0
+    path: Path,
+    part: Annotated[int, typer.Option(help="SFHQ part number (source name); default: from the folder")] = 0,
+    address: Annotated[str, typer.Option("--address", "-a", envvar="SFHQ_GATEWAY_ADDR")] = "127.0.0.1:50050",
+    token: Annotated[str, typer.Option("--token", envvar="SFHQ_TOKEN", show_default=False)] = "",
 ) -> None:
-    """Index a downloaded SFHQ part (its released CLIP features) into the search index in the blob store."""
-    require_services_extra()
-    from services.common.blobs import BlobStore
-    from services.common.config import get_settings
-    from services.search.sfhq_import import import_into_store
+    """Index a downloaded SFHQ part (its released CLIP features) in the running search service.
 
-    report = import_into_store(path, BlobStore(get_settings().blob_url), part=part)
-    out.print(json.dumps(report, indent=2, default=str))
+    The features are read here (restricted unpickler) and streamed to the gateway in batches: the
+    running index has them at once and saves them with itself. The admin's imports are public.
+    """
+    require_services_extra()
+    from services.search.sfhq_import import ImportReport, sfhq_items
+    from sfhq.sdk import Client
+    from sfhq.tensors import numpy_to_tensor
+    from sfhq.v1 import search_pb2
+
+    report = ImportReport(root=str(path))
+    items = (
+        search_pb2.IndexedItem(
+            item_id=stem, vector=numpy_to_tensor(vector), image_uri=meta.image_uri, source=meta.source
+        )
+        for stem, vector, meta in sfhq_items(path, report, part=part or None)
+    )
+    with Client(address, token=token or None, timeout=60) as client:
+        reply = client.import_items(items)
+    report.indexed = int(reply.added)
+    out.print(json.dumps({**report.to_dict(), "index_size": reply.index_size}, indent=2, default=str))
+    if not reply.added:
+        console.print(f"[bold red]error:[/] nothing was imported from {path} (see the counts above)")
+        raise typer.Exit(1)
 
 
 weights_app = typer.Typer(help="Official checkpoints: list, download, add, verify.", no_args_is_help=True)
@@ -197,6 +276,8 @@ def register(app: typer.Typer) -> None:
     """The `sfhq.commands` entry point: add this module's commands to the `sfhq` app."""
     app.command()(serve)
     app.command()(run)
+    app.command()(up)
+    app.command()(down)
     app.command()(overlay)
     app.command("import-sfhq")(import_sfhq)
     app.add_typer(weights_app, name="weights")

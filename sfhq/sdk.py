@@ -11,8 +11,6 @@ with Client("127.0.0.1:50050") as client:
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import os
 import random
 import time
@@ -24,6 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from sfhq.export import Exporter
 from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, search_pb2
 
@@ -44,6 +43,9 @@ MODES = {
 }
 
 
+IMPORT_BATCH_LIMIT = 1000  # the gateway's limit per ImportItems message
+
+
 class SfhqError(RuntimeError):
     """A gateway call failed; `code` is the gRPC status code."""
 
@@ -53,26 +55,44 @@ class SfhqError(RuntimeError):
         self.details = details
 
 
+WRITE_MODES = {
+    "new": gateway_pb2.WRITE_MODE_NEW,
+    "append": gateway_pb2.WRITE_MODE_APPEND,
+    "overwrite": gateway_pb2.WRITE_MODE_OVERWRITE,
+}
+SHOWN_MODES = ("inspiration", "sampling", "annotate")  # "annotate_only" is accepted as an alias
+
+
 def parse_strategy(text: str) -> common_pb2.Strategy:
-    """'low_prior' or 'e4e_strict_prior:coarse=0.2,fine=0.1' -> Strategy."""
+    """'low_prior' or 'e4e_strict_prior:coarse=0.2,fine=0.1' -> Strategy (ValueError saying what is wrong)."""
     name, _, params = text.partition(":")
     strategy = common_pb2.Strategy(name=name.strip())
+    if not strategy.name:
+        raise ValueError(f"strategy {text!r}: no name (write NAME or NAME:key=value,...)")
     for pair in filter(None, (p.strip() for p in params.split(","))):
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"strategy parameter {pair!r} is not key=value")
-        strategy.params[key.strip()] = float(value)
+        if not sep or not key.strip():
+            raise ValueError(f"strategy {text!r}: parameter {pair!r} is not key=value (e.g. steps=30)")
+        try:
+            strategy.params[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"strategy {text!r}: parameter {key.strip()!r} must be a number, got {value!r}"
+            ) from None
     return strategy
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expands folders into their image files (sorted), keeps files as given."""
+    """Expands folders into their image files (sorted), keeps files as given.
+
+    FileNotFoundError names a path that does not exist, or a folder with no images in it."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(
-                sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-            )
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not found:
+                raise FileNotFoundError(f"no images in {p} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            out.extend(found)
         elif p.is_file():
             out.append(p)
         else:
@@ -100,10 +120,19 @@ def build_spec(
     annotation_size: int = 0,
     seed: int = 0,
     name: str = "",
+    write_mode: str = "new",
 ) -> gateway_pb2.JobSpec:
-    """A JobSpec from plain arguments; local image files are sent inline."""
+    """A JobSpec from plain arguments; local image files are sent inline.
+
+    `write_mode`: "new" (refuse a folder that holds anything), "append" (add to the dataset there),
+    "overwrite" (replace it). A relative local `output_uri` is made absolute here, against the
+    caller's working directory (the services would otherwise each resolve it against theirs)."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}")
+        raise ValueError(f"mode {mode!r}: must be one of {', '.join(SHOWN_MODES)}")
+    if write_mode not in WRITE_MODES:
+        raise ValueError(f"write mode {write_mode!r}: must be one of {', '.join(WRITE_MODES)}")
+    if output_uri and "://" not in output_uri and not os.path.isabs(output_uri):
+        output_uri = os.path.abspath(output_uri)
     spec = gateway_pb2.JobSpec(name=name, mode=MODES[mode], input_folder=input_folder, seed=seed)
     for image in images:
         if isinstance(image, bytes):
@@ -129,6 +158,7 @@ def build_spec(
     spec.output.part = part
     spec.output.image_size = image_size
     spec.output.annotation_size = annotation_size
+    spec.output.write_mode = WRITE_MODES[write_mode]
     return spec
 
 
@@ -212,6 +242,7 @@ class Call:
     method: str
     request: Any
     timeout: float | None = None  # None: the client's default
+    retry: bool = True  # False for a client stream: a retry could not send what was sent again
 
 
 class Requests:
@@ -261,6 +292,23 @@ class Requests:
         for item_id, positive in labels.items():
             request.labels.add(item_id=item_id, positive=positive, labeler=labeler)
         return Call("Label", request)
+
+    @staticmethod
+    def import_items(items: Iterable[search_pb2.IndexedItem], batch_size: int) -> Call:
+        if not 1 <= batch_size <= IMPORT_BATCH_LIMIT:
+            raise ValueError(f"batch_size: must be in [1, {IMPORT_BATCH_LIMIT}]")
+
+        def batches() -> Iterator[gateway_pb2.ImportItemsRequest]:
+            batch: list[search_pb2.IndexedItem] = []
+            for item in items:
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    yield gateway_pb2.ImportItemsRequest(items=batch)
+                    batch = []
+            if batch:
+                yield gateway_pb2.ImportItemsRequest(items=batch)
+
+        return Call("ImportItems", batches(), 3600.0, retry=False)
 
     @staticmethod
     def watch(job_id: str, after_event_id: str) -> gateway_pb2.WatchJobRequest:
@@ -320,7 +368,7 @@ class Client:
                     call.request, timeout=timeout, metadata=with_trace(self._metadata)
                 )
             except grpc.RpcError as exc:
-                if exc.code() in RETRYABLE and attempt < self.retries:
+                if exc.code() in RETRYABLE and attempt < self.retries and call.retry:
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 5.0)
                     continue
@@ -396,12 +444,16 @@ class Client:
         query: str | None = None,
         top_k: int = 100,
     ) -> list[Path]:
-        """Fetches items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written)."""
+        """Fetches items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written),
+        with manifest, dataset_info.json, a Hugging Face parquet and a dataset card (`sfhq.export`)."""
         if item_ids is None and query is not None:
             item_ids = [hit.item_id for hit in self.search(query, job_id=job_id, top_k=top_k).hits]
         if item_ids is None:
             item_ids = [i.item_id for i in self.list_items(job_id, state="written")]
-        return [write_item_files(self.get_item(job_id, item_id), Path(dest)) for item_id in item_ids]
+        exporter = Exporter(dest)
+        paths = [exporter.add(self.get_item(job_id, item_id)) for item_id in item_ids]
+        exporter.finish()
+        return paths
 
     # search and labels
     def search(
@@ -431,45 +483,16 @@ class Client:
         """Labels indexed items as good (True) or bad (False) for a taste model."""
         return self._run(Requests.label(labels, taste_model, labeler))
 
+    def import_items(
+        self, items: Iterable[search_pb2.IndexedItem], *, batch_size: int = 256
+    ) -> gateway_pb2.ImportItemsResponse:
+        """Streams features made elsewhere (e.g. a downloaded SFHQ part) into the running search index."""
+        return self._run(Requests.import_items(items, batch_size))
+
 
 def _check_deadline(deadline: float | None, job_id: str, timeout: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise TimeoutError(f"job {job_id} still running after {timeout} s")
-
-
-def write_item_files(item: gateway_pb2.Item, dest: Path) -> Path:
-    """Writes one fetched item in the SFHQ layout under `dest`; returns the image path."""
-    stem = item.stem or item.item_id
-    paths = {"images": dest / "images" / f"{stem}.jpg"}
-    paths["images"].parent.mkdir(parents=True, exist_ok=True)
-    paths["images"].write_bytes(item.image.data)
-    if item.segmentation.data:
-        seg = dest / "segmentations" / f"{stem}.png"
-        seg.parent.mkdir(parents=True, exist_ok=True)
-        seg.write_bytes(item.segmentation.data)
-    if item.landmarks.data:
-        from sfhq.tensors import tensor_to_numpy
-
-        lm = dest / "landmarks" / f"{stem}.npz"
-        lm.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, landmarks=tensor_to_numpy(item.landmarks))
-        lm.write_bytes(buf.getvalue())
-    meta = dest / "items" / f"{stem}.json"
-    meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(
-        json.dumps(
-            {
-                "item_id": item.item_id,
-                "job_id": item.job_id,
-                "state": item.state,
-                "stem": item.stem,
-                "provenance": json.loads(item.provenance_json or "{}"),
-            },
-            indent=2,
-        )
-    )
-    return paths["images"]
 
 
 class AsyncClient:
@@ -519,7 +542,7 @@ class AsyncClient:
                     call.request, timeout=timeout, metadata=with_trace(self._metadata)
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in RETRYABLE and attempt < self.retries:
+                if exc.code() in RETRYABLE and attempt < self.retries and call.retry:
                     await asyncio.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 5.0)
                     continue
@@ -595,13 +618,17 @@ class AsyncClient:
         query: str | None = None,
         top_k: int = 100,
     ) -> list[Path]:
-        """Fetches items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written)."""
+        """Fetches items of a job into `dest` in the SFHQ layout (by ids, by a text query, or all written),
+        with manifest, dataset_info.json, a Hugging Face parquet and a dataset card (`sfhq.export`)."""
         if item_ids is None and query is not None:
             item_ids = [hit.item_id for hit in (await self.search(query, job_id=job_id, top_k=top_k)).hits]
         if item_ids is None:
             item_ids = [i.item_id for i in await self.list_items(job_id, state="written")]
         items = await asyncio.gather(*(self.get_item(job_id, item_id) for item_id in item_ids))
-        return [write_item_files(item, Path(dest)) for item in items]
+        exporter = Exporter(dest)
+        paths = [exporter.add(item) for item in items]
+        exporter.finish()
+        return paths
 
     # search and labels
     async def search(
@@ -630,3 +657,9 @@ class AsyncClient:
     ) -> search_pb2.LabelResponse:
         """Labels indexed items as good (True) or bad (False) for a taste model."""
         return await self._run(Requests.label(labels, taste_model, labeler))
+
+    async def import_items(
+        self, items: Iterable[search_pb2.IndexedItem], *, batch_size: int = 256
+    ) -> gateway_pb2.ImportItemsResponse:
+        """Streams features made elsewhere (e.g. a downloaded SFHQ part) into the running search index."""
+        return await self._run(Requests.import_items(items, batch_size))

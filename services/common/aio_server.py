@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Refusal, TokenBook, authenticate, reset_principal, set_principal
 from services.common.config import Settings
-from services.common.errors import error_status
+from services.common.errors import InvalidInput, error_status
 from services.common.metrics import METRICS, Metrics
 from services.common.server import (
     AUTH_EXEMPT_PREFIXES,
@@ -60,6 +60,17 @@ def _status_for(method: str, exc: BaseException) -> tuple[str, str] | None:
     return status
 
 
+async def _decodable_messages(messages: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    number = 0
+    async for message in messages:
+        if isinstance(message, UndecodableRequest):
+            raise InvalidInput(
+                f"message {number} of the stream is not a valid {method} message: {message.reason}"
+            )
+        number += 1
+        yield message
+
+
 class AsyncObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Request metrics and logs; typed errors from servicers become their gRPC status."""
 
@@ -77,6 +88,7 @@ class AsyncObservabilityInterceptor(grpc.aio.ServerInterceptor):
             handler,
             lambda behavior, streams: self._observe(method, behavior, streams),
             tolerant_requests=True,
+            tolerant_streams=True,
         )
 
     def _observe(self, method: str, behavior: AsyncBehavior, streams: bool) -> AsyncBehavior:
@@ -122,6 +134,8 @@ class AsyncObservabilityInterceptor(grpc.aio.ServerInterceptor):
             started, code = time.perf_counter(), "UNKNOWN"
             try:
                 await refuse_undecodable(request, context)
+                if hasattr(request, "__aiter__"):  # a client stream: each message is checked as it comes
+                    request = _decodable_messages(request, method)
                 with server_span(method, context.invocation_metadata()):
                     response = await behavior(request, context)
                 code = _code_name(context) or "OK"

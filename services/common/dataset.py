@@ -5,11 +5,16 @@
     <root>/landmarks/<stem>.npz             key 'landmarks', (110, 2) float32, image pixel coordinates
     <root>/pretrained_features/<stem>.pickle  {feature_key: ndarray (1, D)}
     <root>/latents/<stem>.npy               the W+ code that made the image (ours; SFHQ never shipped latents)
-    <root>/manifest.jsonl, manifest.parquet one row per item
-    <root>/dataset_info.json                job spec, counts, provenance
+    <root>/manifest.jsonl, manifest.parquet one row per item, every job's items merged
+    <root>/dataset_info.json                the dataset's identity, settings and every job that wrote to it
+    <root>/jobs/<job_id>/manifest.jsonl     one job's rows (its part of the manifest)
+    <root>/jobs/<job_id>/info.json          that job's spec, counts, failures and provenance
+    <root>/RANDOM_WEIGHTS.txt               only when some job ran with random demo weights
 
 Every file goes through BlobStore.put, which is atomic, so a reader never sees half an image; an
-item whose files cannot all be written leaves none of them behind.
+item whose files cannot all be written leaves none of them behind. Many jobs write into one
+dataset: each writes only its own items and its own part, and `merge` rebuilds the dataset-wide
+files from every part (the caller holds the dataset's lock), so no job's view replaces another's.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import io
 import json
 import os
 import pickle
+import re
+import time
 from collections.abc import Container, Iterable
 from typing import Any
 
@@ -36,9 +43,50 @@ FOLDERS = {
 }
 
 
+DATASET_FILES = ("manifest.jsonl", "manifest.parquet", "dataset_info.json")
+INFO_FILE = "dataset_info.json"
+RANDOM_MARKER = "RANDOM_WEIGHTS.txt"
+JOBS_FOLDER = "jobs"
+FORMAT = "sfhq-factory dataset 1"
+RANDOM_WARNING = (
+    "MADE WITH RANDOM WEIGHTS: these files come from randomly initialised demo models, not the "
+    "official checkpoints. The images are noise, not faces; do not train on them."
+)
+_STEM = re.compile(r"^SFHQ_pt(\d+)_(\d{8,})$")
+
+
 def stem_for(part: int, index: int) -> str:
     """SFHQ's stem naming: SFHQ_pt{part}_{8-digit index}."""
     return f"SFHQ_pt{part}_{index:08d}"
+
+
+def stem_index(stem: str, part: int) -> int | None:
+    """The index of an SFHQ stem of `part` (None for other names)."""
+    match = _STEM.match(stem)
+    return int(match.group(2)) if match and int(match.group(1)) == part else None
+
+
+def job_rows_key(job_id: str) -> str:
+    return f"{JOBS_FOLDER}/{job_id}/manifest.jsonl"
+
+
+def job_info_key(job_id: str) -> str:
+    return f"{JOBS_FOLDER}/{job_id}/info.json"
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
+
+
+def parse_jsonl(data: bytes, what: str) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(data.decode().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"{what}: line {number} is not JSON ({exc})") from None
+    return rows
 
 
 def features_pickle(features: dict[str, np.ndarray]) -> bytes:
@@ -128,11 +176,122 @@ class DatasetWriter:
                     removed.append(os.path.relpath(path, self.store.root))
         return removed
 
+    # ---- manifests ----------------------------------------------------------------------------
+
+    def read_info(self) -> dict[str, Any] | None:
+        """dataset_info.json, or None when the folder has none (or an unreadable one)."""
+        try:
+            info = json.loads(self.store.get(INFO_FILE))
+        except (FileNotFoundError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def is_empty(self) -> bool:
+        """True when the folder holds nothing but hidden files (at its top level)."""
+        if self.store.is_local:
+            with os.scandir(self.store.root) as listing:
+                return not any(not entry.name.startswith(".") for entry in listing)
+        try:
+            names = self.store.fs.ls(self.store.root, detail=False)
+        except FileNotFoundError:
+            return True
+        return not [name for name in names if not str(name).rstrip("/").rsplit("/", 1)[-1].startswith(".")]
+
+    def entries(self) -> list[str]:
+        """What the folder holds (keys, hidden files left out): empty means a new dataset may go here."""
+        return [key for key in self.store.list("") if not key.rsplit("/", 1)[-1].startswith(".")]
+
+    def layout_entries(self) -> list[str]:
+        """The entries a dataset of ours writes (what `--overwrite` removes; other files stay)."""
+        top = {folder for folder, _ in FOLDERS.values()} | {JOBS_FOLDER}
+        files = {*DATASET_FILES, RANDOM_MARKER, "README.md"}
+        return [key for key in self.entries() if key.split("/", 1)[0] in top or key in files]
+
+    def clear_layout(self) -> int:
+        """Remove every file of our layout (for `--overwrite`); returns how many went."""
+        removed = 0
+        for key in self.layout_entries():
+            removed += self.store.delete(key)
+        return removed
+
+    def used_indices(self, part: int) -> list[int]:
+        """The stem indices of `part` the folder's images and manifest parts use (to resume numbering
+        when Redis lost the dataset's counter)."""
+        found = set()
+        for key in self.store.list(f"{FOLDERS['image'][0]}/"):
+            index = stem_index(key.rsplit("/", 1)[-1].rsplit(".", 1)[0], part)
+            if index is not None:
+                found.add(index)
+        for row in self.all_rows():
+            index = stem_index(str(row.get("stem", "")), part)
+            if index is not None:
+                found.add(index)
+        return sorted(found)
+
+    def write_job_part(self, job_id: str, rows: Iterable[dict[str, Any]], info: dict[str, Any]) -> None:
+        """One job's rows and info (rewritten whole by that job only: idempotent per job)."""
+        ordered = sorted(rows, key=lambda r: r.get("stem") or "")
+        self.store.put(job_rows_key(job_id), _jsonl(ordered))
+        self.store.put(job_info_key(job_id), json.dumps(info, indent=2, sort_keys=True).encode())
+
+    def job_ids(self) -> list[str]:
+        return sorted(
+            {key.split("/")[1] for key in self.store.list(f"{JOBS_FOLDER}/") if key.count("/") == 2}
+        )
+
+    def all_rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for job_id in self.job_ids():
+            key = job_rows_key(job_id)
+            if self.store.exists(key):
+                rows.extend(parse_jsonl(self.store.get(key), key))
+        return rows
+
+    def merge(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """Rebuild manifest.jsonl/.parquet and dataset_info.json from every job's part.
+
+        Call it holding the dataset's lock. `identity` is what the dataset record says about itself
+        (id, uri, part, settings, owner, created_at). Returns the new dataset_info.
+        """
+        rows: list[dict[str, Any]] = []
+        jobs_info: list[dict[str, Any]] = []
+        for job_id in self.job_ids():
+            try:
+                info = json.loads(self.store.get(job_info_key(job_id)))
+            except (FileNotFoundError, ValueError):
+                continue  # a part still being written by its job's first finalize: next merge lists it
+            if self.store.exists(job_rows_key(job_id)):
+                rows.extend(parse_jsonl(self.store.get(job_rows_key(job_id)), job_rows_key(job_id)))
+            jobs_info.append(info)
+        rows.sort(key=lambda r: r.get("stem") or "")
+        jobs_info.sort(key=lambda j: (j.get("created_at") or "", j.get("job_id") or ""))
+        random_weights = any(job.get("random_weights") for job in jobs_info)
+        totals: dict[str, int] = {}
+        provenance: dict[str, Any] = {}
+        for job in jobs_info:
+            for name, value in (job.get("counts") or {}).items():
+                totals[name] = totals.get(name, 0) + int(value)
+            provenance.update(job.get("provenance") or {})
+        info = {
+            "format": FORMAT,
+            **identity,
+            "items": len(rows),
+            "counts": totals,
+            "random_weights": random_weights,
+            "provenance": provenance,
+            "jobs": [{k: v for k, v in job.items() if k not in ("failures", "spec")} for job in jobs_info],
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if random_weights:
+            info["warning"] = RANDOM_WARNING
+            self.store.put(RANDOM_MARKER, (RANDOM_WARNING + "\n").encode())
+        self.write_manifest(rows, info)
+        return info
+
     def write_manifest(self, rows: Iterable[dict[str, Any]], info: dict[str, Any]) -> dict[str, str]:
         """manifest.jsonl (always), manifest.parquet (when pyarrow is installed) and dataset_info.json."""
         rows = sorted(rows, key=lambda r: r.get("stem") or "")
-        jsonl = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-        self.store.put("manifest.jsonl", jsonl.encode())
+        self.store.put("manifest.jsonl", _jsonl(rows))
         written = {"manifest_jsonl": "manifest.jsonl"}
         try:
             import pyarrow as pa
@@ -148,6 +307,6 @@ class DatasetWriter:
             pq.write_table(pa.Table.from_pylist(flat), buf)
             self.store.put("manifest.parquet", buf.getvalue())
             written["manifest_parquet"] = "manifest.parquet"
-        self.store.put("dataset_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
-        written["info"] = "dataset_info.json"
+        self.store.put(INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
+        written["info"] = INFO_FILE
         return written

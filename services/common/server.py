@@ -129,13 +129,17 @@ def _rebuild(
     wrap: Callable[[Behavior, bool], Behavior],
     *,
     tolerant_requests: bool = False,
+    tolerant_streams: bool = False,
 ) -> grpc.RpcMethodHandler:
     """The same handler with its behaviour wrapped; `wrap(behavior, streams_responses)`.
 
-    `tolerant_requests`: undecodable unary requests reach the behaviour as `UndecodableRequest`.
+    `tolerant_requests`: undecodable unary requests reach the behaviour as `UndecodableRequest`;
+    `tolerant_streams`: so do the undecodable messages of a request stream (the wrapper must check).
     """
     deserializer = handler.request_deserializer
-    if tolerant_requests and not handler.request_streaming:
+    if (tolerant_requests and not handler.request_streaming) or (
+        tolerant_streams and handler.request_streaming
+    ):
         deserializer = _tolerant_deserializer(deserializer)
     kinds = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, False),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import fcntl
 import hashlib
 import http.client
@@ -24,8 +25,10 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -467,7 +470,7 @@ class WeightsRegistry:
                     if target.is_file():
                         continue  # finished by an earlier, interrupted run
                     try:
-                        self._fetch(f"{source.rstrip('/')}/{file}", target, progress, retries)
+                        self._fetch(f"{source.rstrip('/')}/{file}", target, progress, retries, name)
                     except WeightsDownloadError as exc:
                         if file in spec.files:
                             raise
@@ -475,7 +478,7 @@ class WeightsRegistry:
                 self._replace(part_dir, dest)
             else:
                 part = dest.with_name(dest.name + ".part")
-                self._fetch(source, part, progress, retries)
+                self._fetch(source, part, progress, retries, name)
                 actual = _sha256_file(part)
                 try:
                     self._check_hash(name, actual)
@@ -488,7 +491,7 @@ class WeightsRegistry:
         self._settle_hash(name, dest)
         return dest
 
-    def _fetch(self, url: str, part: Path, progress: bool, retries: int) -> None:
+    def _fetch(self, url: str, part: Path, progress: bool, retries: int, name: str) -> None:
         """Download `url` into `part`, resuming what `part` already holds."""
         if not url.startswith(("http://", "https://")):
             raise WeightsDownloadError(f"{url!r} is not an http(s) URL")
@@ -501,6 +504,13 @@ class WeightsRegistry:
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
                 if isinstance(exc, urllib.error.HTTPError):
                     raise WeightsDownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+                unreachable = _unreachable(exc)
+                if unreachable:  # retrying cannot help
+                    host = urllib.parse.urlparse(url).hostname or url
+                    raise WeightsDownloadError(
+                        f"cannot reach {host} ({unreachable}): download {name} on a machine that is online "
+                        f"and register it here with `sfhq weights add {name} PATH`"
+                    ) from None
                 reason = str(exc)
             failures += 1
             if failures > retries:
@@ -542,6 +552,19 @@ class WeightsRegistry:
                 out.flush()
                 os.fsync(out.fileno())
         return total is None or written >= total
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Why no connection could be made at all (no DNS, no route, refused), or "" for a transfer
+    broken half-way (worth resuming)."""
+    reason = getattr(exc, "reason", None)
+    if not isinstance(exc, urllib.error.URLError) or not isinstance(reason, OSError):
+        return ""
+    if isinstance(reason, socket.gaierror | ConnectionRefusedError):
+        return str(reason)
+    if reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN):
+        return str(reason)
+    return ""
 
 
 @contextlib.contextmanager

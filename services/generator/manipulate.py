@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from services.common.strategies import GROUP_NAMES, SCHEMAS, ParamSpec, StrategySchema, check_params
 from services.generator.model import Generator, z_from_seed
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-GROUP_NAMES: tuple[str, ...] = ("coarse", "middle", "fine")
 MAX_SEED = 2**64  # proto seeds are uint64 (model.z_from_seed matches NVlabs' seeds below 2**32)
 
 
@@ -237,33 +237,31 @@ def low_prior(
 
 
 @dataclass(frozen=True)
-class ParamSpec:
-    """One strategy parameter: default and closed range; `integer` ones must be whole numbers.
-
-    `default_for_layers(n_latent)`, when set, gives the default for a generator with that many layers.
-    """
-
-    default: float
-    low: float
-    high: float
-    integer: bool = False
-    help: str = ""
-    default_for_layers: Callable[[int], float] | None = None
-
-    def default_value(self, n_latent: int | None) -> float:
-        if n_latent is not None and self.default_for_layers is not None:
-            return float(self.default_for_layers(n_latent))
-        return float(self.default)
-
-
-@dataclass(frozen=True)
 class Strategy:
-    name: str
-    formula: str
-    params: Mapping[str, ParamSpec]
+    """A strategy's schema (`services.common.strategies`: parameters as data) and the code that builds it."""
+
+    schema: StrategySchema
     build: Callable[[_Inputs, Mapping[str, float], int], Tensor]
-    needs_target: bool = False
-    needs_sampled_w: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+    @property
+    def formula(self) -> str:
+        return self.schema.formula
+
+    @property
+    def params(self) -> Mapping[str, ParamSpec]:
+        return self.schema.params
+
+    @property
+    def needs_target(self) -> bool:
+        return self.schema.needs_target
+
+    @property
+    def needs_sampled_w(self) -> bool:
+        return self.schema.needs_sampled_w
 
 
 @dataclass(frozen=True)
@@ -275,12 +273,6 @@ class _Inputs:
     target: Tensor | None
     sampled_w: Tensor | None
     loss_fn: LossFn | None
-
-
-def _group_params(default: float, what: str) -> dict[str, ParamSpec]:
-    return {
-        group: ParamSpec(default, 0.0, 1.0, help=f"{what} for the {group} layers") for group in GROUP_NAMES
-    }
 
 
 def _build_strict(inputs: _Inputs, params: Mapping[str, float], seed: int) -> Tensor:
@@ -313,62 +305,13 @@ def _build_encoder_truncation(inputs: _Inputs, params: Mapping[str, float], seed
     return encoder_truncation(inputs.w_plus, inputs.sampled_w, {g: params[g] for g in GROUP_NAMES})
 
 
-STRATEGIES: dict[str, Strategy] = {
-    strategy.name: strategy
-    for strategy in (
-        Strategy(
-            "e4e_strict_prior",
-            "w'_l = w_l + beta_g(l) * (w_avg - w_l)",
-            _group_params(0.0, "pull toward w_avg"),
-            _build_strict,
-        ),
-        Strategy(
-            "low_prior",
-            "w' = argmin_v loss(G(v), target) + prior_weight * mean((v - w)^2), Adam from v = w",
-            {
-                "steps": ParamSpec(30, 0, 1000, integer=True, help="optimisation steps"),
-                "lr": ParamSpec(0.01, 1e-5, 1.0, help="Adam learning rate"),
-                "prior_weight": ParamSpec(0.1, 0.0, 1e4, help="weight of the pull toward the e4e code"),
-                "loss_size": ParamSpec(
-                    256, 8, 1024, integer=True, help="pixels at which images are compared"
-                ),
-            },
-            _build_low_prior,
-            needs_target=True,
-        ),
-        Strategy(
-            "style_mix",
-            "w'_l = w_l + strength * (donor - w_l) for l >= start, donor = w_avg + psi * (mapping(z_seed) - w_avg)",
-            {
-                "start": ParamSpec(
-                    8,
-                    0,
-                    17,
-                    integer=True,
-                    help="first layer taken from the donor (default: the first fine layer, 8)",
-                    # Generators under 9 layers (< 64 px) have no fine layers: mix the last one.
-                    default_for_layers=lambda n_latent: min(8, n_latent - 1),
-                ),
-                "strength": ParamSpec(1.0, 0.0, 1.0, help="how far the layers move toward the donor"),
-                "psi": ParamSpec(0.7, 0.0, 2.0, help="truncation of the donor sample"),
-            },
-            _build_style_mix,
-        ),
-        Strategy(
-            "encoder_truncation",
-            "w'_l = w_e4e,l + a_g(l) * (w_s,l - w_e4e,l)",
-            {
-                "coarse": ParamSpec(0.6, 0.0, 1.0, help="a for the coarse layers (pose, face shape)"),
-                "middle": ParamSpec(0.5, 0.0, 1.0, help="a for the middle layers (features, hair style)"),
-                "fine": ParamSpec(
-                    0.3, 0.0, 1.0, help="a for the fine layers (colours, texture: most artifacts)"
-                ),
-            },
-            _build_encoder_truncation,
-            needs_sampled_w=True,
-        ),
-    )
+_BUILDERS = {
+    "e4e_strict_prior": _build_strict,
+    "low_prior": _build_low_prior,
+    "style_mix": _build_style_mix,
+    "encoder_truncation": _build_encoder_truncation,
 }
+STRATEGIES: dict[str, Strategy] = {name: Strategy(SCHEMAS[name], build) for name, build in _BUILDERS.items()}
 
 
 @dataclass(frozen=True)
@@ -381,21 +324,13 @@ class StrategySpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        strategy = STRATEGIES.get(self.name)
-        if strategy is None:
+        if self.name not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.name!r} (known: {', '.join(STRATEGIES)})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
             raise ValueError(
                 f"strategy {self.name!r}: seed must be an integer in [0, 2**64), got {self.seed!r}"
             )
-        checked: dict[str, float] = {}
-        for key, value in dict(self.params).items():
-            spec = strategy.params.get(key)
-            if spec is None:
-                raise ValueError(
-                    f"strategy {self.name!r}: unknown parameter {key!r} (known: {', '.join(strategy.params)})"
-                )
-            checked[key] = _check_param(self.name, key, value, spec)
+        checked = check_params(self.name, self.params)
         object.__setattr__(self, "params", checked)
 
     def resolved(self, n_latent: int | None = None) -> StrategySpec:
@@ -418,21 +353,6 @@ class StrategySpec:
             key: int(value) if specs[key].integer else value for key, value in self.resolved().params.items()
         }
         return {"name": self.name, "params": params, "seed": self.seed}
-
-
-def _check_param(strategy: str, key: str, value: Any, spec: ParamSpec) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"strategy {strategy!r}: parameter {key!r} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"strategy {strategy!r}: parameter {key!r} must be finite, got {value!r}")
-    if not spec.low <= number <= spec.high:
-        raise ValueError(
-            f"strategy {strategy!r}: parameter {key!r} must be in [{spec.low:g}, {spec.high:g}], got {number:g}"
-        )
-    if spec.integer and number != int(number):
-        raise ValueError(f"strategy {strategy!r}: parameter {key!r} must be a whole number, got {number:g}")
-    return number
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from services.common.blobs import BlobStore
 from services.common.errors import InvalidInput
 from services.common.safe_pickle import UnsafePickleError, load_feature_pickle
 from services.search.clip_model import FEATURE_KEY
 from services.search.index import IndexInputError, ItemMeta, VectorIndex
-from services.search.state import INDEX_KEY, SFHQ_DIM, IndexState
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +100,45 @@ def import_sfhq(
 ) -> ImportReport:
     """Add every image of the SFHQ part at `path` that has a readable `feature_key` feature to `index`."""
     started = time.perf_counter()
+    report = ImportReport(root=str(Path(path)))
+    ids: list[str] = []
+    vectors: list[np.ndarray] = []
+    metas: list[ItemMeta] = []
+    with index.bulk():
+        for stem, vector, meta in sfhq_items(
+            path, report, feature_key=feature_key, source=source, part=part, dim=index.dim
+        ):
+            ids.append(stem)
+            vectors.append(vector)
+            metas.append(meta)
+            if len(ids) >= BATCH:
+                report.indexed += _flush(index, ids, vectors, metas, report)
+        report.indexed += _flush(index, ids, vectors, metas, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def sfhq_items(
+    path: str | os.PathLike[str],
+    report: ImportReport,
+    *,
+    feature_key: str = FEATURE_KEY,
+    source: str | None = None,
+    part: int | None = None,
+    dim: int | None = None,
+) -> Iterator[tuple[str, np.ndarray, ItemMeta]]:
+    """(stem, feature vector, metadata) of every image of the SFHQ part at `path` with a readable
+    feature, in stem order; `report` counts what was found and what was skipped, and why. `dim`:
+    vectors of another size are skipped (None: every size is passed on, for the index to judge)."""
     root = Path(path)
-    report = ImportReport(root=str(root))
     if root.is_file() and zipfile.is_zipfile(root):
         report.layout = "zip"
         with zipfile.ZipFile(root) as archive:
-            return _import_entries(
-                _zip_entries(root, archive, report), index, report, feature_key, source, part, started
-            )
+            yield from _items(_zip_entries(root, archive, report), report, feature_key, source, part, dim)
+        return
     if not root.is_dir():
         raise SfhqImportError(f"{root} is neither a folder nor a zip archive")
-    return _import_entries(_folder_entries(root, report), index, report, feature_key, source, part, started)
+    yield from _items(_folder_entries(root, report), report, feature_key, source, part, dim)
 
 
 def probe_feature_dim(
@@ -140,15 +166,14 @@ def probe_feature_dim(
     return first_dim(_folder_entries(root, scratch)) if root.is_dir() else None
 
 
-def _import_entries(
+def _items(
     entries: Iterator[_Entry],
-    index: VectorIndex,
     report: ImportReport,
     feature_key: str,
     source: str | None,
     part: int | None,
-    started: float,
-) -> ImportReport:
+    dim: int | None,
+) -> Iterator[tuple[str, np.ndarray, ItemMeta]]:
     by_kind: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
     nested = False
     for entry in entries:
@@ -170,32 +195,18 @@ def _import_entries(
     report.images = len(images)
     report.with_landmarks = sum(stem in by_kind["landmarks"] for stem in images)
     report.with_segmentation = sum(stem in by_kind["segmentations"] for stem in images)
-
-    ids: list[str] = []
-    vectors: list[np.ndarray] = []
-    metas: list[ItemMeta] = []
-    with index.bulk():
-        for stem in sorted(images):
-            vector = _read_feature(features.get(stem), stem, feature_key, index.dim, report)
-            if vector is None:
-                continue
-            ids.append(stem)
-            vectors.append(vector)
-            metas.append(ItemMeta(source=report.source, image_uri=images[stem].uri))
-            if len(ids) >= BATCH:
-                report.indexed += _flush(index, ids, vectors, metas, report)
-        report.indexed += _flush(index, ids, vectors, metas, report)
-    report.seconds = time.perf_counter() - started
+    for stem in sorted(images):
+        vector = _read_feature(features.get(stem), stem, feature_key, dim, report)
+        if vector is not None:
+            yield stem, vector, ItemMeta(source=report.source, image_uri=images[stem].uri)
     log.info(
-        "SFHQ import of %s (%s, %s): %d images, %d indexed, problems: %s",
+        "SFHQ part %s (%s, %s): %d images, problems: %s",
         report.root,
         report.layout,
         report.source,
         report.images,
-        report.indexed,
         {k: getattr(report, k) for k in report.examples},
     )
-    return report
 
 
 def _flush(index: VectorIndex, ids: list, vectors: list, metas: list, report: ImportReport) -> int:
@@ -220,7 +231,7 @@ def _flush(index: VectorIndex, ids: list, vectors: list, metas: list, report: Im
 
 
 def _read_feature(
-    entry: _Entry | None, stem: str, feature_key: str, dim: int, report: ImportReport
+    entry: _Entry | None, stem: str, feature_key: str, dim: int | None, report: ImportReport
 ) -> np.ndarray | None:
     if entry is None:
         report.note("missing_features", stem)
@@ -237,7 +248,7 @@ def _read_feature(
         report.note("missing_key", f"{entry.name}: has {sorted(features)}")
         return None
     vector = np.asarray(features[feature_key], dtype=np.float32).reshape(-1)  # SFHQ stores (1, D)
-    if vector.size != dim:
+    if dim is not None and vector.size != dim:
         report.note("wrong_dim", f"{entry.name}: {vector.size}-d, the index is {dim}-d")
         return None
     return vector
@@ -347,19 +358,3 @@ def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     # A bounded read: the sizes in a zip header can lie (zip bombs), the decompressed stream cannot.
     with archive.open(info) as member:
         return member.read(MAX_PICKLE_BYTES + 1)
-
-
-def import_into_store(path: str | os.PathLike[str], blobs: BlobStore, *, part: int = 0) -> dict:
-    """`sfhq import-sfhq PATH`: add an SFHQ part to the index saved in the blob store (run it with the
-    search service stopped, or restart it afterwards: a running service keeps its own copy)."""
-    index = IndexState(blobs).load()
-    if index is None:  # a first import decides the dimension (768 for SFHQ's CLIP ViT-L/14@336 features)
-        index = VectorIndex(probe_feature_dim(path) or SFHQ_DIM)
-    report = import_sfhq(path, index, part=part or None)
-    version = index.save(blobs, INDEX_KEY)
-    return {
-        **report.to_dict(),
-        "index_items": len(index),
-        "index_version": version,
-        "index": index.spec.describe(),
-    }

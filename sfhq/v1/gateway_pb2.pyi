@@ -16,6 +16,12 @@ class JobMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_MODE_SAMPLING: _ClassVar[JobMode]
     JOB_MODE_ANNOTATE_ONLY: _ClassVar[JobMode]
 
+class WriteMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WRITE_MODE_NEW: _ClassVar[WriteMode]
+    WRITE_MODE_APPEND: _ClassVar[WriteMode]
+    WRITE_MODE_OVERWRITE: _ClassVar[WriteMode]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -29,6 +35,9 @@ JOB_MODE_UNSPECIFIED: JobMode
 JOB_MODE_INSPIRATION: JobMode
 JOB_MODE_SAMPLING: JobMode
 JOB_MODE_ANNOTATE_ONLY: JobMode
+WRITE_MODE_NEW: WriteMode
+WRITE_MODE_APPEND: WriteMode
+WRITE_MODE_OVERWRITE: WriteMode
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -64,18 +73,20 @@ class CurationSpec(_message.Message):
     def __init__(self, taste_model: _Optional[str] = ..., accept_threshold: _Optional[float] = ..., dedup_threshold: _Optional[float] = ..., disable_dedup: _Optional[bool] = ...) -> None: ...
 
 class OutputSpec(_message.Message):
-    __slots__ = ("dataset_uri", "part", "image_size", "jpeg_quality", "annotation_size")
+    __slots__ = ("dataset_uri", "part", "image_size", "jpeg_quality", "annotation_size", "write_mode")
     DATASET_URI_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
     ANNOTATION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_MODE_FIELD_NUMBER: _ClassVar[int]
     dataset_uri: str
     part: int
     image_size: int
     jpeg_quality: int
     annotation_size: int
-    def __init__(self, dataset_uri: _Optional[str] = ..., part: _Optional[int] = ..., image_size: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., annotation_size: _Optional[int] = ...) -> None: ...
+    write_mode: WriteMode
+    def __init__(self, dataset_uri: _Optional[str] = ..., part: _Optional[int] = ..., image_size: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., annotation_size: _Optional[int] = ..., write_mode: _Optional[_Union[WriteMode, str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("name", "mode", "inputs", "input_folder", "sampling", "strategies", "curation", "output", "seed", "labels")
@@ -150,7 +161,7 @@ class JobCounts(_message.Message):
     def __init__(self, inputs: _Optional[int] = ..., items: _Optional[int] = ..., candidates: _Optional[int] = ..., accepted: _Optional[int] = ..., rejected_taste: _Optional[int] = ..., rejected_duplicate: _Optional[int] = ..., failed: _Optional[int] = ..., in_flight: _Optional[int] = ..., done_by_stage: _Optional[_Mapping[str, int]] = ..., written: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "counts", "dataset_uri", "created_at", "updated_at", "error", "owner", "name", "mode")
+    __slots__ = ("job_id", "spec", "state", "counts", "dataset_uri", "created_at", "updated_at", "error", "owner", "name", "mode", "dataset_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +173,7 @@ class Job(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     state: JobState
@@ -173,7 +185,8 @@ class Job(_message.Message):
     owner: str
     name: str
     mode: JobMode
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ..., name: _Optional[str] = ..., mode: _Optional[_Union[JobMode, str]] = ...) -> None: ...
+    dataset_id: str
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ..., name: _Optional[str] = ..., mode: _Optional[_Union[JobMode, str]] = ..., dataset_id: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -246,7 +259,14 @@ class ListItemsRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("item_id", "job_id", "parent_id", "state", "stage", "stem", "image", "segmentation", "landmarks", "latent", "taste_score", "duplicate_of", "provenance_json", "error")
+    __slots__ = ("item_id", "job_id", "parent_id", "state", "stage", "stem", "image", "segmentation", "landmarks", "latent", "taste_score", "duplicate_of", "provenance_json", "error", "features", "dataset_id", "manifest_json")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +281,9 @@ class Item(_message.Message):
     DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     job_id: str
     parent_id: str
@@ -275,7 +298,10 @@ class Item(_message.Message):
     duplicate_of: str
     provenance_json: str
     error: _common_pb2.Error
-    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., state: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., stem: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., segmentation: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., landmarks: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., latent: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., taste_score: _Optional[float] = ..., duplicate_of: _Optional[str] = ..., provenance_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ...) -> None: ...
+    features: _containers.MessageMap[str, _common_pb2.Tensor]
+    dataset_id: str
+    manifest_json: str
+    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., state: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., stem: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., segmentation: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., landmarks: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., latent: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., taste_score: _Optional[float] = ..., duplicate_of: _Optional[str] = ..., provenance_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., features: _Optional[_Mapping[str, _common_pb2.Tensor]] = ..., dataset_id: _Optional[str] = ..., manifest_json: _Optional[str] = ...) -> None: ...
 
 class ListItemsResponse(_message.Message):
     __slots__ = ("items",)
@@ -294,3 +320,19 @@ class GetItemRequest(_message.Message):
     include_image: bool
     include_annotations: bool
     def __init__(self, job_id: _Optional[str] = ..., item_id: _Optional[str] = ..., include_image: _Optional[bool] = ..., include_annotations: _Optional[bool] = ...) -> None: ...
+
+class ImportItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_search_pb2.IndexedItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[_search_pb2.IndexedItem, _Mapping]]] = ...) -> None: ...
+
+class ImportItemsResponse(_message.Message):
+    __slots__ = ("added", "index_size", "batches")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    index_size: int
+    batches: int
+    def __init__(self, added: _Optional[int] = ..., index_size: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...

@@ -80,6 +80,11 @@ class GatewayStub:
                 request_serializer=sfhq_dot_v1_dot_search__pb2.LabelRequest.SerializeToString,
                 response_deserializer=sfhq_dot_v1_dot_search__pb2.LabelResponse.FromString,
                 _registered_method=True)
+        self.ImportItems = channel.stream_unary(
+                '/sfhq.v1.Gateway/ImportItems',
+                request_serializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -140,6 +145,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportItems(self, request_iterator, context):
+        """Index features made elsewhere (a downloaded SFHQ part): batches streamed to the search service,
+        owned by the caller; in the running index at once, saved with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +200,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Label,
                     request_deserializer=sfhq_dot_v1_dot_search__pb2.LabelRequest.FromString,
                     response_serializer=sfhq_dot_v1_dot_search__pb2.LabelResponse.SerializeToString,
+            ),
+            'ImportItems': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportItems,
+                    request_deserializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +450,33 @@ class Gateway:
             '/sfhq.v1.Gateway/Label',
             sfhq_dot_v1_dot_search__pb2.LabelRequest.SerializeToString,
             sfhq_dot_v1_dot_search__pb2.LabelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportItems(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/sfhq.v1.Gateway/ImportItems',
+            sfhq_dot_v1_dot_gateway__pb2.ImportItemsRequest.SerializeToString,
+            sfhq_dot_v1_dot_gateway__pb2.ImportItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,7 @@ from sfhq.sdk import SfhqError
 from sfhq.v1 import gateway_pb2
 from tests.helpers.processes import wait_until
 
+ITEM_FOLDERS = {"images", "segmentations", "landmarks", "pretrained_features", "latents"}
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SUCCEEDED, FAILED = gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_FAILED
@@ -308,8 +309,9 @@ def test_blob_write_failures_fail_items_with_the_reason_and_leave_no_partial_fil
                     assert "could not write blob" in item.error.message and reason in item.error.message, item
         for folder in (read_only, disk_full):
             left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-            # at most the (empty) manifest the gateway wrote when it finalized the failed job
-            assert set(left) <= {"dataset_info.json", "manifest.jsonl", "manifest.parquet"}, left
+            # no item file: only the (empty) manifests the gateway wrote when it finalized the failed job
+            assert not [p for p in left if p.split("/")[0] in ITEM_FOLDERS], left
+            assert (folder / "manifest.jsonl").read_text() == ""
     finally:
         cluster.restart("annotator")
 

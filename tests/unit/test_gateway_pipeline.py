@@ -142,7 +142,7 @@ def test_rejections_and_failures_are_counted_and_stop_the_item():
     )
     step = advance(spec, "job1", plan.items[task.item_id], failed)
     assert step.items[task.item_id]["state"] == "failed"
-    assert step.items[task.item_id]["error"]["message"] == "no face found"
+    assert step.items[task.item_id]["error"]["message"] == "a: no face found"  # names its source file
     assert step.tasks == [] and step.counters["failed"] == 1 and step.counters["in_flight"] == -1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from concurrent import futures
 from pathlib import Path
 
@@ -110,3 +111,21 @@ def test_errors_carry_the_status_and_message(gateway):
 
     with pytest.raises(SfhqError, match="NOT_FOUND"):
         asyncio.run(run())
+
+
+def test_the_cluster_env_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
+    from sfhq import localenv
+
+    monkeypatch.setenv("SFHQ_STATE_DIR", str(tmp_path))
+    localenv.write_env(
+        localenv.env_file(), {"SFHQ_GATEWAY_ADDR": "127.0.0.1:4242", "SFHQ_CLUSTER_DATA": "/a b"}
+    )
+    assert localenv.read_env(tmp_path / "cluster.env") == {
+        "SFHQ_GATEWAY_ADDR": "127.0.0.1:4242",
+        "SFHQ_CLUSTER_DATA": "/a b",
+    }
+    monkeypatch.setenv("SFHQ_GATEWAY_ADDR", "10.0.0.1:1")
+    monkeypatch.delenv("SFHQ_CLUSTER_DATA", raising=False)  # restored (absent) after the test
+    localenv.apply_cluster_env()
+    assert os.environ["SFHQ_GATEWAY_ADDR"] == "10.0.0.1:1"  # set by the user: kept
+    assert os.environ["SFHQ_CLUSTER_DATA"] == "/a b"

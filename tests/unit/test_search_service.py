@@ -20,9 +20,10 @@ from services.common.queue import RedisQueue, Task, connect_redis
 from services.common.weights import WeightsRegistry
 from services.search.clip_model import load_clip
 from services.search.curate import CurateRequest, Curator, JobLock, LockUnavailable, decisions_key
+from services.search.index import VectorIndex
 from services.search.random_weights import write_random_clip_folder
 from services.search.service import build_process, clip_provenance, curate_stage, embed_stage
-from services.search.sfhq_import import import_into_store
+from services.search.sfhq_import import import_sfhq
 from services.search.state import IndexState
 from services.search.taste import TasteCache, TasteModel, TasteStore
 from sfhq.tensors import numpy_to_tensor, tensor_to_numpy
@@ -380,7 +381,7 @@ def test_a_lost_lock_cannot_commit(redis_client, tmp_path: Path) -> None:
 # ---- SFHQ import into the store ------------------------------------------------------------------------
 
 
-def test_import_sfhq_into_the_store_then_search_it_by_text(tmp_path: Path, clip_folder: Path) -> None:
+def test_import_sfhq_then_search_it_by_text(tmp_path: Path, clip_folder: Path) -> None:
     text_only = load_clip(clip_folder, towers="text")  # what searching SFHQ needs: no image tower, no GPU
     query = "an old man with a gray beard"
     planted = text_only.embed_texts([query])[0]
@@ -395,11 +396,10 @@ def test_import_sfhq_into_the_store_then_search_it_by_text(tmp_path: Path, clip_
         (part / "pretrained_features" / f"{stem}.pickle").write_bytes(
             pickle.dumps({"CLIP_ViTL_14@336": vector.astype(np.float16)[None, :]})
         )
-    settings = settings_for(tmp_path)
-    report = import_into_store(part, BlobStore(settings.blob_url))
-    assert report["indexed"] == 20 and report["source"] == "sfhq_part4" and report["index_items"] == 20
-    state = IndexState(BlobStore(settings.blob_url))
-    hits = state.load().search(text_only.embed_texts([query]), k=3)[0]
+    index = VectorIndex(DIM)
+    report = import_sfhq(part, index)
+    assert report.indexed == 20 and report.source == "sfhq_part4" and len(index) == 20
+    hits = index.search(text_only.embed_texts([query]), k=3)[0]
     assert hits[0].item_id == "SFHQ_pt4_00000007" and hits[0].source == "sfhq_part4"
 
 
