@@ -26,6 +26,7 @@ from gateway.pipeline import Plan, first_plans
 from services.common.blobs import BlobStore
 from services.common.config import ConfigError, Settings
 from services.common.dataset import DatasetWriter
+from services.common.images import portable_image_bytes
 from services.common.queue import RedisQueue, connect_redis
 from services.common.server import ServiceProcess, abort_with, client_channel
 from sfhq import __version__
@@ -430,8 +431,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     key = (item["outputs"].get("synthesize") or {}).get("image") or (
                         item["outputs"].get("align") or {}
                     ).get("aligned")
-                    if key:
-                        msg.image.data = self.blobs.get(key)
+                    if key:  # an intermediate (QOI) becomes PNG: clients need no QOI reader
+                        msg.image.data = portable_image_bytes(
+                            self.blobs.get(key), max_pixels=self.settings.max_image_pixels
+                        )
             if request.include_annotations and written:
                 msg.segmentation.data = dataset.get(written["segmentation"])
                 with np.load(io.BytesIO(dataset.get(written["landmarks"])), allow_pickle=False) as npz:

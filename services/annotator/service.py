@@ -4,7 +4,7 @@
 
 * `Detect`, `Align`, `Annotate`: see `FaceAnnotator`; `Align` can return another output size
   (the points and the affine map follow) and `Annotate` an overlay picture of both annotations.
-* `align` stage: `AlignPayload` -> `AlignOutput` (the aligned face, lossless).
+* `align` stage: `AlignPayload` -> `AlignOutput` (the aligned face, lossless: a QOI intermediate).
 * `annotate` stage: `AnnotatePayload` -> the item's SFHQ files (images/, segmentations/,
   landmarks/, pretrained_features/, latents/) through `DatasetWriter`; `AnnotateOutput`. Tasks
   that share `working_size`, `detect_faces` and `canonical_fallback` are parsed as one batch.
@@ -40,7 +40,7 @@ from services.common.config import Settings
 from services.common.contracts import AlignOutput, AlignPayload, AnnotateOutput, AnnotatePayload
 from services.common.dataset import DatasetWriter
 from services.common.errors import InvalidInput, naming
-from services.common.images import encode_image
+from services.common.images import INTERMEDIATE_SUFFIX, encode_image, encode_intermediate
 from services.common.model_holder import LazyModel, Provenance
 from services.common.queue import Task
 from services.common.rpc import OutputFormat, check_count, read_blob_image, read_image
@@ -150,7 +150,7 @@ class AnnotatorServicer(annotator_pb2_grpc.AnnotatorServicer):
 
 
 def align_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) -> StageHandler:
-    """`align`: detect the largest face, FFHQ-align it, store it losslessly."""
+    """`align`: detect the largest face, FFHQ-align it, store it losslessly (QOI, not fsynced)."""
 
     def parse(task: Task) -> tuple[PIL.Image.Image, AlignPayload]:
         payload = AlignPayload.parse(task.payload, "align")
@@ -161,8 +161,8 @@ def align_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) 
         return annotator.align(image, payload.output_size, payload.transform_size)
 
     def store(task: Task, _parsed: object, aligned: AlignedFace) -> AlignOutput:
-        key = item_key(task.job_id, task.item_id, "align", "aligned.png")
-        blobs.put(key, encode_image(aligned.image, "png"))
+        key = item_key(task.job_id, task.item_id, "align", f"aligned{INTERMEDIATE_SUFFIX}")
+        blobs.put(key, encode_intermediate(aligned.image), durable=False)
         return AlignOutput(
             aligned=key,
             landmarks68=np.round(aligned.landmarks68, 3).tolist(),

@@ -504,6 +504,7 @@ class ServiceProcess:
         self._service_names = list(service_names)
         self._on_stop: list[Callable[[], Any]] = []
         self._queue: Any = None
+        self._store_pool: futures.ThreadPoolExecutor | None = None
         self._metrics_server: Any = None
         self._started = False
         self._stop_requested = threading.Event()
@@ -521,6 +522,16 @@ class ServiceProcess:
             client = connect_redis(self.settings.redis_url, client_name=f"{self.name}-{os.getpid()}")
             self._queue = RedisQueue.from_settings(self.settings, client)
         return self._queue
+
+    @property
+    def store_pool(self) -> futures.ThreadPoolExecutor | None:
+        """The threads that run stage handlers' `store` calls (`store_threads`; None when 0): with
+        it, a worker encodes and writes batch k while its model runs batch k+1."""
+        if self._store_pool is None and self.settings.store_threads > 0:
+            self._store_pool = futures.ThreadPoolExecutor(
+                self.settings.store_threads, thread_name_prefix=f"{self.name}-store"
+            )
+        return self._store_pool
 
     def add_servicer(
         self, servicer: Any, add_to_server: Callable[[Any, grpc.Server], None], pb2: Any
@@ -651,6 +662,8 @@ class ServiceProcess:
                     callback()
                 except Exception:
                     log.exception("%s: stop callback %r failed", self.name, callback)
+            if self._store_pool is not None:
+                self._store_pool.shutdown(wait=True)
             if server_done is not None:
                 server_done.wait(grace + 1)
             if self._metrics_server is not None:
