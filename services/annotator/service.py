@@ -249,7 +249,7 @@ def build_process(
     parser = parser or parser_model(settings)
     landmarker.preload()
     parser.preload()
-    annotator = FaceAnnotator(landmarker, parser)
+    annotator = FaceAnnotator(landmarker, parser, settings.align_backend)
     process = ServiceProcess("annotator", settings)
     servicer = AnnotatorServicer(annotator, blobs, settings)
     process.add_servicer(servicer, annotator_pb2_grpc.add_AnnotatorServicer_to_server, annotator_pb2)
