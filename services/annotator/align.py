@@ -30,7 +30,6 @@ Two backends (`backend=`, the service's `SFHQ_ALIGN_BACKEND`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Literal
 
 import numpy as np
