@@ -84,7 +84,9 @@ def parser_model(settings: Settings, registry: WeightsRegistry | None = None) ->
 
     def load() -> tuple[FaceParser, Provenance]:
         path = registry.path(PARSER_CHECKPOINT)
-        parser = load_parser(path, device=settings.resolved_device(), backend=settings.parser_backend)
+        parser = load_parser(
+            path, device=settings.resolved_device(), backend=settings.parser_backend, fp16=settings.use_fp16()
+        )
         return parser, Provenance.from_registry(registry, PARSER_CHECKPOINT, backend=parser.backend)
 
     return LazyModel("parser", load)
