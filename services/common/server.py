@@ -677,6 +677,49 @@ class ServiceProcess:
         return self._stopped.wait(timeout)
 
 
+def serve_together(processes: Sequence[ServiceProcess]) -> None:
+    """Start several services in this one process, block until SIGTERM/SIGINT, stop them all.
+
+    This is how one GPU serves several models (e4e, CLIP and BiSeNet need a fraction of one GPU
+    each): one CUDA context, one memory pool, each service on its own port with its own workers.
+    """
+    stop = threading.Event()
+    started: list[ServiceProcess] = []
+    try:
+        for process in processes:
+            process.start()
+            started.append(process)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+        while not stop.wait(0.5) and not any(p._stop_requested.is_set() for p in started):
+            pass
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def run_services(
+    builds: Sequence[Callable[[Settings], ServiceProcess]], settings: Settings | None = None
+) -> None:
+    """`run_service` for several services in one process (`sfhq serve encoder,search,annotator`).
+
+    Each binds its own default port (so `port` must be unset) and the first one serves the
+    shared metrics endpoint.
+    """
+    from services.common.config import ConfigError, get_settings
+
+    settings = settings or get_settings()
+    if len(builds) > 1 and settings.port is not None:
+        raise ConfigError("several services in one process each use their default port: unset SFHQ_PORT")
+    settings.configure_logging()
+    processes = [
+        build(settings if i == 0 else settings.model_copy(update={"metrics_port": 0}))
+        for i, build in enumerate(builds)
+    ]
+    serve_together(processes)
+
+
 def run_service(build: Callable[[Settings], ServiceProcess], settings: Settings | None = None) -> None:
     """Every service's `main`: settings from the environment, logging, build, serve until SIGTERM."""
     from services.common.config import get_settings
