@@ -1,6 +1,6 @@
 """Pipeline stage names and which service runs them.
 
-Kept apart from ``queue`` so that settings and the light client can know the stages without
+Kept apart from `queue` so that settings and the light client can know the stages without
 importing Redis.
 """
 
@@ -20,7 +20,7 @@ SERVICE_STAGES: dict[str, tuple[str, ...]] = {
 
 
 def check_stage(stage: str) -> str:
-    """Return ``stage`` if it is a known stage, else raise ValueError listing the known ones."""
+    """Return `stage` if it is a known stage, else raise ValueError listing the known ones."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGES)}")
     return stage
