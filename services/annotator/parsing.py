@@ -392,6 +392,9 @@ class _OnnxRunner:
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        # ORT's idle threads spin for a while after each run by default, taking the cores from the
+        # process's other work (dlib, the store threads' encoding) and from torch.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import grpc
@@ -184,9 +186,12 @@ class _ToAnnotate:
     features: np.ndarray
 
 
-def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) -> StageHandler:
-    """`annotate`: parsing + 110 landmarks, then the item's SFHQ files."""
-    writers: dict[str, DatasetWriter] = {}
+def annotate_stage(
+    annotator: FaceAnnotator, blobs: BlobStore, settings: Settings, store_pool: Executor | None = None
+) -> StageHandler:
+    """`annotate`: parsing + 110 landmarks, then the item's SFHQ files (JPEG and PNG encoding in
+    the store threads, while the next batch is parsed)."""
+    writer_for = functools.lru_cache(maxsize=64)(DatasetWriter)  # one per dataset, any thread
 
     def parse(task: Task) -> _ToAnnotate:
         payload = AnnotatePayload.parse(task.payload, "annotate")
@@ -215,7 +220,7 @@ def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Setting
 
     def store(task: Task, item: _ToAnnotate, annotation: Annotation) -> AnnotateOutput:
         payload = item.payload
-        writer = writers.setdefault(payload.dataset_uri, DatasetWriter(payload.dataset_uri))
+        writer = writer_for(payload.dataset_uri)
         files = writer.write_item(
             payload.stem,
             image_jpeg=encode_image(item.image, "jpeg", payload.jpeg_quality),
@@ -235,7 +240,7 @@ def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Setting
     def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool]:
         return item.payload.working_size, item.payload.detect_faces, item.payload.canonical_fallback
 
-    return batched_handler(parse, run, store, group_by=group)
+    return batched_handler(parse, run, store, group_by=group, store_pool=store_pool)
 
 
 def build_process(
@@ -256,7 +261,7 @@ def build_process(
     servicer = AnnotatorServicer(annotator, blobs, settings)
     process.add_servicer(servicer, annotator_pb2_grpc.add_AnnotatorServicer_to_server, annotator_pb2)
     process.add_worker("align", align_stage(annotator, blobs, settings))
-    process.add_worker("annotate", annotate_stage(annotator, blobs, settings))
+    process.add_worker("annotate", annotate_stage(annotator, blobs, settings, process.store_pool))
     return process
 
 

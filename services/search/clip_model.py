@@ -246,7 +246,9 @@ class ClipEmbedder:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self._onnx_session = ort.InferenceSession(str(onnx_path), providers=providers)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see parsing._OnnxRunner
+        self._onnx_session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.backend = "onnx"
 
     # ---- provenance ---------------------------------------------------------------------------------
