@@ -410,9 +410,13 @@ def test_shared_gpu_overlay_runs_three_models_in_one_gpu_process(
     }
     consumed = sorted(stage for names in stages.values() for stage in names)
     assert consumed == sorted(stage for names in SERVICE_STAGES.values() for stage in names)
-    gpus = {name for name in MODEL_SERVICES if "nvidia.com/gpu" in container(docs, name)["resources"]["limits"]}
+    gpus = {
+        name for name in MODEL_SERVICES if "nvidia.com/gpu" in container(docs, name)["resources"]["limits"]
+    }
     assert gpus == {"encoder", "generator"}  # two GPUs for four model services
     scaled = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "ScaledObject"}
     for name in MODEL_SERVICES:
-        assert {t["metadata"]["stream"] for t in scaled[name]["triggers"]} == {stage_stream(s) for s in stages[name]}
+        assert {t["metadata"]["stream"] for t in scaled[name]["triggers"]} == {
+            stage_stream(s) for s in stages[name]
+        }
     assert scaled["search"]["maxReplicaCount"] == 1  # the index has one writer
