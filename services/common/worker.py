@@ -210,7 +210,10 @@ class StageWorker(threading.Thread):
                     continue
                 backoff = 0.1
                 if tasks:
-                    in_flight.append(self._submit(tasks))
+                    try:
+                        in_flight.append(self._submit(tasks))
+                    except Exception:  # bookkeeping (Redis), not the handler: the entries stay pending
+                        log.exception("worker %s: could not submit a batch of %d", self.consumer, len(tasks))
                 while in_flight and (len(in_flight) > 1 or not tasks):
                     self._complete_in_flight(in_flight.popleft())
         finally:
@@ -219,7 +222,11 @@ class StageWorker(threading.Thread):
 
     def _submit(self, tasks: list[Task]) -> _InFlight:
         token = self._hold(tasks)
-        skipped, tasks = self._skip_cancelled(tasks)
+        try:
+            skipped, tasks = self._skip_cancelled(tasks)
+        except Exception:
+            self._release(token)
+            raise
         batch = _InFlight(token, tasks, skipped, None)
         if tasks:
             try:
