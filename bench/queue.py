@@ -2,15 +2,21 @@
 
 All rows run in one process against one redis-server that this script starts itself (loopback):
 
-* naive: one round trip per command (XADD; XREADGROUP COUNT 1 + XACK per task);
-* raw, pipelined (redis-benchmark style): XADD in pipelines of 256; XREADGROUP COUNT 32 + XACK;
+* naive: one round trip per command (XADD; per task XREADGROUP COUNT 1, the result XADD, XACK
+  and XDEL: the same work as our consumer, one command at a time);
+* raw, pipelined (redis-benchmark style): XADD in pipelines of 256; XREADGROUP COUNT 32, then the
+  32 result XADDs + XACK + XDEL in one pipeline;
 * ours: `RedisQueue.enqueue` (capped: Lua check + XADD), `enqueue_many`; `read_batch` +
-  `complete` (result XADD + XACK + XDEL in one transaction) at batch 1 and 32; and the whole
-  `StageWorker` loop with a no-op handler at batch 1 and 32;
+  `complete` (result XADD + XACK + XDEL in one transaction) at batch 1 and 32, with redis-py's
+  hiredis reply parser (the default when hiredis is installed) and with its pure-Python one; and
+  the whole `StageWorker` loop with a no-op handler at batch 1 and 32;
 * enqueue -> dequeue latency (p50/p99) with a producer at a steady rate and a blocking consumer.
 
-    python bench/queue.py            # 20,000 tasks per row
-    python bench/queue.py --quick    # 2,000 tasks per row (< 60 s)
+Every row runs once per round, rows in turn, for several rounds; the table shows the best and
+the median round.
+
+    python bench/queue.py            # 10,000 tasks per row, 3 rounds
+    python bench/queue.py --quick    # 2,000 tasks per row, 2 rounds (< 60 s)
 
 Writes the tables to bench/results/queue.md.
 """
@@ -48,11 +54,14 @@ def main() -> int:
     import time
     from pathlib import Path
 
+    import redis
     from prometheus_client import CollectorRegistry
+    from redis.connection import _RESP2Parser
 
     from services.common.embedded_redis import EmbeddedRedis
     from services.common.metrics import Metrics
     from services.common.queue import (
+        RESULTS_STREAM,
         WORKER_GROUP,
         RedisQueue,
         Task,
@@ -67,26 +76,145 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="2,000 tasks per row")
     parser.add_argument(
-        "--tasks", type=int, default=0, help="tasks per row (default 20,000; 2,000 with --quick)"
+        "--tasks", type=int, default=0, help="tasks per row (default 10,000; 2,000 with --quick)"
     )
     args = parser.parse_args()
-    n = args.tasks or (2_000 if args.quick else 20_000)
+    n = args.tasks or (2_000 if args.quick else 10_000)
+    n_rounds = 2 if args.quick else 3
     stage = "embed"
     stream = stage_stream(stage)
     fields = Task.make(
         "bench-job", "item", stage, {"image": "jobs/bench/items/x/align/aligned.png"}
     ).to_fields()
 
-    rows: list[tuple[str, int, float]] = []  # (method, batch, tasks/s)
+    rates: dict[tuple[str, int], list[float]] = {}  # (method, batch) -> tasks/s of each round
 
     def timed(label: str, batch: int, run) -> None:
         started = time.perf_counter()
         run()
         rate = n / (time.perf_counter() - started)
-        rows.append((label, batch, rate))
+        rates.setdefault((label, batch), []).append(rate)
         print(f"{label:<60} batch {batch:>3}: {rate:>10,.0f} tasks/s", flush=True)
 
     with EmbeddedRedis() as server:
+
+        def one_round() -> None:  # every row once; rounds run the rows in turn
+            client = connect_redis(server.url)
+            queue = RedisQueue(client, stream_maxlen=n + 1000, visibility_timeout_s=300, max_deliveries=3)
+            pure_client = redis.Redis.from_url(server.url, decode_responses=True, parser_class=_RESP2Parser)
+            pure_queue = RedisQueue(
+                pure_client, stream_maxlen=n + 1000, visibility_timeout_s=300, max_deliveries=3
+            )
+
+            def reset() -> None:
+                client.flushall()
+                queue.ensure_groups()
+
+            # ---- naive: one round trip per command ----
+            reset()
+            timed(
+                "naive: XADD, one round trip each", 1, lambda: [client.xadd(stream, fields) for _ in range(n)]
+            )
+
+            def result_fields(entry_fields: dict) -> dict:
+                task = Task.from_fields(entry_id="0-0", fields=entry_fields)
+                return TaskResult.success(task, {}).to_fields()
+
+            def naive_consume() -> None:
+                for _ in range(n):
+                    for _, entries in client.xreadgroup(WORKER_GROUP, "c", {stream: ">"}, count=1):
+                        entry_id, entry_fields = entries[0]
+                        client.xadd(RESULTS_STREAM, result_fields(entry_fields))
+                        client.xack(stream, WORKER_GROUP, entry_id)
+                        client.xdel(stream, entry_id)
+
+            timed("naive: per task XREADGROUP COUNT 1, result XADD, XACK, XDEL", 1, naive_consume)
+
+            # ---- raw Redis, pipelined ----
+            reset()
+
+            def raw_produce() -> None:
+                for start in range(0, n, 256):
+                    pipe = client.pipeline(transaction=False)
+                    for _ in range(min(256, n - start)):
+                        pipe.xadd(stream, fields)
+                    pipe.execute()
+
+            timed("raw: XADD, pipelined x256", 256, raw_produce)
+
+            def raw_consume() -> None:
+                done = 0
+                while done < n:
+                    reply = client.xreadgroup(WORKER_GROUP, "c", {stream: ">"}, count=32)
+                    entries = [entry for _, batch in reply for entry in batch]
+                    ids = [entry_id for entry_id, _ in entries]
+                    pipe = client.pipeline(transaction=False)
+                    for _, entry_fields in entries:
+                        pipe.xadd(RESULTS_STREAM, result_fields(entry_fields))
+                    pipe.xack(stream, WORKER_GROUP, *ids)
+                    pipe.xdel(stream, *ids)
+                    pipe.execute()
+                    done += len(ids)
+
+            timed("raw: XREADGROUP COUNT 32, then results + XACK + XDEL pipelined", 32, raw_consume)
+
+            # ---- ours ----
+            tasks = [Task.make("bench-job", f"i{i}", stage, {"i": i}) for i in range(n)]
+            reset()
+            timed(
+                "ours: enqueue (capped: Lua XLEN check + XADD)", 1, lambda: [queue.enqueue(t) for t in tasks]
+            )
+            reset()
+            timed(
+                "ours: enqueue_many (capped, atomic)",
+                32,
+                lambda: [queue.enqueue_many(tasks[i : i + 32]) for i in range(0, n, 32)],
+            )
+
+            def consume(batch: int, on: RedisQueue = queue) -> None:
+                done = 0
+                while done < n:
+                    got = on.read_batch(stage, "c", batch, 0)
+                    on.complete(stage, [(t.entry_id, TaskResult.success(t, {})) for t in got])
+                    done += len(got)
+
+            for batch in (1, 32):
+                reset()
+                queue.enqueue_many(tasks)
+                timed("ours: read_batch + complete (result + XACK + XDEL)", batch, lambda b=batch: consume(b))
+            reset()
+            queue.enqueue_many(tasks)
+            timed(
+                "ours: read_batch + complete, pure-Python reply parser (no hiredis)",
+                32,
+                lambda: consume(32, pure_queue),
+            )
+            pure_client.close()
+
+            def worker_run(batch: int) -> None:
+                worker = StageWorker(
+                    queue,
+                    stage,
+                    lambda ts: [TaskResult.success(t, {}) for t in ts],
+                    consumer=f"w{batch}",
+                    batch_size=batch,
+                    block_ms=5,
+                    metrics=Metrics(CollectorRegistry()),
+                )
+                worker.start()
+                while queue.backlog(stage) > 0:
+                    time.sleep(0.02)
+                worker.stop(5)
+
+            for batch in (1, 32):
+                reset()
+                queue.enqueue_many(tasks)
+                timed("ours: StageWorker loop, no-op handler", batch, lambda b=batch: worker_run(b))
+
+        for _round in range(n_rounds):
+            one_round()
+
+        # ---- latency: steady producer, blocking consumer (once) ----
         client = connect_redis(server.url)
         queue = RedisQueue(client, stream_maxlen=n + 1000, visibility_timeout_s=300, max_deliveries=3)
 
@@ -94,83 +222,6 @@ def main() -> int:
             client.flushall()
             queue.ensure_groups()
 
-        # ---- naive: one round trip per command ----
-        reset()
-        timed("naive: XADD, one round trip each", 1, lambda: [client.xadd(stream, fields) for _ in range(n)])
-
-        def naive_consume() -> None:
-            for _ in range(n):
-                for _, entries in client.xreadgroup(WORKER_GROUP, "c", {stream: ">"}, count=1):
-                    client.xack(stream, WORKER_GROUP, entries[0][0])
-
-        timed("naive: XREADGROUP COUNT 1 + XACK per task", 1, naive_consume)
-
-        # ---- raw Redis, pipelined ----
-        reset()
-
-        def raw_produce() -> None:
-            for start in range(0, n, 256):
-                pipe = client.pipeline(transaction=False)
-                for _ in range(min(256, n - start)):
-                    pipe.xadd(stream, fields)
-                pipe.execute()
-
-        timed("raw: XADD, pipelined x256", 256, raw_produce)
-
-        def raw_consume() -> None:
-            done = 0
-            while done < n:
-                reply = client.xreadgroup(WORKER_GROUP, "c", {stream: ">"}, count=32)
-                ids = [entry_id for _, entries in reply for entry_id, _ in entries]
-                client.xack(stream, WORKER_GROUP, *ids)
-                done += len(ids)
-
-        timed("raw: XREADGROUP COUNT 32 + XACK", 32, raw_consume)
-
-        # ---- ours ----
-        tasks = [Task.make("bench-job", f"i{i}", stage, {"i": i}) for i in range(n)]
-        reset()
-        timed("ours: enqueue (capped: Lua XLEN check + XADD)", 1, lambda: [queue.enqueue(t) for t in tasks])
-        reset()
-        timed(
-            "ours: enqueue_many (capped, atomic)",
-            32,
-            lambda: [queue.enqueue_many(tasks[i : i + 32]) for i in range(0, n, 32)],
-        )
-
-        def consume(batch: int) -> None:
-            done = 0
-            while done < n:
-                got = queue.read_batch(stage, "c", batch, 0)
-                queue.complete(stage, [(t.entry_id, TaskResult.success(t, {})) for t in got])
-                done += len(got)
-
-        for batch in (1, 32):
-            reset()
-            queue.enqueue_many(tasks)
-            timed("ours: read_batch + complete (result + XACK + XDEL)", batch, lambda b=batch: consume(b))
-
-        def worker_run(batch: int) -> None:
-            worker = StageWorker(
-                queue,
-                stage,
-                lambda ts: [TaskResult.success(t, {}) for t in ts],
-                consumer=f"w{batch}",
-                batch_size=batch,
-                block_ms=5,
-                metrics=Metrics(CollectorRegistry()),
-            )
-            worker.start()
-            while queue.backlog(stage) > 0:
-                time.sleep(0.02)
-            worker.stop(5)
-
-        for batch in (1, 32):
-            reset()
-            queue.enqueue_many(tasks)
-            timed("ours: StageWorker loop, no-op handler", batch, lambda b=batch: worker_run(b))
-
-        # ---- latency: steady producer, blocking consumer ----
         latency_rows: list[tuple[int, int, float, float]] = []
         # A steady rate that a batch-1 consumer sustains, so that the figure is latency, not backlog.
         rate = 250
@@ -203,22 +254,25 @@ def main() -> int:
         version = client.info("server")["redis_version"]
         client.close()
 
-    naive = {1: rows[0][2]}  # naive XADD is the producer baseline
-    consumer_naive = rows[1][2]
+    rows = list(rates.items())
+    producer_naive = statistics.median(rows[0][1])  # naive XADD is the producer baseline
+    consumer_naive = statistics.median(rows[1][1])
     lines = [
         f"Redis {version} on loopback (started by the script), {n:,} tasks per row, one client process; "
-        "a task is a stage entry with a small JSON payload.",
+        f"a task is a stage entry with a small JSON payload; {n_rounds} rounds, rows in turn.",
         "",
-        "| method | batch | tasks/s | vs naive |",
-        "| --- | ---: | ---: | ---: |",
+        "| method | batch | tasks/s (best round) | tasks/s (median) | vs naive (medians) |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     producer_rows = {"naive: XADD", "raw: XADD,", "ours: enqueue"}
-    for label, batch, value in rows:
-        base = naive[1] if any(label.startswith(p) for p in producer_rows) else consumer_naive
-        lines.append(f"| {label} | {batch} | {value:,.0f} | {value / base:.2f}x |")
+    for (label, batch), values in rows:
+        base = producer_naive if any(label.startswith(p) for p in producer_rows) else consumer_naive
+        middle = statistics.median(values)
+        lines.append(f"| {label} | {batch} | {max(values):,.0f} | {middle:,.0f} | {middle / base:.2f}x |")
     lines += [
         "",
-        "Producers compare with naive XADD, consumers with naive XREADGROUP COUNT 1 + XACK.",
+        "Producers compare with naive XADD, consumers with the naive consumer (which does the same work: "
+        "read, publish the result, ack, delete).",
         "",
         f"Enqueue -> dequeue latency, producer at {rate} tasks/s, consumer blocking `read_batch` (block 50 ms):",
         "",

@@ -30,6 +30,7 @@ from services.common.blobs import BlobStore
 from services.common.config import Settings
 from services.common.dataset import DatasetWriter
 from services.common.errors import DataLoss, InvalidInput, NotFound, ResourceExhausted
+from services.common.images import portable_image_bytes
 from services.common.queue import RedisQueue
 from services.common.safe_pickle import load_feature_pickle
 from sfhq import __version__
@@ -301,8 +302,10 @@ class GatewayCore:
                     key = (outputs.get("synthesize") or {}).get("image") or (outputs.get("align") or {}).get(
                         "aligned"
                     )
-                    if key:
-                        message.image.data = self.blobs.get(key)
+                    if key:  # an intermediate (QOI) becomes PNG: clients need no QOI reader
+                        message.image.data = portable_image_bytes(
+                            self.blobs.get(key), max_pixels=self.settings.max_image_pixels
+                        )
             if request.include_annotations and written:
                 spec = ResolvedSpec.from_json(job["resolved"])
                 parent = self.store.item(request.job_id, record["parent"]) if record["parent"] else None

@@ -41,16 +41,24 @@ def require_services_extra() -> None:
 
 
 def serve(
-    service: Annotated[str, typer.Argument(help="gateway | encoder | generator | annotator | search")],
+    service: Annotated[
+        str,
+        typer.Argument(
+            help="gateway | encoder | generator | annotator | search, or several model services "
+            "sharing one process (and GPU): encoder,search,annotator"
+        ),
+    ],
 ) -> None:
-    """Run one service (gRPC server + its queue workers) until SIGTERM."""
+    """Run a service (gRPC server + its queue workers) until SIGTERM."""
     require_services_extra()
     from services.common.config import get_settings
-    from services.launch import SERVICES, serve_service
+    from services.launch import serve_service, service_names
 
-    if service not in SERVICES:
-        console.print(f"[bold red]error:[/] unknown service {service!r}; choose from {', '.join(SERVICES)}")
-        raise typer.Exit(2)
+    try:
+        service_names(service)
+    except ValueError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
     serve_service(service, get_settings())
 
 

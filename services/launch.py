@@ -1,4 +1,7 @@
-"""Starts one service by name: `sfhq serve <name>` and the containers call this."""
+"""Starts a service by name: `sfhq serve <name>` and the containers call this.
+
+Several model services can share one process (and one GPU): `sfhq serve encoder,search,annotator`.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +27,34 @@ def configure_logging(level: str, service: str) -> None:
     )
 
 
+# Services that can share a process: each has `build_process(settings)` (the gateway stays alone).
+MODEL_SERVICES = ("encoder", "generator", "annotator", "search")
+
+
+def service_names(spec: str) -> list[str]:
+    """`"encoder,search"` → the names; raises ValueError naming what is not allowed."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SERVICES]
+    if not names or unknown:
+        raise ValueError(f"unknown service {', '.join(unknown) or spec!r}; choose from {', '.join(SERVICES)}")
+    if len(names) > 1 and not set(names) <= set(MODEL_SERVICES):
+        raise ValueError(
+            f"only the model services share a process ({', '.join(MODEL_SERVICES)}), got {spec!r}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"a service is named twice in {spec!r}")
+    return names
+
+
 def serve_service(name: str, settings: Settings) -> None:
-    configure_logging(settings.log_level, name)
-    module = importlib.import_module(SERVICES[name])
-    module.main(settings)
+    names = service_names(name)
+    configure_logging(settings.log_level, "+".join(names))
+    if len(names) == 1:
+        importlib.import_module(SERVICES[names[0]]).main(settings)
+        return
+    from services.common.server import run_services
+
+    run_services([importlib.import_module(SERVICES[n]).build_process for n in names], settings)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     from services.common.config import get_settings
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] not in SERVICES:
-        sys.exit(f"usage: python -m services.launch {{{'|'.join(SERVICES)}}}")
+    try:
+        service_names(args[0] if len(args) == 1 else "")
+    except ValueError as error:
+        sys.exit(f"usage: python -m services.launch {{{'|'.join(SERVICES)}}}[,...]: {error}")
     serve_service(args[0], get_settings())
 
 

@@ -14,11 +14,23 @@ Two settings matter in this project:
 `ffhq_transform` gives the same geometry as a 2x3 affine map (source pixel -> aligned pixel) so
 that landmarks can follow the image, and `canonical_face_box` inverts the geometry: where a face
 sits in an image that is already FFHQ-aligned (every StyleGAN2-FFHQ output).
+
+Two backends (`backend=`, the service's `SFHQ_ALIGN_BACKEND`):
+
+* `exact`: the reference, operation by operation (scipy's float64-precision blur, Pillow's quad
+  transform at `transform_size` and Lanczos reduction);
+* `opencv` (the service default): the same geometry and padding with the same Gaussian kernel
+  applied by OpenCV in float32 (equal to scipy's within 1e-3 levels before rounding), and one
+  bilinear `cv2.warpAffine` straight to the output size instead of the supersampled transform
+  (when the face is larger than the output: at `transform_size`, then Pillow's Lanczos reduction). Mean difference to
+  `exact` 0.3-0.5 grey levels on the test inspirations, 4x+ faster (bench/annotator.py shows the
+  distribution of the differences).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import PIL.Image
@@ -41,6 +53,10 @@ CANONICAL_MOUTH = (0.5, CANONICAL_EYE_Y + CANONICAL_EYE_TO_MOUTH)
 # predictor was trained on that detector's boxes, so it needs the same framing).
 _DLIB_BOX_SIDE = 2.4 * CANONICAL_EYE_TO_EYE
 _DLIB_BOX_CENTER_Y = CANONICAL_EYE_Y + 0.39 * CANONICAL_EYE_TO_MOUTH
+
+
+AlignBackend = Literal["exact", "opencv"]
+ALIGN_BACKENDS: tuple[str, ...] = ("exact", "opencv")
 
 
 class AlignmentError(InvalidInput):
@@ -127,12 +143,15 @@ def align_face(
     transform_size: int = 4096,
     enable_padding: bool = True,
     rotate_level: bool = True,
+    backend: AlignBackend = "exact",
 ) -> PIL.Image.Image:
     """The FFHQ-aligned square crop of the face given by `landmarks68` (68 dlib points, x/y).
 
     `image` is a PIL image (converted to RGB) or an HxW[x3] uint8 array. Returns an RGB image
-    of `output_size` pixels.
+    of `output_size` pixels. `backend` is `exact` (the reference) or `opencv` (module docstring).
     """
+    if backend not in ALIGN_BACKENDS:
+        raise ValueError(f"alignment backend must be one of {ALIGN_BACKENDS}, got {backend!r}")
     _check_sizes(output_size, transform_size)
     img = _as_rgb_image(image)
     face = face_quad(landmarks68, rotate_level=rotate_level)
@@ -180,22 +199,12 @@ def align_face(
     )
     if enable_padding and max(pad) > border - 4:
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
-        pixels = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
-        h, w, _ = pixels.shape
-        yy, xx, _ = np.ogrid[:h, :w, :1]
-        # 0 on the original image's edge, rising to 1 at the outer edge of the padding.
-        mask = np.maximum(
-            1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
-            1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]),
-        )
-        blur = qsize * 0.02
-        pixels += (scipy.ndimage.gaussian_filter(pixels, [blur, blur, 0]) - pixels) * np.clip(
-            mask * 3.0 + 1.0, 0.0, 1.0
-        )
-        pixels += (np.median(pixels, axis=(0, 1)) - pixels) * np.clip(mask, 0.0, 1.0)
-        img = PIL.Image.fromarray(np.uint8(np.clip(np.rint(pixels), 0, 255)), "RGB")
+        padded = _pad_blurred_opencv if backend == "opencv" else _pad_blurred_exact
+        img = PIL.Image.fromarray(padded(np.asarray(img), pad, qsize), "RGB")
         quad += pad[:2]
 
+    if backend == "opencv":
+        return PIL.Image.fromarray(_warp_opencv(np.asarray(img), quad, qsize, output_size, transform_size))
     # One quad transform at the supersampled size, then a Lanczos reduction to the output size.
     img = img.transform(
         (transform_size, transform_size),
@@ -206,6 +215,86 @@ def align_face(
     if output_size < transform_size:
         img = img.resize((output_size, output_size), PIL.Image.Resampling.LANCZOS)
     return img
+
+
+def _pad_blurred_exact(image: np.ndarray, pad: np.ndarray, qsize: float) -> np.ndarray:
+    """The reference padding: mirror the image, blur the mirrored part and fade it towards the
+    median colour, so the network never sees hard black corners."""
+    pixels = np.pad(np.float32(image), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
+    h, w, _ = pixels.shape
+    yy, xx, _ = np.ogrid[:h, :w, :1]
+    # 0 on the original image's edge, rising to 1 at the outer edge of the padding.
+    mask = np.maximum(
+        1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
+        1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]),
+    )
+    blur = qsize * 0.02
+    pixels += (scipy.ndimage.gaussian_filter(pixels, [blur, blur, 0]) - pixels) * np.clip(
+        mask * 3.0 + 1.0, 0.0, 1.0
+    )
+    pixels += (np.median(pixels, axis=(0, 1)) - pixels) * np.clip(mask, 0.0, 1.0)
+    return np.uint8(np.clip(np.rint(pixels), 0, 255))
+
+
+def _pad_blurred_opencv(image: np.ndarray, pad: np.ndarray, qsize: float) -> np.ndarray:
+    """`_pad_blurred_exact` with OpenCV's float32 separable filter and the same Gaussian kernel as
+    scipy's (`truncate=4`, reflect mode = OpenCV's `BORDER_REFLECT`), and the masks built from
+    their 1-D profiles."""
+    import cv2
+
+    pixels = np.pad(np.float32(image), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
+    h, w, _ = pixels.shape
+    xx, yy = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
+    mask_x = 1.0 - np.minimum(xx / pad[0], (w - 1 - xx) / pad[2])
+    mask_y = 1.0 - np.minimum(yy / pad[1], (h - 1 - yy) / pad[3])
+    mask = np.maximum(mask_y[:, None], mask_x[None, :])[:, :, None]
+    sigma = qsize * 0.02
+    radius = int(4.0 * sigma + 0.5)  # scipy.ndimage's kernel radius for truncate=4.0
+    kernel = cv2.getGaussianKernel(2 * radius + 1, sigma, cv2.CV_32F)
+    blurred = cv2.sepFilter2D(pixels, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REFLECT)
+    blurred -= pixels  # in place: the same arithmetic as the reference, without its temporaries
+    blurred *= np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+    pixels += blurred
+    median = np.median(pixels.reshape(-1, 3), axis=0)
+    np.subtract(median, pixels, out=blurred)
+    blurred *= np.clip(mask, 0.0, 1.0)
+    pixels += blurred
+    np.rint(pixels, out=pixels)
+    return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
+
+
+def _warp_opencv(
+    image: np.ndarray, quad: np.ndarray, qsize: float, output_size: int, transform_size: int
+) -> np.ndarray:
+    """The quad resampled straight to `output_size` by one bilinear affine warp.
+
+    Output pixel (j, i) is read at `TL + (j+0.5)/S·(TR−TL) + (i+0.5)/S·(BL−TL)` (pixel-centre
+    coordinates), where Pillow's transform + reduction averages the supersampled pixels around that
+    point. A face larger than the output is warped at `transform_size` and reduced with Pillow's
+    Lanczos filter, as the reference does (only the warp differs then).
+    """
+    import cv2
+
+    quad = np.asarray(quad, dtype=np.float64)
+    # Downscaling (the face is larger than the output): sample on the supersampled grid, then
+    # average it down; upscaling needs no supersampling (bilinear is already smooth there).
+    size = transform_size if qsize > output_size and transform_size > output_size else output_size
+    top_left, bottom_left, top_right = quad[0], quad[1], quad[3]
+    step_x, step_y = (top_right - top_left) / size, (bottom_left - top_left) / size
+    inverse = np.column_stack([step_x, step_y, top_left + 0.5 * step_x + 0.5 * step_y])
+    warped = cv2.warpAffine(
+        np.ascontiguousarray(image),
+        inverse,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+    if size == output_size:
+        return warped
+    # Pillow's Lanczos reduction, as the reference (OpenCV's area filter is softer: 1.4 levels off).
+    reduced = PIL.Image.fromarray(warped).resize((output_size, output_size), PIL.Image.Resampling.LANCZOS)
+    return np.asarray(reduced)
 
 
 def ffhq_transform(

@@ -105,31 +105,51 @@ class FaceLandmarks:
 class FaceDetector:
     """dlib's HOG frontal face detector; faces come back largest first.
 
-    Images whose longer side exceeds `max_side` are searched on a downscaled copy (the boxes are
-    mapped back): HOG's cost grows with the pixel count (a 2048-px photo at `upsample=1` takes
-    ~5 s, the same photo at 800 px ~0.8 s) and a face that small in the copy would be too small to
-    align well anyway. Landmarks are still predicted on the full-resolution image.
+    Two passes, the cheap one first: HOG at `upsample=0` on a copy whose longer side is at most
+    `fast_side` px (4-7x faster than upsample 1, and on inspiration-sized images it finds the same
+    faces); only when that finds nothing, HOG at `upsample` on a copy of at most `max_side` px.
+    HOG's cost grows with the pixel count (a 2048-px photo at `upsample=1` takes ~5 s, the same
+    photo at 800 px ~0.8 s), and a face too small for the copies would be too small to align well
+    anyway. Boxes are mapped back to the image, where the landmarks are predicted.
+    `fast_side=None` skips the cheap pass.
     """
 
-    def __init__(self, upsample: int = 1, threshold: float = 0.0, max_side: int | None = 800) -> None:
+    def __init__(
+        self,
+        upsample: int = 1,
+        threshold: float = 0.0,
+        max_side: int | None = 800,
+        fast_side: int | None = 400,
+    ) -> None:
         import dlib
 
         if upsample < 0 or upsample > 3:
             raise ValueError(f"upsample must be in [0, 3], got {upsample}")
-        if max_side is not None and max_side < 64:
-            raise ValueError(f"max_side must be at least 64 (or None), got {max_side}")
+        for name, side in (("max_side", max_side), ("fast_side", fast_side)):
+            if side is not None and side < 64:
+                raise ValueError(f"{name} must be at least 64 (or None), got {side}")
         self.upsample = upsample
         self.threshold = threshold
         self.max_side = max_side
+        self.fast_side = fast_side
         self._detector = dlib.get_frontal_face_detector()
         self._lock = threading.Lock()  # dlib objects are not documented as thread-safe
 
     def detect(self, image) -> list[FaceBox]:
         pixels = as_rgb_array(image)
+        faces: list[FaceBox] = []
+        if self.fast_side is not None and self.upsample > 0:
+            faces = self._detect(pixels, self.fast_side, 0)
+        if not faces:
+            faces = self._detect(pixels, self.max_side, self.upsample)
+        faces.sort(key=lambda f: (f.area, f.score), reverse=True)
+        return faces
+
+    def _detect(self, pixels: np.ndarray, max_side: int | None, upsample: int) -> list[FaceBox]:
         height, width = pixels.shape[:2]
         scale_x = scale_y = 1.0
-        if self.max_side is not None and max(height, width) > self.max_side:
-            scale = self.max_side / max(height, width)
+        if max_side is not None and max(height, width) > max_side:
+            scale = max_side / max(height, width)
             small = PIL.Image.fromarray(pixels).resize(
                 (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1)),
                 PIL.Image.Resampling.BILINEAR,
@@ -137,12 +157,12 @@ class FaceDetector:
             pixels = np.asarray(small)
             scale_x, scale_y = small.width / width, small.height / height
         with self._lock:
-            rects, scores, _ = self._detector.run(pixels, self.upsample, self.threshold)
+            rects, scores, _ = self._detector.run(pixels, upsample, self.threshold)
 
         def back(value: float, factor: float) -> float:  # pixel centres of the copy -> of the original
             return (value + 0.5) / factor - 0.5 if factor != 1.0 else value
 
-        faces = [
+        return [
             FaceBox(
                 back(r.left(), scale_x),
                 back(r.top(), scale_y),
@@ -152,8 +172,6 @@ class FaceDetector:
             )
             for r, score in zip(rects, scores, strict=True)
         ]
-        faces.sort(key=lambda f: (f.area, f.score), reverse=True)
-        return faces
 
 
 class LandmarkPredictor:

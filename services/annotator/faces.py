@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 
-from services.annotator.align import align_face, ffhq_transform, map_landmarks
+from services.annotator.align import AlignBackend, align_face, ffhq_transform, map_landmarks
 from services.annotator.detect import FaceLandmarker, FaceLandmarks
 from services.annotator.landmarks110 import compute_landmarks110, rescale_points
 from services.annotator.overlay import render_overlay
@@ -87,9 +87,15 @@ class _Pending:
 class FaceAnnotator:
     """Detection, alignment and annotation over the process's landmarker and parser."""
 
-    def __init__(self, landmarker: LazyModel[FaceLandmarker], parser: LazyModel[FaceParser]) -> None:
+    def __init__(
+        self,
+        landmarker: LazyModel[FaceLandmarker],
+        parser: LazyModel[FaceParser],
+        align_backend: AlignBackend = "opencv",
+    ) -> None:
         self.landmarker = landmarker
         self.parser = parser
+        self.align_backend: AlignBackend = align_backend  # services.annotator.align: "opencv" or "exact"
 
     def detect(self, image: PIL.Image.Image) -> list[FaceLandmarks]:
         return self.landmarker.get().detect_all(image)
@@ -105,7 +111,9 @@ class FaceAnnotator:
         transform_size = default_transform_size(output_size) if transform_size is None else transform_size
         check_range(transform_size, (output_size, MAX_TRANSFORM_SIZE), "transform_size")
         face = self.landmarker.get().locate(image)  # NoFaceFound: "no face found"
-        aligned = align_face(image, face.landmarks68, output_size, transform_size, enable_padding)
+        aligned = align_face(
+            image, face.landmarks68, output_size, transform_size, enable_padding, backend=self.align_backend
+        )
         transform = ffhq_transform(face.landmarks68, output_size, transform_size, image_size=image.size)
         points = map_landmarks(face.landmarks68, transform).astype(np.float32)
         return AlignedFace(aligned, points, face.landmarks68, transform, face.face_count)

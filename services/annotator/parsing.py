@@ -4,8 +4,13 @@ Our own implementation with the official module names, so the released `79999_it
 strictly (docs/checkpoints.md, "BiSeNet face parsing"). Unlike the original it downloads nothing at construction (the original
 ResNet-18 trunk fetches ImageNet weights in its constructor) and does not need torchvision.
 
-Two backends run the same network: PyTorch, and ONNX Runtime from an ONNX export that is cached
-next to the checkpoint, keyed by the checkpoint's sha256 (ORT is several times faster on CPU).
+Two backends run the same network: ONNX Runtime (the service default; several times faster on
+CPU) from an ONNX export cached next to the checkpoint, keyed by the checkpoint's sha256, and
+PyTorch. Label maps never leave the device as logits: the ONNX graph has the per-pixel argmax
+(a uint8 `labels` output beside `logits`), and the PyTorch runner takes the argmax on the device,
+running fp16 channels_last on CUDA (`fp16=True`); bf16 autocast on the CPU is available (`bf16=True`)
+but off: on random weights 2% of the labels changed (bench/annotator.py), which is too many to
+turn on unmeasured on the real checkpoint, and it only pays on CPUs with AMX.
 
 Pre-processing is the original one: RGB, Pillow bilinear resize to the working size (512 in the
 original test script; SFHQ parsed a 256 copy and upsampled the labels to 1024), ToTensor, ImageNet
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.common.accel import configure_device, to_device, to_host
 from services.common.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -228,14 +234,15 @@ class BiSeNet(nn.Module):
 
 
 class _MainHead(nn.Module):
-    """What the ONNX export contains: the main head only."""
+    """What the ONNX export contains: the main head's logits and their per-pixel argmax (uint8)."""
 
     def __init__(self, model: BiSeNet) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.main_logits(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model.main_logits(x)
+        return logits, logits.argmax(dim=1).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,13 +355,33 @@ def upsample_labels(label_map: np.ndarray, size: int | tuple[int, int]) -> np.nd
 
 
 class _TorchRunner:
-    def __init__(self, model: BiSeNet, device: torch.device) -> None:
-        self.model = model.to(device)
+    """PyTorch BiSeNet. CUDA: fp16 weights and activations in channels_last (when `fp16`), inputs
+    copied `non_blocking` from pinned memory, argmax on the device (uint8 crosses the bus, not 19
+    float channels). CPU: fp32, or bf16 autocast when `bf16` (opt-in: see the module docstring)."""
+
+    def __init__(self, model: BiSeNet, device: torch.device, fp16: bool = True, bf16: bool = False) -> None:
         self.device = device
+        self.dtype = torch.float16 if (fp16 and device.type == "cuda") else torch.float32
+        self.bf16 = device.type == "cpu" and bf16
+        self.model = model.to(device, self.dtype)
+        if device.type == "cuda":
+            configure_device(device)
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
+        x = to_device(batch, self.device, self.dtype)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.main_logits(x)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model.main_logits(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+            return to_host(self._forward(batch).float())
+
+    def labels(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return to_host(self._forward(batch).argmax(dim=1).to(torch.uint8))
 
 
 class _OnnxRunner:
@@ -365,6 +392,9 @@ class _OnnxRunner:
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        # ORT's idle threads spin for a while after each run by default, taking the cores from the
+        # process's other work (dlib, the store threads' encoding) and from torch.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -373,7 +403,13 @@ class _OnnxRunner:
         self.path = onnx_path
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return self.session.run(["logits"], feed)[0]
+
+    def labels(self, batch: np.ndarray) -> np.ndarray:
+        """The graph's own argmax: the 19-channel logits are never copied out."""
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return self.session.run(["labels"], feed)[0]
 
 
 def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
@@ -386,7 +422,7 @@ def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     model = _MainHead(model.to("cpu").eval()).eval()
     dummy = torch.zeros(1, 3, 64, 64)
-    names = {"input_names": ["input"], "output_names": ["logits"]}
+    names = {"input_names": ["input"], "output_names": ["logits", "labels"]}
     fd, tmp = tempfile.mkstemp(prefix=onnx_path.name + ".", suffix=".tmp", dir=onnx_path.parent)
     os.close(fd)
     try:
@@ -406,6 +442,7 @@ def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
                         dynamic_axes={
                             "input": {0: "batch", 2: "height", 3: "width"},
                             "logits": {0: "batch", 2: "height", 3: "width"},
+                            "labels": {0: "batch", 1: "height", 2: "width"},
                         },
                     )
             except (TypeError, NotImplementedError, RuntimeError) as exc:
@@ -431,11 +468,17 @@ def export_onnx(model: BiSeNet, onnx_path: str | Path, opset: int = 17) -> Path:
     return onnx_path
 
 
+# Bumped when the exported graph changes (2: the argmax `labels` output), so that an export made
+# by an older version is not picked up.
+ONNX_GRAPH_VERSION = 2
+
+
 def onnx_cache_path(checkpoint: str | Path, sha256: str, cache_dir: str | Path | None = None) -> Path:
-    """`<dir>/<checkpoint stem>.<sha256[:16]>.onnx`; dir = next to the checkpoint unless given."""
+    """`<dir>/<checkpoint stem>.<sha256[:16]>.v<graph version>.onnx`; dir = next to the checkpoint
+    unless given."""
     checkpoint = Path(checkpoint)
     folder = Path(cache_dir) if cache_dir is not None else checkpoint.parent
-    return folder / f"{checkpoint.stem}.{sha256[:16]}.onnx"
+    return folder / f"{checkpoint.stem}.{sha256[:16]}.v{ONNX_GRAPH_VERSION}.onnx"
 
 
 def _writable(folder: Path) -> bool:
@@ -488,7 +531,8 @@ class FaceParser:
         if len(images) == 0:
             return []
         batch = np.stack([preprocess(image, working_size) for image in images])
-        labels = self.logits(batch).argmax(dim=1).to(torch.uint8).numpy()
+        with self._lock:
+            labels = self._runner.labels(batch)
         if output_size is None:
             return list(labels)
         return [upsample_labels(label, output_size) for label in labels]
@@ -506,12 +550,14 @@ def load_parser(
     backend: str = "torch",
     onnx_cache_dir: str | Path | None = None,
     num_threads: int | None = None,
+    fp16: bool = True,
 ) -> FaceParser:
     """Load a `79999_iter.pth`-layout checkpoint and return a ready `FaceParser`.
 
     `backend="onnx"` exports the network once to `<checkpoint dir>/<stem>.<sha256[:16]>.onnx`
     (or `onnx_cache_dir`, or `~/.cache/sfhq/onnx` when the weights folder is read-only) and runs
-    it with ONNX Runtime. `num_threads` caps ONNX Runtime's intra-op threads.
+    it with ONNX Runtime. `num_threads` caps ONNX Runtime's intra-op threads. `fp16` applies to
+    the PyTorch backend on CUDA.
     """
     if backend not in BACKENDS:
         raise ValueError(f"parser backend must be one of {BACKENDS}, got {backend!r}")
@@ -520,7 +566,7 @@ def load_parser(
     sha256 = file_sha256(path)
     torch_device = resolve_device(device)
     if backend == "torch":
-        return FaceParser(_TorchRunner(model, torch_device), backend, path, sha256)
+        return FaceParser(_TorchRunner(model, torch_device, fp16), backend, path, sha256)
 
     folder = Path(onnx_cache_dir) if onnx_cache_dir is not None else path.parent
     if not _writable(folder) and onnx_cache_dir is None:

@@ -4,7 +4,7 @@
 
 * `Detect`, `Align`, `Annotate`: see `FaceAnnotator`; `Align` can return another output size
   (the points and the affine map follow) and `Annotate` an overlay picture of both annotations.
-* `align` stage: `AlignPayload` -> `AlignOutput` (the aligned face, lossless).
+* `align` stage: `AlignPayload` -> `AlignOutput` (the aligned face, lossless: a QOI intermediate).
 * `annotate` stage: `AnnotatePayload` -> the item's SFHQ files (images/, segmentations/,
   landmarks/, pretrained_features/, latents/) through `DatasetWriter`; `AnnotateOutput`. Tasks
   that share `working_size`, `detect_faces` and `canonical_fallback` are parsed as one batch.
@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import grpc
@@ -40,7 +42,7 @@ from services.common.config import Settings
 from services.common.contracts import AlignOutput, AlignPayload, AnnotateOutput, AnnotatePayload
 from services.common.dataset import DatasetWriter
 from services.common.errors import InvalidInput, naming
-from services.common.images import encode_image
+from services.common.images import INTERMEDIATE_SUFFIX, encode_image, encode_intermediate
 from services.common.model_holder import LazyModel, Provenance
 from services.common.queue import Task
 from services.common.rpc import OutputFormat, check_count, read_blob_image, read_image
@@ -84,7 +86,9 @@ def parser_model(settings: Settings, registry: WeightsRegistry | None = None) ->
 
     def load() -> tuple[FaceParser, Provenance]:
         path = registry.path(PARSER_CHECKPOINT)
-        parser = load_parser(path, device=settings.resolved_device(), backend=settings.parser_backend)
+        parser = load_parser(
+            path, device=settings.resolved_device(), backend=settings.parser_backend, fp16=settings.use_fp16()
+        )
         return parser, Provenance.from_registry(registry, PARSER_CHECKPOINT, backend=parser.backend)
 
     return LazyModel("parser", load)
@@ -150,7 +154,7 @@ class AnnotatorServicer(annotator_pb2_grpc.AnnotatorServicer):
 
 
 def align_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) -> StageHandler:
-    """`align`: detect the largest face, FFHQ-align it, store it losslessly."""
+    """`align`: detect the largest face, FFHQ-align it, store it losslessly (QOI, not fsynced)."""
 
     def parse(task: Task) -> tuple[PIL.Image.Image, AlignPayload]:
         payload = AlignPayload.parse(task.payload, "align")
@@ -161,8 +165,8 @@ def align_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) 
         return annotator.align(image, payload.output_size, payload.transform_size)
 
     def store(task: Task, _parsed: object, aligned: AlignedFace) -> AlignOutput:
-        key = item_key(task.job_id, task.item_id, "align", "aligned.png")
-        blobs.put(key, encode_image(aligned.image, "png"))
+        key = item_key(task.job_id, task.item_id, "align", f"aligned{INTERMEDIATE_SUFFIX}")
+        blobs.put(key, encode_intermediate(aligned.image), durable=False)
         return AlignOutput(
             aligned=key,
             landmarks68=np.round(aligned.landmarks68, 3).tolist(),
@@ -182,9 +186,12 @@ class _ToAnnotate:
     features: np.ndarray
 
 
-def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) -> StageHandler:
-    """`annotate`: parsing + 110 landmarks, then the item's SFHQ files."""
-    writers: dict[str, DatasetWriter] = {}
+def annotate_stage(
+    annotator: FaceAnnotator, blobs: BlobStore, settings: Settings, store_pool: Executor | None = None
+) -> StageHandler:
+    """`annotate`: parsing + 110 landmarks, then the item's SFHQ files (JPEG and PNG encoding in
+    the store threads, while the next batch is parsed)."""
+    writer_for = functools.lru_cache(maxsize=64)(DatasetWriter)  # one per dataset, any thread
 
     def parse(task: Task) -> _ToAnnotate:
         payload = AnnotatePayload.parse(task.payload, "annotate")
@@ -213,7 +220,7 @@ def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Setting
 
     def store(task: Task, item: _ToAnnotate, annotation: Annotation) -> AnnotateOutput:
         payload = item.payload
-        writer = writers.setdefault(payload.dataset_uri, DatasetWriter(payload.dataset_uri))
+        writer = writer_for(payload.dataset_uri)
         files = writer.write_item(
             payload.stem,
             image_jpeg=encode_image(item.image, "jpeg", payload.jpeg_quality),
@@ -233,7 +240,7 @@ def annotate_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Setting
     def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool]:
         return item.payload.working_size, item.payload.detect_faces, item.payload.canonical_fallback
 
-    return batched_handler(parse, run, store, group_by=group)
+    return batched_handler(parse, run, store, group_by=group, store_pool=store_pool)
 
 
 def build_process(
@@ -249,12 +256,12 @@ def build_process(
     parser = parser or parser_model(settings)
     landmarker.preload()
     parser.preload()
-    annotator = FaceAnnotator(landmarker, parser)
+    annotator = FaceAnnotator(landmarker, parser, settings.align_backend)
     process = ServiceProcess("annotator", settings)
     servicer = AnnotatorServicer(annotator, blobs, settings)
     process.add_servicer(servicer, annotator_pb2_grpc.add_AnnotatorServicer_to_server, annotator_pb2)
     process.add_worker("align", align_stage(annotator, blobs, settings))
-    process.add_worker("annotate", annotate_stage(annotator, blobs, settings))
+    process.add_worker("annotate", annotate_stage(annotator, blobs, settings, process.store_pool))
     return process
 
 

@@ -6,7 +6,10 @@ URI is accepted only if it points inside the store.
 
 Local writes are atomic: the bytes go to a hidden temporary file in the target folder, are
 fsynced, and then `os.replace`d over the key, so a reader sees the old blob or the new one, never
-half of one. On object stores (`s3://`...) a single PUT is atomic already.
+half of one. On object stores (`s3://`...) a single PUT is atomic already. Intermediates (a
+stage's outputs, which a redelivered task recomputes) are written with `durable=False`: still
+atomic, but not fsynced, since an fsync costs more than encoding the image and a crash only costs
+a recomputation.
 """
 
 from __future__ import annotations
@@ -156,13 +159,14 @@ class BlobStore:
 
     # ---- bytes ------------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> str:
-        """Write `data` under `key` atomically; returns the blob's URI."""
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> str:
+        """Write `data` under `key` atomically; returns the blob's URI. `durable=False` skips the
+        fsyncs of a local store (for intermediates, which a crash only makes us recompute)."""
         full = self._full_path(key)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"blob data must be bytes, got {type(data).__name__}")
         if self.is_local:
-            self._put_local(key, full, data)
+            self._put_local(key, full, data, durable)
         else:
             try:
                 parent = full.rsplit("/", 1)[0]
@@ -172,7 +176,7 @@ class BlobStore:
                 raise BlobWriteError(key, exc) from exc
         return self.uri(key)
 
-    def _put_local(self, key: str, full: str, data: bytes | bytearray | memoryview) -> None:
+    def _put_local(self, key: str, full: str, data: bytes | bytearray | memoryview, durable: bool) -> None:
         folder, name = os.path.split(full)
         tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(6)}-{name}")
         try:
@@ -182,7 +186,8 @@ class BlobStore:
                 view = memoryview(data)
                 while view:  # os.write may write less than asked
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)  # the bytes are on disk before the name points at them
+                if durable:
+                    os.fsync(fd)  # the bytes are on disk before the name points at them
             finally:
                 os.close(fd)
             os.replace(tmp, full)
@@ -190,6 +195,8 @@ class BlobStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise BlobWriteError(key, exc) from exc
+        if not durable:
+            return
         # Persist the rename itself; best effort (not every filesystem can fsync a folder).
         with contextlib.suppress(OSError):
             dir_fd = os.open(folder, os.O_RDONLY)
@@ -265,14 +272,14 @@ class BlobStore:
 
     # ---- arrays -----------------------------------------------------------------------------
 
-    def put_npy(self, key: str, array: np.ndarray) -> str:
+    def put_npy(self, key: str, array: np.ndarray, *, durable: bool = True) -> str:
         """Store an array as `.npy` (no pickle: object arrays are refused)."""
         buffer = io.BytesIO()
         try:
             np.save(buffer, np.asarray(array), allow_pickle=False)
         except ValueError as exc:
             raise ValueError(f"blob {key!r}: only plain numeric arrays can be stored ({exc})") from None
-        return self.put(key, buffer.getvalue())
+        return self.put(key, buffer.getvalue(), durable=durable)
 
     def get_npy(self, key_or_uri: str) -> np.ndarray:
         data = self.get(key_or_uri)

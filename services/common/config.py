@@ -116,8 +116,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     # None = every stage of the service; [] = gRPC only (env value "none").
     stages: Annotated[list[str] | None, NoDecode] = None
-    parser_backend: Literal["torch", "onnx"] = "torch"
+    parser_backend: Literal["torch", "onnx"] = "onnx"
     clip_backend: Literal["torch", "onnx"] = "torch"
+    align_backend: Literal["opencv", "exact"] = "opencv"
+    # Threads that encode and write a batch's blobs while the worker runs the next batch (0: the
+    # worker thread does it between batches, as before).
+    store_threads: int = Field(default=2, ge=0, le=64)
     log_level: str = "INFO"
 
     # ---- validation -------------------------------------------------------------------------

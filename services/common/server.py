@@ -530,6 +530,7 @@ class ServiceProcess:
         self._service_names = list(service_names)
         self._on_stop: list[Callable[[], Any]] = []
         self._queue: Any = None
+        self._store_pool: futures.ThreadPoolExecutor | None = None
         self._metrics_server: Any = None
         self._started = False
         self._stop_requested = threading.Event()
@@ -547,6 +548,16 @@ class ServiceProcess:
             client = connect_redis(self.settings.redis_url, client_name=f"{self.name}-{os.getpid()}")
             self._queue = RedisQueue.from_settings(self.settings, client)
         return self._queue
+
+    @property
+    def store_pool(self) -> futures.ThreadPoolExecutor | None:
+        """The threads that run stage handlers' `store` calls (`store_threads`; None when 0): with
+        it, a worker encodes and writes batch k while its model runs batch k+1."""
+        if self._store_pool is None and self.settings.store_threads > 0:
+            self._store_pool = futures.ThreadPoolExecutor(
+                self.settings.store_threads, thread_name_prefix=f"{self.name}-store"
+            )
+        return self._store_pool
 
     def add_servicer(
         self, servicer: Any, add_to_server: Callable[[Any, grpc.Server], None], pb2: Any
@@ -677,6 +688,8 @@ class ServiceProcess:
                     callback()
                 except Exception:
                     log.exception("%s: stop callback %r failed", self.name, callback)
+            if self._store_pool is not None:
+                self._store_pool.shutdown(wait=True)
             if server_done is not None:
                 server_done.wait(grace + 1)
             if self._metrics_server is not None:
@@ -688,6 +701,49 @@ class ServiceProcess:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the process has stopped; True if it did."""
         return self._stopped.wait(timeout)
+
+
+def serve_together(processes: Sequence[ServiceProcess]) -> None:
+    """Start several services in this one process, block until SIGTERM/SIGINT, stop them all.
+
+    This is how one GPU serves several models (e4e, CLIP and BiSeNet need a fraction of one GPU
+    each): one CUDA context, one memory pool, each service on its own port with its own workers.
+    """
+    stop = threading.Event()
+    started: list[ServiceProcess] = []
+    try:
+        for process in processes:
+            process.start()
+            started.append(process)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+        while not stop.wait(0.5) and not any(p._stop_requested.is_set() for p in started):
+            pass
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def run_services(
+    builds: Sequence[Callable[[Settings], ServiceProcess]], settings: Settings | None = None
+) -> None:
+    """`run_service` for several services in one process (`sfhq serve encoder,search,annotator`).
+
+    Each binds its own default port (so `port` must be unset) and the first one serves the
+    shared metrics endpoint.
+    """
+    from services.common.config import ConfigError, get_settings
+
+    settings = settings or get_settings()
+    if len(builds) > 1 and settings.port is not None:
+        raise ConfigError("several services in one process each use their default port: unset SFHQ_PORT")
+    settings.configure_logging()
+    processes = [
+        build(settings if i == 0 else settings.model_copy(update={"metrics_port": 0}))
+        for i, build in enumerate(builds)
+    ]
+    serve_together(processes)
 
 
 def run_service(build: Callable[[Settings], ServiceProcess], settings: Settings | None = None) -> None:

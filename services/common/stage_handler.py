@@ -14,11 +14,20 @@ missing checkpoint) every task of the batch fails with it; any other exception p
 the `StageWorker` retries the tasks one by one to find the culprit, then redelivers and
 dead-letters as usual. `group_by` splits a batch into model calls that must not be mixed (different
 sizes, different jobs).
+
+With a `store_pool` (a thread pool) the handler is a `PipelinedHandler`: `submit(tasks)` runs
+parse and the model call in the caller's thread and hands the `store` calls (encoding, writing
+blobs: CPU work) to the pool, returning a future of the results. The `StageWorker` then reads and
+runs batch k+1 on the model (the GPU) while the pool encodes and writes batch k, and the stores of
+one batch run in parallel. Calling the handler directly still returns the results, the same as
+without a pool.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -39,17 +48,63 @@ def _as_dict(output: Output) -> dict[str, Any]:
     return dict(output)
 
 
+class PipelinedHandler:
+    """A stage handler whose `store` calls run in a thread pool: `submit(tasks)` returns at once
+    after the model call, with a future of the results; calling it waits for them."""
+
+    def __init__(self, submit: Callable[[list[Task]], Future[list[TaskResult]]]) -> None:
+        self.submit = submit
+
+    def __call__(self, tasks: list[Task]) -> list[TaskResult]:
+        return self.submit(tasks).result()
+
+
+def _gather(futures: list[Future[None]], finish: Callable[[], list[TaskResult]]) -> Future[list[TaskResult]]:
+    """A future that completes with `finish()` once every one of `futures` is done (or with the
+    first exception one of them raised)."""
+    combined: Future[list[TaskResult]] = Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[None]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        error = next((f.exception() for f in futures if f.exception() is not None), None)
+        if error is not None:
+            combined.set_exception(error)
+            return
+        try:
+            combined.set_result(finish())
+        except BaseException as exc:  # finish() is bookkeeping: its failure belongs to the caller
+            combined.set_exception(exc)
+
+    if not futures:
+        one_done(Future())  # nothing to wait for
+        return combined
+    for future in futures:
+        future.add_done_callback(one_done)
+    return combined
+
+
 def batched_handler(
     parse: Callable[[Task], P],
     run: Callable[[list[P]], Sequence[R | BaseException]],
     store: Callable[[Task, P, R], Output],
     *,
     group_by: Callable[[Task, P], Hashable] | None = None,
+    store_pool: Executor | None = None,
 ) -> StageHandler:
-    """A stage handler from its three parts (see the module docstring)."""
+    """A stage handler from its three parts (see the module docstring); a `PipelinedHandler` when
+    `store_pool` is given."""
 
-    def handle(tasks: list[Task]) -> list[TaskResult]:
+    def model_phase(
+        tasks: list[Task],
+    ) -> tuple[dict[int, TaskResult], list[tuple[int, P, R | BaseException]]]:
+        """Parse and run every group: the failures so far, and what is left to store."""
         results: dict[int, TaskResult] = {}
+        to_store: list[tuple[int, P, R | BaseException]] = []
         groups: dict[Hashable, list[tuple[int, P]]] = {}
         for position, task in enumerate(tasks):
             try:
@@ -70,16 +125,37 @@ def batched_handler(
             if len(outcomes) != len(members):
                 raise RuntimeError(f"a batch of {len(members)} inputs gave {len(outcomes)} results")
             for (position, parsed), outcome in zip(members, outcomes, strict=True):
-                task = tasks[position]
-                try:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                    results[position] = TaskResult.success(task, _as_dict(store(task, parsed, outcome)))
-                except PermanentError as error:
-                    results[position] = TaskResult.failure(task, error.code, error.message)
+                to_store.append((position, parsed, outcome))
+        return results, to_store
+
+    def store_one(task: Task, parsed: P, outcome: R | BaseException) -> TaskResult:
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return TaskResult.success(task, _as_dict(store(task, parsed, outcome)))
+        except PermanentError as error:
+            return TaskResult.failure(task, error.code, error.message)
+
+    def handle(tasks: list[Task]) -> list[TaskResult]:
+        results, to_store = model_phase(tasks)
+        for position, parsed, outcome in to_store:
+            results[position] = store_one(tasks[position], parsed, outcome)
         return [results[position] for position in range(len(tasks))]
 
-    return handle
+    if store_pool is None:
+        return handle
+    pool = store_pool
+
+    def submit(tasks: list[Task]) -> Future[list[TaskResult]]:
+        results, to_store = model_phase(tasks)
+
+        def store_into(position: int, parsed: P, outcome: R | BaseException) -> None:
+            results[position] = store_one(tasks[position], parsed, outcome)
+
+        futures = [pool.submit(store_into, *entry) for entry in to_store]
+        return _gather(futures, lambda: [results[position] for position in range(len(tasks))])
+
+    return PipelinedHandler(submit)
 
 
 def one_by_one(call: Callable[[P], R]) -> Callable[[list[P]], list[R | BaseException]]:

@@ -9,6 +9,11 @@ transaction). Failures are sorted so that one bad input never costs the others:
 * any other exception for one task -> it is logged and recorded, and the entry stays unacked, so it
   is redelivered after the visibility timeout and dead-lettered after `max_deliveries`.
 
+A handler with a `submit` method (`stage_handler.PipelinedHandler`) is pipelined: the worker
+submits batch k (its model call runs here, its stores in the handler's thread pool), then reads
+and submits batch k+1 while batch k's stores finish, and completes batches in order. When a
+submitted batch fails as a whole, it is re-run through the plain call, like any failed batch.
+
 While a batch runs, a lease thread renews the visibility timeout of its entries, so that a slow
 batch is not handed to a second worker. Renewal stops once the batch has run for `max_lease_s`
 (default: `MAX_LEASE_FACTOR` visibility timeouts): a handler that hangs forever would otherwise
@@ -23,7 +28,10 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import redis
 
@@ -43,6 +51,18 @@ StageHandler = Callable[[list[Task]], list[TaskResult]]
 DEPTH_REFRESH_S = 2.0
 # A batch keeps its lease for at most this many visibility timeouts, unless max_lease_s says otherwise.
 MAX_LEASE_FACTOR = 10.0
+
+
+@dataclass
+class _InFlight:
+    """A batch submitted to a pipelined handler and not yet completed."""
+
+    token: int  # its entry in the worker's batches in hand
+    tasks: list[Task]
+    skipped: list[tuple[str, TaskResult]]
+    future: Future[list[TaskResult]] | None
+    started: float = field(default_factory=time.perf_counter)
+    error: Exception | None = None  # the submit itself raised
 
 
 class HandlerContractError(RuntimeError):
@@ -87,10 +107,11 @@ class StageWorker(threading.Thread):
         self.leases_given_up = 0  # batches that outran max_lease_s (each one is logged)
         self._stopping = threading.Event()
         self._finished = threading.Event()  # set when run() returns; ends the lease thread
-        # Entry ids of the batch in hand and when it started (monotonic), renewed by the lease thread.
-        self._in_hand: list[str] = []
-        self._in_hand_since = 0.0
+        # Entry ids of the batches in hand and when each started (monotonic), renewed by the lease thread.
+        self._batches_in_hand: dict[int, tuple[float, list[str]]] = {}
         self._in_hand_lock = threading.Lock()
+        self._next_token = 0
+        self._pipelined = callable(getattr(handler, "submit", None))
         self._next_depth_refresh = 0.0
 
     # ---- control ----------------------------------------------------------------------------
@@ -126,7 +147,21 @@ class StageWorker(threading.Thread):
             self._finished.set()
         log.info("worker %s stopped (%d batches)", self.consumer, self.batches_done)
 
+    def _hold(self, tasks: list[Task]) -> int:
+        with self._in_hand_lock:
+            self._next_token += 1
+            token = self._next_token
+            self._batches_in_hand[token] = (time.monotonic(), [task.entry_id for task in tasks])
+        return token
+
+    def _release(self, token: int) -> None:
+        with self._in_hand_lock:
+            self._batches_in_hand.pop(token, None)
+
     def _loop(self) -> None:
+        if self._pipelined:
+            self._pipelined_loop()
+            return
         backoff = 0.1
         while not self._stopping.is_set():
             try:
@@ -154,27 +189,107 @@ class StageWorker(threading.Thread):
                 # A bug in the bookkeeping, not in the handler: the entries stay pending and are retried.
                 log.exception("worker %s: unexpected error around a batch of %d", self.consumer, len(tasks))
 
-    def _process(self, tasks: list[Task]) -> None:
-        with self._in_hand_lock:
-            self._in_hand = [task.entry_id for task in tasks]
-            self._in_hand_since = time.monotonic()
-        started = time.perf_counter()
-        # Tasks of cancelled jobs are answered without running: cancel drains a big job quickly.
+    def _pipelined_loop(self) -> None:
+        """Submit each batch as it arrives; complete the oldest once a newer one is submitted (or
+        nothing new came), so one batch's stores overlap the next one's model call."""
+        in_flight: deque[_InFlight] = deque()
+        backoff = 0.1
+        try:
+            while not self._stopping.is_set():
+                try:
+                    tasks = self.queue.read_batch(
+                        self.stage, self.consumer, self.batch_size, 0 if in_flight else self.block_ms
+                    )
+                    self._refresh_depth()
+                except redis.RedisError as exc:
+                    log.warning(
+                        "worker %s: reading %s failed (%s); retrying in %.1f s",
+                        self.consumer, self.stage, exc, backoff,
+                    )  # fmt: skip
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                if tasks:
+                    try:
+                        in_flight.append(self._submit(tasks))
+                    except Exception:  # bookkeeping (Redis), not the handler: the entries stay pending
+                        log.exception("worker %s: could not submit a batch of %d", self.consumer, len(tasks))
+                while in_flight and (len(in_flight) > 1 or not tasks):
+                    self._complete_in_flight(in_flight.popleft())
+        finally:
+            while in_flight:  # delivered to us: finished even when a stop was requested
+                self._complete_in_flight(in_flight.popleft())
+
+    def _submit(self, tasks: list[Task]) -> _InFlight:
+        token = self._hold(tasks)
+        try:
+            skipped, tasks = self._skip_cancelled(tasks)
+        except Exception:
+            self._release(token)
+            raise
+        batch = _InFlight(token, tasks, skipped, None)
+        if tasks:
+            try:
+                with task_spans(self.stage, tasks):  # the span covers the submission; the model runs after
+                    batch.future = self.handler.submit(list(tasks))  # type: ignore[attr-defined]
+            except Exception as exc:
+                batch.error = exc
+        return batch
+
+    def _complete_in_flight(self, batch: _InFlight) -> None:
+        tasks = batch.tasks
+        try:
+            done: list[tuple[str, TaskResult]] = []
+            transient: list[tuple[Task, str]] = []
+            if tasks:
+                try:
+                    if batch.error is not None:
+                        raise batch.error
+                    assert batch.future is not None
+                    results = self._checked(tasks, batch.future.result())
+                    done = [(task.entry_id, result) for task, result in zip(tasks, results, strict=True)]
+                except Exception as exc:
+                    log.warning(
+                        "worker %s: pipelined batch of %d %s tasks failed (%s: %s); re-running it",
+                        self.consumer, len(tasks), self.stage, type(exc).__name__, exc,
+                    )  # fmt: skip
+                    done, transient = self._run_isolating(tasks)
+            self._publish(batch.skipped + done, transient, len(tasks), time.perf_counter() - batch.started)
+        except Exception:
+            log.exception("worker %s: unexpected error around a batch of %d", self.consumer, len(tasks))
+        finally:
+            self._release(batch.token)
+
+    def _skip_cancelled(self, tasks: list[Task]) -> tuple[list[tuple[str, TaskResult]], list[Task]]:
+        """Tasks of cancelled jobs are answered without running: cancel drains a big job quickly."""
         cancelled = self.queue.cancelled_among(task.job_id for task in tasks)
         skipped = [
             (t.entry_id, TaskResult.failure(t, "CANCELLED", "job cancelled"))
             for t in tasks
             if t.job_id in cancelled
         ]
-        tasks = [t for t in tasks if t.job_id not in cancelled]
+        return skipped, [t for t in tasks if t.job_id not in cancelled]
+
+    def _process(self, tasks: list[Task]) -> None:
+        token = self._hold(tasks)
+        started = time.perf_counter()
+        skipped, tasks = self._skip_cancelled(tasks)
         try:
             done, transient = self._run_isolating(tasks) if tasks else ([], [])
             done = skipped + done
         finally:
-            with self._in_hand_lock:
-                self._in_hand = []
-        elapsed = time.perf_counter() - started
-        self.metrics.batch_size.labels(self.stage).observe(len(tasks))
+            self._release(token)
+        self._publish(done, transient, len(tasks), time.perf_counter() - started)
+
+    def _publish(
+        self,
+        done: list[tuple[str, TaskResult]],
+        transient: list[tuple[Task, str]],
+        count: int,
+        elapsed: float,
+    ) -> None:
+        self.metrics.batch_size.labels(self.stage).observe(count)
         self.metrics.batch_latency.labels(self.stage).observe(elapsed)
         for _, result in done:
             self.metrics.tasks.labels(self.stage, "ok" if result.ok else "failed").inc()
@@ -216,6 +331,9 @@ class StageWorker(threading.Thread):
     def _call(self, tasks: list[Task]) -> list[TaskResult]:
         with task_spans(self.stage, tasks):  # one span per task, under its own job's trace
             results = self.handler(list(tasks))
+        return self._checked(tasks, results)
+
+    def _checked(self, tasks: list[Task], results: list[TaskResult]) -> list[TaskResult]:
         if not isinstance(results, Sequence) or len(results) != len(tasks):
             count = len(results) if isinstance(results, Sequence) else type(results).__name__
             raise HandlerContractError(f"handler returned {count} results for {len(tasks)} tasks")
@@ -259,8 +377,9 @@ class StageWorker(threading.Thread):
         given_up: list[str] = []
         while not self._finished.wait(period):
             with self._in_hand_lock:
-                ids = list(self._in_hand)
-                running_s = time.monotonic() - self._in_hand_since
+                held = list(self._batches_in_hand.values())
+            ids = [entry for _, batch_ids in held for entry in batch_ids]
+            running_s = time.monotonic() - min((since for since, _ in held), default=time.monotonic())
             if not ids:
                 continue
             if running_s > self.max_lease_s:

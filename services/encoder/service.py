@@ -162,7 +162,7 @@ def encode_stage(model: EncoderModel, blobs: BlobStore, settings: Settings) -> S
 
     def store(task: Task, _image: Image.Image, code: np.ndarray) -> EncodeOutput:
         key = item_key(task.job_id, task.item_id, STAGE, "latent.npy")
-        blobs.put_npy(key, code)
+        blobs.put_npy(key, code, durable=False)
         return EncodeOutput(latent=key, provenance=model.provenance_record())
 
     return batched_handler(parse, lambda images: list(encode(model, images, settings.batch_size)), store)

@@ -1,8 +1,10 @@
 """What the generator service does with a loaded StyleGAN2, free of gRPC and Redis.
 
 * `synthesize`: latents → images, in chunks of the batch size, with optional truncation and noise;
+  `synthesize_uint8` gives them as uint8 pixels converted on the device (what stages store);
 * `sample_w`: seeds → z (NVlabs' seed → z) → w, truncated with each sample's psi (psi > 1 allowed);
 * `candidates`: one W+ code + strategies → the candidates' W+ codes (services.generator.manipulate);
+  `candidates_batch` does many at once, with their `low_prior` refinements batched;
 * conversions between images and the generator's [-1, 1] tensors, and checks on request values
   (psi, cutoff, seeds, latent shapes) that raise `InvalidInput` naming the value.
 
@@ -21,8 +23,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from services.common.accel import configure_device, images_to_uint8, to_host
 from services.common.errors import InvalidInput
-from services.generator.manipulate import LossFn, StrategySpec, candidate_latents
+from services.generator.manipulate import (
+    CandidateJob,
+    LossFn,
+    StrategySpec,
+    candidate_latents,
+    candidate_latents_batch,
+)
 from services.generator.model import Generator, z_from_seed
 
 # psi outside this range gives no face at all; SFHQ part 3 samples up to ~2 (the gateway allows 4).
@@ -54,6 +63,31 @@ def synthesize(
             )
             chunks.append(images.float().cpu())
     return torch.cat(chunks)
+
+
+def synthesize_uint8(
+    generator: Generator,
+    latents: Tensor,
+    batch_size: int,
+    truncation: Truncation = Truncation(),
+    noise_mode: str = "const",
+    noise_seed: int | None = None,
+) -> np.ndarray:
+    """Latents → `[B, S, S, 3]` uint8 pixels. The conversion runs on the device and the chunks
+    are copied to the host once, through pinned memory (`services.common.accel.to_host`); on the
+    CPU the pixels equal `to_uint8(synthesize(...))`."""
+    chunks = []
+    with torch.inference_mode():
+        for first in range(0, latents.shape[0], max(1, batch_size)):
+            part = latents[first : first + batch_size]
+            seed = None if noise_seed is None else (noise_seed + first) % 2**64
+            images = generator.synthesize(
+                part, truncation.psi, None, noise_mode, truncation_cutoff=truncation.cutoff, noise_seed=seed
+            )
+            chunks.append(images_to_uint8(images))  # queued: the device runs ahead of the host
+        if not chunks:
+            return np.zeros((0, generator.size, generator.size, 3), np.uint8)
+        return to_host(torch.cat(chunks) if len(chunks) > 1 else chunks[0])
 
 
 def synthesize_samples(
@@ -101,12 +135,30 @@ def candidates(
     return [(spec, latent.cpu()) for spec, latent in pairs]
 
 
+def candidates_batch(
+    generator: Generator, jobs: Sequence[CandidateJob], loss_fn: LossFn | None, max_batch: int
+) -> list[list[tuple[StrategySpec, Tensor]] | InvalidInput]:
+    """`candidates` of many candidate sets at once (their `low_prior` codes refined as batches of up
+    to `max_batch`); a set with bad inputs gets its `InvalidInput` in its place."""
+    with torch.no_grad():
+        outcomes = candidate_latents_batch(generator, jobs, loss_fn, max_batch)
+    results: list[list[tuple[StrategySpec, Tensor]] | InvalidInput] = []
+    for outcome in outcomes:
+        if isinstance(outcome, InvalidInput):
+            results.append(outcome)
+        elif isinstance(outcome, ValueError):  # about that set's inputs (no target, bad shape)
+            results.append(InvalidInput(str(outcome)))
+        else:
+            results.append([(spec, latent.cpu()) for spec, latent in outcome])
+    return results
+
+
 # ---- conversions ----------------------------------------------------------------------------------
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """`[B, 3, S, S]` in ~[-1, 1] → `[B, S, S, 3]` uint8, as NVlabs' generate.py does (x·127.5 + 128, clipped)."""
-    return (images.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+    return to_host(images_to_uint8(images))
 
 
 def image_from_tensor(image: Tensor) -> Image.Image:
@@ -185,5 +237,6 @@ def configure_runtime(generator: Generator, device: str, fp16: bool) -> Generato
     clamping (as NVlabs runs them). CPU: the exact grouped form -- there the batched form gained
     nothing consistent (bench/generator.py), and the grouped one reproduces the reference bit for bit."""
     if device.startswith("cuda"):
+        configure_device(device)
         generator.set_runtime(fp16_resolutions=4 if fp16 else 0, modconv="batched", channels_last=True)
     return generator

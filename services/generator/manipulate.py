@@ -54,6 +54,9 @@ __all__ = [
     "encoder_truncation",
     "pixel_multiscale_loss",
     "candidate_latents",
+    "candidate_latents_batch",
+    "CandidateJob",
+    "low_prior_batch",
     "make_candidates",
 ]
 
@@ -164,6 +167,19 @@ def pixel_multiscale_loss(image: Tensor, target: Tensor, levels: int = 3) -> Ten
     return total / levels
 
 
+def per_sample_multiscale_loss(image: Tensor, target: Tensor, levels: int = 3) -> Tensor:
+    """`pixel_multiscale_loss` of each sample of a batch: `[B]` (sample i's value is exactly
+    `pixel_multiscale_loss(image[i:i+1], target[i:i+1])`)."""
+    total = image.new_zeros(image.shape[0])
+    for level in range(levels):
+        if level:
+            image, target = F.avg_pool2d(image, 2), F.avg_pool2d(target, 2)
+        total = total + F.mse_loss(image, target, reduction="none").mean(dim=(1, 2, 3))
+        if min(image.shape[-2:]) < 2:
+            return total / (level + 1)
+    return total / levels
+
+
 def _resize(image: Tensor, size: int) -> Tensor:
     if image.shape[-1] == size and image.shape[-2] == size:
         return image
@@ -231,6 +247,66 @@ def low_prior(
             optimizer.step()
         refined = latent.detach()
     return refined[0] if single else refined
+
+
+def low_prior_batch(
+    generator: Generator,
+    w_init: Tensor,
+    targets: Sequence[Tensor],
+    steps: int = 30,
+    lr: float = 0.01,
+    prior_weight: float | Sequence[float] = 0.1,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    loss_size: int = 256,
+) -> Tensor:
+    """`low_prior` for a batch of codes `[B, L, 512]` and their own targets, in one optimisation.
+
+    Every step renders the whole batch once (one forward and one backward pass instead of B) and
+    takes one Adam step on the batch. The loss is the *sum* of the per-sample losses (each with its
+    own `prior_weight`), so sample i's gradient is exactly its own loss's gradient, and Adam being
+    elementwise, each code follows the trajectory `low_prior` gives it alone (up to float rounding
+    of batched kernels). `loss_fn(image, target) -> scalar` is applied to each sample's `[1, ...]`
+    slices; the default loss is computed per sample in one go. The RNG is seeded with `seed` (only
+    a random `loss_fn` draws from it: callers batch codes of different seeds only with the default
+    loss).
+    """
+    if w_init.ndim != 3:
+        raise ValueError(f"w_init must be a batch of W+ codes [B, L, 512], got {list(w_init.shape)}")
+    batch = w_init.shape[0]
+    if len(targets) != batch:
+        raise ValueError(f"{batch} codes but {len(targets)} targets")
+    weights = torch.as_tensor(prior_weight, dtype=torch.float32).reshape(-1)
+    if weights.numel() not in (1, batch):
+        raise ValueError(f"prior_weight must be one number or one per code, got {weights.numel()}")
+    start = w_init.detach().to(generator.device, torch.float32)
+    compare_size = min(int(loss_size), generator.size)
+    render_size = min(generator.size, 2 ** max(2, math.ceil(math.log2(compare_size))))
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        start = start.clone()
+        goal = torch.cat(
+            [
+                _resize(_target_batch(t).detach().to(generator.device, torch.float32).clone(), compare_size)
+                for t in targets
+            ]
+        )
+        weights = weights.to(generator.device).expand(batch).clone()
+        latent = start.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([latent], lr=lr)
+        for _ in range(int(steps)):
+            optimizer.zero_grad(set_to_none=True)
+            image = _resize(
+                generator.synthesize(latent, noise_mode="const", max_resolution=render_size), compare_size
+            )
+            if loss_fn is None:
+                fit = per_sample_multiscale_loss(image, goal)
+            else:
+                fit = torch.stack([loss_fn(image[i : i + 1], goal[i : i + 1]) for i in range(batch)])
+            prior = (latent - start).square().mean(dim=(1, 2))
+            (fit + weights * prior).sum().backward()
+            optimizer.step()
+        return latent.detach()
 
 
 # ----------------------------------------------------------------------------- registry
@@ -391,19 +467,15 @@ def _sampled_w(generator: Generator, value: Tensor) -> Tensor:
     return _w_plus_code(generator, value, "sampled_w")
 
 
-def candidate_latents(
+def _prepare(
     generator: Generator,
     w_plus: Tensor,
     strategies: Sequence[StrategySpec | Mapping[str, Any]],
-    target: Tensor | None = None,
-    sampled_w: Tensor | None = None,
-    loss_fn: LossFn | None = None,
-) -> list[tuple[StrategySpec, Tensor]]:
-    """The W+ code `[L, 512]` of each candidate, with its resolved spec (no images yet).
-
-    Split from `make_candidates` so that a worker can synthesize the candidates of many jobs
-    in one batch. Arguments as there.
-    """
+    target: Tensor | None,
+    sampled_w: Tensor | None,
+    loss_fn: LossFn | None,
+) -> tuple[_Inputs, list[StrategySpec]]:
+    """Checked inputs and resolved specs of one candidate set (`ValueError` naming the problem)."""
     code = _w_plus_code(generator, w_plus, "w_plus")
     specs = [spec if isinstance(spec, StrategySpec) else StrategySpec(**spec) for spec in strategies]
     for spec in specs:
@@ -419,8 +491,95 @@ def candidate_latents(
         sampled_w=_sampled_w(generator, sampled_w) if sampled_w is not None else None,
         loss_fn=loss_fn,
     )
-    resolved = [spec.resolved(generator.n_latent) for spec in specs]
+    return inputs, [spec.resolved(generator.n_latent) for spec in specs]
+
+
+def candidate_latents(
+    generator: Generator,
+    w_plus: Tensor,
+    strategies: Sequence[StrategySpec | Mapping[str, Any]],
+    target: Tensor | None = None,
+    sampled_w: Tensor | None = None,
+    loss_fn: LossFn | None = None,
+) -> list[tuple[StrategySpec, Tensor]]:
+    """The W+ code `[L, 512]` of each candidate, with its resolved spec (no images yet).
+
+    Split from `make_candidates` so that a worker can synthesize the candidates of many jobs
+    in one batch. Arguments as there.
+    """
+    inputs, resolved = _prepare(generator, w_plus, strategies, target, sampled_w, loss_fn)
     return [(spec, STRATEGIES[spec.name].build(inputs, spec.params, spec.seed).detach()) for spec in resolved]
+
+
+@dataclass(frozen=True)
+class CandidateJob:
+    """One candidate set of a batch: a W+ code, its strategies and what they need (as in `candidate_latents`)."""
+
+    w_plus: Tensor
+    strategies: Sequence[StrategySpec | Mapping[str, Any]]
+    target: Tensor | None = None
+    sampled_w: Tensor | None = None
+
+
+def candidate_latents_batch(
+    generator: Generator,
+    jobs: Sequence[CandidateJob],
+    loss_fn: LossFn | None = None,
+    max_batch: int = 8,
+) -> list[list[tuple[StrategySpec, Tensor]] | ValueError]:
+    """`candidate_latents` of many candidate sets, with their `low_prior` codes refined together.
+
+    The `low_prior` candidates of all jobs that share `steps`, `lr` and `loss_size` (and, with a
+    custom `loss_fn`, the seed) run as one `low_prior_batch` of up to `max_batch` codes; each gets
+    the code it would get alone (within float rounding). A job whose inputs are invalid gets its
+    `ValueError` in its place; the others are unaffected.
+    """
+    outcomes: list[list[tuple[StrategySpec, Tensor]] | ValueError] = []
+    codes: dict[tuple[int, int], Tensor] = {}
+    refine: dict[tuple[Any, ...], list[tuple[int, int, _Inputs, StrategySpec]]] = {}
+    prepared: dict[int, list[StrategySpec]] = {}
+    for j, job in enumerate(jobs):
+        later: list[tuple[tuple[Any, ...], tuple[int, int, _Inputs, StrategySpec]]] = []
+        now: dict[tuple[int, int], Tensor] = {}
+        try:
+            inputs, resolved = _prepare(
+                generator, job.w_plus, job.strategies, job.target, job.sampled_w, loss_fn
+            )
+            for k, spec in enumerate(resolved):
+                if spec.name == "low_prior":
+                    p = spec.params
+                    key = (p["steps"], p["lr"], p["loss_size"], spec.seed if loss_fn is not None else 0)
+                    later.append((key, (j, k, inputs, spec)))
+                else:
+                    now[j, k] = STRATEGIES[spec.name].build(inputs, spec.params, spec.seed).detach()
+        except ValueError as error:
+            outcomes.append(error)
+            continue
+        codes.update(now)
+        for key, member in later:
+            refine.setdefault(key, []).append(member)
+        prepared[j] = resolved
+        outcomes.append([])
+    for members in refine.values():
+        for first in range(0, len(members), max(1, max_batch)):
+            chunk = members[first : first + max(1, max_batch)]
+            spec = chunk[0][3]
+            refined = low_prior_batch(
+                generator,
+                torch.stack([inputs.w_plus for _, _, inputs, _ in chunk]),
+                [inputs.target for _, _, inputs, _ in chunk if inputs.target is not None],
+                steps=int(spec.params["steps"]),
+                lr=spec.params["lr"],
+                prior_weight=[member.params["prior_weight"] for _, _, _, member in chunk],
+                loss_fn=loss_fn,
+                seed=spec.seed,
+                loss_size=int(spec.params["loss_size"]),
+            )
+            for (j, k, _, _), code in zip(chunk, refined, strict=True):
+                codes[j, k] = code
+    for j, resolved in prepared.items():
+        outcomes[j] = [(spec, codes[j, k]) for k, spec in enumerate(resolved)]
+    return outcomes
 
 
 def make_candidates(

@@ -5,16 +5,20 @@ stages. Wiring only: the work is `services.generator.engine`.
 * `Sample`: seeds → z → w with truncation psi (psi > 1 allowed) → images and w.
 * `Candidates`: one W+ code + strategies → photoreal candidates (services.generator.manipulate).
 * `sample` stage: `SamplePayload` → `SampleOutput`; `synthesize` stage: `SynthesizePayload` →
-  `SynthesizeOutput` (K candidates per task). Both run a worker batch as one model batch.
+  `SynthesizeOutput` (K candidates per task). Both run a worker batch as one model batch (the
+  `low_prior` refinements of all its tasks too), get uint8 pixels from the device and leave the
+  QOI encoding and writing to the store threads while the next batch runs.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 
 import grpc
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from services.common.blobs import BlobStore, item_key
@@ -28,7 +32,7 @@ from services.common.contracts import (
     SynthesizePayload,
 )
 from services.common.errors import InvalidInput
-from services.common.images import encode_image
+from services.common.images import INTERMEDIATE_SUFFIX, encode_intermediate
 from services.common.model_holder import LazyModel, Provenance
 from services.common.queue import Task
 from services.common.rpc import OutputFormat, check_count, read_array, read_blob_image, read_image
@@ -37,8 +41,8 @@ from services.common.stage_handler import StageHandler, batched_handler
 from services.common.weights import WeightsRegistry
 from services.generator import engine, messages
 from services.generator.checkpoint import load_generator
-from services.generator.engine import image_from_tensor, to_w_plus
-from services.generator.manipulate import STRATEGIES, LossFn, StrategySpec
+from services.generator.engine import to_w_plus
+from services.generator.manipulate import STRATEGIES, CandidateJob, LossFn, StrategySpec
 from services.generator.model import Generator
 from sfhq.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
@@ -85,8 +89,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         output.check_budget(count, self.model.get().size, MAX_OUTPUT_PIXELS)
         return output
 
-    def _images(self, images: Tensor, output: OutputFormat) -> list[common_pb2.Image]:
-        return [output.message(image_from_tensor(image), self.blobs, "generator") for image in images]
+    def _images(self, images: np.ndarray, output: OutputFormat) -> list[common_pb2.Image]:
+        return [output.message(Image.fromarray(image), self.blobs, "generator") for image in images]
 
     def Synthesize(
         self, request: generator_pb2.SynthesizeRequest, context: grpc.ServicerContext
@@ -96,7 +100,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         batch = messages.latents(request.latents, generator)
         truncation = messages.truncation(request, "truncation_psi", generator.n_latent)
         noise, size = messages.noise_mode(request.noise_mode), self.settings.batch_size
-        images = self.model.run(lambda g: engine.synthesize(g, batch, size, truncation, noise))
+        images = self.model.run(lambda g: engine.synthesize_uint8(g, batch, size, truncation, noise))
         return generator_pb2.SynthesizeResponse(images=self._images(images, output))
 
     def Sample(
@@ -109,7 +113,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         w = self.model.run(
             lambda g: engine.sample_w(g, seeds, [truncation.psi] * len(seeds), truncation.cutoff)
         )
-        images = self.model.run(lambda g: engine.synthesize_samples(g, w, seeds, size, noise))
+        images = engine.to_uint8(
+            self.model.run(lambda g: engine.synthesize_samples(g, w, seeds, size, noise))
+        )
         return messages.samples_response(seeds, w, self._images(images, output))
 
     def Candidates(
@@ -128,39 +134,48 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             sampled_w = engine.as_w_plus(read_array(request.sampled_w, "sampled_w"), generator, "sampled_w")
         pairs = self.model.run(lambda g: engine.candidates(g, w_plus, specs, target, sampled_w, self.loss_fn))
         latents = torch.stack([latent for _, latent in pairs])
-        images = self.model.run(lambda g: engine.synthesize(g, latents, self.settings.batch_size))
+        images = self.model.run(lambda g: engine.synthesize_uint8(g, latents, self.settings.batch_size))
         return messages.candidates_response(pairs, self._images(images, output))
 
 
-def sample_stage(model: GeneratorModel, blobs: BlobStore, settings: Settings) -> StageHandler:
+def sample_stage(
+    model: GeneratorModel, blobs: BlobStore, settings: Settings, store_pool: Executor | None = None
+) -> StageHandler:
     """`sample`: every sample of a worker batch in one model batch."""
 
-    def run(payloads: list[SamplePayload]) -> list[tuple[Tensor, Tensor]]:
-        def work(g: Generator) -> list[tuple[Tensor, Tensor]]:
+    def run(payloads: list[SamplePayload]) -> list[tuple[Tensor, np.ndarray]]:
+        def work(g: Generator) -> list[tuple[Tensor, np.ndarray]]:
             w = engine.sample_w(g, [p.seed for p in payloads], [p.psi for p in payloads])
-            images = engine.synthesize(g, w, settings.batch_size)
+            images = engine.synthesize_uint8(g, w, settings.batch_size)
             return list(zip(to_w_plus(w, g.n_latent), images, strict=True))
 
         return model.run(work)
 
-    def store(task: Task, _payload: SamplePayload, result: tuple[Tensor, Tensor]) -> SampleOutput:
+    def store(task: Task, _payload: SamplePayload, result: tuple[Tensor, np.ndarray]) -> SampleOutput:
         w_key, image_key = (
-            item_key(task.job_id, task.item_id, "sample", name) for name in ("w.npy", "image.png")
+            item_key(task.job_id, task.item_id, "sample", name)
+            for name in ("w.npy", f"image{INTERMEDIATE_SUFFIX}")
         )
-        blobs.put_npy(w_key, result[0].numpy().astype(np.float32))
-        blobs.put(image_key, encode_image(image_from_tensor(result[1]), "png"))
+        blobs.put_npy(w_key, result[0].numpy().astype(np.float32), durable=False)
+        blobs.put(image_key, encode_intermediate(result[1]), durable=False)
         return SampleOutput(w=w_key, image=image_key, provenance=model.provenance_record())
 
-    return batched_handler(lambda task: SamplePayload.parse(task.payload, "sample"), run, store)
+    parse = lambda task: SamplePayload.parse(task.payload, "sample")  # noqa: E731
+    return batched_handler(parse, run, store, store_pool=store_pool)
 
 
 def synthesize_stage(
-    model: GeneratorModel, blobs: BlobStore, settings: Settings, loss_fn: LossFn | None
+    model: GeneratorModel,
+    blobs: BlobStore,
+    settings: Settings,
+    loss_fn: LossFn | None,
+    store_pool: Executor | None = None,
 ) -> StageHandler:
-    """`synthesize`: K candidates per task; every candidate of the worker batch in one model batch."""
-    Prepared = list[tuple[StrategySpec, Tensor]]
+    """`synthesize`: K candidates per task; every candidate of the worker batch in one model batch,
+    the `low_prior` ones refined together (`engine.candidates_batch`)."""
+    Pairs = list[tuple[StrategySpec, Tensor]]
 
-    def parse(task: Task) -> Prepared:
+    def parse(task: Task) -> CandidateJob:
         payload = SynthesizePayload.parse(task.payload, "synthesize")
         generator = model.get()
         specs = [
@@ -173,27 +188,41 @@ def synthesize_stage(
         if payload.sampled_w:  # part 3: the psi > 1 sample that the encoder corrects
             sampled_w = engine.as_w_plus(blobs.get_npy(payload.sampled_w), generator, "payload 'sampled_w'")
         w_plus = engine.as_w_plus(blobs.get_npy(payload.latent), generator, "payload 'latent'")
-        return model.run(lambda g: engine.candidates(g, w_plus, specs, target, sampled_w, loss_fn))
+        return CandidateJob(w_plus, specs, target, sampled_w)
 
-    def run(prepared: list[Prepared]) -> list[Tensor]:
-        latents = torch.stack([latent for pairs in prepared for _, latent in pairs])
-        images = model.run(lambda g: engine.synthesize(g, latents, settings.batch_size))
-        return list(torch.split(images, [len(pairs) for pairs in prepared]))
+    def run(jobs: list[CandidateJob]) -> list[tuple[Pairs, np.ndarray] | InvalidInput]:
+        def work(g: Generator) -> list[tuple[Pairs, np.ndarray] | InvalidInput]:
+            outcomes = engine.candidates_batch(g, jobs, loss_fn, settings.batch_size)
+            latents = [code for pairs in outcomes if isinstance(pairs, list) for _, code in pairs]
+            pixels = iter(
+                engine.synthesize_uint8(g, torch.stack(latents), settings.batch_size) if latents else []
+            )
+            return [
+                pairs if isinstance(pairs, InvalidInput) else (pairs, np.stack([next(pixels) for _ in pairs]))
+                for pairs in outcomes
+            ]
 
-    def store(task: Task, pairs: Prepared, images: Tensor) -> SynthesizeOutput:
+        return model.run(work)
+
+    def store(task: Task, _job: CandidateJob, result: tuple[Pairs, np.ndarray]) -> SynthesizeOutput:
         candidates = []
-        for k, ((spec, code), image) in enumerate(zip(pairs, images, strict=True)):
+        for k, ((spec, code), image) in enumerate(zip(*result, strict=True)):
             key = item_key(task.job_id, task.item_id, "synthesize", f"candidate-{k}")
-            blobs.put(f"{key}.png", encode_image(image_from_tensor(image), "png"))
-            blobs.put_npy(f"{key}.npy", code.numpy().astype(np.float32))
+            blobs.put(f"{key}{INTERMEDIATE_SUFFIX}", encode_intermediate(image), durable=False)
+            blobs.put_npy(f"{key}.npy", code.numpy().astype(np.float32), durable=False)
             strategy = StrategyRecord.parse(spec.record())
             provenance = model.provenance_record()
             candidates.append(
-                Candidate(image=f"{key}.png", latent=f"{key}.npy", strategy=strategy, provenance=provenance)
+                Candidate(
+                    image=f"{key}{INTERMEDIATE_SUFFIX}",
+                    latent=f"{key}.npy",
+                    strategy=strategy,
+                    provenance=provenance,
+                )
             )
         return SynthesizeOutput(candidates=candidates)
 
-    return batched_handler(parse, run, store)
+    return batched_handler(parse, run, store, store_pool=store_pool)
 
 
 def build_process(
@@ -214,8 +243,9 @@ def build_process(
         generator_pb2_grpc.add_GeneratorServicer_to_server,
         generator_pb2,
     )
-    process.add_worker("sample", sample_stage(model, blobs, settings))
-    process.add_worker("synthesize", synthesize_stage(model, blobs, settings, loss_fn))
+    pool = process.store_pool
+    process.add_worker("sample", sample_stage(model, blobs, settings, pool))
+    process.add_worker("synthesize", synthesize_stage(model, blobs, settings, loss_fn, pool))
     return process
 
 

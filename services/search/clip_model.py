@@ -10,6 +10,11 @@ without torchvision: shortest side to 336 with PIL bicubic, centre crop, /255, C
 
 Backends: "torch" (CPU float32, or CUDA float16 when `fp16`), and "onnx" for the image tower (exported
 once from the same weights, run by ONNX Runtime). Text always runs in torch: it is small and cheap.
+
+On CUDA the image preprocessing runs on the device too (`preprocess_pixels`): the uint8 pixels of a
+batch are copied once (pinned, `non_blocking`) and resized by PyTorch's antialiased bicubic, which
+uses Pillow's kernel (a = -0.5); the result differs from Pillow's only by Pillow's rounding to 8 bits
+between resize and normalisation. On the CPU the Pillow path above is kept as is.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from services.common.accel import configure_device, to_device, to_host
 from services.common.errors import InvalidInput
 from services.common.model_holder import Provenance
 from services.common.weights import WeightsError, WeightsMissing
@@ -76,6 +82,26 @@ def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     pixels = np.asarray(cropped, dtype=np.float32) / 255.0
     pixels = (pixels - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def preprocess_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """`preprocess_image` for a batch of same-sized RGB images `[B, H, W, 3]` uint8 on any device →
+    float32 `[B, 3, size, size]` on that device (antialiased bicubic resize of the shortest side,
+    centre crop with torchvision's rounding, CLIP's mean/std)."""
+    if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != torch.uint8:
+        raise ClipInputError(f"pixels must be [B, H, W, 3] uint8, got {pixels.dtype} {list(pixels.shape)}")
+    height, width = int(pixels.shape[1]), int(pixels.shape[2])
+    new_w, new_h = (
+        (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    )
+    x = pixels.permute(0, 3, 1, 2).float()
+    if (new_h, new_w) != (height, width):
+        x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    x = x[:, :, top : top + size, left : left + size].clamp(0, 255) / 255.0
+    mean = torch.tensor(CLIP_MEAN, device=x.device).reshape(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).reshape(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def resolve_device(device: str) -> torch.device:
@@ -129,9 +155,22 @@ class ClipEmbedder:
         images = list(images)
         chunks = []
         for batch in _batches(images, self.batch_size):
+            if self.device.type == "cuda" and self._onnx_session is None and _same_size_rgb(batch):
+                chunks.append(self._embed_on_device(batch))
+                continue
             pixels = np.stack([preprocess_image(im, self.image_size) for im in batch])
             chunks.append(self.embed_pixels(pixels))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
+    def _embed_on_device(self, batch: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded pixels to the GPU once (uint8, pinned, `non_blocking`); resize, crop, normalise
+        and the tower there; only the `[B, dim]` features come back."""
+        assert self.image_size is not None
+        pixels = to_device(np.stack([np.asarray(image) for image in batch]), self.device)
+        with torch.inference_mode():
+            tensor = preprocess_pixels(pixels, self.image_size).to(self.dtype)
+            features = self._model.get_image_features(pixel_values=tensor).pooler_output
+            return to_host(features.float())
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Features of already preprocessed pixels [B, 3, S, S] (one batch, no further splitting)."""
@@ -207,7 +246,9 @@ class ClipEmbedder:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self._onnx_session = ort.InferenceSession(str(onnx_path), providers=providers)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see parsing._OnnxRunner
+        self._onnx_session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.backend = "onnx"
 
     # ---- provenance ---------------------------------------------------------------------------------
@@ -303,6 +344,7 @@ def load_clip(
     if towers == "image":
         model = _VisionOnly(model)
     model = model.to(torch_device, dtype).eval()
+    configure_device(torch_device)
     config = model.config
     vision_config = getattr(config, "vision_config", config if towers == "image" else None)
     # The marker sits in the CLIP folder (write_random_clip_folder) or in the whole weights folder.
@@ -420,6 +462,12 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+def _same_size_rgb(images: Sequence[Image.Image]) -> bool:
+    return all(
+        isinstance(im, Image.Image) and im.mode == "RGB" and im.size == images[0].size for im in images
+    )
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), max(1, size)):
         yield items[start : start + size]
@@ -436,5 +484,6 @@ __all__ = [
     "load_clip",
     "load_clip_from_registry",
     "preprocess_image",
+    "preprocess_pixels",
     "resolve_device",
 ]

@@ -166,13 +166,16 @@ class PairSet:
         return lims, dst[order], sims[order]
 
 
-def find_pairs(unit: np.ndarray, threshold: float, *, method: str = "auto", seed: int = 0) -> PairSet:
+def find_pairs(
+    unit: np.ndarray, threshold: float, *, method: str = "auto", seed: int = 0, probe: int | None = None
+) -> PairSet:
     """All pairs of unit rows with cosine similarity > threshold.
 
     method: "exact" (blocked dense products, n² d work), "cluster_join" (k-means partition; each list is
     compared, by dense blocks, with the rows that have it among their p nearest centroids; p measured),
     "faiss_ivf" (FAISS IVF range search, nprobe measured), or "auto" (exact up to EXACT_PAIRS_LIMIT rows,
-    cluster_join beyond).
+    cluster_join beyond). `probe` fixes p / nprobe instead of measuring it (benchmarks compare the
+    two approximate methods at equal recall that way).
     """
     n = len(unit)
     if method == "auto":
@@ -181,9 +184,9 @@ def find_pairs(unit: np.ndarray, threshold: float, *, method: str = "auto", seed
         a, b, sims = _block_pairs(unit, np.arange(n), np.arange(n), threshold)
         return _unique_pairs(a, b, sims, "exact", 1.0)
     if method == "cluster_join":
-        return _cluster_join(unit, threshold, seed)
+        return _cluster_join(unit, threshold, seed, probe=probe)
     if method == "faiss_ivf":
-        return _faiss_ivf_pairs(unit, threshold, seed)
+        return _faiss_ivf_pairs(unit, threshold, seed, nprobe=probe)
     raise DedupInputError(f"unknown pair method {method!r} (auto, exact, cluster_join, faiss_ivf)")
 
 
@@ -254,11 +257,14 @@ def _sample_truth(unit: np.ndarray, threshold: float, rng: np.random.Generator) 
     return _Truth(np.stack([sample_rows, other], axis=1), float("nan"), sample_rows)
 
 
-def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int = 16) -> PairSet:
+def _cluster_join(
+    unit: np.ndarray, threshold: float, seed: int, max_probe: int = 16, probe: int | None = None
+) -> PairSet:
     n, dim = unit.shape
     nlist = nlist_for(n)
     rng = np.random.default_rng(seed)
     clock = time.perf_counter()
+    max_probe = max(max_probe, probe or 0)
     # 40 points per centroid: just above FAISS's minimum; the partition only has to be reasonable,
     # because the probe count is measured afterwards.
     kmeans = faiss.Kmeans(dim, nlist, niter=8, seed=seed, spherical=True, max_points_per_centroid=40)
@@ -274,12 +280,16 @@ def _cluster_join(unit: np.ndarray, threshold: float, seed: int, max_probe: int 
     rank_qr = _position(lists[truth[:, 0]], primary[truth[:, 1]], max_probe)
     rank_rq = _position(lists[truth[:, 1]], primary[truth[:, 0]], max_probe)
     ranks = np.minimum(rank_qr, rank_rq)
-    probe, recall = max_probe, float(np.mean(ranks < max_probe)) if len(ranks) else 1.0
-    for p in range(1, max_probe + 1):
-        covered = float(np.mean(ranks < p)) if len(ranks) else 1.0
-        if covered >= TARGET_PAIR_RECALL:
-            probe, recall = p, covered
-            break
+    if probe is not None:
+        probe = min(probe, max_probe)
+        recall = float(np.mean(ranks < probe)) if len(ranks) else 1.0
+    else:
+        probe, recall = max_probe, float(np.mean(ranks < max_probe)) if len(ranks) else 1.0
+        for p in range(1, max_probe + 1):
+            covered = float(np.mean(ranks < p)) if len(ranks) else 1.0
+            if covered >= TARGET_PAIR_RECALL:
+                probe, recall = p, covered
+                break
 
     measure_s, clock = time.perf_counter() - clock, time.perf_counter()
     by_primary = np.argsort(primary, kind="stable")
@@ -319,7 +329,7 @@ def _position(lists: np.ndarray, wanted: np.ndarray, missing: int) -> np.ndarray
     return np.where(hit.any(axis=1), hit.argmax(axis=1), missing)
 
 
-def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int) -> PairSet:
+def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int, nprobe: int | None = None) -> PairSet:
     """FAISS IVF range search of every row, with nprobe doubled until the sample's pairs are found."""
     n, dim = unit.shape
     nlist = nlist_for(n)
@@ -332,7 +342,7 @@ def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int) -> PairSet:
     truth = _sample_truth(unit, threshold, rng)
     wanted = {tuple(p) for p in truth.pairs.tolist()}
     queries = unit[truth.sample_rows]
-    nprobe = 1
+    fixed, nprobe = nprobe is not None, min(nprobe or 1, nlist)
     while True:
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         if math.isnan(truth.threshold):  # nearest-neighbour stand-ins: found by a top-2 search
@@ -344,7 +354,7 @@ def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int) -> PairSet:
                 (int(q), int(r)) for i, q in enumerate(truth.sample_rows) for r in rows[lims[i] : lims[i + 1]]
             }
         recall = len(wanted & found) / len(wanted) if wanted else 1.0
-        if recall >= TARGET_PAIR_RECALL or nprobe >= nlist:
+        if fixed or recall >= TARGET_PAIR_RECALL or nprobe >= nlist:
             break
         nprobe = min(nlist, 2 * nprobe)
     lims, sims, rows = ivf.range_search(unit, threshold, params=faiss.SearchParametersIVF(nprobe=nprobe))

@@ -206,7 +206,7 @@ def embed_stage(clip: ClipModel, blobs: BlobStore, settings: Settings) -> StageH
 
     def store(task: Task, _image: Image.Image, vector: np.ndarray) -> EmbedOutput:
         key = item_key(task.job_id, task.item_id, "embed", "features.npy")
-        blobs.put_npy(key, vector.astype(np.float32))
+        blobs.put_npy(key, vector.astype(np.float32), durable=False)
         return EmbedOutput(
             features=key, feature_key=FEATURE_KEY, dim=int(vector.size), provenance=clip.provenance_record()
         )

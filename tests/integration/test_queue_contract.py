@@ -331,3 +331,53 @@ def test_groups_are_recreated_after_redis_lost_them(redis_client):
     redis_client.flushall()  # e.g. a Redis restart without persistence
     queue.enqueue(Task.make("j", "i", "sample", {"seed": 1}))
     assert [t.payload for t in queue.read_batch("sample", "c", 1, 0)] == [{"seed": 1}]
+
+
+def test_a_pipelined_worker_overlaps_batches_and_reruns_a_batch_whose_stores_failed(redis_client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.common.stage_handler import batched_handler
+
+    queue = make_queue(redis_client, visibility_timeout_s=5)
+    queue.enqueue_many(tasks_for("embed", 12))
+    release = threading.Event()
+    runs: list[list[int]] = []
+    stores_in_flight_at_run: list[int] = []
+    pending_stores = [0]
+    failed_once: set[int] = set()
+    lock = threading.Lock()
+
+    def run(indices: list[int]) -> list[int]:
+        with lock:
+            runs.append(list(indices))
+            stores_in_flight_at_run.append(pending_stores[0])
+            pending_stores[0] += len(indices)
+        return [i * 10 for i in indices]
+
+    def store(task: Task, index: int, value: int) -> dict:
+        try:
+            release.wait(5)  # the first batch's stores wait until a later batch has run
+            if index == 5 and index not in failed_once:
+                failed_once.add(index)
+                raise ConnectionError("blob store hiccup")  # transient: the batch is re-run
+            return {"value": value}
+        finally:
+            with lock:
+                pending_stores[0] -= 1
+
+    handler = batched_handler(lambda t: t.payload["index"], run, store, store_pool=ThreadPoolExecutor(4))
+    worker = start_worker(queue, "embed", handler, batch_size=4)
+    deadline = time.monotonic() + 10
+    while len(runs) < 2:
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.01)
+    release.set()
+    results = drain_results(queue, 12)
+    assert worker.stop(5)
+    assert stores_in_flight_at_run[1] > 0  # batch 2 ran on the model while batch 1 was being stored
+    assert all(r.ok for r in results.values())
+    assert {r.task_id: r.output["value"] for r in results.values()} == {
+        f"job1/item{i:03d}/embed": 10 * i for i in range(12)
+    }
+    assert [4, 5, 6, 7] in runs[2:]  # the failed batch, run again
+    assert queue.backlog("embed") == 0 and queue.dead_letters() == []

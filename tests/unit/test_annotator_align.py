@@ -216,3 +216,44 @@ def test_ffhq_1024_setting_on_a_real_face(landmarker) -> None:
     # The FFHQ path equals the 1024-transform path up to resampling (same geometry).
     direct = np.asarray(align_face(image, face.landmarks68, 1024, 1024), dtype=np.float64)
     assert np.abs(direct - np.asarray(aligned, dtype=np.float64)).mean() < 4
+
+
+# ---- the OpenCV backend -------------------------------------------------------------------------
+
+
+def test_opencv_padding_equals_the_reference_within_rounding() -> None:
+    from services.annotator.align import _pad_blurred_exact, _pad_blurred_opencv
+
+    image = np.asarray(PIL.Image.open(TESTDATA / "inspiration" / "sd_03.jpg").convert("RGB"))[::2, ::2]
+    pad = np.array([60, 40, 30, 80])
+    exact = _pad_blurred_exact(image, pad, qsize=150.0).astype(int)
+    fast = _pad_blurred_opencv(image, pad, qsize=150.0).astype(int)
+    assert exact.shape == fast.shape == (image.shape[0] + 120, image.shape[1] + 90, 3)
+    assert np.abs(exact - fast).max() <= 1 and (exact != fast).mean() < 0.01  # the same blur, float32
+
+
+@pytest.mark.parametrize("name", ["inspiration/sd_05.jpg", "inspiration/render3d_01.jpg"])
+@pytest.mark.parametrize("sizes", [(1024, 4096), (256, 256), (128, 512)])
+def test_opencv_alignment_is_within_a_grey_level_of_the_reference(landmarker, name, sizes) -> None:
+    image = PIL.Image.open(TESTDATA / name).convert("RGB")
+    landmarks = landmarker.locate(image).landmarks68
+    exact = np.asarray(align_face(image, landmarks, *sizes), dtype=int)
+    fast = np.asarray(align_face(image, landmarks, *sizes, backend="opencv"), dtype=int)
+    difference = np.abs(exact - fast)
+    assert fast.shape == exact.shape == (sizes[0], sizes[0], 3)
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 2
+
+
+def test_opencv_alignment_follows_the_geometry_of_a_synthetic_spot() -> None:
+    lm = face_landmarks((90, 100), (130, 100), (95, 140), (125, 140))
+    spot = blob_image((220, 240), (130.0, 100.0), sigma=3.0)  # on the image-right eye
+    fast = np.asarray(align_face(spot, lm, 128, 512, backend="opencv"), dtype=float)[:, :, 0]
+    expected = map_landmarks([[130.0, 100.0]], ffhq_transform(lm, 128, 512))[0]
+    found = np.array(np.unravel_index(fast.argmax(), fast.shape))[::-1]
+    assert np.abs(found - expected).max() <= 1.0
+
+
+def test_an_unknown_alignment_backend_is_refused() -> None:
+    lm = face_landmarks((20, 20), (40, 20), (22, 40), (38, 40))
+    with pytest.raises(ValueError, match="backend"):
+        align_face(PIL.Image.new("RGB", (64, 64)), lm, 64, 64, backend="fast")  # type: ignore[arg-type]

@@ -174,3 +174,22 @@ def test_large_images_are_searched_on_a_downscaled_copy(landmarker) -> None:
     scaled = (small_face.landmarks68 + 0.5) * 3 - 0.5
     interocular = np.linalg.norm(scaled[36:42].mean(0) - scaled[42:48].mean(0))
     assert np.linalg.norm(large_face.landmarks68 - scaled, axis=1).mean() < 0.05 * interocular
+
+
+@pytest.mark.parametrize("name", ALL_FACES)
+def test_the_cheap_pass_finds_every_test_face_near_where_the_full_search_does(landmarker, name) -> None:
+    image = load(name)
+    cheap = landmarker.detector._detect(np.asarray(image), 400, 0)  # upsample 0 on a <= 400-px copy
+    full = FaceLandmarker(FaceDetector(fast_side=None), landmarker.predictor).locate(image)
+    assert len(cheap) >= 1
+    located = landmarker.locate(image)
+    interocular = np.linalg.norm(full.landmarks68[36:42].mean(0) - full.landmarks68[42:48].mean(0))
+    assert np.linalg.norm(located.landmarks68 - full.landmarks68, axis=1).mean() < 0.04 * interocular
+
+
+def test_a_face_too_small_for_the_cheap_pass_is_found_by_the_full_search(landmarker) -> None:
+    canvas = PIL.Image.new("RGB", (1600, 1600), (128, 128, 128))
+    canvas.paste(load("faces/sfhq_sample_03.jpg").resize((160, 160), PIL.Image.LANCZOS), (700, 300))
+    assert landmarker.detector._detect(np.asarray(canvas), 400, 0) == []  # a 40-px face in the copy
+    faces = landmarker.detector.detect(canvas)
+    assert len(faces) == 1 and 650 < faces[0].left < 800 and 250 < faces[0].top < 400

@@ -308,6 +308,40 @@ def test_onnx_backend_matches_torch_and_caches_the_export(checkpoint, parser, tm
     assert same > 0.995
 
 
+def test_label_maps_are_the_argmax_taken_inside_the_graph_or_on_the_device(
+    checkpoint, parser, tmp_path
+) -> None:
+    onnx_parser = load_parser(checkpoint, backend="onnx", onnx_cache_dir=tmp_path, num_threads=1)
+    x = torch.randn(3, 3, 64, 80, generator=torch.Generator().manual_seed(8)).numpy()
+    for runner in (parser._runner, onnx_parser._runner):
+        labels = runner.labels(x)
+        assert labels.dtype == np.uint8 and labels.shape == (3, 64, 80)
+        np.testing.assert_array_equal(labels, np.asarray(runner(x)).argmax(1))
+    session_outputs = [o.name for o in onnx_parser._runner.session.get_outputs()]
+    assert session_outputs == ["logits", "labels"]
+
+
+def test_an_export_of_the_older_logits_only_graph_is_not_reused(checkpoint, parser, tmp_path) -> None:
+    path = onnx_cache_path(checkpoint, parser.sha256, tmp_path)
+    assert ".v2." in path.name  # older exports were named <stem>.<sha>.onnx and had no labels
+    old = tmp_path / f"{checkpoint.stem}.{parser.sha256[:16]}.onnx"
+    old.write_bytes(b"not this one")
+    assert load_parser(checkpoint, backend="onnx", onnx_cache_dir=tmp_path).onnx_path == path
+
+
+def test_bf16_autocast_on_cpu_keeps_almost_every_label(checkpoint) -> None:
+    """bf16 autocast on the CPU (opt-in) stays close to fp32's labels; the default is fp32."""
+    from services.annotator.parsing import _TorchRunner, load_bisenet
+
+    fp32, bf16 = (
+        _TorchRunner(load_bisenet(checkpoint), torch.device("cpu")),
+        _TorchRunner(load_bisenet(checkpoint), torch.device("cpu"), bf16=True),
+    )
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9)).numpy()
+    assert not fp32.bf16 and bf16.bf16
+    assert (fp32.labels(x) == bf16.labels(x)).mean() > 0.9
+
+
 def test_onnx_export_goes_next_to_the_weights_by_default(tmp_path) -> None:
     path = write_random_bisenet_checkpoint(tmp_path / "w" / "79999_iter.pth", seed=4)
     onnx_parser = load_parser(path, backend="onnx")

@@ -23,6 +23,7 @@ from services.annotator.service import (
 )
 from services.common.blobs import BlobStore
 from services.common.config import Settings
+from services.common.images import decode_image, is_intermediate
 from services.common.queue import Task
 from services.common.safe_pickle import load_feature_pickle
 from services.common.weights import WeightsRegistry
@@ -269,7 +270,7 @@ def test_default_transform_size_supersamples_like_ffhq() -> None:
 # ---- queue stages -------------------------------------------------------------------------------------
 
 
-def test_align_stage_writes_the_aligned_png_and_fails_per_item(annotator, settings) -> None:
+def test_align_stage_writes_the_aligned_face_losslessly_and_fails_per_item(annotator, settings) -> None:
     blobs = BlobStore(settings.blob_url)
     face_uri = blobs.put("inputs/job1/face.jpg", jpeg_bytes("inspiration/sd_04.jpg"))
     blank = blobs.put("inputs/job1/blank.png", grey_png())
@@ -282,8 +283,9 @@ def test_align_stage_writes_the_aligned_png_and_fails_per_item(annotator, settin
     results = align_stage(annotator, blobs, settings)(tasks)
     assert [r.task_id for r in results] == [t.task_id for t in tasks]
     ok = results[0]
-    assert ok.ok and ok.output["aligned"] == "jobs/job1/items/i0/align/aligned.png"
-    assert PIL.Image.open(io.BytesIO(blobs.get(ok.output["aligned"]))).size == (128, 128)
+    assert ok.ok and ok.output["aligned"] == "jobs/job1/items/i0/align/aligned.qoi"
+    assert is_intermediate(blobs.get(ok.output["aligned"]))
+    assert decode_image(blobs.get(ok.output["aligned"])).size == (128, 128)
     assert np.asarray(ok.output["landmarks68"]).shape == (68, 2) and ok.output["face_count"] == 1
     assert np.asarray(ok.output["transform"]).shape == (2, 3)
     assert (results[1].ok, results[1].error_code, results[1].error_message) == (

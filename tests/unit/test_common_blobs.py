@@ -180,3 +180,19 @@ def test_any_fsspec_url_works_the_same(tmp_path):
     assert store.delete("jobs/j/items/i/embed/features.npy")
     with pytest.raises(BlobNotFound):
         store.get("jobs/j/items/i/embed/features.npy")
+
+
+def test_intermediates_skip_the_fsyncs_and_stay_atomic(tmp_path, monkeypatch) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    store.put("jobs/j/a.qoi", b"intermediate", durable=False)
+    store.put_npy("jobs/j/a.npy", np.zeros(3, np.float32), durable=False)
+    assert synced == []
+    assert store.get("jobs/j/a.qoi") == b"intermediate" and store.list("jobs/j/") == [
+        "jobs/j/a.npy",
+        "jobs/j/a.qoi",
+    ]
+    store.put("datasets/d/images/x.jpg", b"dataset file")  # durable by default: file and folder
+    assert len(synced) == 2

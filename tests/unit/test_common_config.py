@@ -23,7 +23,7 @@ def test_defaults_match_the_documented_table():
     assert (settings.visibility_timeout_s, settings.stream_maxlen) == (300, 10000)
     assert settings.max_message_bytes == 64 * 1024 * 1024
     assert (settings.max_image_bytes, settings.max_image_pixels) == (33554432, 50_000_000)
-    assert settings.stages is None and settings.parser_backend == "torch" and settings.log_level == "INFO"
+    assert settings.stages is None and settings.parser_backend == "onnx" and settings.log_level == "INFO"
     assert settings.addr_for("search") == "127.0.0.1:50054"
 
 

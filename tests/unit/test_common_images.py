@@ -239,3 +239,70 @@ def test_real_face_images_decode():
 
     image = load_image_file(face_path(0))
     assert image.mode == "RGB" and image.size == (512, 512)
+
+
+# ---- the intermediate format (QOI) ---------------------------------------------------------------
+
+
+def face_pixels() -> np.ndarray:
+    from tests.helpers.data import face_path
+
+    return np.asarray(Image.open(face_path(1)).convert("RGB"))
+
+
+def test_intermediate_round_trips_bit_exactly() -> None:
+    from services.common.images import encode_intermediate, is_intermediate
+
+    pixels = face_pixels()
+    data = encode_intermediate(pixels)
+    assert is_intermediate(data) and data[:4] == b"qoif"
+    assert np.array_equal(np.asarray(decode_image(data)), pixels)
+    noise = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)  # odd sizes, no runs
+    assert np.array_equal(np.asarray(decode_image(encode_intermediate(Image.fromarray(noise)))), noise)
+
+
+def test_blobs_written_as_png_before_still_decode_like_the_intermediate() -> None:
+    from services.common.images import encode_intermediate, is_intermediate
+
+    pixels = face_pixels()
+    old = encode_image(Image.fromarray(pixels), "png")
+    assert not is_intermediate(old)
+    assert np.array_equal(
+        np.asarray(decode_image(old)), np.asarray(decode_image(encode_intermediate(pixels)))
+    )
+
+
+def test_portable_bytes_turn_an_intermediate_into_png_and_leave_others_alone() -> None:
+    from services.common.images import encode_intermediate, portable_image_bytes
+
+    pixels = face_pixels()
+    png = portable_image_bytes(encode_intermediate(pixels))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), pixels)
+    jpeg = encode(Image.fromarray(pixels), "JPEG")
+    assert portable_image_bytes(jpeg) is jpeg
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d[:10], "truncated"),
+        (lambda d: d[: len(d) // 2], "truncated"),
+        (lambda d: d[:4] + struct.pack(">II", 0, 5) + d[12:], "no pixels"),
+        (lambda d: d[:4] + struct.pack(">II", 100_000, 100_000) + d[12:], "limit"),
+        (lambda d: d[:12] + b"\x07" + d[13:], "corrupt"),
+    ],
+)
+def test_broken_intermediates_are_refused_with_a_reason(mutate, message) -> None:
+    from services.common.images import encode_intermediate
+
+    data = mutate(encode_intermediate(face_pixels()))
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)
+
+
+def test_intermediates_must_be_rgb_uint8() -> None:
+    from services.common.images import encode_intermediate
+
+    with pytest.raises(ValueError, match="uint8"):
+        encode_intermediate(np.zeros((4, 4, 3), np.float32))

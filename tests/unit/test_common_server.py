@@ -32,6 +32,8 @@ from services.common.server import (
     bind_server,
     build_server,
     client_channel,
+    run_services,
+    serve_together,
 )
 from services.common.weights import WeightsMissing
 from tests.helpers.processes import free_port
@@ -320,3 +322,48 @@ def test_service_process_life_cycle():
     assert seen_at_stop == [health_pb2.HealthCheckResponse.NOT_SERVING]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1)
+
+
+def test_several_services_share_one_process_and_stop_together():
+    settings = Settings(port=0, stages=[])
+    processes = [
+        ServiceProcess(name, settings, metrics=Metrics(CollectorRegistry()), grace_s=1) for name in ("a", "b")
+    ]
+    for process in processes:
+        process.server.add_generic_rpc_handlers((ECHO_HANDLERS,))
+    runner = threading.Thread(target=serve_together, args=(processes,))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while any(p.port is None for p in processes):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert processes[0].port != processes[1].port
+    for process in processes:
+        with grpc.insecure_channel(f"127.0.0.1:{process.port}") as channel:
+            assert call(channel, "Echo", b"up") == b"up"
+    processes[1].request_stop()  # one stopping (a SIGTERM, a failure) stops them all
+    runner.join(10)
+    assert not runner.is_alive() and all(p.wait(0) for p in processes)
+
+
+def test_services_sharing_a_process_need_their_own_ports():
+    from services.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="SFHQ_PORT"):
+        run_services(
+            [lambda s: ServiceProcess("a", s), lambda s: ServiceProcess("b", s)], Settings(port=5000)
+        )
+
+
+def test_which_services_may_share_a_process():
+    from services.launch import service_names
+
+    assert service_names("encoder,search, annotator") == ["encoder", "search", "annotator"]
+    assert service_names("gateway") == ["gateway"]
+    for spec, message in (
+        ("encoder,gateway", "model services"),
+        ("encoder,nope", "nope"),
+        ("search,search", "twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            service_names(spec)

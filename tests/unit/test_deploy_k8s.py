@@ -381,3 +381,42 @@ def test_secret_template_is_not_deployed(rendered: dict[str, list[dict[str, Any]
         assert not [d for d in docs if d["kind"] == "Secret"], "secrets must be created out of band"
     keys = check.secret_template_keys()["sfhq-secrets"]
     assert {"REDIS_PASSWORD", "SFHQ_AUTH_TOKENS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= keys
+
+
+def test_shared_gpu_overlay_runs_three_models_in_one_gpu_process(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """overlays/gpu-shared: e4e, CLIP and BiSeNet share one GPU process; every stage is consumed by
+    exactly one Deployment, and each Deployment scales on exactly the streams it consumes."""
+    from services.common.queue import stage_stream
+    from services.common.stages import SERVICE_STAGES
+    from services.launch import service_names
+
+    docs = rendered["gpu-shared"]
+    shared = container(docs, "encoder")
+    assert service_names(shared["args"][2]) == ["encoder", "search", "annotator"]
+    assert env_value(shared, "SFHQ_PORT") is None  # several services: each on its default port
+    assert shared["resources"]["limits"]["nvidia.com/gpu"] == 1 and env_value(shared, "SFHQ_DEVICE") == "cuda"
+    assert {50051, 50053, 50054} <= {p["containerPort"] for p in shared["ports"]}
+    stages = {
+        name: (env_value(container(docs, name), "SFHQ_STAGES") or ",".join(SERVICE_STAGES[name])).split(",")
+        for name in MODEL_SERVICES
+    }
+    assert stages == {
+        "encoder": ["encode", "embed", "annotate"],
+        "generator": ["sample", "synthesize"],
+        "annotator": ["align"],
+        "search": ["curate"],
+    }
+    consumed = sorted(stage for names in stages.values() for stage in names)
+    assert consumed == sorted(stage for names in SERVICE_STAGES.values() for stage in names)
+    gpus = {
+        name for name in MODEL_SERVICES if "nvidia.com/gpu" in container(docs, name)["resources"]["limits"]
+    }
+    assert gpus == {"encoder", "generator"}  # two GPUs for four model services
+    scaled = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "ScaledObject"}
+    for name in MODEL_SERVICES:
+        assert {t["metadata"]["stream"] for t in scaled[name]["triggers"]} == {
+            stage_stream(s) for s in stages[name]
+        }
+    assert scaled["search"]["maxReplicaCount"] == 1  # the index has one writer

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from deploy import check
 from services.common.config import CONFIG_FILE_ENV, DEFAULT_PORTS, Settings
 from services.common.weights import KNOWN_CHECKPOINTS
-from services.launch import SERVICES
+from services.launch import SERVICES, service_names
 from sfhq.cli import app
 
 DOCKERFILE = check.DEPLOY_DIR / "docker" / "Dockerfile"
@@ -218,7 +218,8 @@ def test_k8s_environments_parse_and_match_ports_probes_and_services(
                 == "redis://:REPLACE_ME_openssl_rand_hex_32@redis.sfhq.svc.cluster.local:6379/0"
             )
             assert settings.weights_dir == Path("/weights")
-            gpu = overlay == "gpu" and name in ("encoder", "generator", "search")
+            on_gpus = {"gpu": ("encoder", "generator", "search"), "gpu-shared": ("encoder", "generator")}
+            gpu = name in on_gpus.get(overlay, ())
             assert settings.device == ("cuda" if gpu else "cpu"), (overlay, name)
         # every address a client reads names a Service that serves that port
         services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
@@ -244,7 +245,8 @@ def test_every_container_command_is_a_real_sfhq_command(
 ) -> None:
     root = typer.main.get_command(app)
     commands = all_commands(compose_models, rendered)
-    served = {cmd[2] for _, cmd in commands if cmd[1] == "serve"}
+    # `serve encoder,search,annotator`: several services in one process (overlays/gpu-shared)
+    served = {name for _, cmd in commands if cmd[1] == "serve" for name in service_names(cmd[2])}
     downloaded = {cmd[3] for _, cmd in commands if cmd[1:3] == ["weights", "download"]}
     assert served == set(SFHQ_SERVICES) == set(SERVICES)
     # the deployment fetches exactly the checkpoints the default pipeline needs

@@ -9,14 +9,18 @@ from services.generator.checkpoint import generator_from_state_dict
 from services.generator.manipulate import (
     LAYER_GROUPS,
     STRATEGIES,
+    CandidateJob,
     StrategySpec,
     candidate_latents,
+    candidate_latents_batch,
     e4e_strict_prior,
     encoder_truncation,
     group_strengths,
     layer_groups,
     low_prior,
+    low_prior_batch,
     make_candidates,
+    per_sample_multiscale_loss,
     pixel_multiscale_loss,
     style_mix,
 )
@@ -247,3 +251,69 @@ def test_missing_inputs_are_value_errors(generator, code):
         make_candidates(generator, torch.full_like(code, float("nan")), [StrategySpec("e4e_strict_prior")])
     with pytest.raises(ValueError, match="target must have shape"):
         make_candidates(generator, code, [StrategySpec("low_prior")], target=torch.zeros(1, 64, 64))
+
+
+# ---- batched low_prior ----------------------------------------------------------------------------
+
+
+def _targets(generator, n: int) -> list[torch.Tensor]:
+    with torch.no_grad():
+        z = torch.randn(n, 32, generator=torch.Generator().manual_seed(40))
+        return list(generator.synthesize(generator.mapping(z)))
+
+
+def test_per_sample_loss_is_the_loss_of_each_sample(generator):
+    images, goals = torch.stack(_targets(generator, 3)), torch.stack(_targets(generator, 3)).flip(0)
+    per_sample = per_sample_multiscale_loss(images, goals)
+    expected = torch.stack([pixel_multiscale_loss(images[i : i + 1], goals[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(per_sample, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_batched_low_prior_gives_each_code_what_it_gets_alone(generator, code):
+    codes = torch.stack([code, code.flip(0), code * 0.5])
+    targets = _targets(generator, 3)
+    weights = [0.1, 0.0, 2.0]  # one prior weight per code
+    batched = low_prior_batch(generator, codes, targets, steps=6, lr=0.05, prior_weight=weights, loss_size=32)
+    alone = torch.stack(
+        [
+            low_prior(
+                generator, codes[i], targets[i], steps=6, lr=0.05, prior_weight=weights[i], loss_size=32
+            )
+            for i in range(3)
+        ]
+    )
+    assert (alone - codes).abs().max() > 1e-2  # the refinement did move the codes
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_low_prior_with_a_custom_loss(generator, code):
+    targets = _targets(generator, 2)
+    l1 = lambda image, goal: (image - goal).abs().mean()  # noqa: E731
+    batched = low_prior_batch(
+        generator, torch.stack([code, code]), targets, steps=3, loss_fn=l1, loss_size=16
+    )
+    alone = [low_prior(generator, code, t, steps=3, loss_fn=l1, loss_size=16) for t in targets]
+    torch.testing.assert_close(batched, torch.stack(alone), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="targets"):
+        low_prior_batch(generator, torch.stack([code, code]), targets[:1])
+
+
+def test_candidate_sets_of_a_batch_equal_the_sets_made_alone(generator, code, target):
+    strategies = [
+        StrategySpec("e4e_strict_prior", {"coarse": 0.3}),
+        StrategySpec("low_prior", {"steps": 3, "loss_size": 32}, seed=5),
+        StrategySpec("low_prior", {"steps": 3, "loss_size": 32, "prior_weight": 1.0}, seed=6),
+        StrategySpec("low_prior", {"steps": 2, "loss_size": 16}),  # another group
+    ]
+    jobs = [
+        CandidateJob(code, strategies, target),
+        CandidateJob(code * 0.8, strategies[1:], _targets(generator, 1)[0]),
+        CandidateJob(code, strategies),  # low_prior without a target: this set fails alone
+    ]
+    outcomes = candidate_latents_batch(generator, jobs, max_batch=2)
+    assert isinstance(outcomes[2], ValueError) and "target" in str(outcomes[2])
+    for job, outcome in zip(jobs[:2], outcomes[:2], strict=True):
+        alone = candidate_latents(generator, job.w_plus, job.strategies, job.target)
+        assert isinstance(outcome, list) and [s for s, _ in outcome] == [s for s, _ in alone]
+        for (_, got), (_, expected) in zip(outcome, alone, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

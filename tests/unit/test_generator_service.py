@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from services.common.blobs import BlobStore, item_key
+from services.common.images import decode_image
 from services.common.model_holder import LazyModel
 from services.common.queue import RedisQueue, Task, connect_redis
 from services.common.weights import WeightsRegistry
@@ -371,14 +373,14 @@ def test_sample_handler_writes_w_plus_and_image(tmp_path, generator):
     assert counting.batches == [2]  # both good samples in one model batch
     assert (results[0].output["w"], results[0].output["image"]) == (
         item_key("job1", "s1", "sample", "w.npy"),
-        item_key("job1", "s1", "sample", "image.png"),
+        item_key("job1", "s1", "sample", "image.qoi"),
     )
     w = blobs.get_npy(results[0].output["w"])
     assert w.shape == (6, 32) and w.dtype == np.float32
     with torch.no_grad():
         expected = generator.truncate(generator.mapping(z_from_seed(5, 32)[None]), 1.5)[0]
     np.testing.assert_allclose(w, expected.expand(6, -1).numpy(), rtol=1e-6, atol=1e-6)
-    pixels = np.asarray(Image.open(io.BytesIO(blobs.get(results[0].output["image"]))))
+    pixels = np.asarray(decode_image(blobs.get(results[0].output["image"])))
     np.testing.assert_array_equal(pixels, expected_pixels(generator, torch.from_numpy(w)[None])[0])
 
 
@@ -422,12 +424,58 @@ def test_synthesize_handler_batches_candidates_and_fails_bad_tasks_alone(tmp_pat
         "params": {"start": 5, "strength": 1.0, "psi": 0.7},
         "seed": 2**62,
     }  # 16 px: the last layer
-    assert candidates[0]["image"] == item_key("job1", "i1", "synthesize", "candidate-0.png")
+    assert candidates[0]["image"] == item_key("job1", "i1", "synthesize", "candidate-0.qoi")
     np.testing.assert_array_equal(blobs.get_npy(candidates[0]["latent"]), code)
     truncated = results[2].output["candidates"][0]
     np.testing.assert_allclose(blobs.get_npy(truncated["latent"])[8:], blobs.get_npy("in/sampled.npy")[8:])
-    pixels = np.asarray(Image.open(io.BytesIO(blobs.get(candidates[0]["image"]))))
+    pixels = np.asarray(decode_image(blobs.get(candidates[0]["image"])))
     np.testing.assert_array_equal(pixels, expected_pixels(generator, torch.from_numpy(code)[None])[0])
+
+
+def test_the_pipelined_synthesize_stage_writes_what_the_serial_one_writes(tmp_path, generator):
+    """Stores in a thread pool (the worker runs the next batch meanwhile) change no byte and no result."""
+    outputs = {}
+    for name, pool in (("serial", None), ("pipelined", ThreadPoolExecutor(3))):
+        settings = settings_for(tmp_path / name)
+        blobs = BlobStore(settings.blob_url)
+        blobs.put_npy("in/code.npy", w_of(generator, 1, seed=8).repeat(6, 1).numpy())
+        blobs.put("in/target.png", png(expected_pixels(generator, w_of(generator, 1, seed=10))[0]))
+        strategies = [
+            {"name": "e4e_strict_prior", "params": {"fine": 0.5}, "seed": 0},
+            {"name": "low_prior", "params": {"steps": 2, "loss_size": 16}, "seed": 1},
+        ]
+        tasks = [
+            Task.make("job", f"i{n}", "synthesize", {"latent": "in/code.npy", "target": "in/target.png", "strategies": strategies})
+            for n in range(3)
+        ] + [Task.make("job", "bad", "synthesize", {"latent": "in/missing.npy", "strategies": strategies})]  # fmt: skip
+        handler = synthesize_stage(ready(generator), blobs, settings, None, pool)
+        first = handler.submit(tasks[:2]) if pool else None  # two batches in flight at once
+        results = (first.result() if first else handler(tasks[:2])) + handler(tasks[2:])
+        outputs[name] = (
+            [(r.task_id, r.ok, r.error_code, r.output) for r in results],
+            {key: blobs.get(key) for key in blobs.list("jobs/")},
+        )
+    assert outputs["pipelined"] == outputs["serial"]
+    assert len(outputs["serial"][1]) == 12 and [ok for _, ok, _, _ in outputs["serial"][0]] == [True] * 3 + [
+        False
+    ]
+
+
+def test_synthesize_stage_refines_the_low_prior_candidates_of_a_batch_together(tmp_path, generator):
+    settings = settings_for(tmp_path)
+    blobs = BlobStore(settings.blob_url)
+    blobs.put_npy("in/code.npy", w_of(generator, 1, seed=8).repeat(6, 1).numpy())
+    blobs.put("in/target.png", png(expected_pixels(generator, w_of(generator, 1, seed=10))[0]))
+    payload = {
+        "latent": "in/code.npy",
+        "target": "in/target.png",
+        "strategies": [{"name": "low_prior", "params": {"steps": 3, "loss_size": 16}, "seed": 0}],
+    }
+    counting = CountingGenerator(generator)
+    tasks = [Task.make("job", f"i{n}", "synthesize", payload) for n in range(3)]
+    results = synthesize_stage(ready(counting), blobs, settings, None)(tasks)
+    assert all(r.ok for r in results)
+    assert counting.batches == [3, 3, 3, 3]  # 3 low_prior steps of all three tasks at once, then the images
 
 
 def test_synthesize_handler_with_missing_checkpoint_fails_permanently(tmp_path):

@@ -221,3 +221,32 @@ def test_fp16_on_cuda_stays_close_to_float32(clip_folder: Path, embedder) -> Non
         np.linalg.norm(cpu_features, axis=1) * np.linalg.norm(gpu_features, axis=1)
     )
     assert cosine.min() > 0.999
+
+
+@pytest.mark.parametrize("size", [(512, 512), (300, 200), (200, 336)])
+def test_device_preprocessing_matches_pillows_within_its_rounding(size: tuple[int, int]) -> None:
+    """The CUDA path's batched preprocessing, run here on CPU tensors, against the Pillow path."""
+    from services.search.clip_model import preprocess_pixels
+
+    image = Image.open(face_path(4)).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    reference = preprocess_image(image, 224)
+    batch = torch.from_numpy(np.stack([np.asarray(image)] * 2))
+    ours = preprocess_pixels(batch, 224).numpy()
+    assert ours.shape == (2, 3, 224, 224)
+    step = 1.0 / 255 / min(0.26130258, 0.26862954, 0.27577711)  # one 8-bit level after normalising
+    difference = np.abs(ours[0] - reference)
+    assert difference.max() <= 1.5 * step and difference.mean() < 0.3 * step  # Pillow rounds to 8 bits
+    np.testing.assert_array_equal(ours[0], ours[1])
+
+
+def test_device_preprocessing_gives_the_same_features(embedder) -> None:
+    from services.search.clip_model import preprocess_pixels
+
+    images = [Image.open(face_path(i)).convert("RGB") for i in (2, 5)]
+    pil = embedder.embed_images(images)
+    pixels = preprocess_pixels(
+        torch.from_numpy(np.stack([np.asarray(im) for im in images])), embedder.image_size
+    )
+    ours = embedder.embed_pixels(pixels.numpy())
+    cosine = (pil * ours).sum(1) / np.linalg.norm(pil, axis=1) / np.linalg.norm(ours, axis=1)
+    assert cosine.min() > 0.999
