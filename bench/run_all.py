@@ -20,7 +20,18 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SCRIPTS = ("codecs", "queue", "generator", "encoder", "annotator", "search", "pipeline", "gpu", "load")
+SCRIPTS = (
+    "codecs",
+    "queue",
+    "generator",
+    "encoder",
+    "annotator",
+    "search",
+    "curation",
+    "pipeline",
+    "gpu",
+    "load",
+)
 # bench/<name>.py, except the load test, which lives with the reliability scripts
 SCRIPT_PATHS = {name: BENCH / f"{name}.py" for name in SCRIPTS} | {"load": ROOT / "reliability" / "load.py"}
 

@@ -20,7 +20,8 @@ import redis
 from gateway import jobs
 from gateway.datasets import DatasetBook
 from gateway.jobs import ResolvedSpec
-from gateway.pipeline import Plan, advance, written_row
+from gateway.pipeline import Plan, advance, dedup_verdicts, written_row
+from gateway.search_client import SearchClient
 from services.common.blobs import BlobStore
 from services.common.contracts import ItemState
 from services.common.dataset import FOLDERS, DatasetWriter
@@ -225,6 +226,7 @@ class Coordinator:
         provenance: dict[str, Any] | None = None,
         retention_s: float = 30 * 24 * 3600,
         sweep_every_s: float = 60.0,
+        search: SearchClient | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -235,6 +237,7 @@ class Coordinator:
         self.provenance = provenance or {}
         self.retention_s = retention_s
         self.sweep_every_s = sweep_every_s
+        self.search = search
         self._next_sweep = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
@@ -345,11 +348,19 @@ class Coordinator:
             self.store.redis.srem(jobs.TO_FINALIZE, job_id)
             return
         spec = self._spec(job_id, job)
+        if int(job.get("in_flight") or 0) > 0:  # work was added after the drain (a crash mid-pass)
+            self.store.set_state(job_id, jobs.RUNNING, only_from={jobs.FINALIZING})
+            self.store.redis.srem(jobs.TO_FINALIZE, job_id)
+            return
         items = self.store.items(job_id)
+        cancelled = job.get("cancel_requested") == "1"
+        curated = [item for item in items if item["state"] == ItemState.CURATED]
+        if curated and not cancelled:
+            self._dedup_pass(job_id, spec, curated)
+            return
         writer = DatasetWriter(spec.dataset_uri)
         rows, failures = self._rows(spec, job_id, items), self._failures(items)
         counts = {name: int(job.get(name, 0)) for name in jobs.COUNTERS}
-        cancelled = job.get("cancel_requested") == "1"
         final_state = jobs.CANCELLED if cancelled else jobs.SUCCEEDED
         error = ""
         if not rows and counts["failed"] > 0 and not cancelled:
@@ -386,6 +397,70 @@ class Coordinator:
         self.store.set_state(job_id, final_state, error=error, only_from={jobs.FINALIZING})
         self.store.redis.srem(jobs.TO_FINALIZE, job_id)
         self._specs.pop(job_id, None)
+
+    def _dedup_pass(self, job_id: str, spec: ResolvedSpec, curated: list[dict[str, Any]]) -> None:
+        """The job's candidates are all curated: one dataset-wide near-duplicate pass (the best-scored
+        copy of each group stays, whatever order they finished in), then the survivors are annotated.
+        An earlier job's written item that loses to a better new one leaves the dataset for its
+        rejected/ folder. Held under the dataset's lock, so two jobs' passes do not interleave."""
+        if self.search is None:
+            raise RuntimeError("the coordinator needs the search service for near-duplicate passes")
+        own = {f"{job_id}/{item['id']}": item["id"] for item in curated}
+        writer = DatasetWriter(spec.dataset_uri)
+        with self.datasets.lock(spec.dataset_id):
+            found, _ = self.search.dedup_groups(
+                spec.dataset_id, spec.dedup_threshold, candidate_ids=list(own)
+            )
+            duplicates = {own[d.removed]: (d.kept, d.similarity) for d in found if d.removed in own}
+            others = {d.removed: d for d in found if d.removed not in own}
+            moved = self._take_out_written(writer, spec, others)
+            self.search.set_decisions(
+                [d.removed for d in found if d.removed in own or d.removed in moved], "rejected_duplicate"
+            )
+        plan = dedup_verdicts(spec, job_id, curated, duplicates)
+        for task in plan.tasks:
+            task.trace = self.store.job(job_id).get("trace", "")
+        # Applied while FINALIZING (nothing else moves the job), then the job runs again: its
+        # annotate tasks drain it once more, and finalization finds nothing curated.
+        self.store.apply(job_id, plan, task_id=f"{job_id}/dedup/{len(curated)}-{now_iso()}")
+        self.store.set_state(job_id, jobs.RUNNING, only_from={jobs.FINALIZING})
+        self.store.redis.srem(jobs.TO_FINALIZE, job_id)
+        self.store.apply(job_id, Plan())  # nothing left to annotate: drained at once
+        log.info(
+            "job %s: near-duplicate pass over dataset %s: %d of %d candidates removed, %d earlier items taken out",
+            job_id,
+            spec.dataset_id,
+            len(duplicates),
+            len(curated),
+            len(moved),
+        )
+
+    def _take_out_written(
+        self, writer: DatasetWriter, spec: ResolvedSpec, losers: dict[str, Any]
+    ) -> set[str]:
+        """Move written items of other jobs that lost to a new candidate into rejected/ (index ids)."""
+        if not losers:
+            return set()
+        rows = {f"{r.get('job_id')}/{r.get('item_id')}": r for r in writer.all_rows()}
+        taken = [(index_id, rows[index_id]) for index_id in losers if index_id in rows]
+        writer.move_to_rejected(
+            [
+                {
+                    "stem": row["stem"],
+                    "job_id": row.get("job_id"),
+                    "item_id": row.get("item_id"),
+                    "reason": "duplicate",
+                    "duplicate_of": losers[index_id].kept,
+                    "similarity": losers[index_id].similarity,
+                    "taste_score": row.get("taste_score"),
+                }
+                for index_id, row in taken
+            ]
+        )
+        record = self.datasets.get(spec.dataset_id)
+        if taken and record is not None:
+            writer.merge(record.identity())
+        return {index_id for index_id, _ in taken}
 
     def _rows(self, spec: ResolvedSpec, job_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_id = {item["id"]: item for item in items}

@@ -20,10 +20,12 @@ import numpy as np
 
 from gateway import jobs, messages
 from gateway.coordinator import JobStore, now_iso
+from gateway.curation import Curation
 from gateway.datasets import DatasetBook, WriteMode
 from gateway.jobs import ResolvedSpec, SpecError
 from gateway.locations import FolderLimits, Locations, user_area
 from gateway.pipeline import Plan, first_plans, stems_needed, written_row
+from gateway.search_client import SearchClient
 from services.common import tracing
 from services.common.auth import Principal
 from services.common.blobs import BlobStore
@@ -62,7 +64,14 @@ def new_job_id() -> str:
 
 
 class GatewayCore:
-    def __init__(self, settings: Settings, queue: RedisQueue, store: JobStore, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: RedisQueue,
+        store: JobStore,
+        blobs: BlobStore,
+        search: SearchClient | None = None,
+    ) -> None:
         self.settings = settings
         self.queue = queue
         self.store = store
@@ -75,6 +84,12 @@ class GatewayCore:
         self.locations = Locations(blobs, settings.data_roots, limits)
         self._create_record = store.redis.register_script(CREATE_JOB_LUA)
         self.datasets = DatasetBook(store.redis)
+        self.search = search
+        self.curation = (
+            Curation(store, self.datasets, self.locations, search, self.job_for, self.get_item)
+            if search is not None
+            else None
+        )
 
     # ---- jobs -----------------------------------------------------------------------------------
 
@@ -105,6 +120,8 @@ class GatewayCore:
             owner=owner,
         )
         self.locations.place("output.dataset_uri", spec.dataset_uri, owner)
+        if self.curation is not None:
+            spec = self.curation.check_model(spec)  # the model exists; the job records its version
         folder = self._list_folder(request.spec, owner)
         # Refuse before staging or planning: a full stage would only make us copy and plan for nothing.
         first_stage, count = ("sample", spec.sampling["count"]) if spec.mode == "sampling" else ("align", 0)
@@ -277,6 +294,13 @@ class GatewayCore:
         for record in items[request.offset : request.offset + limit]:
             out.items.append(messages.item(request.job_id, record))
         return out
+
+    def item_id_of_stem(self, job_id: str, stem: str) -> str:
+        """The id of the job's item written under `stem` (NOT_FOUND naming it otherwise)."""
+        found = next((i["id"] for i in self.store.items(job_id) if i["stem"] == stem), None)
+        if found is None:
+            raise NotFound(f"item_id: no item with stem {stem!r} in job {job_id!r}")
+        return found
 
     def get_item(self, request: gateway_pb2.GetItemRequest, caller: Principal) -> gateway_pb2.Item:
         job = self.job_for(request.job_id, caller)

@@ -43,6 +43,7 @@ COUNTERS = (
     "failed",
     "written",
     "cancelled",
+    "review",
 )
 
 
@@ -112,7 +113,7 @@ class ResolvedSpec:
     mode: str  # "inspiration" | "sampling" | "annotate_only"
     strategies: list[dict[str, Any]]
     sampling: dict[str, Any]
-    taste_model: str
+    taste_model: str  # "name@version" once submitted (the version the job uses), "" = none
     accept_threshold: float | None
     dedup_threshold: float  # negative = dedup off
     dataset_uri: str
@@ -122,6 +123,7 @@ class ResolvedSpec:
     annotation_size: int
     seed: int
     owner: str = ""  # the user who submitted the job
+    reject_threshold: float | None = None  # below: rejected; up to accept_threshold: review
     write_mode: str = "new"  # "new" | "append" | "overwrite" (gateway/datasets.py)
     dataset_id: str = ""  # set when the job attaches to its dataset
     stem_base: int = 0  # the first stem index of the job's block in the dataset's numbering
@@ -227,6 +229,17 @@ def validate_spec(
         if cur.HasField("accept_threshold")
         else None
     )
+    reject = (
+        _finite(cur.reject_threshold, "curation.reject_threshold", 0.0, 1.0)
+        if cur.HasField("reject_threshold")
+        else None
+    )
+    if reject is not None and accept is not None and reject > accept:
+        raise SpecError(
+            "curation.reject_threshold: above accept_threshold (the review band lies between them)"
+        )
+    if (accept is not None or reject is not None) and not cur.taste_model:
+        raise SpecError("curation.accept_threshold: thresholds need a taste_model")
     dedup = (
         _finite(cur.dedup_threshold, "curation.dedup_threshold", 0.0, 1.0)
         if cur.HasField("dedup_threshold")
@@ -271,6 +284,7 @@ def validate_spec(
         annotation_size=annotation,
         seed=int(spec.seed),
         owner=owner,
+        reject_threshold=reject,
         write_mode=write_modes[out.write_mode],
     )
 

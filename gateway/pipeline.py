@@ -316,7 +316,9 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
             image=candidate_image(item),
             taste_model=spec.taste_model,
             accept_threshold=spec.accept_threshold,
+            reject_threshold=spec.reject_threshold,
             owner=spec.owner,
+            dataset_id=spec.dataset_id,
             dedup_threshold=spec.dedup_threshold,
         )
         plan.enqueue(job_id, item, "curate", curate)
@@ -326,13 +328,11 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
             taste_score=curated.taste_score, duplicate_of=curated.duplicate_of, similarity=curated.similarity
         )
         if curated.decision == Decision.ACCEPTED:
-            item["state"] = ItemState.ACCEPTED
-            item["stem"] = stem_of(spec, item)
-            plan.bump("accepted")
-            plan.events.append(
-                {"kind": "item_accepted", "item_id": item["id"], "stage": stage, "message": item["stem"]}
-            )
-            plan.enqueue(job_id, item, "annotate", _annotate_payload(spec, item))
+            taste_passed(spec, job_id, item, plan, stage)
+        elif curated.decision == Decision.REVIEW:
+            item["state"] = ItemState.REVIEW
+            plan.bump("review")
+            plan.events.append({"kind": "item_review", "item_id": item["id"], "stage": stage, "message": ""})
         else:
             item["state"] = ItemState(curated.decision.value)
             plan.bump(curated.decision.value)
@@ -366,6 +366,75 @@ def written_row(
                 provenance.update(stage_out.get("provenance", {}))
     files = (item["outputs"].get("annotate") or {}).get("files", {})
     return manifest_row(spec, job_id, item, files, provenance)
+
+
+def taste_passed(spec: ResolvedSpec, job_id: str, item: ItemRecord, plan: Plan, stage: str) -> None:
+    """A candidate the taste model (or a person) let through: it waits for the job's dataset-wide
+    near-duplicate pass (`dedup_verdicts`), or, with dedup off, is accepted and annotated now."""
+    if spec.dedup_threshold >= 0:
+        item["state"] = ItemState.CURATED
+        return
+    accept(spec, job_id, item, plan, stage)
+
+
+def accept(spec: ResolvedSpec, job_id: str, item: ItemRecord, plan: Plan, stage: str) -> None:
+    item["state"] = ItemState.ACCEPTED
+    item["stem"] = stem_of(spec, item)
+    plan.bump("accepted")
+    plan.events.append(
+        {"kind": "item_accepted", "item_id": item["id"], "stage": stage, "message": item["stem"]}
+    )
+    plan.enqueue(job_id, item, "annotate", _annotate_payload(spec, item))
+
+
+def dedup_verdicts(
+    spec: ResolvedSpec, job_id: str, curated: list[ItemRecord], duplicates: dict[str, tuple[str, float]]
+) -> Plan:
+    """After the dataset-wide pass: `duplicates` (item id -> the index id of the copy that stays, and
+    the similarity) are rejected, every other curated item is accepted and annotated."""
+    plan = Plan()
+    for record in curated:
+        item = {**record, "outputs": dict(record["outputs"])}
+        plan.items[item["id"]] = item
+        if item["id"] in duplicates:
+            kept, similarity = duplicates[item["id"]]
+            item.update(state=ItemState.REJECTED_DUPLICATE, duplicate_of=kept, similarity=similarity)
+            plan.bump("rejected_duplicate")
+            plan.events.append(
+                {
+                    "kind": "item_rejected",
+                    "item_id": item["id"],
+                    "stage": "curate",
+                    "message": f"duplicate of {kept}",
+                }
+            )
+        else:
+            accept(spec, job_id, item, plan, "curate")
+    plan.bump("in_flight", len(plan.tasks))
+    return plan
+
+
+def review_verdict(spec: ResolvedSpec, job_id: str, record: ItemRecord, good: bool) -> Plan:
+    """A person's verdict on an item in review (or a rescue of one the taste model rejected)."""
+    plan = Plan()
+    item = {**record, "outputs": dict(record["outputs"])}
+    plan.items[item["id"]] = item
+    plan.bump("review" if record["state"] == ItemState.REVIEW else "rejected_taste", -1)
+    if good:
+        taste_passed(spec, job_id, item, plan, "curate")
+    else:
+        item["state"] = ItemState.REJECTED_TASTE
+        plan.bump("rejected_taste")
+    plan.events.append(
+        {
+            "kind": "item_reviewed",
+            "item_id": item["id"],
+            "stage": "curate",
+            "message": "good" if good else "bad",
+        }
+    )
+    plan.bump("in_flight", len(plan.tasks))
+    return plan
 
 
 def manifest_row(

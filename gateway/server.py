@@ -27,13 +27,14 @@ import redis.asyncio as aioredis
 from gateway import messages
 from gateway.coordinator import EVENTS_MAXLEN, Coordinator, JobStore
 from gateway.core import GatewayCore
+from gateway.search_client import SearchClient
 from gateway.watch import WatchHub
 from services.common import tracing
 from services.common.aio_server import AsyncServiceProcess, aio_client_channel
 from services.common.auth import Principal, current_principal
 from services.common.blobs import BlobStore
 from services.common.config import ConfigError, Settings
-from services.common.errors import InvalidInput, PermanentError, ResourceExhausted
+from services.common.errors import FailedPrecondition, InvalidInput, PermanentError, ResourceExhausted
 from services.common.queue import RedisQueue, connect_redis
 from sfhq import __version__
 from sfhq.v1 import gateway_pb2, gateway_pb2_grpc, search_pb2, search_pb2_grpc
@@ -188,9 +189,62 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return reply
 
     def _check_labelled_items(self, request: search_pb2.LabelRequest, caller: Principal) -> None:
-        """Items named `<job_id>/<item_id>` must be in the caller's jobs (SFHQ stems are public)."""
-        for job_id in {label.item_id.split("/", 1)[0] for label in request.labels if "/" in label.item_id}:
+        """Items named `<job_id>/<item_id>` (or `<job_id>/<stem>`) must be in the caller's jobs; a stem
+        becomes its item's id. Bare stems name imported SFHQ images (public)."""
+        for label in request.labels:
+            if "/" not in label.item_id:
+                continue
+            job_id, _, item = label.item_id.partition("/")
             self.core.job_for(job_id, caller)
+            if item.startswith("SFHQ_"):
+                label.item_id = f"{job_id}/{self.core.item_id_of_stem(job_id, item)}"
+
+    # ---- curation (gateway/curation.py) ---------------------------------------------------------
+
+    def _curation(self) -> Any:
+        if self.core.curation is None:
+            raise FailedPrecondition("this gateway has no search service configured")
+        return self.core.curation
+
+    async def TrainTaste(
+        self, request: search_pb2.TrainTasteRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.TasteModelInfo:
+        return await self._blocking(self._curation().train, request, context=context)
+
+    async def ListTasteModels(
+        self, request: search_pb2.ListTasteModelsRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.ListTasteModelsResponse:
+        return await self._blocking(self._curation().list_models, context=context)
+
+    async def GetTasteModel(
+        self, request: search_pb2.GetTasteModelRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.TasteModelInfo:
+        return await self._blocking(self._curation().get_model, request, context=context)
+
+    async def ScoreItems(
+        self, request: gateway_pb2.ScoreItemsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ScoreItemsResponse:
+        return await self._blocking(self._curation().score_items, request, context=context)
+
+    async def ReviewQueue(
+        self, request: gateway_pb2.ReviewQueueRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ReviewQueueResponse:
+        return await self._blocking(self._curation().review_queue, request, context=context)
+
+    async def Review(
+        self, request: gateway_pb2.ReviewRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.Item:
+        return await self._blocking(self._curation().review, request, context=context)
+
+    async def CurateDataset(
+        self, request: gateway_pb2.CurateDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.CurateDatasetResponse:
+        return await self._blocking(self._curation().curate_dataset, request, context=context)
+
+    async def DedupDataset(
+        self, request: gateway_pb2.DedupDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.DedupDatasetResponse:
+        return await self._blocking(self._curation().dedup_dataset, request, context=context)
 
 
 async def serve(settings: Settings) -> None:
@@ -213,8 +267,9 @@ async def serve(settings: Settings) -> None:
     )
     hub = WatchHub(aioredis.Redis(connection_pool=pool))
     channel, metadata = aio_client_channel(settings.addr_for("search"), settings)
+    search = SearchClient(settings)  # blocking calls: the coordinator's dedup passes, the curation RPCs
     servicer = GatewayServicer(
-        GatewayCore(settings, queue, store, blobs),
+        GatewayCore(settings, queue, store, blobs, search),
         hub,
         search_pb2_grpc.SearchStub(channel),
         metadata,
@@ -228,8 +283,10 @@ async def serve(settings: Settings) -> None:
         consumer=f"gateway-{socket.gethostname()}-{os.getpid()}",
         provenance={"code_version": __version__},
         retention_s=settings.job_retention_s,
+        search=search,
     )
     process.on_stop(coordinator.stop)
+    process.on_stop(search.close)
     process.on_stop(hub.close)
     process.on_stop(channel.close)
     coordinator.start()

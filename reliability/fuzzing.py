@@ -615,6 +615,29 @@ def seed_requests(env: Environment) -> dict[str, list[Message]]:
         "/sfhq.v1.Search/Label": [label],
         "/sfhq.v1.Search/TrainTaste": [search_pb2.TrainTasteRequest(taste_model="fuzz")],
         "/sfhq.v1.Search/Score": [search_pb2.ScoreRequest(taste_model="fuzz", vectors=[vec(env.clip_dim)])],
+        "/sfhq.v1.Search/ListTasteModels": [search_pb2.ListTasteModelsRequest()],
+        "/sfhq.v1.Search/GetTasteModel": [search_pb2.GetTasteModelRequest(taste_model="fuzz")],
+        "/sfhq.v1.Search/NextReview": [search_pb2.NextReviewRequest(count=3)],
+        "/sfhq.v1.Search/SetDecisions": [
+            search_pb2.SetDecisionsRequest(item_ids=["fuzz-item"], decision="review")
+        ],
+        "/sfhq.v1.Search/DedupGroups": [
+            search_pb2.DedupGroupsRequest(filter=search_pb2.SearchFilter(dataset_id="fuzz"), threshold=0.95)
+        ],
+        "/sfhq.v1.Gateway/TrainTaste": [search_pb2.TrainTasteRequest(taste_model="fuzz")],
+        "/sfhq.v1.Gateway/ListTasteModels": [search_pb2.ListTasteModelsRequest()],
+        "/sfhq.v1.Gateway/GetTasteModel": [search_pb2.GetTasteModelRequest(taste_model="fuzz")],
+        "/sfhq.v1.Gateway/ScoreItems": [gateway_pb2.ScoreItemsRequest(taste_model="fuzz", job_id=job)],
+        "/sfhq.v1.Gateway/ReviewQueue": [gateway_pb2.ReviewQueueRequest(job_id=job, count=3)],
+        "/sfhq.v1.Gateway/Review": [gateway_pb2.ReviewRequest(job_id=job, item_id=item, accept=True)],
+        "/sfhq.v1.Gateway/CurateDataset": [
+            gateway_pb2.CurateDatasetRequest(
+                dataset_uri=f"{env.safe_root}/seed-job", taste_model="fuzz", dry_run=True
+            )
+        ],
+        "/sfhq.v1.Gateway/DedupDataset": [
+            gateway_pb2.DedupDatasetRequest(dataset_uri=f"{env.safe_root}/seed-job", dry_run=True)
+        ],
     }
 
 

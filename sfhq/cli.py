@@ -7,6 +7,7 @@ label), which need only the light install.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from importlib.metadata import entry_points
@@ -77,6 +78,12 @@ def submit(
     psi_max: float = 0.0,
     taste_model: Annotated[str, typer.Option(help="taste model name (empty: no taste filter)")] = "",
     dedup: Annotated[float, typer.Option(help="near-duplicate cosine threshold; 0 disables")] = 0.92,
+    accept_threshold: Annotated[
+        float | None, typer.Option(help="taste score from which a candidate is accepted")
+    ] = None,
+    reject_threshold: Annotated[
+        float | None, typer.Option(help="taste score below which it is rejected (between: review)")
+    ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="dataset folder or URL")] = "",
     append: Annotated[bool, typer.Option("--append", help="add to the dataset in --output")] = False,
     overwrite: Annotated[
@@ -109,6 +116,8 @@ def submit(
         taste_model=taste_model,
         dedup_threshold=dedup if dedup > 0 else None,
         disable_dedup=dedup <= 0,
+        accept_threshold=accept_threshold,
+        reject_threshold=reject_threshold,
         output_uri=output,
         part=part,
         seed=seed,
@@ -251,18 +260,198 @@ def export(
 def label(
     item_ids: list[str],
     bad: Annotated[bool, typer.Option("--bad/--good")] = False,
+    job: Annotated[
+        str, typer.Option(help="the ids are this job's item ids (as in its manifest) or stems")
+    ] = "",
     taste_model: str = "default",
     labeler: str = "",
     address: AddressOpt = DEFAULT_ADDRESS,
     token: TokenOpt = "",
 ) -> None:
-    """Label indexed items good (default) or bad for a taste model."""
+    """Label items good (default) or bad for a taste model (`sfhq taste train` learns from them)."""
     with _client(address, token) as client:
         try:
-            reply = client.label({i: not bad for i in item_ids}, taste_model=taste_model, labeler=labeler)
+            labels = {i: not bad for i in item_ids}
+            reply = client.label(labels, taste_model=taste_model, labeler=labeler, job_id=job)
         except SfhqError as exc:
             _fail(_error_text(exc))
     out.print(f"{taste_model}: {reply.positives} positive, {reply.negatives} negative labels")
+
+
+# ---- curation --------------------------------------------------------------------------------------
+
+taste_app = typer.Typer(help="Taste models: train from your labels, list, show, score.", no_args_is_help=True)
+app.add_typer(taste_app, name="taste")
+
+
+def _model_table(models) -> Table:  # models: search_pb2.TasteModelInfo
+    table = Table(
+        "model", "version", "family", "labels +/-", "CV accuracy", "CV AUC", "thresholds", "members"
+    )
+    for m in models:
+        members = ", ".join(
+            f"{k} {m.member_weights[k]:.1f} (AUC {m.member_auc.get(k, 0):.3f})"
+            for k in sorted(m.member_weights)
+        )
+        table.add_row(
+            m.name,
+            str(m.version),
+            m.family,
+            f"{m.positives}/{m.negatives}",
+            f"{m.cv_accuracy:.3f}",
+            f"{m.cv_auc:.3f}",
+            f"{m.low_threshold:.2f} / {m.high_threshold:.2f}",
+            members,
+        )
+    return table
+
+
+@taste_app.command("train")
+def taste_train(
+    name: Annotated[str, typer.Argument()] = "default",
+    family: Annotated[
+        str, typer.Option(help="vta (lr + kNN + LightGBM, weights searched) | lr+knn | lr")
+    ] = "",
+    address: AddressOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = "",
+) -> None:
+    """Train a new version of a taste model from your labels; prints its cross-validated metrics."""
+    with _client(address, token) as client, console.status(f"training {name} ..."):
+        info = client.train_taste(name, family=family)
+    out.print(_model_table([info]))
+    out.print(
+        f"trained in {info.train_seconds:.1f} s; below {info.low_threshold:.2f}: rejected, from "
+        f"{info.high_threshold:.2f}: accepted, between: review"
+    )
+
+
+@taste_app.command("list")
+def taste_list(address: AddressOpt = DEFAULT_ADDRESS, token: TokenOpt = "") -> None:
+    """Your taste models (their latest versions)."""
+    with _client(address, token) as client:
+        out.print(_model_table(client.list_taste_models()))
+
+
+@taste_app.command("show")
+def taste_show(
+    name: Annotated[str, typer.Argument(help="name or name@version")] = "default",
+    address: AddressOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = "",
+) -> None:
+    """One taste model's metrics."""
+    with _client(address, token) as client:
+        out.print(_model_table([client.get_taste_model(name)]))
+
+
+@taste_app.command("score")
+def taste_score(
+    name: Annotated[str, typer.Argument()] = "default",
+    job: str = "",
+    dataset: Annotated[str, typer.Option(help="a dataset folder (ours or an SFHQ part)")] = "",
+    top: Annotated[int, typer.Option(help="print this many best and worst items")] = 5,
+    address: AddressOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = "",
+) -> None:
+    """Score a job's candidates or a dataset's items; prints a histogram and the extremes."""
+    with _client(address, token) as client:
+        reply = client.score_items(name, job_id=job, dataset_uri=dataset)
+    items = sorted(reply.items, key=lambda i: -i.score)
+    most = max(reply.histogram) or 1
+    for n, count in enumerate(reply.histogram):
+        out.print(
+            f"{n / 20:.2f}-{(n + 1) / 20:.2f} {'#' * round(40 * count / most):<40} {count}", highlight=False
+        )
+    for label, chosen in (("best", items[:top]), ("worst", items[-top:][::-1])):
+        out.print(
+            f"{label}: " + ", ".join(f"{i.stem or i.item_id} {i.score:.3f}" for i in chosen), highlight=False
+        )
+    out.print(f"{len(items)} items scored with {reply.model.name}@{reply.model.version}")
+
+
+@app.command()
+def review(
+    job_id: str,
+    accept: Annotated[
+        list[str] | None, typer.Option("--accept", help="an item to write into the dataset")
+    ] = None,
+    reject: Annotated[list[str] | None, typer.Option("--reject", help="an item to keep out")] = None,
+    count: int = 20,
+    labeler: str = "",
+    address: AddressOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = "",
+) -> None:
+    """The review band: list the items a verdict teaches most, or give verdicts (--accept / --reject)."""
+    with _client(address, token) as client:
+        verdicts = [(i, True) for i in accept or []] + [(i, False) for i in reject or []]
+        for item_id, good in verdicts:
+            item = client.review(job_id, item_id, good, labeler=labeler)
+            out.print(f"{item.item_id}: {item.state}")
+        if verdicts:
+            return
+        queue = client.review_queue(job_id, count=count)
+        table = Table("item", "score", "uncertainty", "strategy")
+        for entry in queue.items:
+            strategy = json.loads(entry.item.provenance_json or "{}").get("strategy") or {}
+            table.add_row(
+                entry.item.item_id,
+                f"{entry.score:.3f}",
+                f"{entry.uncertainty:.2f}",
+                str(strategy.get("name", "")),
+            )
+        out.print(table)
+        out.print(f"{queue.waiting} items wait for a verdict: sfhq review {job_id} --accept ID --reject ID")
+
+
+@app.command()
+def curate(
+    dataset: Annotated[str, typer.Argument(help="a dataset folder (ours or an SFHQ part)")],
+    taste_model: Annotated[str, typer.Option()] = "default",
+    threshold: Annotated[
+        float | None, typer.Option(help="below it an item leaves (default: the model's low threshold)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only print what would move")] = False,
+    address: AddressOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = "",
+) -> None:
+    """Re-score a dataset with a taste model; items below the threshold move to its rejected/ folder."""
+    with _client(address, token) as client, console.status("scoring ..."):
+        reply = client.curate_dataset(dataset, taste_model, threshold=threshold, dry_run=dry_run)
+    for moved in sorted(reply.moved, key=lambda m: m.score):
+        out.print(f"{'would move' if dry_run else 'moved'} {moved.stem} ({moved.score:.3f})", highlight=False)
+    verb = "would move" if dry_run else "moved"
+    out.print(
+        f"{reply.scored} scored with {reply.model.name}@{reply.model.version}, threshold {reply.threshold:.2f}: "
+        f"{reply.kept} kept, {len(reply.moved)} {verb} to rejected/"
+    )
+
+
+@app.command()
+def dedup(
+    dataset: Annotated[str, typer.Argument(help="a dataset folder of this system")],
+    threshold: Annotated[float | None, typer.Option(help="cosine similarity (default 0.92, SFHQ's)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only print the groups")] = False,
+    include_sfhq: Annotated[
+        bool, typer.Option("--include-sfhq", help="also against imported SFHQ parts")
+    ] = False,
+    address: AddressOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = "",
+) -> None:
+    """Near-duplicate groups of a dataset: the best-scored copy stays, the others move to rejected/."""
+    with _client(address, token) as client, console.status("comparing ..."):
+        reply = client.dedup_dataset(
+            dataset, threshold=threshold, dry_run=dry_run, include_public=include_sfhq
+        )
+    for group in reply.groups:
+        removed = ", ".join(f"{m.item_id} ({m.similarity:.3f})" for m in group.removed)
+        score = f" {group.kept.taste_score:.3f}" if group.kept.HasField("taste_score") else ""
+        out.print(
+            f"keep {group.kept.item_id}{score}; {'would remove' if dry_run else 'removed'}: {removed}",
+            highlight=False,
+        )
+    out.print(
+        f"{reply.items} items compared in {reply.seconds:.1f} s: {len(reply.groups)} groups, "
+        f"{len(reply.moved)} {'would move' if dry_run else 'moved'} to rejected/"
+    )
 
 
 @app.command("env")

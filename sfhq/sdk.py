@@ -30,6 +30,7 @@ DEFAULT_ADDRESS = "127.0.0.1:50050"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 SLOW_CALL_S = 120.0  # SubmitJob stages the inputs: give it longer than the default deadline
+LONG_CALL_S = 1800.0  # training a taste model, a pass over a whole dataset
 TERMINAL_STATES = (
     gateway_pb2.JOB_STATE_SUCCEEDED,
     gateway_pb2.JOB_STATE_FAILED,
@@ -100,6 +101,11 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def _absolute(uri: str) -> str:
+    """A local relative path made absolute against the caller's working directory (URLs unchanged)."""
+    return os.path.abspath(uri) if uri and "://" not in uri and not os.path.isabs(uri) else uri
+
+
 def build_spec(
     *,
     mode: str = "inspiration",
@@ -114,6 +120,7 @@ def build_spec(
     accept_threshold: float | None = None,
     dedup_threshold: float | None = None,
     disable_dedup: bool = False,
+    reject_threshold: float | None = None,
     output_uri: str = "",
     part: int = 0,
     image_size: int = 0,
@@ -131,8 +138,7 @@ def build_spec(
         raise ValueError(f"mode {mode!r}: must be one of {', '.join(SHOWN_MODES)}")
     if write_mode not in WRITE_MODES:
         raise ValueError(f"write mode {write_mode!r}: must be one of {', '.join(WRITE_MODES)}")
-    if output_uri and "://" not in output_uri and not os.path.isabs(output_uri):
-        output_uri = os.path.abspath(output_uri)
+    output_uri = _absolute(output_uri)
     spec = gateway_pb2.JobSpec(name=name, mode=MODES[mode], input_folder=input_folder, seed=seed)
     for image in images:
         if isinstance(image, bytes):
@@ -153,6 +159,8 @@ def build_spec(
         spec.curation.accept_threshold = accept_threshold
     if dedup_threshold is not None:
         spec.curation.dedup_threshold = dedup_threshold
+    if reject_threshold is not None:
+        spec.curation.reject_threshold = reject_threshold
     spec.curation.disable_dedup = disable_dedup
     spec.output.dataset_uri = output_uri
     spec.output.part = part
@@ -287,11 +295,68 @@ class Requests:
         return Call("Search", search_request(text, image, vector, **filters))
 
     @staticmethod
-    def label(labels: dict[str, bool], taste_model: str, labeler: str) -> Call:
+    def label(labels: dict[str, bool], taste_model: str, labeler: str, job_id: str = "") -> Call:
+        """`job_id`: the ids are that job's (item ids as in its manifest, or stems)."""
         request = search_pb2.LabelRequest(taste_model=taste_model)
         for item_id, positive in labels.items():
-            request.labels.add(item_id=item_id, positive=positive, labeler=labeler)
+            qualified = f"{job_id}/{item_id.removeprefix(job_id + '/')}" if job_id else item_id
+            request.labels.add(item_id=qualified, positive=positive, labeler=labeler)
         return Call("Label", request)
+
+    # curation
+    @staticmethod
+    def train_taste(taste_model: str, family: str) -> Call:
+        return Call(
+            "TrainTaste", search_pb2.TrainTasteRequest(taste_model=taste_model, family=family), LONG_CALL_S
+        )
+
+    @staticmethod
+    def list_taste_models() -> Call:
+        return Call("ListTasteModels", search_pb2.ListTasteModelsRequest())
+
+    @staticmethod
+    def get_taste_model(taste_model: str) -> Call:
+        return Call("GetTasteModel", search_pb2.GetTasteModelRequest(taste_model=taste_model))
+
+    @staticmethod
+    def score_items(taste_model: str, job_id: str, dataset_uri: str, limit: int) -> Call:
+        request = gateway_pb2.ScoreItemsRequest(
+            taste_model=taste_model, job_id=job_id, dataset_uri=_absolute(dataset_uri), limit=limit
+        )
+        return Call("ScoreItems", request, LONG_CALL_S)
+
+    @staticmethod
+    def review_queue(job_id: str, count: int, images: bool) -> Call:
+        return Call(
+            "ReviewQueue",
+            gateway_pb2.ReviewQueueRequest(job_id=job_id, count=count, include_images=images),
+            60.0,
+        )
+
+    @staticmethod
+    def review(job_id: str, item_id: str, accept: bool, labeler: str) -> Call:
+        return Call(
+            "Review",
+            gateway_pb2.ReviewRequest(job_id=job_id, item_id=item_id, accept=accept, labeler=labeler),
+        )
+
+    @staticmethod
+    def curate_dataset(dataset_uri: str, taste_model: str, threshold: float | None, dry_run: bool) -> Call:
+        request = gateway_pb2.CurateDatasetRequest(
+            dataset_uri=_absolute(dataset_uri), taste_model=taste_model, dry_run=dry_run
+        )
+        if threshold is not None:
+            request.threshold = threshold
+        return Call("CurateDataset", request, LONG_CALL_S)
+
+    @staticmethod
+    def dedup_dataset(dataset_uri: str, threshold: float | None, dry_run: bool, include_public: bool) -> Call:
+        request = gateway_pb2.DedupDatasetRequest(
+            dataset_uri=_absolute(dataset_uri), dry_run=dry_run, include_public=include_public
+        )
+        if threshold is not None:
+            request.threshold = threshold
+        return Call("DedupDataset", request, LONG_CALL_S)
 
     @staticmethod
     def import_items(items: Iterable[search_pb2.IndexedItem], batch_size: int) -> Call:
@@ -478,10 +543,60 @@ class Client:
         return self._run(Requests.search(text, image, vector, **filters))
 
     def label(
-        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = ""
+        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = "", job_id: str = ""
     ) -> search_pb2.LabelResponse:
-        """Labels indexed items as good (True) or bad (False) for a taste model."""
-        return self._run(Requests.label(labels, taste_model, labeler))
+        """Labels items as good (True) or bad (False) for a taste model: index ids ("<job>/<item>",
+        an imported stem), or with `job_id` that job's item ids or stems."""
+        return self._run(Requests.label(labels, taste_model, labeler, job_id))
+
+    # curation (docs/curation.md)
+    def train_taste(self, taste_model: str = "default", *, family: str = "") -> search_pb2.TasteModelInfo:
+        """Trains a new version from your labels; returns its cross-validated metrics and thresholds."""
+        return self._run(Requests.train_taste(taste_model, family))
+
+    def list_taste_models(self) -> list[search_pb2.TasteModelInfo]:
+        return list((self._run(Requests.list_taste_models())).models)
+
+    def get_taste_model(self, taste_model: str = "default") -> search_pb2.TasteModelInfo:
+        return self._run(Requests.get_taste_model(taste_model))
+
+    def score_items(
+        self, taste_model: str = "default", *, job_id: str = "", dataset_uri: str = "", limit: int = 0
+    ) -> gateway_pb2.ScoreItemsResponse:
+        """Scores a job's candidates or a dataset's items with a taste model (and a histogram)."""
+        return self._run(Requests.score_items(taste_model, job_id, dataset_uri, limit))
+
+    def review_queue(
+        self, job_id: str, *, count: int = 20, images: bool = False
+    ) -> gateway_pb2.ReviewQueueResponse:
+        """The job's items waiting for a verdict, the most informative first (active learning)."""
+        return self._run(Requests.review_queue(job_id, count, images))
+
+    def review(self, job_id: str, item_id: str, accept: bool, *, labeler: str = "") -> gateway_pb2.Item:
+        """A person's verdict: accepted items are written into the dataset; both become labels."""
+        return self._run(Requests.review(job_id, item_id, accept, labeler))
+
+    def curate_dataset(
+        self,
+        dataset_uri: str,
+        taste_model: str = "default",
+        *,
+        threshold: float | None = None,
+        dry_run: bool = False,
+    ) -> gateway_pb2.CurateDatasetResponse:
+        """Re-scores a dataset; items below the threshold move to its rejected/ folder."""
+        return self._run(Requests.curate_dataset(dataset_uri, taste_model, threshold, dry_run))
+
+    def dedup_dataset(
+        self,
+        dataset_uri: str,
+        *,
+        threshold: float | None = None,
+        dry_run: bool = False,
+        include_public: bool = False,
+    ) -> gateway_pb2.DedupDatasetResponse:
+        """Near-duplicate groups of a dataset; the worse copies move to its rejected/ folder."""
+        return self._run(Requests.dedup_dataset(dataset_uri, threshold, dry_run, include_public))
 
     def import_items(
         self, items: Iterable[search_pb2.IndexedItem], *, batch_size: int = 256
@@ -653,10 +768,62 @@ class AsyncClient:
         return await self._run(Requests.search(text, image, vector, **filters))
 
     async def label(
-        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = ""
+        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = "", job_id: str = ""
     ) -> search_pb2.LabelResponse:
-        """Labels indexed items as good (True) or bad (False) for a taste model."""
-        return await self._run(Requests.label(labels, taste_model, labeler))
+        """Labels items as good (True) or bad (False) for a taste model: index ids ("<job>/<item>",
+        an imported stem), or with `job_id` that job's item ids or stems."""
+        return await self._run(Requests.label(labels, taste_model, labeler, job_id))
+
+    # curation (docs/curation.md)
+    async def train_taste(
+        self, taste_model: str = "default", *, family: str = ""
+    ) -> search_pb2.TasteModelInfo:
+        """Trains a new version from your labels; returns its cross-validated metrics and thresholds."""
+        return await self._run(Requests.train_taste(taste_model, family))
+
+    async def list_taste_models(self) -> list[search_pb2.TasteModelInfo]:
+        return list((await self._run(Requests.list_taste_models())).models)
+
+    async def get_taste_model(self, taste_model: str = "default") -> search_pb2.TasteModelInfo:
+        return await self._run(Requests.get_taste_model(taste_model))
+
+    async def score_items(
+        self, taste_model: str = "default", *, job_id: str = "", dataset_uri: str = "", limit: int = 0
+    ) -> gateway_pb2.ScoreItemsResponse:
+        """Scores a job's candidates or a dataset's items with a taste model (and a histogram)."""
+        return await self._run(Requests.score_items(taste_model, job_id, dataset_uri, limit))
+
+    async def review_queue(
+        self, job_id: str, *, count: int = 20, images: bool = False
+    ) -> gateway_pb2.ReviewQueueResponse:
+        """The job's items waiting for a verdict, the most informative first (active learning)."""
+        return await self._run(Requests.review_queue(job_id, count, images))
+
+    async def review(self, job_id: str, item_id: str, accept: bool, *, labeler: str = "") -> gateway_pb2.Item:
+        """A person's verdict: accepted items are written into the dataset; both become labels."""
+        return await self._run(Requests.review(job_id, item_id, accept, labeler))
+
+    async def curate_dataset(
+        self,
+        dataset_uri: str,
+        taste_model: str = "default",
+        *,
+        threshold: float | None = None,
+        dry_run: bool = False,
+    ) -> gateway_pb2.CurateDatasetResponse:
+        """Re-scores a dataset; items below the threshold move to its rejected/ folder."""
+        return await self._run(Requests.curate_dataset(dataset_uri, taste_model, threshold, dry_run))
+
+    async def dedup_dataset(
+        self,
+        dataset_uri: str,
+        *,
+        threshold: float | None = None,
+        dry_run: bool = False,
+        include_public: bool = False,
+    ) -> gateway_pb2.DedupDatasetResponse:
+        """Near-duplicate groups of a dataset; the worse copies move to its rejected/ folder."""
+        return await self._run(Requests.dedup_dataset(dataset_uri, threshold, dry_run, include_public))
 
     async def import_items(
         self, items: Iterable[search_pb2.IndexedItem], *, batch_size: int = 256

@@ -232,6 +232,24 @@ class BlobStore:
             return False
         return True
 
+    def move(self, key: str, new_key: str) -> bool:
+        """Move a blob to another key (a rename on a local store); returns False if there was none."""
+        source, target = self._full_path(key), self._full_path(new_key)
+        if self.is_local:
+            try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(source, target)
+            except FileNotFoundError:
+                return False
+            return True
+        try:
+            data = self.fs.cat_file(source)
+        except FileNotFoundError:
+            return False
+        self.put(new_key, data)
+        self.fs.rm_file(source)
+        return True
+
     def delete_folder(self, prefix: str) -> bool:
         """Remove every blob under the folder `prefix` ("jobs/<id>"); returns False if there was none."""
         folder = validate_key(prefix.rstrip("/"))

@@ -28,6 +28,8 @@ class ItemState(StrEnum):
 
     PENDING = "pending"  # a task of it is queued or running
     EXPANDED = "expanded"  # an input whose candidates are now items of their own
+    CURATED = "curated"  # passed the taste model; waits for the job's dataset-wide near-duplicate pass
+    REVIEW = "review"  # the taste model is unsure: waits for a person (ReviewQueue / Review)
     ACCEPTED = "accepted"  # curated in; being annotated and written
     WRITTEN = "written"  # its files are in the dataset
     REJECTED_TASTE = "rejected_taste"
@@ -40,6 +42,7 @@ class Decision(StrEnum):
     """The curate stage's verdict on a candidate."""
 
     ACCEPTED = "accepted"
+    REVIEW = "review"  # between the model's two thresholds: a person decides
     REJECTED_TASTE = "rejected_taste"
     REJECTED_DUPLICATE = "rejected_duplicate"
 
@@ -182,8 +185,11 @@ class CuratePayload(Payload):
     image: BlobKey = Field(min_length=1)
     taste_model: str = Field("", max_length=128)  # "" = no taste filter
     owner: str = Field("", max_length=32)  # the job's user: the taste model is theirs, and so is the item
+    # None: the taste model's own high / low threshold
     accept_threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
-    # None = SFHQ's 0.92; negative = no near-duplicate check
+    reject_threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    dataset_id: str = Field("", max_length=64)  # recorded with the item in the index (dataset-wide dedup)
+    # None = SFHQ's 0.92; negative = no near-duplicate check (it runs dataset-wide, after curate)
     dedup_threshold: float | None = Field(None, lt=1.0, allow_inf_nan=False)
 
     @property

@@ -10,6 +10,8 @@
     <root>/jobs/<job_id>/manifest.jsonl     one job's rows (its part of the manifest)
     <root>/jobs/<job_id>/info.json          that job's spec, counts, failures and provenance
     <root>/RANDOM_WEIGHTS.txt               only when some job ran with random demo weights
+    <root>/rejected/<folder>/<stem>.<ext>   items taken out later (a re-curation, a dedup pass): moved, never deleted
+    <root>/rejected/manifest.jsonl          one row per item taken out: why, when, its score
 
 Every file goes through BlobStore.put, which is atomic, so a reader never sees half an image; an
 item whose files cannot all be written leaves none of them behind. Many jobs write into one
@@ -47,6 +49,8 @@ DATASET_FILES = ("manifest.jsonl", "manifest.parquet", "dataset_info.json")
 INFO_FILE = "dataset_info.json"
 RANDOM_MARKER = "RANDOM_WEIGHTS.txt"
 JOBS_FOLDER = "jobs"
+REJECTED_FOLDER = "rejected"
+REJECTED_MANIFEST = f"{REJECTED_FOLDER}/manifest.jsonl"
 FORMAT = "sfhq-factory dataset 1"
 RANDOM_WARNING = (
     "MADE WITH RANDOM WEIGHTS: these files come from randomly initialised demo models, not the "
@@ -203,7 +207,7 @@ class DatasetWriter:
 
     def layout_entries(self) -> list[str]:
         """The entries a dataset of ours writes (what `--overwrite` removes; other files stay)."""
-        top = {folder for folder, _ in FOLDERS.values()} | {JOBS_FOLDER}
+        top = {folder for folder, _ in FOLDERS.values()} | {JOBS_FOLDER, REJECTED_FOLDER}
         files = {*DATASET_FILES, RANDOM_MARKER, "README.md"}
         return [key for key in self.entries() if key.split("/", 1)[0] in top or key in files]
 
@@ -222,11 +226,34 @@ class DatasetWriter:
             index = stem_index(key.rsplit("/", 1)[-1].rsplit(".", 1)[0], part)
             if index is not None:
                 found.add(index)
-        for row in self.all_rows():
+        for row in [*self.all_rows(), *self.rejected_rows()]:
             index = stem_index(str(row.get("stem", "")), part)
             if index is not None:
                 found.add(index)
         return sorted(found)
+
+    def rejected_rows(self) -> list[dict[str, Any]]:
+        if not self.store.exists(REJECTED_MANIFEST):
+            return []
+        return parse_jsonl(self.store.get(REJECTED_MANIFEST), REJECTED_MANIFEST)
+
+    def move_to_rejected(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Take items out of the dataset: their files go to `rejected/<folder>/`, and a row each (stem,
+        reason, ...) is appended to rejected/manifest.jsonl; `merge` then leaves them out of the
+        manifest. Call it holding the dataset's lock. Returns the stems moved."""
+        if not rows:
+            return []
+        moved = []
+        for row in rows:
+            stem = str(row["stem"])
+            for kind in FOLDERS:
+                path = self.path_of(kind, stem)
+                self.store.move(path, f"{REJECTED_FOLDER}/{path}")
+            moved.append(stem)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        earlier = self.rejected_rows()
+        self.store.put(REJECTED_MANIFEST, _jsonl([*earlier, *({"time": stamp, **r} for r in rows)]))
+        return moved
 
     def write_job_part(self, job_id: str, rows: Iterable[dict[str, Any]], info: dict[str, Any]) -> None:
         """One job's rows and info (rewritten whole by that job only: idempotent per job)."""
@@ -263,6 +290,8 @@ class DatasetWriter:
             if self.store.exists(job_rows_key(job_id)):
                 rows.extend(parse_jsonl(self.store.get(job_rows_key(job_id)), job_rows_key(job_id)))
             jobs_info.append(info)
+        taken_out = {str(r.get("stem")) for r in self.rejected_rows()}
+        rows = [r for r in rows if r.get("stem") not in taken_out]
         rows.sort(key=lambda r: r.get("stem") or "")
         jobs_info.sort(key=lambda j: (j.get("created_at") or "", j.get("job_id") or ""))
         random_weights = any(job.get("random_weights") for job in jobs_info)
@@ -276,6 +305,7 @@ class DatasetWriter:
             "format": FORMAT,
             **identity,
             "items": len(rows),
+            "rejected_later": len(taken_out),
             "counts": totals,
             "random_weights": random_weights,
             "provenance": provenance,

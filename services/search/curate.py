@@ -1,16 +1,23 @@
-"""The curate stage: taste score, then near-duplicate check against the job's accepted items, then index.
+"""The curate stage: the taste model's verdict on a candidate, and the candidate indexed with it.
+
+Decisions (docs/curation.md): with a taste model, a score at or above the high threshold is
+ACCEPTED, below the low threshold REJECTED_TASTE, in between REVIEW (a person decides); without one,
+every candidate is ACCEPTED. Every candidate is indexed with its decision and dataset, rejected ones
+too, so any item can be found, labelled and re-decided later. Near-duplicates are not decided here:
+the gateway runs one dataset-wide pass per job once its candidates are all curated
+(`services/search/dedup.py`, `dataset_groups`), which keeps the better-scored copy whatever order the
+items finished in.
 
 Correct with several curate workers (in one process or many):
 - Decisions of one job are serialised by a Redis lock (`SET NX PX`, renewed while held).
-- The job's accepted items are a shared, append-only Redis list (features blob key, image, score), so a
-  worker first catches up with what others accepted, then decides; its local index is only a cache.
+- The job's decided items are a shared, append-only Redis list (features blob key, image, score,
+  decision), so a worker first catches up with what others decided; its local index is only a cache.
 - The decision is committed by a Lua script that first checks the lock is still ours (a fencing check:
   a worker that lost its lock in a long pause cannot commit a stale decision), then records it in the
-  hash `sfhq:curate:<job_id>` and, if accepted, appends to the list.
-- Idempotent under redelivery: a recorded decision is returned as is, so an item is never found to be a
-  duplicate of itself.
-The same list repopulates the index after a crash (`catch_up_all` on start): nothing accepted is lost
-between two debounced saves.
+  hash `sfhq:curate:<job_id>` and appends to the list.
+- Idempotent under redelivery: a recorded decision is returned as is.
+The same list repopulates the index after a crash (`catch_up_all` on start): nothing decided is lost
+between two debounced saves; later decisions (a review, a dedup pass) are read from the hash.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 
 from services.common.contracts import CurateOutput, CuratePayload, Decision
 from services.common.errors import InvalidInput
-from services.search.index import ItemMeta, SearchFilter
+from services.search.index import ItemMeta
 from services.search.state import IndexState
 from services.search.taste import TasteModel, qualified_name
 
@@ -50,10 +57,8 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[3], ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-end
+redis.call('RPUSH', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
 return 1
 """
 
@@ -70,8 +75,9 @@ def decisions_key(job_id: str) -> str:
     return f"sfhq:curate:{job_id}"
 
 
-def accepted_key(job_id: str) -> str:
-    return f"sfhq:curate:{job_id}:accepted"
+def decided_key(job_id: str) -> str:
+    """The job's decided candidates, in decision order (what rebuilds the index after a crash)."""
+    return f"sfhq:curate:{job_id}:decided"
 
 
 def lock_key(job_id: str) -> str:
@@ -176,70 +182,66 @@ class Curator:
         if recorded is not None:
             return CurateOutput.parse(_public(json.loads(recorded)))
         vector = self._features(request)
+        payload = request.payload
         with self._local:
             self._catch_up(request.job_id)
-            index = self.state.index_for(vector.size)
-            own_id = index_item_id(request.job_id, request.item_id)
-            if own_id in index:  # added before (e.g. through Add): it is accepted, not its own duplicate
-                meta = index.get_meta(own_id)
-                output = _output(Decision.ACCEPTED, meta.taste_score if meta else None, None, None)
-                self._commit_decision(request, job_lock, output, accepted_entry=None)
-                return output
-
             score: float | None = None
-            payload = request.payload
+            decision = Decision.ACCEPTED
             if payload.taste_model:
                 model = self.taste_source(qualified_name(payload.owner, payload.taste_model))
                 score = float(model.predict_proba(vector)[0])
-                threshold = (
-                    model.high_threshold if payload.accept_threshold is None else payload.accept_threshold
-                )
-                if score < threshold:
-                    output = _output(Decision.REJECTED_TASTE, score, None, None)
-                    self._commit_decision(request, job_lock, output, accepted_entry=None)
-                    return output
-
-            dedup_threshold = payload.effective_dedup_threshold
-            if dedup_threshold >= 0 and len(index):
-                matches = index.range_search(
-                    vector, dedup_threshold, filter=SearchFilter(job_id=request.job_id)
-                )[0]
-                if matches:
-                    other, similarity = matches[0]
-                    output = _output(Decision.REJECTED_DUPLICATE, score, other.split("/", 1)[-1], similarity)
-                    self._commit_decision(request, job_lock, output, accepted_entry=None)
-                    return output
-
-            output = _output(Decision.ACCEPTED, score, None, None)
+                decision = taste_decision(score, model, payload.accept_threshold, payload.reject_threshold)
+            output = _output(decision, score, None, None)
             entry = {
                 "item_id": request.item_id,
                 "features": request.features_key,
                 "image_uri": self.blobs.uri(payload.image),
                 "taste_score": score,
                 "owner": payload.owner,
+                "dataset_id": payload.dataset_id,
+                "decision": decision.value,
             }
-            self._commit_decision(request, job_lock, output, accepted_entry=entry)
+            self._commit_decision(request, job_lock, output, entry)
             self._add(request.job_id, entry, vector)
             self._synced[request.job_id] = self._synced.get(request.job_id, 0) + 1
             return output
 
     def _commit_decision(
-        self, request: CurateRequest, job_lock: JobLock, output: CurateOutput, accepted_entry: dict | None
+        self, request: CurateRequest, job_lock: JobLock, output: CurateOutput, entry: dict
     ) -> None:
         if job_lock.lost:
             raise LockUnavailable(f"lost the curate lock of job {request.job_id}; retrying")
         status = self._commit(
-            keys=[job_lock.key, decisions_key(request.job_id), accepted_key(request.job_id)],
+            keys=[job_lock.key, decisions_key(request.job_id), decided_key(request.job_id)],
             args=[
                 job_lock.token,
                 request.item_id,
                 json.dumps(output.to_dict()),
-                json.dumps(accepted_entry) if accepted_entry else "",
+                json.dumps(entry),
                 KEY_TTL_S,
             ],
         )
         if status == -1:
             raise LockUnavailable(f"lost the curate lock of job {request.job_id} before committing; retrying")
+
+    def record_decisions(self, item_ids: list[str], decision: str) -> int:
+        """A later decision (a person's review, a dedup pass) for indexed job items: in the index, and in
+        the job's decision record, which is what rebuilds the index after a crash."""
+        with self._local:
+            index = self.state.index
+            changed = index.set_decision(item_ids, decision) if index is not None else 0
+            for index_id in item_ids:
+                job_id, sep, item_id = index_id.partition("/")
+                if not sep:
+                    continue  # an imported item: no job record
+                recorded = self.redis.hget(decisions_key(job_id), item_id)
+                if recorded is not None:
+                    record = json.loads(recorded)
+                    record["decision"] = decision
+                    self.redis.hset(decisions_key(job_id), item_id, json.dumps(record))
+        if changed:
+            self.state.mark_dirty()
+        return changed
 
     def _features(self, request: CurateRequest) -> np.ndarray:
         try:
@@ -259,11 +261,15 @@ class Curator:
     # ---- shared state -------------------------------------------------------------------------------
 
     def _catch_up(self, job_id: str) -> None:
-        """Add the job's items accepted elsewhere (another worker, or before a crash) to the local index."""
+        """Add the job's items decided elsewhere (another worker, or before a crash) to the local index,
+        with their current decision."""
         start = self._synced.get(job_id, 0)
-        entries = self.redis.lrange(accepted_key(job_id), start, -1)
+        entries = self.redis.lrange(decided_key(job_id), start, -1)
         for raw in entries:
             entry = json.loads(raw)
+            recorded = self.redis.hget(decisions_key(job_id), entry["item_id"])
+            if recorded is not None:
+                entry["decision"] = json.loads(recorded).get("decision", entry.get("decision", ""))
             index = self.state.index
             if index is None or index_item_id(job_id, entry["item_id"]) not in index:
                 try:
@@ -291,22 +297,35 @@ class Curator:
                     image_uri=entry.get("image_uri") or "",
                     owner=entry.get("owner") or "",
                     taste_score=entry.get("taste_score"),
+                    dataset_id=entry.get("dataset_id") or "",
+                    decision=entry.get("decision") or "accepted",
                 )
             ],
         )
         self.state.mark_dirty()
 
     def catch_up_all(self) -> int:
-        """On start: bring every job's accepted items into the index; returns how many were missing."""
+        """On start: bring every job's decided items into the index; returns how many were missing."""
         before = len(self.state.index) if self.state.index is not None else 0
         with self._local:
-            for key in self.redis.scan_iter(match="sfhq:curate:*:accepted", count=1000):
-                job_id = key[len("sfhq:curate:") : -len(":accepted")]
+            for key in self.redis.scan_iter(match="sfhq:curate:*:decided", count=1000):
+                job_id = key[len("sfhq:curate:") : -len(":decided")]
                 self._catch_up(job_id)
         after = len(self.state.index) if self.state.index is not None else 0
         if after > before:
-            log.info("search: %d accepted items were missing from the saved index; added", after - before)
+            log.info("search: %d decided items were missing from the saved index; added", after - before)
         return after - before
+
+
+def taste_decision(
+    score: float, model: TasteModel, accept_threshold: float | None, reject_threshold: float | None
+) -> Decision:
+    """At or above the high threshold: accepted; below the low one: rejected; between: review."""
+    high = model.high_threshold if accept_threshold is None else accept_threshold
+    low = min(high, model.low_threshold if reject_threshold is None else reject_threshold)
+    if score >= high:
+        return Decision.ACCEPTED
+    return Decision.REJECTED_TASTE if score < low else Decision.REVIEW
 
 
 def _output(

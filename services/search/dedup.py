@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from services.common.errors import InvalidInput
-from services.search.index import SearchFilter, VectorIndex, nlist_for, normalize_rows
+from services.search.index import ItemMeta, SearchFilter, VectorIndex, nlist_for, normalize_rows
 
 log = logging.getLogger(__name__)
 
@@ -363,3 +363,76 @@ def _faiss_ivf_pairs(unit: np.ndarray, threshold: float, seed: int, nprobe: int 
 
 
 __all__ = ["SFHQ_THRESHOLD", "DedupInputError", "DedupResult", "PairSet", "find_pairs", "near_duplicates"]
+
+
+# ---- dataset-wide passes -------------------------------------------------------------------------
+
+
+def _selected(meta: ItemMeta, dataset: SearchFilter) -> bool:
+    """Whether an item's metadata passes the dataset filter's dataset and decisions."""
+    if dataset.dataset_id and meta.dataset_id != dataset.dataset_id:
+        return False
+    return dataset.decisions is None or meta.decision in dataset.decisions
+
+
+@dataclass
+class DuplicateGroup:
+    """A kept item and the near-duplicates removed in its favour: (item id, taste score, similarity)."""
+
+    kept: str
+    kept_score: float | None
+    removed: list[tuple[str, float | None, float]] = field(default_factory=list)
+
+
+def dataset_groups(
+    index: VectorIndex,
+    dataset: SearchFilter,
+    threshold: float = SFHQ_THRESHOLD,
+    *,
+    candidate_ids: list[str] | None = None,
+    include_public: bool = False,
+) -> tuple[list[DuplicateGroup], int]:
+    """Near-duplicate groups among a dataset's kept items; returns (groups, items compared).
+
+    The best-scored member of each group stays (unscored items count as 0); equal scores go to the
+    smaller item id, so the outcome does not depend on the order items were decided. Imported public
+    items (`include_public`) are never removed: they stay and remove what is too close to them.
+    With `candidate_ids`, only the candidates and the items within the threshold of one are compared:
+    the rest of the dataset is clean already, so the groups are the same at a fraction of the cost.
+    """
+    if candidate_ids is None:
+        members = dict(index.items_where(dataset))
+        if include_public:
+            for item_id, meta in index.items_where(SearchFilter(decisions=("",))):
+                if not meta.owner and not meta.job_id:
+                    members.setdefault(item_id, meta)
+        ids = sorted(members)
+    else:
+        # Only the candidates and what lies within the threshold of one: the rest of the dataset is
+        # clean already, and reading every member's metadata would cost more than the search.
+        wanted = [i for i in candidate_ids if (m := index.get_meta(i)) is not None and _selected(m, dataset)]
+        if not wanted:
+            return [], 0
+        chosen = set(wanted)
+        queries = index.vectors_of(wanted)
+        scopes = [dataset, SearchFilter(decisions=("",), owner="")] if include_public else [dataset]
+        for scope in scopes:
+            for matches in index.range_search(queries, threshold, filter=scope):
+                chosen.update(item_id for item_id, _ in matches)
+        ids = sorted(chosen)
+        members = {i: meta for i in ids if (meta := index.get_meta(i)) is not None}
+    if len(ids) < 2:
+        return [], len(ids)
+    fixed = {i for i in ids if not members[i].job_id and not members[i].owner}  # imported: stays
+    scores = np.array([np.inf if i in fixed else (members[i].taste_score or 0.0) for i in ids], np.float64)
+    ranked = np.where(np.isinf(scores), 2.0, scores)  # finite, and above every probability
+    result = near_duplicates(index.vectors_of(ids), threshold, ranked, worst_first=True)
+    groups: dict[int, DuplicateGroup] = {}
+    for position, kept_position, similarity in result.duplicates:
+        assert isinstance(kept_position, int)
+        if ids[position] in fixed:
+            continue  # two imported images close to each other: not ours to remove
+        kept_id = ids[kept_position]
+        group = groups.setdefault(kept_position, DuplicateGroup(kept_id, members[kept_id].taste_score))
+        group.removed.append((ids[position], members[ids[position]].taste_score, similarity))
+    return sorted(groups.values(), key=lambda g: g.kept), len(ids)

@@ -63,6 +63,14 @@ class ItemMeta:
     image_uri: str = ""
     taste_score: float | None = None
     owner: str = ""  # the user whose item it is; "" = public (an imported SFHQ part)
+    dataset_id: str = ""  # the dataset a job's candidate is for
+    decision: str = ""  # the curate decision (DECISIONS); "" = none recorded (imported, or older items)
+
+
+# Curate decisions as the index stores them (one byte per row). "" = no decision: imported items and
+# items indexed before decisions were recorded, which were all accepted ones.
+DECISIONS = ("", "accepted", "review", "rejected_taste", "rejected_duplicate")
+KEPT_DECISIONS = ("", "accepted")  # what a search shows unless asked for more
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class SearchFilter:
     min_taste: float | None = None
     max_taste: float | None = None
     owner: str | None = None  # only this user's items and public ones
+    dataset_id: str | None = None
+    decisions: tuple[str, ...] | None = None  # only items with one of these decisions (None: any)
 
     def is_empty(self) -> bool:
         return (
@@ -82,6 +92,8 @@ class SearchFilter:
             and self.min_taste is None
             and self.max_taste is None
             and self.owner is None
+            and not self.dataset_id
+            and self.decisions is None
         )
 
 
@@ -93,6 +105,8 @@ class Hit:
     job_id: str
     source: str
     taste_score: float | None
+    decision: str = ""
+    dataset_id: str = ""
 
 
 @dataclass
@@ -445,6 +459,8 @@ class _Rows:
     source: _Column = field(init=False)
     owner: _Column = field(init=False)
     taste: _Column = field(init=False)
+    dataset: _Column = field(init=False)
+    decision: _Column = field(init=False)
     item_ids: list[str] = field(default_factory=list)
     image_uris: list[str] = field(default_factory=list)
 
@@ -455,9 +471,24 @@ class _Rows:
         self.source = _Column(np.int32)
         self.owner = _Column(np.int32)
         self.taste = _Column(np.float32, fill=np.nan)
+        self.dataset = _Column(np.int32)
+        self.decision = _Column(np.int8)
 
     def __len__(self) -> int:
         return self.alive.size
+
+    def columns(self) -> tuple[_Column, ...]:
+        """Every per-row column (kept in step by compaction and reordering)."""
+        return (
+            self.vectors,
+            self.alive,
+            self.job,
+            self.source,
+            self.owner,
+            self.taste,
+            self.dataset,
+            self.decision,
+        )
 
 
 class VectorIndex:
@@ -485,6 +516,7 @@ class VectorIndex:
         self._jobs = _Vocabulary([""])
         self._sources = _Vocabulary([""])
         self._owners = _Vocabulary([""])  # code 0 = public
+        self._datasets = _Vocabulary([""])
         self._faiss = (
             build_faiss_index(self.spec, dim, np.zeros((0, dim), np.float32))
             if self.spec.kind in ("flat", "sq_fp16", "hnsw")
@@ -530,6 +562,8 @@ class VectorIndex:
             image_uri=self._rows.image_uris[row],
             taste_score=None if math.isnan(taste) else taste,
             owner=self._owners.words[self._rows.owner.view[row]],
+            dataset_id=self._datasets.words[self._rows.dataset.view[row]],
+            decision=DECISIONS[self._rows.decision.view[row]],
         )
 
     # ---- mutation -----------------------------------------------------------------------------------
@@ -547,6 +581,9 @@ class VectorIndex:
         for item_id in item_ids:
             if not isinstance(item_id, str) or not item_id:
                 raise IndexInputError(f"item ids must be non-empty strings, got {item_id!r}")
+        for meta in metas or ():
+            if meta.decision not in DECISIONS:
+                raise IndexInputError(f"decision {meta.decision!r} is not one of {DECISIONS}")
         if len(set(item_ids)) != len(item_ids):
             raise IndexInputError("item ids in one add() must be unique")
         metas = list(metas) if metas is not None else [ItemMeta() for _ in item_ids]
@@ -564,6 +601,8 @@ class VectorIndex:
             rows.taste.extend(
                 np.array([np.nan if m.taste_score is None else m.taste_score for m in metas], np.float32)
             )
+            rows.dataset.extend(np.array([self._datasets.code(m.dataset_id or "") for m in metas], np.int32))
+            rows.decision.extend(np.array([DECISIONS.index(m.decision) for m in metas], np.int8))
             rows.item_ids.extend(item_ids)
             rows.image_uris.extend(m.image_uri or "" for m in metas)
             for offset, item_id in enumerate(item_ids):
@@ -575,6 +614,31 @@ class VectorIndex:
                 self._rebuild_locked(self.spec)  # an untrained IVF (e.g. loaded without FAISS data)
             self._maybe_rebuild_locked()
             return len(self)
+
+    def set_decision(self, item_ids: Iterable[str], decision: str) -> int:
+        """Record a new decision for indexed items (a review, a dedup pass); returns how many changed."""
+        if decision not in DECISIONS:
+            raise IndexInputError(f"decision {decision!r} is not one of {DECISIONS}")
+        code = DECISIONS.index(decision)
+        with self._lock:
+            rows = [self._row_of[i] for i in item_ids if i in self._row_of]
+            self._rows.decision.view[rows] = code
+            return len(rows)
+
+    def items_where(self, filter: SearchFilter) -> list[tuple[str, ItemMeta]]:
+        """Every item the filter selects, with its metadata (for review queues and dataset passes)."""
+        with self._lock:
+            selection = self._selection(filter)
+            rows = np.flatnonzero(selection) if selection is not None else np.arange(len(self._rows))
+            return [(self._rows.item_ids[r], self._meta(int(r))) for r in rows]
+
+    def vectors_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The stored unit vectors of `item_ids` ([N, D] float32); IndexInputError names a missing one."""
+        with self._lock:
+            missing = [i for i in item_ids if i not in self._row_of]
+            if missing:
+                raise IndexInputError(f"{missing[0]!r} is not in the index ({len(missing)} ids missing)")
+            return self._rows.vectors.view[[self._row_of[i] for i in item_ids]].astype(np.float32)
 
     def remove(self, item_ids: Iterable[str]) -> int:
         """Remove items (unknown ids are ignored); returns how many were removed."""
@@ -662,6 +726,8 @@ class VectorIndex:
         fresh.source = _Column.of(rows.source.view[keep])
         fresh.owner = _Column.of(rows.owner.view[keep])
         fresh.taste = _Column.of(rows.taste.view[keep], fill=np.nan)
+        fresh.dataset = _Column.of(rows.dataset.view[keep])
+        fresh.decision = _Column.of(rows.decision.view[keep])
         fresh.item_ids = [rows.item_ids[r] for r in keep]
         fresh.image_uris = [rows.image_uris[r] for r in keep]
         self._rows = fresh
@@ -673,7 +739,7 @@ class VectorIndex:
         last = np.zeros(len(rows), bool)
         last[chosen] = True
         order = np.concatenate([np.flatnonzero(~last), np.flatnonzero(last)])
-        for column in (rows.vectors, rows.alive, rows.job, rows.source, rows.owner, rows.taste):
+        for column in rows.columns():
             column.data[: column.size] = column.view[order]
         rows.item_ids = [rows.item_ids[r] for r in order]
         rows.image_uris = [rows.image_uris[r] for r in order]
@@ -773,6 +839,12 @@ class VectorIndex:
                 mask &= rows.taste.view >= filter.min_taste  # NaN (unscored) compares False: excluded
             if filter.max_taste is not None:
                 mask &= rows.taste.view <= filter.max_taste
+            if filter.dataset_id:
+                code = self._datasets.codes.get(filter.dataset_id)
+                mask &= rows.dataset.view == (-1 if code is None else code)
+            if filter.decisions is not None:
+                wanted = [DECISIONS.index(d) for d in filter.decisions if d in DECISIONS]
+                mask &= np.isin(rows.decision.view, wanted)
         return mask
 
     def _answer_exactly(self, selection: np.ndarray) -> bool:
@@ -814,6 +886,8 @@ class VectorIndex:
             job_id=meta.job_id,
             source=meta.source,
             taste_score=meta.taste_score,
+            decision=meta.decision,
+            dataset_id=meta.dataset_id,
         )
 
     # ---- persistence --------------------------------------------------------------------------------
@@ -840,6 +914,8 @@ class VectorIndex:
                 source=rows.source.view,
                 owner=rows.owner.view,
                 taste=rows.taste.view,
+                dataset=rows.dataset.view,
+                decision=rows.decision.view,
             )
             manifest = {
                 "format": FORMAT_VERSION,
@@ -854,6 +930,7 @@ class VectorIndex:
                 "jobs": self._jobs.words,
                 "sources": self._sources.words,
                 "owners": self._owners.words,
+                "datasets": self._datasets.words,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             faiss_bytes = faiss.serialize_index(self._faiss).tobytes() if self._faiss is not None else b""
@@ -912,12 +989,17 @@ class VectorIndex:
             columns["owner"] if "owner" in columns else np.zeros(len(columns["alive"]), np.int32)
         )
         rows.taste = _Column.of(columns["taste"], fill=np.nan)
+        # indexes saved before datasets and decisions existed: no dataset, no recorded decision
+        count = len(columns["alive"])
+        rows.dataset = _Column.of(columns["dataset"] if "dataset" in columns else np.zeros(count, np.int32))
+        rows.decision = _Column.of(columns["decision"] if "decision" in columns else np.zeros(count, np.int8))
         rows.item_ids, rows.image_uris = manifest["item_ids"], manifest["image_uris"]
         index._rows = rows
         index._row_of = {rows.item_ids[r]: int(r) for r in np.flatnonzero(rows.alive.view)}
         index._jobs = _Vocabulary(manifest["jobs"])
         index._sources = _Vocabulary(manifest["sources"])
         index._owners = _Vocabulary(manifest.get("owners", [""]))
+        index._datasets = _Vocabulary(manifest.get("datasets", [""]))
         index._built_at = manifest["built_at"]
         index.version = version
         faiss_bytes = store.get(f"{key}/{version}/faiss.index")

@@ -14,10 +14,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,9 +64,40 @@ class LabelRecord:
         )
 
 
+@dataclass
+class _LabelState:
+    """One model's labels as read so far: the files replayed and the training set they make."""
+
+    files: set[str] = field(default_factory=set)
+    latest: dict[str, LabelRecord] = field(default_factory=dict)  # item id -> its latest label
+    anonymous: list[LabelRecord] = field(default_factory=list)  # labels sent with a vector only
+    positives: int = 0  # in the training set (kept up to date by replay)
+
+    def replay(self, records: Sequence[LabelRecord]) -> None:
+        for record in records:
+            if record.item_id:
+                previous = self.latest.pop(record.item_id, None)  # re-insert: the order follows the latest
+                self.positives -= bool(previous and previous.positive)
+                self.latest[record.item_id] = record
+            else:
+                self.anonymous.append(record)
+            self.positives += bool(record.positive)
+
+    def __len__(self) -> int:
+        return len(self.anonymous) + len(self.latest)
+
+    def chosen(self) -> list[LabelRecord]:
+        return self.anonymous + list(self.latest.values())
+
+
 class LabelStore:
+    """The label logs, with each model's training set kept in memory: appending a batch costs what
+    the batch costs (one file written, the cache updated), not a re-read of every label."""
+
     def __init__(self, blob_store) -> None:
         self.store = blob_store
+        self._states: dict[str, _LabelState] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def _prefix(name: str) -> str:
@@ -85,34 +117,50 @@ class LabelStore:
             lines.append(json.dumps(record.to_json()))
         key = f"{self._prefix(name)}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         self.store.put(key, ("\n".join(lines) + "\n").encode())
+        with self._lock:
+            state = self._states.get(name)
+            if state is not None:  # warm: the new file is replayed from memory
+                state.files.add(key)
+                state.replay(records)
         return key
 
+    def _state(self, name: str, *, refresh: bool) -> _LabelState:
+        """The cached state, reading only files not seen yet (all of them the first time; with
+        `refresh`, also files other processes wrote meanwhile)."""
+        with self._lock:
+            state = self._states.get(name)
+            if state is not None and not refresh:
+                return state
+            state = state or _LabelState()
+            for key in self.store.list(self._prefix(name)):
+                if key.endswith(".jsonl") and key not in state.files:
+                    state.files.add(key)
+                    state.replay(self._read(key))
+            self._states[name] = state
+            return state
+
+    def _read(self, key: str) -> list[LabelRecord]:
+        out = []
+        for line_no, line in enumerate(self.store.get(key).decode().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(LabelRecord.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable label %s line %d: %s", key, line_no, exc)
+        return out
+
     def records(self, name: str) -> list[LabelRecord]:
-        """Every label of `name`, oldest first."""
+        """Every label of `name`, oldest first (re-read from the store)."""
         out: list[LabelRecord] = []
         for key in self.store.list(self._prefix(name)):
-            if not key.endswith(".jsonl"):
-                continue
-            for line_no, line in enumerate(self.store.get(key).decode().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(LabelRecord.from_json(json.loads(line)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipping unreadable label %s line %d: %s", key, line_no, exc)
+            if key.endswith(".jsonl"):
+                out.extend(self._read(key))
         return out
 
     def training_set(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(features [N, D] float32, labels [N] bool): the latest label per item; item-less labels all count."""
-        latest: dict[str, LabelRecord] = {}
-        anonymous: list[LabelRecord] = []
-        for record in self.records(name):
-            if record.item_id:
-                latest.pop(record.item_id, None)  # re-insert so the order follows the latest label
-                latest[record.item_id] = record
-            else:
-                anonymous.append(record)
-        chosen = anonymous + list(latest.values())
+        chosen = self._state(name, refresh=True).chosen()
         if not chosen:
             return np.zeros((0, 0), np.float32), np.zeros(0, bool)
         dims = {r.features.size for r in chosen}
@@ -121,6 +169,6 @@ class LabelStore:
         return np.stack([r.features for r in chosen]), np.array([r.positive for r in chosen], bool)
 
     def counts(self, name: str) -> tuple[int, int]:
-        """(positives, negatives) in the training set."""
-        _, labels = self.training_set(name)
-        return int(labels.sum()), int((~labels).sum())
+        """(positives, negatives) in the training set (from memory once read)."""
+        state = self._state(name, refresh=False)
+        return state.positives, len(state) - state.positives

@@ -7,15 +7,17 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, NotFound
 from services.common.rpc import read_vector
-from services.search.dedup import DedupResult
-from services.search.index import Hit, ItemMeta, SearchFilter, VectorIndex
+from services.search.dedup import DedupResult, DuplicateGroup
+from services.search.index import DECISIONS, KEPT_DECISIONS, Hit, ItemMeta, SearchFilter, VectorIndex
 from services.search.labels import LabelRecord
 from services.search.taste import TasteModel
 from sfhq.v1 import common_pb2, search_pb2
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 75 tokens anyway
+MAX_LABELER_CHARS = 64
+MAX_ITEM_ID_CHARS = 200
 
 
 def text(value: str, what: str) -> str:
@@ -24,13 +26,24 @@ def text(value: str, what: str) -> str:
     return value
 
 
-def search_filter(message: search_pb2.SearchFilter) -> SearchFilter:
+def search_filter(
+    message: search_pb2.SearchFilter, default_decisions: tuple[str, ...] | None = KEPT_DECISIONS
+) -> SearchFilter:
+    """The filter of a request; no decisions named means `default_decisions` ("*" alone: any)."""
+    decisions: tuple[str, ...] | None = tuple(message.decisions) or default_decisions
+    if decisions == ("*",):
+        decisions = None
+    for decision in decisions or ():
+        if decision not in DECISIONS:
+            raise InvalidInput(f"filter.decisions: {decision!r} is not one of {', '.join(DECISIONS[1:])}")
     return SearchFilter(
         job_id=message.job_id or None,
         source=message.source or None,
         min_taste=message.min_taste_score if message.HasField("min_taste_score") else None,
         max_taste=message.max_taste_score if message.HasField("max_taste_score") else None,
         owner=message.owner or None,
+        dataset_id=message.dataset_id or None,
+        decisions=decisions,
     )
 
 
@@ -44,6 +57,8 @@ def search_response(hits: Iterable[Hit]) -> search_pb2.SearchResponse:
                 job_id=hit.job_id,
                 source=hit.source,
                 taste_score=hit.taste_score,
+                decision=hit.decision,
+                dataset_id=hit.dataset_id,
             )
             for hit in hits
         ]
@@ -58,8 +73,10 @@ def item_metas(items: Sequence[search_pb2.IndexedItem]) -> list[ItemMeta]:
             image_uri=item.image_uri,
             taste_score=item.taste_score if item.HasField("taste_score") else None,
             owner=item.owner,
+            dataset_id=item.dataset_id,
+            decision=decision(item.decision, f"items[{n}].decision"),
         )
-        for item in items
+        for n, item in enumerate(items)
     ]
 
 
@@ -97,12 +114,16 @@ def label_records(labels: Sequence[search_pb2.ItemLabel], index: VectorIndex | N
         elif label.item_id:
             found = index.get_vector(label.item_id) if index is not None else None
             if found is None:
-                raise InvalidInput(
-                    f"label {i}: item {label.item_id!r} is not in the index; send its vector instead"
+                raise NotFound(
+                    f"labels[{i}].item_id: no indexed item {label.item_id!r}; send its vector instead"
                 )
             features = found
         else:
-            raise InvalidInput(f"label {i} has neither an item id nor a vector")
+            raise InvalidInput(f"labels[{i}]: neither an item id nor a vector")
+        if len(label.labeler) > MAX_LABELER_CHARS or len(label.item_id) > MAX_ITEM_ID_CHARS:
+            raise InvalidInput(
+                f"labels[{i}]: labeler at most {MAX_LABELER_CHARS} characters, item_id at most {MAX_ITEM_ID_CHARS}"
+            )
         records.append(
             LabelRecord(
                 features=features,
@@ -127,4 +148,34 @@ def taste_info(model: TasteModel) -> search_pb2.TasteModelInfo:
         low_threshold=model.low_threshold,
         high_threshold=model.high_threshold,
         created_at=model.created_at,
+        family=model.family,
+        member_weights=model.weights,
+        member_auc=model.member_auc,
+        train_seconds=model.train_seconds,
+        feature_keys=model.feature_keys,
+    )
+
+
+def decision(value: str, field: str) -> str:
+    if value not in DECISIONS:
+        raise InvalidInput(f"{field}: {value!r} is not one of {', '.join(DECISIONS[1:])} (or empty)")
+    return value
+
+
+def groups_response(
+    groups: list[DuplicateGroup], items: int, seconds: float
+) -> search_pb2.DedupGroupsResponse:
+    def member(item_id: str, score: float | None, similarity: float) -> search_pb2.GroupMember:
+        return search_pb2.GroupMember(item_id=item_id, taste_score=score, similarity=similarity)
+
+    return search_pb2.DedupGroupsResponse(
+        groups=[
+            search_pb2.DuplicateGroup(
+                kept=member(group.kept, group.kept_score, 1.0),
+                removed=[member(i, score, sim) for i, score, sim in group.removed],
+            )
+            for group in groups
+        ],
+        items=items,
+        seconds=seconds,
     )

@@ -1,7 +1,9 @@
 """Search service: CLIP features, the vector index, near-duplicates and taste models behind gRPC
 (`sfhq.v1.Search`) and the `embed` / `curate` stages. Wiring only.
 
-* RPCs: Embed, Search (text / image / vector, with filters), Add, Remove, Dedup, Label, TrainTaste, Score.
+* RPCs: Embed, Search (text / image / vector, with filters), Add, Remove, Dedup; and from
+  `curation_rpcs.py`: Label, TrainTaste, Score, ListTasteModels, GetTasteModel, NextReview,
+  SetDecisions, DedupGroups.
 * `embed` stage: `EmbedPayload` -> `EmbedOutput` (raw float32 CLIP features), one CLIP batch per worker batch.
 * `curate` stage: `CuratePayload` -> `CurateOutput` (services.search.curate; one job's tasks in order
   under that job's lock).
@@ -34,20 +36,20 @@ from services.common.weights import WeightsRegistry
 from services.search import messages
 from services.search.clip_model import ClipEmbedder, clip_provenance, load_clip_from_registry
 from services.search.curate import CurateRequest, Curator
+from services.search.curation import CurationDesk
+from services.search.curation_rpcs import CurationRpcs
 from services.search.dedup import SFHQ_THRESHOLD, near_duplicates
 from services.search.labels import LabelStore
 from services.search.state import INDEX_KEY, IndexState
-from services.search.taste import TasteCache, TasteModel, TasteStore, qualified_name
+from services.search.taste import TasteCache, TasteStore
 from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import common_pb2, search_pb2, search_pb2_grpc
 
-DEFAULT_TASTE_MODEL = "default"
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 1000
 MAX_IMAGES_PER_REQUEST = 256
 MAX_TEXTS_PER_REQUEST = 1024
 MAX_VECTORS_PER_REQUEST = 500_000
-MAX_LABELS_PER_REQUEST = 10_000
 
 ClipModel = LazyModel[ClipEmbedder]
 
@@ -69,8 +71,9 @@ def clip_model(settings: Settings, registry: WeightsRegistry | None = None) -> C
     return LazyModel("clip", load)
 
 
-class SearchServicer(search_pb2_grpc.SearchServicer):
-    """`sfhq.v1.Search`: typed errors raised here become the call's status."""
+class SearchServicer(CurationRpcs, search_pb2_grpc.SearchServicer):
+    """`sfhq.v1.Search`: typed errors raised here become the call's status. The curation RPCs
+    (labels, taste models, review, decisions, dataset dedup) come from `CurationRpcs`."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         settings: Settings,
         tastes: TasteCache,
         labels: LabelStore,
+        curator: Curator | None = None,
     ) -> None:
         self.clip = clip
         self.state = state
@@ -87,6 +91,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self.settings = settings
         self.tastes = tastes
         self.labels = labels
+        self.desk = CurationDesk(state, tastes, curator)
         self._train_lock = threading.Lock()  # one training at a time: versions stay consecutive
 
     def _images(self, messages: list[common_pb2.Image], what: str = "image") -> np.ndarray:
@@ -165,38 +170,6 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         )
         return messages.dedup_response(result)
 
-    def Label(
-        self, request: search_pb2.LabelRequest, context: grpc.ServicerContext
-    ) -> search_pb2.LabelResponse:
-        name = qualified_name(request.owner, request.taste_model or DEFAULT_TASTE_MODEL)
-        check_count(request.labels, "labels", MAX_LABELS_PER_REQUEST)
-        self.labels.append(name, messages.label_records(request.labels, self.state.index))
-        positives, negatives = self.labels.counts(name)
-        return search_pb2.LabelResponse(positives=positives, negatives=negatives)
-
-    def TrainTaste(
-        self, request: search_pb2.TrainTasteRequest, context: grpc.ServicerContext
-    ) -> search_pb2.TasteModelInfo:
-        name = qualified_name(request.owner, request.taste_model or DEFAULT_TASTE_MODEL)
-        with self._train_lock:
-            features, labels = self.labels.training_set(name)
-            model = TasteModel.train(features, labels, name=name)
-            self.tastes.store.save(model)
-            self.tastes.forget(name)
-        return messages.taste_info(model)
-
-    def Score(
-        self, request: search_pb2.ScoreRequest, context: grpc.ServicerContext
-    ) -> search_pb2.ScoreResponse:
-        if not request.vectors and not request.images:
-            raise InvalidInput("the request has neither vectors nor images")
-        model = self.tastes(qualified_name(request.owner, request.taste_model or DEFAULT_TASTE_MODEL))
-        rows = [messages.vectors(request.vectors)] if request.vectors else []
-        if request.images:
-            rows.append(self._images(list(request.images)))
-        scores = model.predict_proba(np.concatenate(rows)).tolist()
-        return search_pb2.ScoreResponse(scores=scores, model=messages.taste_info(model))
-
 
 def embed_stage(clip: ClipModel, blobs: BlobStore, settings: Settings) -> StageHandler:
     """`embed`: one CLIP batch for every readable image of a worker batch."""
@@ -250,14 +223,16 @@ def build_process(
     clip = clip or clip_model(settings)
     tastes = TasteCache(TasteStore(blobs))
     process = ServiceProcess("search", settings)
-    servicer = SearchServicer(clip, state, blobs, settings, tastes, LabelStore(blobs))
-    process.add_servicer(servicer, search_pb2_grpc.add_SearchServicer_to_server, search_pb2)
-    process.add_worker("embed", embed_stage(clip, blobs, settings))
+    curator = None
     if "curate" in settings.stages_for("search"):
         curator = Curator(
             redis_client if redis_client is not None else process.queue.redis, state, blobs, tastes
         )
         curator.catch_up_all()
+    servicer = SearchServicer(clip, state, blobs, settings, tastes, LabelStore(blobs), curator)
+    process.add_servicer(servicer, search_pb2_grpc.add_SearchServicer_to_server, search_pb2)
+    process.add_worker("embed", embed_stage(clip, blobs, settings))
+    if curator is not None:
         process.add_worker("curate", curate_stage(curator))
     state.start_saver()
     process.on_stop(state.close)

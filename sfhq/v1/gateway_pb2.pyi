@@ -61,16 +61,18 @@ class SamplingSpec(_message.Message):
     def __init__(self, count: _Optional[int] = ..., first_seed: _Optional[int] = ..., psi_min: _Optional[float] = ..., psi_max: _Optional[float] = ..., correction: _Optional[_Union[_common_pb2.Strategy, _Mapping]] = ...) -> None: ...
 
 class CurationSpec(_message.Message):
-    __slots__ = ("taste_model", "accept_threshold", "dedup_threshold", "disable_dedup")
+    __slots__ = ("taste_model", "accept_threshold", "dedup_threshold", "disable_dedup", "reject_threshold")
     TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DEDUP_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DISABLE_DEDUP_FIELD_NUMBER: _ClassVar[int]
+    REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     taste_model: str
     accept_threshold: float
     dedup_threshold: float
     disable_dedup: bool
-    def __init__(self, taste_model: _Optional[str] = ..., accept_threshold: _Optional[float] = ..., dedup_threshold: _Optional[float] = ..., disable_dedup: _Optional[bool] = ...) -> None: ...
+    reject_threshold: float
+    def __init__(self, taste_model: _Optional[str] = ..., accept_threshold: _Optional[float] = ..., dedup_threshold: _Optional[float] = ..., disable_dedup: _Optional[bool] = ..., reject_threshold: _Optional[float] = ...) -> None: ...
 
 class OutputSpec(_message.Message):
     __slots__ = ("dataset_uri", "part", "image_size", "jpeg_quality", "annotation_size", "write_mode")
@@ -128,7 +130,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class JobCounts(_message.Message):
-    __slots__ = ("inputs", "items", "candidates", "accepted", "rejected_taste", "rejected_duplicate", "failed", "in_flight", "done_by_stage", "written", "cancelled")
+    __slots__ = ("inputs", "items", "candidates", "accepted", "rejected_taste", "rejected_duplicate", "failed", "in_flight", "done_by_stage", "written", "cancelled", "review")
     class DoneByStageEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +149,7 @@ class JobCounts(_message.Message):
     DONE_BY_STAGE_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
     inputs: int
     items: int
     candidates: int
@@ -158,7 +161,8 @@ class JobCounts(_message.Message):
     done_by_stage: _containers.ScalarMap[str, int]
     written: int
     cancelled: int
-    def __init__(self, inputs: _Optional[int] = ..., items: _Optional[int] = ..., candidates: _Optional[int] = ..., accepted: _Optional[int] = ..., rejected_taste: _Optional[int] = ..., rejected_duplicate: _Optional[int] = ..., failed: _Optional[int] = ..., in_flight: _Optional[int] = ..., done_by_stage: _Optional[_Mapping[str, int]] = ..., written: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+    review: int
+    def __init__(self, inputs: _Optional[int] = ..., items: _Optional[int] = ..., candidates: _Optional[int] = ..., accepted: _Optional[int] = ..., rejected_taste: _Optional[int] = ..., rejected_duplicate: _Optional[int] = ..., failed: _Optional[int] = ..., in_flight: _Optional[int] = ..., done_by_stage: _Optional[_Mapping[str, int]] = ..., written: _Optional[int] = ..., cancelled: _Optional[int] = ..., review: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "spec", "state", "counts", "dataset_uri", "created_at", "updated_at", "error", "owner", "name", "mode", "dataset_id")
@@ -336,3 +340,145 @@ class ImportItemsResponse(_message.Message):
     index_size: int
     batches: int
     def __init__(self, added: _Optional[int] = ..., index_size: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...
+
+class ScoreItemsRequest(_message.Message):
+    __slots__ = ("taste_model", "job_id", "dataset_uri", "limit")
+    TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_URI_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    taste_model: str
+    job_id: str
+    dataset_uri: str
+    limit: int
+    def __init__(self, taste_model: _Optional[str] = ..., job_id: _Optional[str] = ..., dataset_uri: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ScoredItem(_message.Message):
+    __slots__ = ("item_id", "stem", "score", "decision")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    STEM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    stem: str
+    score: float
+    decision: str
+    def __init__(self, item_id: _Optional[str] = ..., stem: _Optional[str] = ..., score: _Optional[float] = ..., decision: _Optional[str] = ...) -> None: ...
+
+class ScoreItemsResponse(_message.Message):
+    __slots__ = ("items", "model", "histogram")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model: _search_pb2.TasteModelInfo
+    histogram: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[_search_pb2.TasteModelInfo, _Mapping]] = ..., histogram: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReviewQueueRequest(_message.Message):
+    __slots__ = ("job_id", "count", "include_images")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    count: int
+    include_images: bool
+    def __init__(self, job_id: _Optional[str] = ..., count: _Optional[int] = ..., include_images: _Optional[bool] = ...) -> None: ...
+
+class ReviewEntry(_message.Message):
+    __slots__ = ("item", "score", "uncertainty")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    score: float
+    uncertainty: float
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., score: _Optional[float] = ..., uncertainty: _Optional[float] = ...) -> None: ...
+
+class ReviewQueueResponse(_message.Message):
+    __slots__ = ("items", "waiting")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ReviewEntry]
+    waiting: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewEntry, _Mapping]]] = ..., waiting: _Optional[int] = ...) -> None: ...
+
+class ReviewRequest(_message.Message):
+    __slots__ = ("job_id", "item_id", "accept", "labeler")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    LABELER_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    item_id: str
+    accept: bool
+    labeler: str
+    def __init__(self, job_id: _Optional[str] = ..., item_id: _Optional[str] = ..., accept: _Optional[bool] = ..., labeler: _Optional[str] = ...) -> None: ...
+
+class CurateDatasetRequest(_message.Message):
+    __slots__ = ("dataset_uri", "taste_model", "threshold", "dry_run")
+    DATASET_URI_FIELD_NUMBER: _ClassVar[int]
+    TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dataset_uri: str
+    taste_model: str
+    threshold: float
+    dry_run: bool
+    def __init__(self, dataset_uri: _Optional[str] = ..., taste_model: _Optional[str] = ..., threshold: _Optional[float] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class MovedItem(_message.Message):
+    __slots__ = ("stem", "score", "reason", "duplicate_of", "similarity")
+    STEM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    stem: str
+    score: float
+    reason: str
+    duplicate_of: str
+    similarity: float
+    def __init__(self, stem: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class CurateDatasetResponse(_message.Message):
+    __slots__ = ("scored", "kept", "moved", "threshold", "model", "dry_run")
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    scored: int
+    kept: int
+    moved: _containers.RepeatedCompositeFieldContainer[MovedItem]
+    threshold: float
+    model: _search_pb2.TasteModelInfo
+    dry_run: bool
+    def __init__(self, scored: _Optional[int] = ..., kept: _Optional[int] = ..., moved: _Optional[_Iterable[_Union[MovedItem, _Mapping]]] = ..., threshold: _Optional[float] = ..., model: _Optional[_Union[_search_pb2.TasteModelInfo, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DedupDatasetRequest(_message.Message):
+    __slots__ = ("dataset_uri", "threshold", "dry_run", "include_public")
+    DATASET_URI_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    dataset_uri: str
+    threshold: float
+    dry_run: bool
+    include_public: bool
+    def __init__(self, dataset_uri: _Optional[str] = ..., threshold: _Optional[float] = ..., dry_run: _Optional[bool] = ..., include_public: _Optional[bool] = ...) -> None: ...
+
+class DedupDatasetResponse(_message.Message):
+    __slots__ = ("groups", "items", "moved", "dry_run", "seconds")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[_search_pb2.DuplicateGroup]
+    items: int
+    moved: _containers.RepeatedCompositeFieldContainer[MovedItem]
+    dry_run: bool
+    seconds: float
+    def __init__(self, groups: _Optional[_Iterable[_Union[_search_pb2.DuplicateGroup, _Mapping]]] = ..., items: _Optional[int] = ..., moved: _Optional[_Iterable[_Union[MovedItem, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., seconds: _Optional[float] = ...) -> None: ...

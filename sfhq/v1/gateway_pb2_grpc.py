@@ -85,6 +85,46 @@ class GatewayStub:
                 request_serializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsRequest.SerializeToString,
                 response_deserializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsResponse.FromString,
                 _registered_method=True)
+        self.TrainTaste = channel.unary_unary(
+                '/sfhq.v1.Gateway/TrainTaste',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.TrainTasteRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.TasteModelInfo.FromString,
+                _registered_method=True)
+        self.ListTasteModels = channel.unary_unary(
+                '/sfhq.v1.Gateway/ListTasteModels',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsResponse.FromString,
+                _registered_method=True)
+        self.GetTasteModel = channel.unary_unary(
+                '/sfhq.v1.Gateway/GetTasteModel',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.GetTasteModelRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.TasteModelInfo.FromString,
+                _registered_method=True)
+        self.ScoreItems = channel.unary_unary(
+                '/sfhq.v1.Gateway/ScoreItems',
+                request_serializer=sfhq_dot_v1_dot_gateway__pb2.ScoreItemsRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_gateway__pb2.ScoreItemsResponse.FromString,
+                _registered_method=True)
+        self.ReviewQueue = channel.unary_unary(
+                '/sfhq.v1.Gateway/ReviewQueue',
+                request_serializer=sfhq_dot_v1_dot_gateway__pb2.ReviewQueueRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_gateway__pb2.ReviewQueueResponse.FromString,
+                _registered_method=True)
+        self.Review = channel.unary_unary(
+                '/sfhq.v1.Gateway/Review',
+                request_serializer=sfhq_dot_v1_dot_gateway__pb2.ReviewRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_gateway__pb2.Item.FromString,
+                _registered_method=True)
+        self.CurateDataset = channel.unary_unary(
+                '/sfhq.v1.Gateway/CurateDataset',
+                request_serializer=sfhq_dot_v1_dot_gateway__pb2.CurateDatasetRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_gateway__pb2.CurateDatasetResponse.FromString,
+                _registered_method=True)
+        self.DedupDataset = channel.unary_unary(
+                '/sfhq.v1.Gateway/DedupDataset',
+                request_serializer=sfhq_dot_v1_dot_gateway__pb2.DedupDatasetRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_gateway__pb2.DedupDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -153,6 +193,58 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainTaste(self, request, context):
+        """Curation (docs/curation.md). Taste models: trained from the caller's labels, versioned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasteModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTasteModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScoreItems(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewQueue(self, request, context):
+        """The review band: the items a person should look at next (active learning), and their verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Review(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CurateDataset(self, request, context):
+        """Dataset passes: re-score with a taste model, remove near-duplicates (worst first). What leaves
+        the dataset moves to its rejected/ folder, never deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DedupDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +297,46 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ImportItems,
                     request_deserializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsRequest.FromString,
                     response_serializer=sfhq_dot_v1_dot_gateway__pb2.ImportItemsResponse.SerializeToString,
+            ),
+            'TrainTaste': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainTaste,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.TrainTasteRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.TasteModelInfo.SerializeToString,
+            ),
+            'ListTasteModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasteModels,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsResponse.SerializeToString,
+            ),
+            'GetTasteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTasteModel,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.GetTasteModelRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.TasteModelInfo.SerializeToString,
+            ),
+            'ScoreItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreItems,
+                    request_deserializer=sfhq_dot_v1_dot_gateway__pb2.ScoreItemsRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_gateway__pb2.ScoreItemsResponse.SerializeToString,
+            ),
+            'ReviewQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewQueue,
+                    request_deserializer=sfhq_dot_v1_dot_gateway__pb2.ReviewQueueRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_gateway__pb2.ReviewQueueResponse.SerializeToString,
+            ),
+            'Review': grpc.unary_unary_rpc_method_handler(
+                    servicer.Review,
+                    request_deserializer=sfhq_dot_v1_dot_gateway__pb2.ReviewRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_gateway__pb2.Item.SerializeToString,
+            ),
+            'CurateDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.CurateDataset,
+                    request_deserializer=sfhq_dot_v1_dot_gateway__pb2.CurateDatasetRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_gateway__pb2.CurateDatasetResponse.SerializeToString,
+            ),
+            'DedupDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DedupDataset,
+                    request_deserializer=sfhq_dot_v1_dot_gateway__pb2.DedupDatasetRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_gateway__pb2.DedupDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +609,222 @@ class Gateway:
             '/sfhq.v1.Gateway/ImportItems',
             sfhq_dot_v1_dot_gateway__pb2.ImportItemsRequest.SerializeToString,
             sfhq_dot_v1_dot_gateway__pb2.ImportItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainTaste(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/TrainTaste',
+            sfhq_dot_v1_dot_search__pb2.TrainTasteRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.TasteModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasteModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/ListTasteModels',
+            sfhq_dot_v1_dot_search__pb2.ListTasteModelsRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.ListTasteModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTasteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/GetTasteModel',
+            sfhq_dot_v1_dot_search__pb2.GetTasteModelRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.TasteModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/ScoreItems',
+            sfhq_dot_v1_dot_gateway__pb2.ScoreItemsRequest.SerializeToString,
+            sfhq_dot_v1_dot_gateway__pb2.ScoreItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/ReviewQueue',
+            sfhq_dot_v1_dot_gateway__pb2.ReviewQueueRequest.SerializeToString,
+            sfhq_dot_v1_dot_gateway__pb2.ReviewQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Review(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/Review',
+            sfhq_dot_v1_dot_gateway__pb2.ReviewRequest.SerializeToString,
+            sfhq_dot_v1_dot_gateway__pb2.Item.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CurateDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/CurateDataset',
+            sfhq_dot_v1_dot_gateway__pb2.CurateDatasetRequest.SerializeToString,
+            sfhq_dot_v1_dot_gateway__pb2.CurateDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DedupDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Gateway/DedupDataset',
+            sfhq_dot_v1_dot_gateway__pb2.DedupDatasetRequest.SerializeToString,
+            sfhq_dot_v1_dot_gateway__pb2.DedupDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,18 +24,22 @@ class EmbedResponse(_message.Message):
     def __init__(self, image_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., text_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ...) -> None: ...
 
 class SearchFilter(_message.Message):
-    __slots__ = ("job_id", "source", "min_taste_score", "max_taste_score", "owner")
+    __slots__ = ("job_id", "source", "min_taste_score", "max_taste_score", "owner", "dataset_id", "decisions")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MIN_TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
     MAX_TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     source: str
     min_taste_score: float
     max_taste_score: float
     owner: str
-    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., min_taste_score: _Optional[float] = ..., max_taste_score: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
+    dataset_id: str
+    decisions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., min_taste_score: _Optional[float] = ..., max_taste_score: _Optional[float] = ..., owner: _Optional[str] = ..., dataset_id: _Optional[str] = ..., decisions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("text", "image", "vector", "top_k", "filter")
@@ -52,20 +56,24 @@ class SearchRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[SearchFilter, _Mapping]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("item_id", "score", "image_uri", "job_id", "source", "taste_score")
+    __slots__ = ("item_id", "score", "image_uri", "job_id", "source", "taste_score", "decision", "dataset_id")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     image_uri: str
     job_id: str
     source: str
     taste_score: float
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ...) -> None: ...
+    decision: str
+    dataset_id: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., decision: _Optional[str] = ..., dataset_id: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -74,7 +82,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class IndexedItem(_message.Message):
-    __slots__ = ("item_id", "vector", "image_uri", "job_id", "source", "taste_score", "owner")
+    __slots__ = ("item_id", "vector", "image_uri", "job_id", "source", "taste_score", "owner", "dataset_id", "decision")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +90,8 @@ class IndexedItem(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     vector: _common_pb2.Tensor
     image_uri: str
@@ -89,7 +99,9 @@ class IndexedItem(_message.Message):
     source: str
     taste_score: float
     owner: str
-    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
+    dataset_id: str
+    decision: str
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., owner: _Optional[str] = ..., dataset_id: _Optional[str] = ..., decision: _Optional[str] = ...) -> None: ...
 
 class AddRequest(_message.Message):
     __slots__ = ("items",)
@@ -180,15 +192,31 @@ class LabelResponse(_message.Message):
     def __init__(self, positives: _Optional[int] = ..., negatives: _Optional[int] = ...) -> None: ...
 
 class TrainTasteRequest(_message.Message):
-    __slots__ = ("taste_model", "owner")
+    __slots__ = ("taste_model", "owner", "family")
     TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     taste_model: str
     owner: str
-    def __init__(self, taste_model: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    family: str
+    def __init__(self, taste_model: _Optional[str] = ..., owner: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class TasteModelInfo(_message.Message):
-    __slots__ = ("name", "version", "positives", "negatives", "cv_accuracy", "cv_auc", "low_threshold", "high_threshold", "created_at", "owner")
+    __slots__ = ("name", "version", "positives", "negatives", "cv_accuracy", "cv_auc", "low_threshold", "high_threshold", "created_at", "owner", "family", "member_weights", "member_auc", "train_seconds", "feature_keys")
+    class MemberWeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MemberAucEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POSITIVES_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +227,11 @@ class TasteModelInfo(_message.Message):
     HIGH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_AUC_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     positives: int
@@ -209,24 +242,143 @@ class TasteModelInfo(_message.Message):
     high_threshold: float
     created_at: str
     owner: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., positives: _Optional[int] = ..., negatives: _Optional[int] = ..., cv_accuracy: _Optional[float] = ..., cv_auc: _Optional[float] = ..., low_threshold: _Optional[float] = ..., high_threshold: _Optional[float] = ..., created_at: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    family: str
+    member_weights: _containers.ScalarMap[str, float]
+    member_auc: _containers.ScalarMap[str, float]
+    train_seconds: float
+    feature_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., positives: _Optional[int] = ..., negatives: _Optional[int] = ..., cv_accuracy: _Optional[float] = ..., cv_auc: _Optional[float] = ..., low_threshold: _Optional[float] = ..., high_threshold: _Optional[float] = ..., created_at: _Optional[str] = ..., owner: _Optional[str] = ..., family: _Optional[str] = ..., member_weights: _Optional[_Mapping[str, float]] = ..., member_auc: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ..., feature_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("taste_model", "vectors", "images", "owner")
+    __slots__ = ("taste_model", "vectors", "images", "owner", "item_ids")
     TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     taste_model: str
     vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
     images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
     owner: str
-    def __init__(self, taste_model: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, taste_model: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., owner: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("scores", "model")
+    __slots__ = ("scores", "model", "uncertainty")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     model: TasteModelInfo
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[TasteModelInfo, _Mapping]] = ...) -> None: ...
+    uncertainty: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[TasteModelInfo, _Mapping]] = ..., uncertainty: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ListTasteModelsRequest(_message.Message):
+    __slots__ = ("owner",)
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    def __init__(self, owner: _Optional[str] = ...) -> None: ...
+
+class ListTasteModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[TasteModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[TasteModelInfo, _Mapping]]] = ...) -> None: ...
+
+class GetTasteModelRequest(_message.Message):
+    __slots__ = ("taste_model", "owner")
+    TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    taste_model: str
+    owner: str
+    def __init__(self, taste_model: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class NextReviewRequest(_message.Message):
+    __slots__ = ("taste_model", "owner", "filter", "count")
+    TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    taste_model: str
+    owner: str
+    filter: SearchFilter
+    count: int
+    def __init__(self, taste_model: _Optional[str] = ..., owner: _Optional[str] = ..., filter: _Optional[_Union[SearchFilter, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ReviewCandidate(_message.Message):
+    __slots__ = ("item_id", "score", "uncertainty", "image_uri", "job_id", "decision")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    uncertainty: float
+    image_uri: str
+    job_id: str
+    decision: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., uncertainty: _Optional[float] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., decision: _Optional[str] = ...) -> None: ...
+
+class NextReviewResponse(_message.Message):
+    __slots__ = ("items", "waiting")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ReviewCandidate]
+    waiting: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewCandidate, _Mapping]]] = ..., waiting: _Optional[int] = ...) -> None: ...
+
+class SetDecisionsRequest(_message.Message):
+    __slots__ = ("item_ids", "decision")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    decision: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., decision: _Optional[str] = ...) -> None: ...
+
+class SetDecisionsResponse(_message.Message):
+    __slots__ = ("updated",)
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    updated: int
+    def __init__(self, updated: _Optional[int] = ...) -> None: ...
+
+class DedupGroupsRequest(_message.Message):
+    __slots__ = ("filter", "threshold", "candidate_ids", "include_public")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    filter: SearchFilter
+    threshold: float
+    candidate_ids: _containers.RepeatedScalarFieldContainer[str]
+    include_public: bool
+    def __init__(self, filter: _Optional[_Union[SearchFilter, _Mapping]] = ..., threshold: _Optional[float] = ..., candidate_ids: _Optional[_Iterable[str]] = ..., include_public: _Optional[bool] = ...) -> None: ...
+
+class GroupMember(_message.Message):
+    __slots__ = ("item_id", "taste_score", "similarity")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    taste_score: float
+    similarity: float
+    def __init__(self, item_id: _Optional[str] = ..., taste_score: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class DuplicateGroup(_message.Message):
+    __slots__ = ("kept", "removed")
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    kept: GroupMember
+    removed: _containers.RepeatedCompositeFieldContainer[GroupMember]
+    def __init__(self, kept: _Optional[_Union[GroupMember, _Mapping]] = ..., removed: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ...) -> None: ...
+
+class DedupGroupsResponse(_message.Message):
+    __slots__ = ("groups", "items", "seconds")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[DuplicateGroup]
+    items: int
+    seconds: float
+    def __init__(self, groups: _Optional[_Iterable[_Union[DuplicateGroup, _Mapping]]] = ..., items: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

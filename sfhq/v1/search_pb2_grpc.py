@@ -74,6 +74,31 @@ class SearchStub:
                 request_serializer=sfhq_dot_v1_dot_search__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=sfhq_dot_v1_dot_search__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ListTasteModels = channel.unary_unary(
+                '/sfhq.v1.Search/ListTasteModels',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsResponse.FromString,
+                _registered_method=True)
+        self.GetTasteModel = channel.unary_unary(
+                '/sfhq.v1.Search/GetTasteModel',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.GetTasteModelRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.TasteModelInfo.FromString,
+                _registered_method=True)
+        self.NextReview = channel.unary_unary(
+                '/sfhq.v1.Search/NextReview',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.NextReviewRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.NextReviewResponse.FromString,
+                _registered_method=True)
+        self.SetDecisions = channel.unary_unary(
+                '/sfhq.v1.Search/SetDecisions',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsResponse.FromString,
+                _registered_method=True)
+        self.DedupGroups = channel.unary_unary(
+                '/sfhq.v1.Search/DedupGroups',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.DedupGroupsRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.DedupGroupsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -127,6 +152,39 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasteModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTasteModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NextReview(self, request, context):
+        """Items waiting for a person, most informative first (active learning).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDecisions(self, request, context):
+        """Record new decisions (after a review, a dedup pass or a re-curation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DedupGroups(self, request, context):
+        """Near-duplicate groups among a dataset's kept items, the best-scored member of each kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +227,31 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=sfhq_dot_v1_dot_search__pb2.ScoreRequest.FromString,
                     response_serializer=sfhq_dot_v1_dot_search__pb2.ScoreResponse.SerializeToString,
+            ),
+            'ListTasteModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasteModels,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.ListTasteModelsResponse.SerializeToString,
+            ),
+            'GetTasteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTasteModel,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.GetTasteModelRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.TasteModelInfo.SerializeToString,
+            ),
+            'NextReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.NextReview,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.NextReviewRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.NextReviewResponse.SerializeToString,
+            ),
+            'SetDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDecisions,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsResponse.SerializeToString,
+            ),
+            'DedupGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.DedupGroups,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.DedupGroupsRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.DedupGroupsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +470,141 @@ class Search:
             '/sfhq.v1.Search/Score',
             sfhq_dot_v1_dot_search__pb2.ScoreRequest.SerializeToString,
             sfhq_dot_v1_dot_search__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasteModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Search/ListTasteModels',
+            sfhq_dot_v1_dot_search__pb2.ListTasteModelsRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.ListTasteModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTasteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Search/GetTasteModel',
+            sfhq_dot_v1_dot_search__pb2.GetTasteModelRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.TasteModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NextReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Search/NextReview',
+            sfhq_dot_v1_dot_search__pb2.NextReviewRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.NextReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Search/SetDecisions',
+            sfhq_dot_v1_dot_search__pb2.SetDecisionsRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.SetDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DedupGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Search/DedupGroups',
+            sfhq_dot_v1_dot_search__pb2.DedupGroupsRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.DedupGroupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

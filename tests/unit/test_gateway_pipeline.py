@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import jobs
-from gateway.pipeline import advance, first_tasks
+from gateway.pipeline import advance, dedup_verdicts, first_tasks, review_verdict
 from services.common.queue import TaskResult
 from sfhq.sdk import build_spec
 from sfhq.v1 import gateway_pb2
@@ -19,22 +19,32 @@ def ok(task, output) -> TaskResult:
     return TaskResult(task.task_id, task.job_id, task.item_id, task.stage, True, output)
 
 
-def run_item(spec, plan, outputs_by_stage):
-    """Drives every task to completion with canned outputs; returns the final records and counters."""
+def run_item(spec, plan, outputs_by_stage, duplicates=None):
+    """Drives every task to completion with canned outputs, and the dataset-wide near-duplicate pass
+    once everything is curated (`duplicates`: item id -> (kept index id, similarity)), as the
+    coordinator does; returns the final records and counters."""
     records = dict(plan.items)
     counters = dict(plan.counters)
     queue = list(plan.tasks)
     seen_stages = []
-    while queue:
-        task = queue.pop(0)
-        seen_stages.append(task.stage)
-        output = outputs_by_stage[task.stage](task)
-        step = advance(spec, "job1", records[task.item_id], ok(task, output))
+
+    def take(step):
         records.update(step.items)
         for key, value in step.counters.items():
             counters[key] = counters.get(key, 0) + value
         queue.extend(step.tasks)
-    return records, counters, seen_stages
+
+    while True:
+        while queue:
+            task = queue.pop(0)
+            seen_stages.append(task.stage)
+            output = outputs_by_stage[task.stage](task)
+            take(advance(spec, "job1", records[task.item_id], ok(task, output)))
+        curated = [r for r in records.values() if r["state"] == "curated"]
+        if not curated:
+            return records, counters, seen_stages
+        seen_stages.append("dedup pass")
+        take(dedup_verdicts(spec, "job1", curated, duplicates or {}))
 
 
 CANNED = {
@@ -113,7 +123,7 @@ def test_annotate_only_flow_aligns_at_output_size_and_skips_generation():
     plan = first_tasks(spec, "job1", [{"uri": "in/a", "name": "a"}])
     assert plan.tasks[0].payload["output_size"] == 1024 and plan.tasks[0].payload["transform_size"] == 4096
     records, counters, stages = run_item(spec, plan, CANNED)
-    assert stages == ["align", "embed", "curate", "annotate"]
+    assert stages == ["align", "embed", "curate", "dedup pass", "annotate"]
     assert records["i000000"]["state"] == "written"
 
 
@@ -121,20 +131,12 @@ def test_rejections_and_failures_are_counted_and_stop_the_item():
     spec = resolve(build_spec(images=[b"a"], strategies=["e4e_strict_prior", "low_prior"]))
     plan = first_tasks(spec, "job1", [{"uri": "in/a", "name": "a"}])
 
-    def curate(task):
-        if task.item_id.endswith("c1"):
-            return {
-                "decision": "rejected_duplicate",
-                "taste_score": None,
-                "duplicate_of": "i000000-c0",
-                "similarity": 0.97,
-            }
-        return CANNED["curate"](task)
-
-    records, counters, _ = run_item(spec, plan, {**CANNED, "curate": curate})
+    duplicates = {"i000000-c1": ("job1/i000000-c0", 0.97)}  # what the dataset-wide pass found
+    records, counters, stages = run_item(spec, plan, CANNED, duplicates)
+    assert stages.count("dedup pass") == 1 and stages.index("dedup pass") < stages.index("annotate")
     assert records["i000000-c1"]["state"] == "rejected_duplicate"
-    assert records["i000000-c1"]["duplicate_of"] == "i000000-c0"
-    assert counters["rejected_duplicate"] == 1 and counters["written"] == 1
+    assert records["i000000-c1"]["duplicate_of"] == "job1/i000000-c0" and not records["i000000-c1"]["stem"]
+    assert counters["rejected_duplicate"] == 1 and counters["written"] == 1 and counters["accepted"] == 1
 
     task = first_tasks(spec, "job1", [{"uri": "in/a", "name": "a"}]).tasks[0]
     failed = TaskResult(
@@ -144,6 +146,30 @@ def test_rejections_and_failures_are_counted_and_stop_the_item():
     assert step.items[task.item_id]["state"] == "failed"
     assert step.items[task.item_id]["error"]["message"] == "a: no face found"  # names its source file
     assert step.tasks == [] and step.counters["failed"] == 1 and step.counters["in_flight"] == -1
+
+
+def test_the_review_band_waits_for_a_person_and_a_verdict_moves_the_item_on():
+    spec = resolve(
+        build_spec(images=[b"a"], strategies=["e4e_strict_prior", "low_prior"], disable_dedup=True)
+    )
+    plan = first_tasks(spec, "job1", [{"uri": "in/a", "name": "a"}])
+
+    def curate(task):
+        decision = "review" if task.item_id.endswith("c0") else "rejected_taste"
+        return {"decision": decision, "taste_score": 0.5, "duplicate_of": None, "similarity": None}
+
+    records, counters, stages = run_item(spec, plan, {**CANNED, "curate": curate})
+    assert records["i000000-c0"]["state"] == "review" and counters["review"] == 1 and "annotate" not in stages
+    good = review_verdict(spec, "job1", records["i000000-c0"], True)
+    assert good.items["i000000-c0"]["state"] == "accepted" and [t.stage for t in good.tasks] == ["annotate"]
+    assert good.counters == {"review": -1, "accepted": 1, "in_flight": 1}
+    rescued = review_verdict(spec, "job1", records["i000000-c1"], True)  # a person overrules a reject
+    assert (
+        rescued.counters["rejected_taste"] == -1
+        and rescued.items["i000000-c1"]["stem"] == "SFHQ_pt1_00000001"
+    )
+    bad = review_verdict(spec, "job1", records["i000000-c0"], False)
+    assert bad.items["i000000-c0"]["state"] == "rejected_taste" and not bad.tasks
 
 
 def test_cancelling_records_the_output_but_schedules_nothing():

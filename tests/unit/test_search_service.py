@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from services.common.queue import RedisQueue, Task, connect_redis
 from services.common.weights import WeightsRegistry
 from services.search.clip_model import load_clip
 from services.search.curate import CurateRequest, Curator, JobLock, LockUnavailable, decisions_key
-from services.search.index import VectorIndex
+from services.search.dedup import dataset_groups
+from services.search.index import KEPT_DECISIONS, ItemMeta, SearchFilter, VectorIndex
 from services.search.random_weights import write_random_clip_folder
 from services.search.service import build_process, clip_provenance, curate_stage, embed_stage
 from services.search.sfhq_import import import_sfhq
@@ -183,7 +183,7 @@ def test_dedup_label_train_and_score_over_grpc(server: Server) -> None:
     code, details = code_of(
         lambda: stub.Label(search_pb2.LabelRequest(labels=[search_pb2.ItemLabel(item_id="zz")]))
     )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not in the index" in details
+    assert code == grpc.StatusCode.NOT_FOUND and "no indexed item 'zz'" in details
 
 
 def test_the_index_survives_a_restart(tmp_path: Path, clip_folder: Path) -> None:
@@ -256,101 +256,100 @@ def make_curator(redis_client, blobs: BlobStore, tastes: TasteCache | None = Non
     )
 
 
-def test_curate_decides_taste_duplicates_and_is_idempotent(redis_client, tmp_path: Path) -> None:
+def test_curate_decides_by_taste_with_a_review_band_indexes_everything_and_is_idempotent(
+    redis_client, tmp_path: Path
+) -> None:
     blobs = BlobStore(tmp_path / "blobs")
     features = clustered_features(120, DIM, seed=8).vectors
     good = normalized(features) @ np.random.default_rng(9).standard_normal(DIM) > 0
     tastes = TasteStore(blobs)
-    tastes.save(TasteModel.train(features, good, name="default/taste"))
+    model = TasteModel.train(features, good, name="default/taste", family="lr")
+    tastes.save(model)
     curator = make_curator(redis_client, blobs, TasteCache(tastes))
     handle = curate_stage(curator)
-    base = normalized(np.random.default_rng(10).standard_normal((2, DIM)))
-    payload = {"taste_model": "", "accept_threshold": None, "dedup_threshold": None}
+    scores = model.predict_proba(features)
+    best, worst, middle = int(np.argmax(scores)), int(np.argmin(scores)), int(np.argmin(np.abs(scores - 0.5)))
+    taste = {"taste_model": "taste", "accept_threshold": 0.55, "reject_threshold": 0.45, "dataset_id": "d1"}
     tasks = [
-        Task.make("jobA", "a", "curate", {**put_features(blobs, "jobA", "a", base[0]), **payload}),
-        Task.make("jobA", "b", "curate", {**put_features(blobs, "jobA", "b", base[0] + 0.01), **payload}),
-        Task.make("jobB", "c", "curate", {**put_features(blobs, "jobB", "c", base[0] + 0.01), **payload}),
-        Task.make(
-            "jobA",
-            "d",
-            "curate",
-            {**put_features(blobs, "jobA", "d", base[0] + 0.01), **payload, "dedup_threshold": -1},
-        ),
-        Task.make(
-            "jobA",
-            "e",
-            "curate",
-            {
-                **put_features(blobs, "jobA", "e", features[int(np.argmin(good))]),
-                **payload,
-                "taste_model": "taste",
-                "accept_threshold": 0.99,
-            },
-        ),
+        Task.make("jobA", "a", "curate", {**put_features(blobs, "jobA", "a", features[best]), **taste}),
+        Task.make("jobA", "b", "curate", {**put_features(blobs, "jobA", "b", features[worst]), **taste}),
+        Task.make("jobA", "c", "curate", {**put_features(blobs, "jobA", "c", features[middle]), **taste}),
+        Task.make("jobA", "d", "curate", put_features(blobs, "jobA", "d", features[worst])),  # no taste model
         Task.make("jobA", "f", "curate", {"features": "missing/features.npy", "image": "x.png"}),
         Task.make("jobA", "g", "curate", {"image": "x.png"}),
     ]
     results = handle(tasks)
-    for result in results:
-        result.output.pop("provenance", None)  # curate loads no checkpoint: always empty
-    decisions = [r.output.get("decision") for r in results]
-    assert decisions == [
-        "accepted",
-        "rejected_duplicate",
-        "accepted",
+    assert [r.output.get("decision") for r in results] == [
         "accepted",
         "rejected_taste",
+        "review",
+        "accepted",
         None,
         None,
     ]
-    assert results[1].output["duplicate_of"] == "a" and results[1].output["similarity"] > 0.92
-    assert results[2].output["duplicate_of"] is None  # another job's item is not this job's duplicate
-    assert 0.0 <= results[4].output["taste_score"] < 0.99
-    assert [(r.ok, r.error_code) for r in results[5:]] == [(False, "NOT_FOUND"), (False, "INVALID_ARGUMENT")]
+    assert results[2].output["taste_score"] == pytest.approx(scores[middle], abs=1e-6)
+    assert [(r.ok, r.error_code) for r in results[4:]] == [(False, "NOT_FOUND"), (False, "INVALID_ARGUMENT")]
     index = curator.state.index
-    assert {"jobA/a", "jobB/c", "jobA/d"} <= set(index.item_ids()) and "jobA/b" not in index
-    assert index.get_meta("jobA/a").source == "job:jobA"
+    # every decided candidate is indexed with its decision and dataset, rejected ones too
+    assert {i: index.get_meta(i).decision for i in index.item_ids()} == {
+        "jobA/a": "accepted",
+        "jobA/b": "rejected_taste",
+        "jobA/c": "review",
+        "jobA/d": "accepted",
+    }
+    assert index.get_meta("jobA/a").dataset_id == "d1" and index.get_meta("jobA/a").source == "job:jobA"
+    kept = index.search(features[worst], k=10, filter=SearchFilter(decisions=KEPT_DECISIONS))[0]
+    assert {h.item_id for h in kept} == {"jobA/a", "jobA/d"}
 
-    # Redelivery: the recorded decision comes back; "a" is not a duplicate of itself.
-    again = handle([tasks[0], tasks[1]])
-    assert [{k: v for k, v in r.output.items() if k != "provenance"} for r in again] == [
-        results[0].output,
-        results[1].output,
-    ]
-    assert redis_client.hlen(decisions_key("jobA")) == 4  # a, b, d, e: the failed tasks decide nothing
+    # Redelivery: the recorded decision comes back.
+    again = handle(tasks[:3])
+    assert [r.output["decision"] for r in again] == ["accepted", "rejected_taste", "review"]
+    assert redis_client.hlen(decisions_key("jobA")) == 4  # the failed tasks decide nothing
+
+    # A person's later verdict is recorded in the index and survives a restart from Redis.
+    assert curator.record_decisions(["jobA/c"], "accepted") == 1
+    fresh = make_curator(redis_client, blobs)
+    fresh.catch_up_all()
+    assert fresh.state.index.get_meta("jobA/c").decision == "accepted"
 
 
-def test_two_workers_never_both_accept_near_duplicates(redis_client, tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path / "blobs")
-    groups = normalized(np.random.default_rng(12).standard_normal((6, DIM)))
-    tasks = []
-    for g in range(6):
-        for copy in range(4):  # four near-identical candidates per group
-            vector = groups[g] + 0.005 * np.random.default_rng(g * 10 + copy).standard_normal(DIM)
-            tasks.append(
-                Task.make(
-                    "jobC", f"g{g}-{copy}", "curate", put_features(blobs, "jobC", f"g{g}-{copy}", vector)
-                )
+def test_dataset_wide_duplicates_keep_the_best_scored_copy_whatever_the_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    centres = normalized(rng.standard_normal((5, DIM)))
+    rows = []
+    for g in range(5):
+        for copy in range(3):  # three near-identical candidates per group, from two jobs
+            vector = centres[g] + 0.005 * rng.standard_normal(DIM)
+            rows.append((f"job{copy % 2}/g{g}-{copy}", vector, float(rng.random())))
+    rows.append(("SFHQ_pt1_00000009", centres[0] + 0.004 * rng.standard_normal(DIM), None))  # imported
+    outcomes = []
+    for order in (rows, rows[::-1], [rows[i] for i in rng.permutation(len(rows))]):
+        index = VectorIndex(DIM)
+        for item_id, vector, score in order:
+            meta = ItemMeta(
+                job_id="" if score is None else item_id.split("/")[0],
+                taste_score=score,
+                dataset_id="" if score is None else "d1",
+                decision="" if score is None else "accepted",
+                owner="" if score is None else "ann",
             )
-    # Two "processes": separate indexes, one Redis. Each takes every other task, concurrently.
-    workers = [curate_stage(make_curator(redis_client, blobs)) for _ in range(2)]
-    outputs: dict[str, dict] = {}
-
-    def run(worker, share):
-        for task in share:
-            outputs[task.item_id] = worker([task])[0].output
-
-    threads = [threading.Thread(target=run, args=(workers[w], tasks[w::2])) for w in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for g in range(6):
-        accepted = [k for k, v in outputs.items() if k.startswith(f"g{g}-") and v["decision"] == "accepted"]
-        assert len(accepted) == 1, (g, outputs)
+            index.add([item_id], vector[None, :], [meta])
+        dataset = SearchFilter(dataset_id="d1", decisions=KEPT_DECISIONS)
+        groups, compared = dataset_groups(index, dataset)
+        assert compared == 15 and len(groups) == 5
+        for group in groups:  # the best-scored member stays
+            members = [(group.kept_score, group.kept)] + [(score, i) for i, score, _ in group.removed]
+            assert group.kept_score == max(score for score, _ in members)
+        outcomes.append(sorted((g.kept, sorted(i for i, _, _ in g.removed)) for g in groups))
+        with_public, _ = dataset_groups(index, dataset, include_public=True)
+        first = next(g for g in with_public if g.kept == "SFHQ_pt1_00000009")
+        assert len(first.removed) == 3  # an imported SFHQ image stays and removes its twins
+        only = dataset_groups(index, dataset, candidate_ids=["job1/g2-1"])[0]
+        assert [g.kept for g in only] == [next(g.kept for g in groups if "g2-" in g.kept)]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
 
 
-def test_a_restarted_worker_recovers_accepted_items_from_redis(redis_client, tmp_path: Path) -> None:
+def test_a_restarted_worker_recovers_decided_items_from_redis(redis_client, tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path / "blobs")
     first = make_curator(redis_client, blobs)
     vectors = normalized(np.random.default_rng(13).standard_normal((3, DIM)))
@@ -428,14 +427,8 @@ def test_queue_workers_embed_and_curate_through_redis(sfhq_settings) -> None:
         queue.enqueue(Task.make("jobQ", "i2", "curate", payload))
         queue.enqueue(Task.make("jobQ", "i3", "curate", payload))  # the same features again
         results = wait_for_results(queue, 2)
-        assert results["i2"].output["decision"] == "accepted"
-        assert results["i3"].output == {
-            "decision": "rejected_duplicate",
-            "taste_score": None,
-            "provenance": {},
-            "duplicate_of": "i2",
-            "similarity": pytest.approx(1.0, abs=1e-3),
-        }
+        # curate decides taste only (none here): duplicates are the dataset-wide pass's business
+        assert results["i2"].output["decision"] == results["i3"].output["decision"] == "accepted"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             hits = (
                 search_pb2_grpc.SearchStub(channel)

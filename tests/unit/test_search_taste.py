@@ -34,7 +34,7 @@ def labelled(n: int = 240, seed: int = 0, noise: float = 0.05) -> tuple[np.ndarr
 
 def test_training_cross_validates_and_scores_held_out_images() -> None:
     vectors, labels = labelled(300)
-    model = TasteModel.train(vectors[:240], labels[:240], name="ann/faces")
+    model = TasteModel.train(vectors[:240], labels[:240], name="ann/faces", family="lr+knn")
     assert model.positives + model.negatives == 240
     assert len(model.fold_auc) == 5 and model.cv_auc > 0.85 and model.cv_accuracy > 0.75
     assert model.cv_predictions.shape == (240,)
@@ -42,15 +42,15 @@ def test_training_cross_validates_and_scores_held_out_images() -> None:
     held_out = model.predict_proba(vectors[240:])
     assert held_out.shape == (60,) and (held_out >= 0).all() and (held_out <= 1).all()
     assert ((held_out >= 0.5) == labels[240:]).mean() > 0.75
-    assert model.knn is not None and set(model.weights) == {"knn", "lr"}
+    assert set(model.members) == {"knn", "lr"} and set(model.weights) == {"knn", "lr"}
     assert model.weights["lr"] == pytest.approx(4 / 7)  # VTA's 0.4 / 0.3 without LightGBM, renormalised
     assert model.predict_proba(vectors[0]).shape == (1,)
 
 
 def test_logistic_regression_alone_is_an_option() -> None:
     vectors, labels = labelled(200, seed=1)
-    model = TasteModel.train(vectors, labels, ensemble=False)
-    assert model.knn is None and model.weights == {"lr": 1.0}
+    model = TasteModel.train(vectors, labels, family="lr")
+    assert set(model.members) == {"lr"} and model.weights == {"lr": 1.0}
     assert model.cv_auc > 0.85
 
 
@@ -96,20 +96,25 @@ def test_thresholds_follow_the_ratio_30_rule_within_the_safety_bounds() -> None:
 def test_store_versions_models_without_pickle(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     vectors, labels = labelled(200, seed=2)
-    first = TasteModel.train(vectors, labels, name="ann/faces")
-    second = TasteModel.train(vectors[:150], labels[:150], name="ann/faces", ensemble=False)
+    first = TasteModel.train(vectors, labels, name="ann/faces")  # the VTA family: lr + knn + LightGBM
+    second = TasteModel.train(vectors[:150], labels[:150], name="ann/faces", family="lr")
     tastes = TasteStore(store)
     assert tastes.save(first) == 1 and tastes.save(second) == 2
     assert tastes.versions("ann/faces") == [1, 2]
     fresh = TasteStore(store)  # nothing cached: everything comes back from the blobs
-    assert fresh.latest("ann/faces").version == 2 and fresh.latest("ann/faces").knn is None
+    assert fresh.latest("ann/faces").version == 2 and set(fresh.latest("ann/faces").members) == {"lr"}
     reloaded = fresh.resolve("ann/faces@1")
     np.testing.assert_array_equal(reloaded.predict_proba(vectors), first.predict_proba(vectors))
     assert reloaded.info() == {**first.info(), "version": 1}
     # The files are plain npz (refusing pickle) and JSON.
     with np.load(io.BytesIO(store.get("taste/ann/faces/v1/model.npz")), allow_pickle=False) as arrays:
-        assert arrays["lr_coef"].shape == (DIM,) and arrays["knn_centres"].ndim == 2
-    assert json.loads(store.get("taste/ann/faces/v1/model.json"))["high_threshold"] == first.high_threshold
+        assert "lr" not in first.members or arrays["lr_coef"].shape == (DIM,)
+        assert "knn" not in first.members or arrays["knn_centres"].ndim == 2
+        assert arrays["cv_predictions"].shape == (200,)
+    meta = json.loads(store.get("taste/ann/faces/v1/model.json"))
+    assert meta["high_threshold"] == first.high_threshold
+    if "lgb" in first.members:  # LightGBM's own text model, inside the JSON
+        assert meta["members"]["lgb"]["model_text"].startswith("tree")
 
 
 def test_bad_training_data_and_unknown_models_are_clear_errors(tmp_path: Path) -> None:
@@ -134,3 +139,35 @@ def test_bad_training_data_and_unknown_models_are_clear_errors(tmp_path: Path) -
         tastes.resolve("ann/default@7")
     with pytest.raises(TasteInputError, match="number"):
         tastes.resolve("ann/default@latest")
+
+
+def test_the_vta_family_searches_its_weights_and_beats_or_ties_the_two_member_model() -> None:
+    # A taste that is not linear in the features (two good clusters): trees and kNN help.
+    vectors, _ = labelled(400, seed=5)
+    unit = normalized(vectors)
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    labels = (np.abs(unit @ a) > np.median(np.abs(unit @ a))) ^ (unit @ b > 0.3)
+    vta = TasteModel.train(vectors, labels, family="vta")
+    pair = TasteModel.train(vectors, labels, family="lr+knn")
+    assert set(vta.member_auc) == {"lr", "knn", "lgb"} and abs(sum(vta.weights.values()) - 1) < 1e-9
+    assert vta.cv_auc >= pair.cv_auc - 0.02  # the searched weights include the pair's own
+    assert vta.train_seconds > 0 and vta.info()["family"] == "vta"
+    scores, uncertainty = vta.predict_with_uncertainty(vectors[:50])
+    assert scores.shape == uncertainty.shape == (50,) and ((uncertainty >= 0) & (uncertainty <= 1)).all()
+    # the least certain items are the ones near 0.5
+    order = np.argsort(-uncertainty)
+    assert np.abs(scores[order[:5]] - 0.5).mean() <= np.abs(scores[order[-5:]] - 0.5).mean()
+
+
+def test_a_model_can_train_on_several_feature_sets() -> None:
+    vectors, labels = labelled(200, seed=6)
+    other = np.random.default_rng(3).standard_normal((200, 8))
+    model = TasteModel.train(
+        {"CLIP_ViTL_14@336": vectors, "ConvNext_XL_Imagenet21k": other}, labels, family="lr"
+    )
+    assert model.feature_keys == ["CLIP_ViTL_14@336", "ConvNext_XL_Imagenet21k"] and model.dim == DIM + 8
+    both = {"CLIP_ViTL_14@336": vectors[:3], "ConvNext_XL_Imagenet21k": other[:3]}
+    assert model.predict_proba(both).shape == (3,)
+    with pytest.raises(TasteInputError, match="needs features"):
+        model.predict_proba({"CLIP_ViTL_14@336": vectors[:3]})
