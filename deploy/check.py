@@ -43,7 +43,7 @@ import yaml
 DEPLOY_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEPLOY_DIR.parent
 K8S_DIR = DEPLOY_DIR / "k8s"
-OVERLAYS: tuple[str, ...] = ("cpu", "gpu", "gpu-shared", "cpu-hpa")
+OVERLAYS: tuple[str, ...] = ("cpu", "gpu", "gpu-shared", "cpu-hpa", "cpu-ingress")
 SECRET_TEMPLATE = K8S_DIR / "base" / "secret.template.yaml"
 ENV_EXAMPLE = DEPLOY_DIR / ".env.example"
 

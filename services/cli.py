@@ -44,12 +44,17 @@ def serve(
     service: Annotated[
         str,
         typer.Argument(
-            help="gateway | encoder | generator | annotator | search, or several model services "
-            "sharing one process (and GPU): encoder,search,annotator"
+            help="gateway | encoder | generator | annotator | search | studio, or several model "
+            "services sharing one process (and GPU): encoder,search,annotator"
         ),
     ],
 ) -> None:
-    """Run a service (gRPC server + its queue workers) until SIGTERM."""
+    """Run a service (gRPC server + its queue workers) until SIGTERM; `studio`: the web studio."""
+    if service == "studio":  # an HTTP client of the gateway: needs only the studio extra
+        from studio.__main__ import main as studio_main
+
+        studio_main()
+        return
     require_services_extra()
     from services.common.config import get_settings
     from services.launch import serve_service, service_names
@@ -138,6 +143,7 @@ def up(
             data, random_weights=random_weights, data_roots=tuple(allow or ()), say=console.print
         )
     out.print(f"gateway   {state.gateway_addr}")
+    out.print(f"studio    {state.studio_url}  (`sfhq studio` opens it)")
     out.print(f"redis     {state.redis_url}  (append-only file in {Path(state.data_dir) / 'redis'})")
     out.print(f"data      {state.data_dir}")
     out.print(f"env file  {env_file()}  (the sfhq commands read it; `sfhq env` prints it)")

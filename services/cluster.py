@@ -7,8 +7,10 @@ Everything lives under one data folder DIR:
     DIR/logs/         one log per process
     DIR/cluster.json  ports, process ids and settings of the running cluster
     DIR/weights-random/  only with --random-weights
+    DIR/studio-exports/  what the web studio exports as folders
 
-`up` starts Redis and every service in the background (their own sessions: closing the terminal
+`up` starts Redis, every service and the web studio (http://127.0.0.1:8080 when that port is free)
+in the background (their own sessions: closing the terminal
 does not stop them), waits until each answers its health check, and writes the env file the CLI
 reads by itself (`sfhq.localenv`). `up` again with the same DIR resumes: the same ports when free,
 the same weights, and the gateway picks up unfinished jobs from Redis. `down` stops the services
@@ -20,9 +22,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,7 @@ from services.local_run import SERVICE_ORDER, LocalCluster
 from sfhq.localenv import env_file, read_env, write_env
 
 STATE_FILE = "cluster.json"
+STUDIO_PORT = 8080
 STOP_GRACE_S = 20.0
 
 
@@ -46,6 +53,12 @@ class ClusterState:
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)  # process name -> pid ("redis" included)
     started_at: str = ""
+    studio_port: int = 0
+    studio_secret: str = ""  # kept, so that studio sessions survive an `up` after a `down`
+
+    @property
+    def studio_url(self) -> str:
+        return f"http://127.0.0.1:{self.studio_port}" if self.studio_port else ""
 
     @property
     def gateway_addr(self) -> str:
@@ -57,7 +70,10 @@ class ClusterState:
 
     def env(self) -> dict[str, str]:
         """What the CLI needs to talk to this cluster."""
-        return {"SFHQ_GATEWAY_ADDR": self.gateway_addr, "SFHQ_CLUSTER_DATA": self.data_dir}
+        values = {"SFHQ_GATEWAY_ADDR": self.gateway_addr, "SFHQ_CLUSTER_DATA": self.data_dir}
+        if self.studio_url:
+            values["SFHQ_STUDIO_URL"] = self.studio_url
+        return values
 
     @classmethod
     def load(cls, data_dir: Path) -> ClusterState | None:
@@ -70,6 +86,7 @@ class ClusterState:
         path = Path(self.data_dir) / STATE_FILE
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        os.chmod(tmp, 0o600)  # it holds the studio's cookie secret
         os.replace(tmp, path)
 
 
@@ -92,7 +109,7 @@ def _alive(pid: int, marker: str) -> bool:
 
 
 def _marker(name: str) -> str:
-    return "redis-server" if name == "redis" else "services.launch"
+    return {"redis": "redis-server", "studio": "-m studio"}.get(name, "services.launch")
 
 
 def _port_free(port: int) -> bool:
@@ -155,9 +172,11 @@ def up(
     try:
         for name in SERVICE_ORDER:
             state.pids[name] = cluster.start(name).pid
+        state.pids["studio"] = _start_studio(state, cluster).pid
         state.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         state.save()  # before waiting: `sfhq down` can stop a cluster that never became healthy
         cluster.wait_all(timeout_s)
+        _wait_studio(state, cluster, time.monotonic() + 60)
     except BaseException as exc:
         stop_processes(state, say=lambda _m: None)
         raise ClusterError(f"the cluster did not start: {exc}") from None
@@ -204,14 +223,50 @@ def _plan(
         data_roots=roots,
         redis_port=port("redis", previous.redis_port if previous else None),
         ports={name: port(name, old_ports.get(name)) for name in DEFAULT_PORTS},
+        # the studio's usual port when it is free (and it was ours before), else any free one
+        studio_port=port("studio", (previous.studio_port if previous else 0) or STUDIO_PORT),
+        studio_secret=(previous.studio_secret if previous else "") or secrets.token_urlsafe(32),
     )
+
+
+def _start_studio(state: ClusterState, cluster: LocalCluster) -> subprocess.Popen:
+    env = {
+        **cluster.env,
+        "SFHQ_STUDIO_PORT": str(state.studio_port),
+        "SFHQ_STUDIO_GATEWAY_ADDR": state.gateway_addr,
+        "SFHQ_STUDIO_SECRET": state.studio_secret,
+        "SFHQ_STUDIO_EXPORT_DIR": str(Path(state.data_dir) / "studio-exports"),
+    }
+    with open(cluster.log_path("studio"), "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "studio"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_studio(state: ClusterState, cluster: LocalCluster, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if not _alive(state.pids["studio"], _marker("studio")):
+            raise RuntimeError(f"the studio exited; its log:\n{cluster.tail('studio')}")
+        try:
+            with urllib.request.urlopen(f"{state.studio_url}/healthz", timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the studio did not answer at {state.studio_url}; its log:\n{cluster.tail('studio')}")
 
 
 def stop_processes(state: ClusterState, *, say=print) -> list[str]:
     """SIGTERM every service (gateway first), SIGKILL what is left after the grace period, then
     Redis (SIGTERM: it writes its append-only file). Returns the names that were running."""
     stopped = []
-    services = [n for n in ("gateway", *[s for s in SERVICE_ORDER if s != "gateway"]) if n in state.pids]
+    order = ("studio", "gateway", *[s for s in SERVICE_ORDER if s != "gateway"])
+    services = [n for n in order if n in state.pids]
     for group in (services, ["redis"] if "redis" in state.pids else []):
         live = {name: state.pids[name] for name in group if _alive(state.pids[name], _marker(name))}
         for pid in live.values():

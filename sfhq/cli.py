@@ -464,6 +464,22 @@ def show_env() -> None:
         out.print(f"export {key}={value}", highlight=False)
 
 
+@app.command("studio")
+def open_studio(
+    url: Annotated[str, typer.Option(envvar="SFHQ_STUDIO_URL", help="default: the local cluster's")] = "",
+    browser: Annotated[bool, typer.Option("--browser/--no-browser")] = True,
+) -> None:
+    """Open the web studio (the one `sfhq up` started, or --url) in a browser."""
+    url = url or read_env(env_file()).get("SFHQ_STUDIO_URL", "")
+    if not url:
+        _fail("no studio known: start the local cluster with `sfhq up`, or give --url / SFHQ_STUDIO_URL")
+    out.print(url, highlight=False)
+    if browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
 def load_plugins(target: typer.Typer) -> list[str]:
     """Add the commands of installed plugins (entry points in the `sfhq.commands` group).
 

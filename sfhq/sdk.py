@@ -14,7 +14,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,12 +295,14 @@ class Requests:
         return Call("Search", search_request(text, image, vector, **filters))
 
     @staticmethod
-    def label(labels: dict[str, bool], taste_model: str, labeler: str, job_id: str = "") -> Call:
-        """`job_id`: the ids are that job's (item ids as in its manifest, or stems)."""
+    def label(labels: Mapping[str, bool | None], taste_model: str, labeler: str, job_id: str = "") -> Call:
+        """`job_id`: the ids are that job's (item ids as in its manifest, or stems). None: take back."""
         request = search_pb2.LabelRequest(taste_model=taste_model)
         for item_id, positive in labels.items():
             qualified = f"{job_id}/{item_id.removeprefix(job_id + '/')}" if job_id else item_id
-            request.labels.add(item_id=qualified, positive=positive, labeler=labeler)
+            request.labels.add(
+                item_id=qualified, positive=bool(positive), labeler=labeler, clear=positive is None
+            )
         return Call("Label", request)
 
     # curation
@@ -401,11 +403,14 @@ class Client:
         root_certificates: bytes | None = None,
         client_cert: tuple[bytes, bytes] | None = None,
         max_message_mb: int = 64,
+        token_from_env: bool = True,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.retries = retries
-        token = token or os.environ.get("SFHQ_TOKEN") or None
+        # A server acting for its users (the studio) passes token_from_env=False: its own SFHQ_TOKEN
+        # must never stand in for a user who has none.
+        token = token or (os.environ.get("SFHQ_TOKEN") if token_from_env else None) or None
         creds = _credentials(token, root_certificates, tls, client_cert)
         options = _channel_options(max_message_mb)
         self._channel = (
@@ -543,10 +548,15 @@ class Client:
         return self._run(Requests.search(text, image, vector, **filters))
 
     def label(
-        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = "", job_id: str = ""
+        self,
+        labels: Mapping[str, bool | None],
+        *,
+        taste_model: str = "default",
+        labeler: str = "",
+        job_id: str = "",
     ) -> search_pb2.LabelResponse:
-        """Labels items as good (True) or bad (False) for a taste model: index ids ("<job>/<item>",
-        an imported stem), or with `job_id` that job's item ids or stems."""
+        """Labels items as good (True) or bad (False) for a taste model, or takes a label back (None):
+        index ids ("<job>/<item>", an imported stem), or with `job_id` that job's item ids or stems."""
         return self._run(Requests.label(labels, taste_model, labeler, job_id))
 
     # curation (docs/curation.md)
@@ -624,11 +634,14 @@ class AsyncClient:
         root_certificates: bytes | None = None,
         client_cert: tuple[bytes, bytes] | None = None,
         max_message_mb: int = 64,
+        token_from_env: bool = True,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.retries = retries
-        token = token or os.environ.get("SFHQ_TOKEN") or None
+        # A server acting for its users (the studio) passes token_from_env=False: its own SFHQ_TOKEN
+        # must never stand in for a user who has none.
+        token = token or (os.environ.get("SFHQ_TOKEN") if token_from_env else None) or None
         creds = _credentials(token, root_certificates, tls, client_cert)
         options = _channel_options(max_message_mb)
         self._channel = (
@@ -768,10 +781,15 @@ class AsyncClient:
         return await self._run(Requests.search(text, image, vector, **filters))
 
     async def label(
-        self, labels: dict[str, bool], *, taste_model: str = "default", labeler: str = "", job_id: str = ""
+        self,
+        labels: Mapping[str, bool | None],
+        *,
+        taste_model: str = "default",
+        labeler: str = "",
+        job_id: str = "",
     ) -> search_pb2.LabelResponse:
-        """Labels items as good (True) or bad (False) for a taste model: index ids ("<job>/<item>",
-        an imported stem), or with `job_id` that job's item ids or stems."""
+        """Labels items as good (True) or bad (False) for a taste model, or takes a label back (None):
+        index ids ("<job>/<item>", an imported stem), or with `job_id` that job's item ids or stems."""
         return await self._run(Requests.label(labels, taste_model, labeler, job_id))
 
     # curation (docs/curation.md)

@@ -26,25 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# (name, first index, one past the last index); names use the subject's own left/right as iBUG and
-# CelebAMask-HQ do (the subject's right eye is on the image's left).
-_GROUP_TABLE = (
-    ("jaw", 0, 17),
-    ("right_brow", 17, 22),
-    ("left_brow", 22, 27),
-    ("nose_bridge", 27, 31),
-    ("nostrils", 31, 36),
-    ("right_eye", 36, 42),
-    ("left_eye", 42, 48),
-    ("outer_lip", 48, 60),
-    ("inner_lip", 60, 68),
-    ("nose_wings", 68, 72),
-    ("inner_lip_extra", 72, 80),
-    ("inner_hairline", 80, 89),
-    ("outer_hairline", 89, 110),
-)
+from sfhq.annotations import LANDMARK_GROUP_TABLE
+
+_GROUP_TABLE = LANDMARK_GROUP_TABLE  # sfhq/annotations.py: shared with the clients
 LANDMARK_GROUPS: dict[str, range] = {name: range(start, stop) for name, start, stop in _GROUP_TABLE}
-NUM_LANDMARKS = 110
+NUM_LANDMARKS = len(range(_GROUP_TABLE[-1][2]))
 
 # Outer hairline: 21 rays 13.5 degrees apart covering 270 degrees, from the image-left side below
 # the eyes, over the top of the head, to the image-right side (the 90 degrees around the chin are

@@ -1,8 +1,7 @@
 """Pictures people look at: the parsing map blended over the image and the landmarks by group.
 
-The colours are face-parsing.PyTorch's `vis_parsing_maps` as they appear on screen (its triples
-are written into a BGR image, so each RGB colour here is the reversed triple: skin blue, nose red,
-hair pale yellow...), blended the same way (40 % image, 60 % colour, background left white).
+The colours are face-parsing.PyTorch's `vis_parsing_maps` as they appear on screen
+(sfhq/annotations.py), blended the same way (40 % image, 60 % colour, background left white).
 """
 
 from __future__ import annotations
@@ -13,48 +12,10 @@ import PIL.ImageDraw
 
 from services.annotator.landmarks110 import LANDMARK_GROUPS, NUM_LANDMARKS
 from services.annotator.parsing import NUM_CLASSES, to_rgb_image, upsample_labels
+from sfhq.annotations import LANDMARK_GROUP_COLORS, PARSING_COLORS
 
-# face-parsing.PyTorch's part_colors (first 19, one per class), reversed to on-screen RGB.
-_PART_COLORS_BGR = (
-    (255, 0, 0),
-    (255, 85, 0),
-    (255, 170, 0),
-    (255, 0, 85),
-    (255, 0, 170),
-    (0, 255, 0),
-    (85, 255, 0),
-    (170, 255, 0),
-    (0, 255, 85),
-    (0, 255, 170),
-    (0, 0, 255),
-    (85, 0, 255),
-    (170, 0, 255),
-    (0, 85, 255),
-    (0, 170, 255),
-    (255, 255, 0),
-    (255, 255, 85),
-    (255, 255, 170),
-    (255, 0, 255),
-)
-PARSING_PALETTE = np.array([c[::-1] for c in _PART_COLORS_BGR], dtype=np.uint8)
-PARSING_PALETTE[0] = (255, 255, 255)  # the original never paints the background: it stays white
-
-# One colour per landmark group, chosen to stay readable on skin, hair and the parsing colours.
-GROUP_COLORS: dict[str, tuple[int, int, int]] = {
-    "jaw": (255, 255, 255),
-    "right_brow": (255, 200, 0),
-    "left_brow": (255, 200, 0),
-    "nose_bridge": (255, 120, 0),
-    "nostrils": (255, 120, 0),
-    "right_eye": (0, 230, 255),
-    "left_eye": (0, 230, 255),
-    "outer_lip": (255, 0, 120),
-    "inner_lip": (255, 80, 200),
-    "nose_wings": (255, 40, 40),
-    "inner_lip_extra": (180, 0, 255),
-    "inner_hairline": (40, 255, 40),
-    "outer_hairline": (255, 255, 0),
-}
+PARSING_PALETTE = np.array(PARSING_COLORS, dtype=np.uint8)
+GROUP_COLORS = LANDMARK_GROUP_COLORS
 
 
 def colorize_labels(label_map: np.ndarray) -> np.ndarray:

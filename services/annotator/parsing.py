@@ -38,31 +38,12 @@ from torch import nn
 
 from services.common.accel import configure_device, to_device, to_host
 from services.common.errors import FailedPrecondition, InvalidInput
+from sfhq.annotations import PARSING_CLASSES
 
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 19
-CLASS_NAMES = (
-    "background",
-    "skin",
-    "l_brow",
-    "r_brow",
-    "l_eye",
-    "r_eye",
-    "eye_g",
-    "l_ear",
-    "r_ear",
-    "ear_r",
-    "nose",
-    "mouth",
-    "u_lip",
-    "l_lip",
-    "neck",
-    "neck_l",
-    "cloth",
-    "hair",
-    "hat",
-)
+CLASS_NAMES = PARSING_CLASSES  # sfhq/annotations.py: shared with the clients
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -36,6 +36,7 @@ class LabelRecord:
     labeler: str = ""
     time: str = ""  # ISO 8601 UTC
     feature_key: str = FEATURE_KEY
+    cleared: bool = False  # takes the item's label back (an undo in the studio)
 
     def to_json(self) -> dict:
         features = np.ascontiguousarray(self.features, dtype="<f4").reshape(-1)
@@ -47,6 +48,7 @@ class LabelRecord:
             "feature_key": self.feature_key,
             "dim": int(features.size),
             "features_b64": base64.b64encode(features.tobytes()).decode("ascii"),
+            **({"cleared": True} if self.cleared else {}),
         }
 
     @classmethod
@@ -61,6 +63,7 @@ class LabelRecord:
             labeler=record.get("labeler", ""),
             time=record.get("time", ""),
             feature_key=record.get("feature_key", FEATURE_KEY),
+            cleared=bool(record.get("cleared", False)),
         )
 
 
@@ -78,6 +81,8 @@ class _LabelState:
             if record.item_id:
                 previous = self.latest.pop(record.item_id, None)  # re-insert: the order follows the latest
                 self.positives -= bool(previous and previous.positive)
+                if record.cleared:
+                    continue
                 self.latest[record.item_id] = record
             else:
                 self.anonymous.append(record)

@@ -109,6 +109,8 @@ def label_records(labels: Sequence[search_pb2.ItemLabel], index: VectorIndex | N
     """Each label with its features: sent along, or looked up in the index by item id."""
     records = []
     for i, label in enumerate(labels):
+        if label.clear and not label.item_id:
+            raise InvalidInput(f"labels[{i}].clear: needs the item_id whose label is taken back")
         if label.HasField("vector"):
             features = read_vector(label.vector, f"label {i} vector")
         elif label.item_id:
@@ -130,6 +132,7 @@ def label_records(labels: Sequence[search_pb2.ItemLabel], index: VectorIndex | N
                 positive=label.positive,
                 item_id=label.item_id or None,
                 labeler=label.labeler,
+                cleared=label.clear,
             )
         )
     return records

@@ -162,16 +162,18 @@ class DedupResponse(_message.Message):
     def __init__(self, kept: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[_Union[Duplicate, _Mapping]]] = ...) -> None: ...
 
 class ItemLabel(_message.Message):
-    __slots__ = ("item_id", "vector", "positive", "labeler")
+    __slots__ = ("item_id", "vector", "positive", "labeler", "clear")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_FIELD_NUMBER: _ClassVar[int]
     LABELER_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     vector: _common_pb2.Tensor
     positive: bool
     labeler: str
-    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., positive: _Optional[bool] = ..., labeler: _Optional[str] = ...) -> None: ...
+    clear: bool
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., positive: _Optional[bool] = ..., labeler: _Optional[str] = ..., clear: _Optional[bool] = ...) -> None: ...
 
 class LabelRequest(_message.Message):
     __slots__ = ("taste_model", "labels", "owner")

@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,12 @@ def test_run_then_its_hint_then_up_again_keeps_job_dataset_and_search(tmp_path):
         strict = sfhq(*args, "--strict", state=state)
         assert strict.returncode == 1 and "1 items failed (--strict)" in strict.stderr
         address = read_env(state / "cluster.env")["SFHQ_GATEWAY_ADDR"]
+        # `up` started the web studio too; `sfhq studio` knows where it is
+        studio_url = read_env(state / "cluster.env")["SFHQ_STUDIO_URL"]
+        with urllib.request.urlopen(f"{studio_url}/healthz", timeout=10) as reply:
+            assert reply.status == 200
+        opened = sfhq("studio", "--no-browser", state=state)
+        assert opened.returncode == 0 and opened.stdout.strip() == studio_url, opened.stderr
         with Client(address) as client:
             failed = client.list_items(strict.stdout.split()[0], state="failed")
         assert [item.error.message.split(":")[0] for item in failed] == ["broken.jpg"]

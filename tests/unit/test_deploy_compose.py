@@ -50,7 +50,13 @@ def test_secrets_are_required_not_defaulted(tmp_path: Path) -> None:
 
 def test_services_start_in_order_behind_health_checks(models: dict[tuple[str, ...], dict[str, Any]]) -> None:
     services = models[(check.COMPOSE_BASE,)]["services"]
-    assert set(services) == {"redis", "weights", *SFHQ_SERVICES}
+    assert set(services) == {"redis", "weights", "studio", *SFHQ_SERVICES}
+    # the studio: an HTTP client of the gateway, healthy at /healthz, started after the gateway
+    studio = services["studio"]
+    assert studio["command"] == ["sfhq", "serve", "studio"]
+    assert "/healthz" in " ".join(studio["healthcheck"]["test"])
+    assert studio["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert studio["environment"]["SFHQ_STUDIO_GATEWAY_ADDR"] == "gateway:50050"
     for name in SFHQ_SERVICES:
         service = services[name]
         assert service["command"] == ["sfhq", "serve", name]
@@ -86,16 +92,18 @@ def test_redis_persists_and_requires_a_password(models: dict[tuple[str, ...], di
 
 def test_containers_are_hardened(models: dict[tuple[str, ...], dict[str, Any]]) -> None:
     services = models[(check.COMPOSE_BASE,)]["services"]
-    for name in ("redis", "weights", *SFHQ_SERVICES):
+    for name in ("redis", "weights", "studio", *SFHQ_SERVICES):
         service = services[name]
         assert service["read_only"] is True, name
         assert service["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in service["security_opt"], name
-    # only the gateway is published, and on loopback unless .env says otherwise
+    # only the gateway and the studio are published, and on loopback unless .env says otherwise
     published = {name: s.get("ports") for name, s in services.items() if s.get("ports")}
-    assert list(published) == ["gateway"]
+    assert sorted(published) == ["gateway", "studio"]
     assert published["gateway"][0]["host_ip"] == "127.0.0.1"
     assert published["gateway"][0]["target"] == 50050
+    assert published["studio"][0]["host_ip"] == "127.0.0.1"
+    assert published["studio"][0]["target"] == 8080
 
 
 def test_model_services_share_weights_read_only_and_blobs(

@@ -49,7 +49,7 @@ def env_value(c: dict[str, Any], name: str) -> str | None:
 def test_every_overlay_renders_the_whole_suite(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for overlay, docs in rendered.items():
         deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
-        assert deployments == {"gateway", *MODEL_SERVICES}, overlay
+        assert deployments == {"gateway", "studio", *MODEL_SERVICES}, overlay
         assert {d["metadata"]["name"] for d in docs if d["kind"] == "StatefulSet"} == {"redis"}, overlay
         assert find(docs, "Job", "sfhq-weights")
         namespaced = [d for d in docs if d["kind"] != "Namespace"]

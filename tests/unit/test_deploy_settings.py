@@ -32,14 +32,17 @@ METRICS_PORT = 9090
 
 
 def settings_env_names() -> set[str]:
-    """Every environment variable `Settings` reads."""
+    """Every environment variable `Settings` (the services) and `StudioSettings` (the studio) read."""
+    from studio.settings import StudioSettings
+
     names = {CONFIG_FILE_ENV}
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {choice for choice in alias.choices if isinstance(choice, str) and choice.isupper()}
-        else:
-            names.add(f"SFHQ_{field_name.upper()}")
+    for prefix, model in (("SFHQ_", Settings), ("SFHQ_STUDIO_", StudioSettings)):
+        for field_name, field in model.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names |= {c for c in alias.choices if isinstance(c, str) and c.isupper()}
+            else:
+                names.add(f"{prefix}{field_name.upper()}")
     return names
 
 
@@ -246,7 +249,13 @@ def test_every_container_command_is_a_real_sfhq_command(
     root = typer.main.get_command(app)
     commands = all_commands(compose_models, rendered)
     # `serve encoder,search,annotator`: several services in one process (overlays/gpu-shared)
-    served = {name for _, cmd in commands if cmd[1] == "serve" for name in service_names(cmd[2])}
+    served = {
+        name
+        for _, cmd in commands
+        if cmd[1] == "serve" and cmd[2] != "studio"
+        for name in service_names(cmd[2])
+    }
+    assert any(cmd[1:3] == ["serve", "studio"] for _, cmd in commands)  # compose and k8s run the studio
     downloaded = {cmd[3] for _, cmd in commands if cmd[1:3] == ["weights", "download"]}
     assert served == set(SFHQ_SERVICES) == set(SERVICES)
     # the deployment fetches exactly the checkpoints the default pipeline needs
