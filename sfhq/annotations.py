@@ -9,6 +9,9 @@ left/right as iBUG and CelebAMask-HQ do (the subject's right eye is on the image
 
 from __future__ import annotations
 
+# The key of the CLIP ViT-L/14@336 features in SFHQ's feature pickles (and in Item.features).
+CLIP_FEATURE_KEY = "CLIP_ViTL_14@336"
+
 PARSING_CLASSES: tuple[str, ...] = (
     "background",
     "skin",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
+from sfhq.annotations import CLIP_FEATURE_KEY
 from sfhq.export import Exporter
 from sfhq.sdk import SfhqError, build_spec
 from sfhq.tensors import tensor_to_numpy
@@ -300,9 +301,9 @@ async def search(request: Request, session: WriteDep) -> Any:
         if body.like:
             job_id, _, item_id = body.like.partition("/")
             item = await asyncio.to_thread(client.get_item, job_id, item_id, image=False, annotations=True)
-            if "clip" not in item.features:
-                raise HTTPException(409, f"like: item {body.like} has no CLIP features yet")
-            query = {"vector": tensor_to_numpy(item.features["clip"])}
+            if CLIP_FEATURE_KEY not in item.features:  # (`in`: indexing a protobuf map would add the key)
+                raise HTTPException(409, f"like: item {body.like} has no CLIP features (it is not written)")
+            query = {"vector": tensor_to_numpy(item.features[CLIP_FEATURE_KEY])}
         elif body.text.strip():
             query = {"text": body.text.strip()}
         else:

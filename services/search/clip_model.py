@@ -38,10 +38,11 @@ from services.common.errors import InvalidInput
 from services.common.model_holder import Provenance
 from services.common.weights import WeightsError, WeightsMissing
 from services.search.random_weights import RANDOM_MARKER
+from sfhq.annotations import CLIP_FEATURE_KEY
 
 log = logging.getLogger(__name__)
 
-FEATURE_KEY = "CLIP_ViTL_14@336"  # SFHQ's pickle key for these features
+FEATURE_KEY = CLIP_FEATURE_KEY  # SFHQ's pickle key for these features (sfhq/annotations.py)
 REGISTRY_NAME = "clip-vit-l-14-336"  # name in `sfhq weights`
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

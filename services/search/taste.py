@@ -214,6 +214,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], bool]] = {
 DEFAULT_FAMILY = "vta"
 VTA_WEIGHTS = {"knn": 0.3, "lr": 0.4, "lgb": 0.3}
 WEIGHT_STEP = 0.1
+SCORE_CHUNK = 16_384  # rows scored at a time: bounds the memory of scoring a whole SFHQ part
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -384,7 +385,13 @@ class TasteModel:
 
     def member_predictions(self, vectors: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = self._inputs(vectors)
-        return {name: np.clip(member.predict(x), 0.0, 1.0) for name, member in self.members.items()}
+        # In chunks: the kNN member's distance matrix is rows x centres (425k x 4000 would be 13 GB).
+        out: dict[str, list[np.ndarray]] = {name: [] for name in self.members}
+        for start in range(0, max(len(x), 1), SCORE_CHUNK):
+            chunk = x[start : start + SCORE_CHUNK]
+            for name, member in self.members.items():
+                out[name].append(np.clip(member.predict(chunk), 0.0, 1.0))
+        return {name: np.concatenate(parts) for name, parts in out.items()}
 
     def predict_proba(self, vectors: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         """Probability of "good" for each feature vector ([D] or [N, D]) → float64 [N]."""

@@ -307,6 +307,10 @@ def test_the_studio_end_to_end_in_a_browser(studio, cluster, tmp_path):
         expect(canvas).to_have_attribute("data-drawn", str(4 + len(classes)))
         assert page.locator(".strip figure").count() == 3  # the inspiration and its two candidates
         page.screenshot(path=shots / "item.png", full_page=True)
+        page.click("#more-like-this")  # this item's own CLIP features as the query: itself comes first
+        expect(page.locator("#search-status")).to_contain_text("items like", timeout=30_000)
+        item_ref = page.url.split("like=", 1)[1]
+        assert page.locator("#results .hit").first.get_attribute("data-ref") == item_ref
 
         # search by text, then by image, then "more like this"
         page.goto(f"{base}/search")

@@ -10,8 +10,8 @@
    hundred tiles). The listing repeats a real job's items (so every thumbnail is a real one fetched
    through the gateway); the studio is started in this process so that the listing can be seeded.
 
-    python bench/studio.py            # full sizes (~6 min on 2 cores)
-    python bench/studio.py --quick    # 20,000 vectors, 20,000 gallery items
+    python bench/webstudio.py            # full sizes (~6 min on 2 cores)
+    python bench/webstudio.py --quick    # 20,000 vectors, 20,000 gallery items
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ def cluster_tables(n_vectors: int, n_gallery: int, rounds: int, workdir: Path) -
     from services.common.embedded_redis import EmbeddedRedis, free_port
     from services.local_run import LocalCluster
     from services.random_weights import write_random_weights
+    from sfhq.annotations import CLIP_FEATURE_KEY
     from sfhq.sdk import Client, build_spec
     from sfhq.tensors import numpy_to_tensor, tensor_to_numpy
     from sfhq.v1 import search_pb2
@@ -124,8 +125,8 @@ def cluster_tables(n_vectors: int, n_gallery: int, rounds: int, workdir: Path) -
         client = Client(cluster.addr("gateway"), timeout=600)
         faces = sorted((ROOT / "tests" / "data" / "faces").glob("*.jpg"))
         job = client.wait(client.submit(build_spec(images=faces, dedup_threshold=0.995)).job_id)
-        items = [i for i in client.list_items(job.job_id) if i.parent_id]
-        dim = tensor_to_numpy(client.get_item(job.job_id, items[0].item_id).features["clip"]).size
+        written = client.list_items(job.job_id, state="written")
+        dim = tensor_to_numpy(client.get_item(job.job_id, written[0].item_id).features[CLIP_FEATURE_KEY]).size
 
         started = time.perf_counter()
         vectors = clustered_features(n_vectors, dim, seed=3).vectors.astype(np.float32)
@@ -227,7 +228,7 @@ def gallery_table(base: str, job_id: str, total: int) -> list[str]:
                 max_tiles = max(max_tiles, page.locator(".tile").count())
                 if top >= target_rows * 168:
                     break
-            index = (target_rows * columns) - 1
+            index = (top // 168) * columns  # the first tile of the row now at the top
             expect(page.locator(f'.tile[data-index="{index}"]')).to_be_attached(timeout=30_000)
             scroll_s = time.perf_counter() - started
             results.append((first_paint, scroll_s, steps, max_tiles))
@@ -248,7 +249,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=BENCH / "results" / "studio.md")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "webstudio.md")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
