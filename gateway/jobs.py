@@ -22,6 +22,20 @@ from sfhq.v1 import common_pb2, gateway_pb2
 # SFHQ's own two candidates per inspiration image (docs/sfhq-format.md, "Candidate types").
 DEFAULT_STRATEGIES: tuple[tuple[str, dict[str, float]], ...] = (("e4e_strict_prior", {}), ("low_prior", {}))
 DEFAULT_CORRECTION = ("encoder_truncation", {"coarse": 0.3, "middle": 0.3, "fine": 0.3})
+# Part 3's default: three pull-backs towards the psi > 1 sample per layer group (`a` of
+# docs/sfhq-format.md, "Part 3"), one candidate each; curation keeps the ones that look right.
+DEFAULT_CORRECTIONS: tuple[tuple[str, dict[str, float]], ...] = (
+    (
+        "encoder_truncation",
+        {"coarse": 0.1, "middle": 0.3, "fine": 0.5},
+    ),  # the encoder's structure, the sample's texture
+    DEFAULT_CORRECTION,
+    (
+        "encoder_truncation",
+        {"coarse": 0.5, "middle": 0.5, "fine": 0.5},
+    ),  # nearer the sample: more variety, more risk
+)
+SAMPLING_PART = 3  # SFHQ part 3 is the sampling part
 MAX_INPUTS = 100_000
 MAX_SAMPLES = 1_000_000
 MAX_CANDIDATE_STRATEGIES = 16
@@ -209,16 +223,22 @@ def validate_spec(
         psi_max = _finite(s.psi_max or 2.0, "sampling.psi_max", 0.0, 4.0)
         if psi_max < psi_min:
             raise SpecError("sampling.psi_max: smaller than psi_min")
+        if s.HasField("correction") and s.corrections:
+            raise SpecError("sampling.corrections: give either correction or corrections, not both")
+        if len(s.corrections) > MAX_CANDIDATE_STRATEGIES:
+            raise SpecError(f"sampling.corrections: at most {MAX_CANDIDATE_STRATEGIES}")
         if s.HasField("correction"):
-            correction = _strategy(s.correction, "sampling.correction")
+            corrections = [_strategy(s.correction, "sampling.correction")]
+        elif s.corrections:
+            corrections = [_strategy(c, f"sampling.corrections[{i}]") for i, c in enumerate(s.corrections)]
         else:
-            correction = {"name": DEFAULT_CORRECTION[0], "params": dict(DEFAULT_CORRECTION[1]), "seed": 0}
+            corrections = [{"name": n, "params": dict(p), "seed": 0} for n, p in DEFAULT_CORRECTIONS]
         sampling = {
             "count": int(s.count),
             "first_seed": int(s.first_seed),
             "psi_min": psi_min,
             "psi_max": psi_max,
-            "correction": correction,
+            "corrections": corrections,
         }
 
     cur = spec.curation
@@ -251,7 +271,7 @@ def validate_spec(
     out = spec.output
     if len(out.dataset_uri) > 4096 or ".." in out.dataset_uri.split("/"):
         raise SpecError("output.dataset_uri: invalid")
-    part = out.part or 1
+    part = out.part or (SAMPLING_PART if mode == "sampling" else 1)
     if not 0 <= part <= 9999:
         raise SpecError("output.part: must be in [0, 9999]")
     image_size = out.image_size or 1024

@@ -21,6 +21,7 @@ from services.annotator.detect import FaceLandmarker, FaceLandmarks
 from services.annotator.landmarks110 import compute_landmarks110, rescale_points
 from services.annotator.overlay import render_overlay
 from services.annotator.parsing import FaceParser, upsample_labels
+from services.annotator.pose import HeadPose, estimate_head_pose
 from services.common.errors import InvalidInput, PermanentError
 from services.common.model_holder import LazyModel
 
@@ -73,6 +74,7 @@ class Annotation:
     face_count: int
     fallback_points: int  # extra points that used their geometric fallback
     overlay: PIL.Image.Image | None = None
+    pose: HeadPose | None = None  # from the 68 points (services.annotator.pose); None: PnP found none
 
 
 @dataclass
@@ -167,4 +169,10 @@ class FaceAnnotator:
         points = rescale_points(extended.points, (working_size, working_size), item.image.size)
         label_map = upsample_labels(item.labels, item.image.size)
         overlay = render_overlay(item.image, label_map, points) if with_overlay else None
-        return Annotation(label_map, points, item.face.face_count, int(extended.fallback.sum()), overlay)
+        try:
+            pose: HeadPose | None = estimate_head_pose(item.face.landmarks68, item.small.size)
+        except InvalidInput:
+            pose = None
+        return Annotation(
+            label_map, points, item.face.face_count, int(extended.fallback.sum()), overlay, pose
+        )

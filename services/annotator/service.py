@@ -234,6 +234,7 @@ def annotate_stage(
             files=files,
             face_count=annotation.face_count,
             fallback_points=annotation.fallback_points,
+            pose=annotation.pose.as_dict() if annotation.pose is not None else None,
             provenance=provenance,
         )
 

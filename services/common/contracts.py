@@ -225,6 +225,7 @@ class AnnotateOutput(StageOutput):
     files: dict[str, str]  # kind -> path written in the dataset
     face_count: int
     fallback_points: int  # of the 110 points, how many used their geometric fallback
+    pose: dict[str, float] | None = None  # {yaw, pitch, roll} in degrees (docs/landmarks.md, "Head pose")
 
 
 PAYLOADS: dict[str, type[Payload]] = {

@@ -19,6 +19,7 @@ from PIL import Image
 from services.local_run import LocalCluster
 from sfhq.sdk import Client, SfhqError, build_spec
 from sfhq.v1 import gateway_pb2
+from tests.helpers import ONE_CORRECTION
 from tests.helpers.data import face_path, inspiration_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,6 +103,17 @@ def test_inspiration_job_writes_a_complete_consistent_dataset(client, tmp_path):
     rows = check_dataset(out, job)
     assert sorted(row["strategy"]["name"] for row in rows) == ["e4e_strict_prior"] * 3 + ["low_prior"] * 3
     assert all(row["provenance"] for row in rows)
+    assert all(-90 <= row["yaw"] <= 90 and -90 <= row["pitch"] <= 90 for row in rows)  # head pose
+
+    # The gallery and search filter by head pose.
+    median_yaw = sorted(row["yaw"] for row in rows)[len(rows) // 2]
+    turned = client.list_items(job.job_id, yaw=(median_yaw, None))
+    assert {i.item_id for i in turned} == {r["item_id"] for r in rows if r["yaw"] >= median_yaw}
+    assert turned and all(i.pose.yaw >= median_yaw - 1e-3 for i in turned)
+    posed = client.search("a portrait photo", job_id=job.job_id, top_k=10, yaw=(median_yaw, None)).hits
+    assert {h.item_id for h in posed} == {
+        f"{job.job_id}/{r['item_id']}" for r in rows if r["yaw"] >= median_yaw
+    }
 
     # Items are reachable through the API, with annotations.
     item = client.get_item(job.job_id, rows[0]["item_id"])
@@ -189,7 +201,7 @@ def test_annotate_only_and_sampling_jobs(client, tmp_path):
             psi_max=1.8,
             output_uri=str(tmp_path / "p3"),
             disable_dedup=True,
-            part=3,
+            corrections=ONE_CORRECTION,
         ),
     )
     assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error

@@ -163,6 +163,8 @@ def test_annotate_returns_segmentation_landmarks_and_overlay(server) -> None:
     overlay = PIL.Image.open(io.BytesIO(annotation.overlay.data))
     assert overlay.format == "PNG" and overlay.size == (256, 256)
     assert annotation.face_count == 0  # canonical box: no detection ran
+    pose = annotation.pose  # an FFHQ-aligned face looks roughly into the camera
+    assert annotation.HasField("pose") and abs(pose.yaw) < 30 and abs(pose.pitch) < 30 and abs(pose.roll) < 15
 
     without = stub.Annotate(annotator_pb2.AnnotateRequest(images=request.images, working_size=64))
     assert not without.annotations[0].HasField("overlay")
@@ -325,6 +327,8 @@ def test_annotate_stage_writes_the_sfhq_files(annotator, settings, tmp_path) -> 
     assert results[0].ok, results[0].error_message
     files = results[0].output["files"]
     assert set(files) == {"image", "segmentation", "landmarks", "features", "latent"}
+    pose = results[0].output["pose"]
+    assert set(pose) == {"yaw", "pitch", "roll"} and all(abs(v) < 45 for v in pose.values())
     stem = "SFHQ_pt9_00000001"
     image = PIL.Image.open(dataset / "images" / f"{stem}.jpg")
     assert image.format == "JPEG" and image.size == (256, 256)
