@@ -41,6 +41,10 @@ MAX_SAMPLES = 1_000_000
 MAX_CANDIDATE_STRATEGIES = 16
 MAX_NAME = 200
 MAX_LABELS = 64
+LANDMARK_CONVENTIONS = (
+    "sfhq",
+    "pixel_centres",
+)  # services.annotator.landmarks110 (the gateway imports no model)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 # Internal job states (the API maps FINALIZING to RUNNING).
@@ -141,6 +145,7 @@ class ResolvedSpec:
     write_mode: str = "new"  # "new" | "append" | "overwrite" (gateway/datasets.py)
     dataset_id: str = ""  # set when the job attaches to its dataset
     stem_base: int = 0  # the first stem index of the job's block in the dataset's numbering
+    landmark_convention: str = "sfhq"  # "sfhq" (x * 4) or "pixel_centres" (docs/landmarks.md)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -283,6 +288,11 @@ def validate_spec(
     annotation = out.annotation_size or 256
     if not 64 <= annotation <= 1024:
         raise SpecError("output.annotation_size: must be in [64, 1024]")
+    convention = out.landmark_convention or "sfhq"
+    if convention not in LANDMARK_CONVENTIONS:
+        raise SpecError(
+            f"output.landmark_convention: {out.landmark_convention[:40]!r} is not one of {', '.join(LANDMARK_CONVENTIONS)}"
+        )
     write_modes = {
         gateway_pb2.WRITE_MODE_NEW: "new",
         gateway_pb2.WRITE_MODE_APPEND: "append",
@@ -306,6 +316,7 @@ def validate_spec(
         owner=owner,
         reject_threshold=reject,
         write_mode=write_modes[out.write_mode],
+        landmark_convention=convention,
     )
 
 

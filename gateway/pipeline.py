@@ -218,6 +218,7 @@ def _annotate_payload(spec: ResolvedSpec, item: ItemRecord) -> AnnotatePayload:
         working_size=spec.annotation_size,
         detect_faces=False,
         latent=latent,
+        landmark_convention="pixel_centres" if spec.landmark_convention == "pixel_centres" else "sfhq",
     )
 
 
@@ -466,6 +467,7 @@ def manifest_row(
         "landmarks_path": files.get("landmarks", ""),
         "features_path": files.get("features", ""),
         "latent_blob": synth.get("latent", ""),
+        "landmark_convention": spec.landmark_convention,
         "yaw": pose.get("yaw"),
         "pitch": pose.get("pitch"),
         "roll": pose.get("roll"),

@@ -129,6 +129,7 @@ def build_spec(
     seed: int = 0,
     name: str = "",
     write_mode: str = "new",
+    landmark_convention: str = "",
 ) -> gateway_pb2.JobSpec:
     """A JobSpec from plain arguments; local image files are sent inline.
 
@@ -171,6 +172,7 @@ def build_spec(
     spec.output.image_size = image_size
     spec.output.annotation_size = annotation_size
     spec.output.write_mode = WRITE_MODES[write_mode]
+    spec.output.landmark_convention = landmark_convention  # "" = the gateway's default ("sfhq")
     return spec
 
 

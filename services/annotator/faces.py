@@ -18,7 +18,7 @@ import PIL.Image
 
 from services.annotator.align import AlignBackend, align_face, ffhq_transform, map_landmarks
 from services.annotator.detect import FaceLandmarker, FaceLandmarks
-from services.annotator.landmarks110 import compute_landmarks110, rescale_points
+from services.annotator.landmarks110 import DEFAULT_LANDMARK_CONVENTION, compute_landmarks110, rescale_points
 from services.annotator.overlay import render_overlay
 from services.annotator.parsing import FaceParser, upsample_labels
 from services.annotator.pose import HeadPose, estimate_head_pose
@@ -128,6 +128,7 @@ class FaceAnnotator:
         working_size: int = DEFAULT_WORKING_SIZE,
         canonical_fallback: bool = False,
         with_overlay: bool = False,
+        landmark_convention: str = DEFAULT_LANDMARK_CONVENTION,
     ) -> list[Annotation | PermanentError]:
         """One result per image, or the error that image met (the others are unaffected)."""
         working_size = check_range(working_size, WORKING_SIZE_RANGE, "working_size")
@@ -157,16 +158,16 @@ class FaceAnnotator:
                 results.append(item.error)
                 continue
             try:
-                results.append(self._finish(item, working_size, with_overlay))
+                results.append(self._finish(item, working_size, with_overlay, landmark_convention))
             except PermanentError as error:
                 results.append(error)
         return results
 
     @staticmethod
-    def _finish(item: _Pending, working_size: int, with_overlay: bool) -> Annotation:
+    def _finish(item: _Pending, working_size: int, with_overlay: bool, convention: str) -> Annotation:
         assert item.face is not None and item.labels is not None
         extended = compute_landmarks110(item.face.landmarks68, item.labels)
-        points = rescale_points(extended.points, (working_size, working_size), item.image.size)
+        points = rescale_points(extended.points, (working_size, working_size), item.image.size, convention)
         label_map = upsample_labels(item.labels, item.image.size)
         overlay = render_overlay(item.image, label_map, points) if with_overlay else None
         try:

@@ -7,7 +7,8 @@
 * `align` stage: `AlignPayload` -> `AlignOutput` (the aligned face, lossless: a QOI intermediate).
 * `annotate` stage: `AnnotatePayload` -> the item's SFHQ files (images/, segmentations/,
   landmarks/, pretrained_features/, latents/) through `DatasetWriter`; `AnnotateOutput`. Tasks
-  that share `working_size`, `detect_faces` and `canonical_fallback` are parsed as one batch.
+  that share `working_size`, `detect_faces`, `canonical_fallback` and `landmark_convention` are
+  parsed as one batch.
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ def annotate_stage(
                 detect_faces=first.detect_faces,
                 working_size=first.working_size,
                 canonical_fallback=first.canonical_fallback,
+                landmark_convention=first.landmark_convention,
             )
         )
 
@@ -238,8 +240,9 @@ def annotate_stage(
             provenance=provenance,
         )
 
-    def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool]:
-        return item.payload.working_size, item.payload.detect_faces, item.payload.canonical_fallback
+    def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool, str]:
+        p = item.payload
+        return p.working_size, p.detect_faces, p.canonical_fallback, p.landmark_convention
 
     return batched_handler(parse, run, store, group_by=group, store_pool=store_pool)
 

@@ -12,7 +12,7 @@ Arrays travel as `.npy` blobs. docs/architecture.md has the same table in prose.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -219,6 +219,8 @@ class AnnotatePayload(Payload):
     detect_faces: bool = False  # False: StyleGAN output, the face is where FFHQ puts it
     canonical_fallback: bool = True  # no detection: use FFHQ's canonical face box
     latent: BlobKey | None = None  # written to latents/ when given
+    # 256 -> 1024 px landmark mapping: "sfhq" (x * 4, as SFHQ) or "pixel_centres" ((x + 0.5) * 4 - 0.5)
+    landmark_convention: Literal["sfhq", "pixel_centres"] = "sfhq"
 
 
 class AnnotateOutput(StageOutput):

@@ -77,20 +77,22 @@ class CurationSpec(_message.Message):
     def __init__(self, taste_model: _Optional[str] = ..., accept_threshold: _Optional[float] = ..., dedup_threshold: _Optional[float] = ..., disable_dedup: _Optional[bool] = ..., reject_threshold: _Optional[float] = ...) -> None: ...
 
 class OutputSpec(_message.Message):
-    __slots__ = ("dataset_uri", "part", "image_size", "jpeg_quality", "annotation_size", "write_mode")
+    __slots__ = ("dataset_uri", "part", "image_size", "jpeg_quality", "annotation_size", "write_mode", "landmark_convention")
     DATASET_URI_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
     ANNOTATION_SIZE_FIELD_NUMBER: _ClassVar[int]
     WRITE_MODE_FIELD_NUMBER: _ClassVar[int]
+    LANDMARK_CONVENTION_FIELD_NUMBER: _ClassVar[int]
     dataset_uri: str
     part: int
     image_size: int
     jpeg_quality: int
     annotation_size: int
     write_mode: WriteMode
-    def __init__(self, dataset_uri: _Optional[str] = ..., part: _Optional[int] = ..., image_size: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., annotation_size: _Optional[int] = ..., write_mode: _Optional[_Union[WriteMode, str]] = ...) -> None: ...
+    landmark_convention: str
+    def __init__(self, dataset_uri: _Optional[str] = ..., part: _Optional[int] = ..., image_size: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., annotation_size: _Optional[int] = ..., write_mode: _Optional[_Union[WriteMode, str]] = ..., landmark_convention: _Optional[str] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("name", "mode", "inputs", "input_folder", "sampling", "strategies", "curation", "output", "seed", "labels")

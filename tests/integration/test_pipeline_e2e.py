@@ -243,3 +243,25 @@ def test_folder_input_and_cancel(client, tmp_path):
     assert final.state == gateway_pb2.JOB_STATE_CANCELLED
     assert final.counts.in_flight == 0
     assert final.counts.written < 3
+
+
+def test_a_written_dataset_reads_with_only_sfhqs_published_conventions(client, tmp_path):
+    from tests.helpers.sfhq_reader import read_sfhq_part
+
+    out = tmp_path / "sfhq_like"
+    spec = build_spec(
+        mode="sampling", samples=2, output_uri=str(out), disable_dedup=True, corrections=ONE_CORRECTION
+    )
+    job = run_job(client, spec)
+    assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
+    items = read_sfhq_part(out)  # numpy 1.x names only for the pickles
+    assert [item.stem for item in items] == ["SFHQ_pt3_00000000", "SFHQ_pt3_00000001"]
+    for item in items:
+        assert item.part == 3 and item.image.size == (1024, 1024)
+        assert item.segmentation.shape == (1024, 1024) and item.segmentation.max() <= 18
+        assert item.landmarks.shape == (110, 2) and np.isfinite(item.landmarks).all()
+        assert (item.landmarks >= -1).all() and (item.landmarks <= 1024).all()
+        assert list(item.features) == ["CLIP_ViTL_14@336"]
+        assert item.features["CLIP_ViTL_14@336"].ndim == 2 and item.features["CLIP_ViTL_14@336"].shape[0] == 1
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {row["landmark_convention"] for row in rows} == {"sfhq"}  # the default, recorded per row

@@ -321,6 +321,15 @@ def test_annotate_stage_writes_the_sfhq_files(annotator, settings, tmp_path) -> 
         Task.make("j2", "c0", "annotate", payload),
         Task.make("j2", "c1", "annotate", {**payload, "features": "jobs/j2/missing.npy"}),
         Task.make("j2", "c2", "annotate", {**payload, "stem": ""}),
+        Task.make(
+            "j2",
+            "c3",
+            "annotate",
+            {**payload, "stem": "SFHQ_pt9_00000003", "landmark_convention": "pixel_centres"},
+        ),
+        Task.make(
+            "j2", "c4", "annotate", {**payload, "stem": "SFHQ_pt9_00000004", "landmark_convention": "x4"}
+        ),
     ]
     results = annotate_stage(annotator, blobs, settings)(tasks)
     assert [r.task_id for r in results] == [t.task_id for t in tasks]
@@ -345,6 +354,12 @@ def test_annotate_stage_writes_the_sfhq_files(annotator, settings, tmp_path) -> 
         provenance["parser"]["checkpoint"] == PARSER_CHECKPOINT
         and provenance["landmarks68"]["landmarks68"] == "dlib"
     )
+    # the default convention is SFHQ's (x * 4 from the 64-px working copy); pixel centres sit 1.5 px
+    # further down-right at 4x, point for point
+    centres = np.load(dataset / "landmarks" / "SFHQ_pt9_00000003.npz")["landmarks"]
+    np.testing.assert_allclose(centres - landmarks, 1.5, atol=1e-4)
+    assert (results[4].ok, results[4].error_code) == (False, "INVALID_ARGUMENT")
+    assert "landmark_convention" in results[4].error_message
     assert (results[1].ok, results[1].error_code) == (False, "NOT_FOUND")
     assert (
         not results[2].ok
