@@ -76,6 +76,9 @@ class Annotation:
     overlay: PIL.Image.Image | None = None
     pose: HeadPose | None = None  # from the 68 points (services.annotator.pose); None: PnP found none
 
+    def pose_record(self) -> dict[str, float] | None:
+        return self.pose.as_dict() if self.pose is not None else None
+
 
 @dataclass
 class _Pending:

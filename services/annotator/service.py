@@ -5,10 +5,8 @@
 * `Detect`, `Align`, `Annotate`: see `FaceAnnotator`; `Align` can return another output size
   (the points and the affine map follow) and `Annotate` an overlay picture of both annotations.
 * `align` stage: `AlignPayload` -> `AlignOutput` (the aligned face, lossless: a QOI intermediate).
-* `annotate` stage: `AnnotatePayload` -> the item's SFHQ files (images/, segmentations/,
-  landmarks/, pretrained_features/, latents/) through `DatasetWriter`; `AnnotateOutput`. Tasks
-  that share `working_size`, `detect_faces`, `canonical_fallback` and `landmark_convention` are
-  parsed as one batch.
+* `annotate` stage: `AnnotatePayload` -> the item's SFHQ files through `DatasetWriter`;
+  `AnnotateOutput`. Tasks that share `AnnotatePayload.batch_key()` are parsed as one batch.
 """
 
 from __future__ import annotations
@@ -236,13 +234,12 @@ def annotate_stage(
             files=files,
             face_count=annotation.face_count,
             fallback_points=annotation.fallback_points,
-            pose=annotation.pose.as_dict() if annotation.pose is not None else None,
+            pose=annotation.pose_record(),
             provenance=provenance,
         )
 
     def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool, str]:
-        p = item.payload
-        return p.working_size, p.detect_faces, p.canonical_fallback, p.landmark_convention
+        return item.payload.batch_key()
 
     return batched_handler(parse, run, store, group_by=group, store_pool=store_pool)
 

@@ -222,6 +222,10 @@ class AnnotatePayload(Payload):
     # 256 -> 1024 px landmark mapping: "sfhq" (x * 4, as SFHQ) or "pixel_centres" ((x + 0.5) * 4 - 0.5)
     landmark_convention: Literal["sfhq", "pixel_centres"] = "sfhq"
 
+    def batch_key(self) -> tuple[int, bool, bool, str]:
+        """What annotate tasks parsed in one batch (one parser call) must share."""
+        return self.working_size, self.detect_faces, self.canonical_fallback, self.landmark_convention
+
 
 class AnnotateOutput(StageOutput):
     files: dict[str, str]  # kind -> path written in the dataset
