@@ -29,6 +29,7 @@ SCRIPTS = (
     "search",
     "curation",
     "pipeline",
+    "pose",
     "gpu",
     "load",
 )

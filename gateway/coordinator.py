@@ -25,6 +25,7 @@ from gateway.search_client import SearchClient
 from services.common.blobs import BlobStore
 from services.common.contracts import ItemState
 from services.common.dataset import FOLDERS, DatasetWriter
+from services.common.errors import PermanentError
 from services.common.queue import (
     CANCELLED_JOBS,
     COORDINATOR_GROUP,
@@ -387,6 +388,7 @@ class Coordinator:
             }
             writer.write_job_part(job_id, rows, info)
             self._merge(spec, writer)
+            self._index_poses(job_id, rows)
         except Exception as exc:  # the dataset location is broken: the job fails with the reason
             log.exception("writing the manifest of %s failed", job_id)
             self.store.set_state(
@@ -397,6 +399,21 @@ class Coordinator:
         self.store.set_state(job_id, final_state, error=error, only_from={jobs.FINALIZING})
         self.store.redis.srem(jobs.TO_FINALIZE, job_id)
         self._specs.pop(job_id, None)
+
+    def _index_poses(self, job_id: str, rows: list[dict[str, Any]]) -> None:
+        """Hand the written items' head poses to the search index (curate indexed them before the
+        annotate stage measured the pose), so search can filter by pose. Best effort: a search service
+        that is away costs the filter these poses, never the job."""
+        posed = [row for row in rows if row.get("yaw") is not None]
+        if self.search is None or not posed:
+            return
+        try:
+            self.search.set_poses(
+                [f"{job_id}/{row['item_id']}" for row in posed],
+                [(float(row["yaw"]), float(row["pitch"]), float(row["roll"])) for row in posed],
+            )
+        except PermanentError as exc:
+            log.warning("job %s: head poses not indexed: %s", job_id, exc)
 
     def _dedup_pass(self, job_id: str, spec: ResolvedSpec, curated: list[dict[str, Any]]) -> None:
         """The job's candidates are all curated: one dataset-wide near-duplicate pass (the best-scored

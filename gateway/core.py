@@ -24,7 +24,7 @@ from gateway.curation import Curation
 from gateway.datasets import DatasetBook, WriteMode
 from gateway.jobs import ResolvedSpec, SpecError
 from gateway.locations import FolderLimits, Locations, user_area
-from gateway.pipeline import Plan, first_plans, stems_needed, written_row
+from gateway.pipeline import Plan, first_plans, item_pose, pose_in_ranges, stems_needed, written_row
 from gateway.search_client import SearchClient
 from services.common import tracing
 from services.common.auth import Principal
@@ -287,8 +287,11 @@ class GatewayCore:
         limit = request.limit or 1000
         if not 1 <= limit <= MAX_LIST_ITEMS or request.offset < 0 or len(request.state) > 32:
             raise InvalidInput(f"limit/offset/state: limit must be in [1, {MAX_LIST_ITEMS}], offset >= 0")
+        ranges = messages.angle_ranges(request, "")
         items = [
-            i for i in self.store.items(request.job_id) if not request.state or i["state"] == request.state
+            i
+            for i in self.store.items(request.job_id)
+            if (not request.state or i["state"] == request.state) and pose_in_ranges(item_pose(i), ranges)
         ]
         out = gateway_pb2.ListItemsResponse()
         for record in items[request.offset : request.offset + limit]:

@@ -22,11 +22,29 @@ from sfhq.v1 import common_pb2, gateway_pb2
 # SFHQ's own two candidates per inspiration image (docs/sfhq-format.md, "Candidate types").
 DEFAULT_STRATEGIES: tuple[tuple[str, dict[str, float]], ...] = (("e4e_strict_prior", {}), ("low_prior", {}))
 DEFAULT_CORRECTION = ("encoder_truncation", {"coarse": 0.3, "middle": 0.3, "fine": 0.3})
+# Part 3's default: three pull-backs towards the psi > 1 sample per layer group (`a` of
+# docs/sfhq-format.md, "Part 3"), one candidate each; curation keeps the ones that look right.
+DEFAULT_CORRECTIONS: tuple[tuple[str, dict[str, float]], ...] = (
+    (
+        "encoder_truncation",
+        {"coarse": 0.1, "middle": 0.3, "fine": 0.5},
+    ),  # the encoder's structure, the sample's texture
+    DEFAULT_CORRECTION,
+    (
+        "encoder_truncation",
+        {"coarse": 0.5, "middle": 0.5, "fine": 0.5},
+    ),  # nearer the sample: more variety, more risk
+)
+SAMPLING_PART = 3  # SFHQ part 3 is the sampling part
 MAX_INPUTS = 100_000
 MAX_SAMPLES = 1_000_000
 MAX_CANDIDATE_STRATEGIES = 16
 MAX_NAME = 200
 MAX_LABELS = 64
+LANDMARK_CONVENTIONS = (
+    "sfhq",
+    "pixel_centres",
+)  # services.annotator.landmarks110 (the gateway imports no model)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 # Internal job states (the API maps FINALIZING to RUNNING).
@@ -127,6 +145,7 @@ class ResolvedSpec:
     write_mode: str = "new"  # "new" | "append" | "overwrite" (gateway/datasets.py)
     dataset_id: str = ""  # set when the job attaches to its dataset
     stem_base: int = 0  # the first stem index of the job's block in the dataset's numbering
+    landmark_convention: str = "sfhq"  # "sfhq" (x * 4) or "pixel_centres" (docs/landmarks.md)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -209,16 +228,22 @@ def validate_spec(
         psi_max = _finite(s.psi_max or 2.0, "sampling.psi_max", 0.0, 4.0)
         if psi_max < psi_min:
             raise SpecError("sampling.psi_max: smaller than psi_min")
+        if s.HasField("correction") and s.corrections:
+            raise SpecError("sampling.corrections: give either correction or corrections, not both")
+        if len(s.corrections) > MAX_CANDIDATE_STRATEGIES:
+            raise SpecError(f"sampling.corrections: at most {MAX_CANDIDATE_STRATEGIES}")
         if s.HasField("correction"):
-            correction = _strategy(s.correction, "sampling.correction")
+            corrections = [_strategy(s.correction, "sampling.correction")]
+        elif s.corrections:
+            corrections = [_strategy(c, f"sampling.corrections[{i}]") for i, c in enumerate(s.corrections)]
         else:
-            correction = {"name": DEFAULT_CORRECTION[0], "params": dict(DEFAULT_CORRECTION[1]), "seed": 0}
+            corrections = [{"name": n, "params": dict(p), "seed": 0} for n, p in DEFAULT_CORRECTIONS]
         sampling = {
             "count": int(s.count),
             "first_seed": int(s.first_seed),
             "psi_min": psi_min,
             "psi_max": psi_max,
-            "correction": correction,
+            "corrections": corrections,
         }
 
     cur = spec.curation
@@ -251,7 +276,7 @@ def validate_spec(
     out = spec.output
     if len(out.dataset_uri) > 4096 or ".." in out.dataset_uri.split("/"):
         raise SpecError("output.dataset_uri: invalid")
-    part = out.part or 1
+    part = out.part or (SAMPLING_PART if mode == "sampling" else 1)
     if not 0 <= part <= 9999:
         raise SpecError("output.part: must be in [0, 9999]")
     image_size = out.image_size or 1024
@@ -263,6 +288,11 @@ def validate_spec(
     annotation = out.annotation_size or 256
     if not 64 <= annotation <= 1024:
         raise SpecError("output.annotation_size: must be in [64, 1024]")
+    convention = out.landmark_convention or "sfhq"
+    if convention not in LANDMARK_CONVENTIONS:
+        raise SpecError(
+            f"output.landmark_convention: {out.landmark_convention[:40]!r} is not one of {', '.join(LANDMARK_CONVENTIONS)}"
+        )
     write_modes = {
         gateway_pb2.WRITE_MODE_NEW: "new",
         gateway_pb2.WRITE_MODE_APPEND: "append",
@@ -286,6 +316,7 @@ def validate_spec(
         owner=owner,
         reject_threshold=reject,
         write_mode=write_modes[out.write_mode],
+        landmark_convention=convention,
     )
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from google.protobuf import json_format
 
 from gateway import jobs
+from services.common.errors import InvalidInput
 from sfhq.v1 import common_pb2, gateway_pb2
 
 STATE_TO_PROTO: dict[str, gateway_pb2.JobState] = {
@@ -116,6 +118,9 @@ def item(job_id: str, record: dict[str, Any]) -> gateway_pb2.Item:
     )
     if record["taste_score"] is not None:
         message.taste_score = float(record["taste_score"])
+    pose = (record["outputs"].get("annotate") or {}).get("pose")
+    if isinstance(pose, dict):
+        message.pose.CopyFrom(common_pb2.HeadPose(**{k: float(pose[k]) for k in ("yaw", "pitch", "roll")}))
     if record["error"]:
         error = record["error"]
         message.error.CopyFrom(
@@ -129,3 +134,26 @@ def lost_state_message(job_id: str) -> str:
         f"the state of job {job_id!r} was lost: Redis restarted without persistence (enable appendonly) "
         "or was flushed; submit the job again"
     )
+
+
+MAX_ANGLE = 180.0
+
+
+def angle_ranges(message: Any, prefix: str = "filter.") -> dict[str, tuple[float | None, float | None]]:
+    """The head-pose ranges a request sets (`yaw`, `pitch`, `roll` AngleRange fields), checked:
+    InvalidInput names the field of a bound that is not finite, outside [-180, 180] or reversed."""
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+    for angle in ("yaw", "pitch", "roll"):
+        if not message.HasField(angle):
+            continue
+        bounds = getattr(message, angle)
+        low = bounds.min if bounds.HasField("min") else None
+        high = bounds.max if bounds.HasField("max") else None
+        for name, value in (("min", low), ("max", high)):
+            if value is not None and not (math.isfinite(value) and -MAX_ANGLE <= value <= MAX_ANGLE):
+                raise InvalidInput(f"{prefix}{angle}.{name}: {value} is not an angle in [-180, 180]")
+        if low is not None and high is not None and low > high:
+            raise InvalidInput(f"{prefix}{angle}: min {low} is above max {high}")
+        if low is not None or high is not None:
+            ranges[angle] = (low, high)
+    return ranges

@@ -7,7 +7,7 @@ contracts of `services.common.contracts`, shared with the stage handlers.
 
 Flows (docs/pipeline.md):
   inspiration   input:  align(256) -> encode -> synthesize K strategies -> K candidates
-  sampling      sample: sample(seed, psi) -> encode -> synthesize(correction)  -> 1 candidate
+  sampling      sample: sample(seed, psi) -> encode -> synthesize(corrections) -> one candidate per correction
   annotate_only input:  align(image_size) -> (the item itself is the candidate)
   every candidate:      embed -> curate -> annotate (writes the SFHQ files) -> written
 
@@ -105,14 +105,21 @@ def sample_item_id(ordinal: int) -> str:
     return f"s{ordinal:07d}"
 
 
+def sampling_corrections(spec: ResolvedSpec) -> list[dict[str, Any]]:
+    """A sampling job's corrections, one candidate each (jobs submitted before corrections were a
+    list carry one `correction`)."""
+    s = spec.sampling
+    return list(s["corrections"]) if "corrections" in s else [s["correction"]]
+
+
 def candidates_per_parent(spec: ResolvedSpec) -> int:
-    return 1 if spec.mode == "sampling" else len(spec.strategies)
+    return len(sampling_corrections(spec)) if spec.mode == "sampling" else len(spec.strategies)
 
 
 def stems_needed(spec: ResolvedSpec, inputs: int) -> int:
     """How many stems a job may use: one per possible candidate (its block in the dataset's numbering)."""
     if spec.mode == "sampling":
-        return int(spec.sampling["count"])
+        return int(spec.sampling["count"]) * candidates_per_parent(spec)
     return inputs * (1 if spec.mode == "annotate_only" else len(spec.strategies))
 
 
@@ -186,7 +193,7 @@ def candidate_image(item: ItemRecord) -> str:
 
 def _strategies_for(spec: ResolvedSpec, item: ItemRecord) -> list[StrategyRecord]:
     """Per-candidate strategies with seeds derived from the job seed and the item (deterministic)."""
-    chosen = [spec.sampling["correction"]] if spec.mode == "sampling" else spec.strategies
+    chosen = sampling_corrections(spec) if spec.mode == "sampling" else spec.strategies
     return [
         StrategyRecord(
             name=s["name"],
@@ -211,6 +218,7 @@ def _annotate_payload(spec: ResolvedSpec, item: ItemRecord) -> AnnotatePayload:
         working_size=spec.annotation_size,
         detect_faces=False,
         latent=latent,
+        landmark_convention="pixel_centres" if spec.landmark_convention == "pixel_centres" else "sfhq",
     )
 
 
@@ -442,6 +450,7 @@ def manifest_row(
 ) -> dict[str, Any]:
     """One manifest row per written item (docs/pipeline.md, "Datasets")."""
     synth = item["outputs"].get("synthesize") or {}
+    pose = item_pose(item) or {}
     return {
         "stem": item["stem"],
         "item_id": item["id"],
@@ -458,5 +467,35 @@ def manifest_row(
         "landmarks_path": files.get("landmarks", ""),
         "features_path": files.get("features", ""),
         "latent_blob": synth.get("latent", ""),
+        "landmark_convention": spec.landmark_convention,
+        "yaw": pose.get("yaw"),
+        "pitch": pose.get("pitch"),
+        "roll": pose.get("roll"),
         "provenance": provenance,
     }
+
+
+def item_pose(item: ItemRecord) -> dict[str, float] | None:
+    """The head pose the annotate stage measured ({yaw, pitch, roll} in degrees), or None."""
+    pose = (item["outputs"].get("annotate") or {}).get("pose")
+    return pose if isinstance(pose, dict) else None
+
+
+def pose_in_ranges(
+    pose: dict[str, float] | None, ranges: dict[str, tuple[float | None, float | None]]
+) -> bool:
+    """True when every named angle range holds `pose` (an unknown pose is in no range)."""
+    if not ranges:
+        return True
+    if pose is None:
+        return False
+    for angle, (low, high) in ranges.items():
+        value = pose.get(angle)
+        # bounds arrive as float32 (protobuf `float`): a pose equal to a bound stays inside it
+        if (
+            value is None
+            or (low is not None and value < low - 1e-4)
+            or (high is not None and value > high + 1e-4)
+        ):
+            return False
+    return True

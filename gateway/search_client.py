@@ -19,11 +19,12 @@ from services.common.config import Settings
 from services.common.errors import PermanentError
 from services.common.server import client_channel
 from sfhq.tensors import numpy_to_tensor
-from sfhq.v1 import search_pb2, search_pb2_grpc
+from sfhq.v1 import common_pb2, search_pb2, search_pb2_grpc
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 120.0
 LONG_CALL_TIMEOUT_S = 1800.0  # a training run, a dataset-wide pass over hundreds of thousands
+POSE_BATCH = 50_000  # item ids per SetPoses call (the search service takes 100,000)
 SCORE_BATCH = 20_000  # vectors per Score call (20,000 x 768 float32 = 61 MB, under the message limit)
 
 
@@ -103,6 +104,20 @@ class SearchClient:
             return 0
         request = search_pb2.SetDecisionsRequest(item_ids=list(item_ids), decision=decision)
         return int(self._call(self.stub.SetDecisions, request).updated)
+
+    def set_poses(self, item_ids: Sequence[str], poses: Sequence[tuple[float, float, float]]) -> int:
+        """Record indexed items' head poses (degrees), in batches under the request limit."""
+        updated = 0
+        for start in range(0, len(item_ids), POSE_BATCH):
+            request = search_pb2.SetPosesRequest(
+                item_ids=list(item_ids[start : start + POSE_BATCH]),
+                poses=[
+                    common_pb2.HeadPose(yaw=y, pitch=p, roll=r)
+                    for y, p, r in poses[start : start + POSE_BATCH]
+                ],
+            )
+            updated += int(self._call(self.stub.SetPoses, request).updated)
+        return updated
 
     def dedup_groups(
         self,

@@ -465,6 +465,7 @@ def sampling_spec(samples: int, output: Path, *, first_seed: int = 0, image_size
     return build_spec(
         mode="sampling",
         samples=samples,
+        corrections=["encoder_truncation:coarse=0.3,middle=0.3,fine=0.3"],  # one candidate per sample
         first_seed=first_seed,
         annotation_size=64,
         disable_dedup=True,

@@ -91,6 +91,7 @@ def client_main(role: str, connection: dict[str, Any], seconds: float, seed: int
                 spec = build_spec(
                     mode="sampling",
                     samples=1,
+                    corrections=["encoder_truncation:coarse=0.3,middle=0.3,fine=0.3"],
                     first_seed=rng.randrange(1 << 30),
                     annotation_size=64,
                     image_size=64,

@@ -76,6 +76,13 @@ def submit(
     first_seed: int = 0,
     psi_min: float = 0.0,
     psi_max: float = 0.0,
+    correction: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--correction",
+            help="sampling: encoder_truncation:coarse=A,middle=B,fine=C; repeat for several candidates per sample",
+        ),
+    ] = None,
     taste_model: Annotated[str, typer.Option(help="taste model name (empty: no taste filter)")] = "",
     dedup: Annotated[float, typer.Option(help="near-duplicate cosine threshold; 0 disables")] = 0.92,
     accept_threshold: Annotated[
@@ -90,7 +97,8 @@ def submit(
         bool, typer.Option("--overwrite", help="replace the dataset (or SFHQ files) in --output")
     ] = False,
     part: Annotated[
-        int, typer.Option(help="SFHQ part number of the stems (default 1; appending: the dataset's)")
+        int,
+        typer.Option(help="SFHQ part number of the stems (default 1, sampling 3; appending: the dataset's)"),
     ] = 0,
     seed: int = 0,
     name: str = "",
@@ -113,6 +121,7 @@ def submit(
         first_seed=first_seed,
         psi_min=psi_min,
         psi_max=psi_max,
+        corrections=correction or [],
         taste_model=taste_model,
         dedup_threshold=dedup if dedup > 0 else None,
         disable_dedup=dedup <= 0,

@@ -116,6 +116,7 @@ def build_spec(
     first_seed: int = 0,
     psi_min: float = 0.0,
     psi_max: float = 0.0,
+    corrections: Sequence[str | common_pb2.Strategy] = (),
     taste_model: str = "",
     accept_threshold: float | None = None,
     dedup_threshold: float | None = None,
@@ -128,11 +129,13 @@ def build_spec(
     seed: int = 0,
     name: str = "",
     write_mode: str = "new",
+    landmark_convention: str = "",
 ) -> gateway_pb2.JobSpec:
     """A JobSpec from plain arguments; local image files are sent inline.
 
     `write_mode`: "new" (refuse a folder that holds anything), "append" (add to the dataset there),
-    "overwrite" (replace it). A relative local `output_uri` is made absolute here, against the
+    "overwrite" (replace it). `corrections` (sampling): several corrections, one candidate each,
+    e.g. `["encoder_truncation:coarse=0.2,middle=0.3,fine=0.4", ...]`. A relative local `output_uri` is made absolute here, against the
     caller's working directory (the services would otherwise each resolve it against theirs)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: must be one of {', '.join(SHOWN_MODES)}")
@@ -154,6 +157,8 @@ def build_spec(
         spec.sampling.first_seed = first_seed
         spec.sampling.psi_min = psi_min
         spec.sampling.psi_max = psi_max
+        for c in corrections:
+            spec.sampling.corrections.append(parse_strategy(c) if isinstance(c, str) else c)
     spec.curation.taste_model = taste_model
     if accept_threshold is not None:
         spec.curation.accept_threshold = accept_threshold
@@ -167,7 +172,25 @@ def build_spec(
     spec.output.image_size = image_size
     spec.output.annotation_size = annotation_size
     spec.output.write_mode = WRITE_MODES[write_mode]
+    spec.output.landmark_convention = landmark_convention  # "" = the gateway's default ("sfhq")
     return spec
+
+
+AngleBounds = tuple[float | None, float | None]
+
+
+def set_angle_ranges(message: Any, **ranges: AngleBounds | None) -> None:
+    """Fill a request's `yaw` / `pitch` / `roll` AngleRange fields from (min, max) pairs."""
+    for angle, bounds in ranges.items():
+        if bounds is None:
+            continue
+        low, high = bounds
+        field = getattr(message, angle)
+        field.SetInParent()
+        if low is not None:
+            field.min = low
+        if high is not None:
+            field.max = high
 
 
 def search_request(
@@ -180,7 +203,11 @@ def search_request(
     source: str = "",
     min_taste_score: float | None = None,
     max_taste_score: float | None = None,
+    yaw: AngleBounds | None = None,
+    pitch: AngleBounds | None = None,
+    roll: AngleBounds | None = None,
 ) -> search_pb2.SearchRequest:
+    """`yaw`, `pitch`, `roll`: (min, max) head pose ranges in degrees (None bounds are open)."""
     if sum(x is not None for x in (text, image, vector)) != 1:
         raise ValueError("give exactly one of text, image or vector")
     request = search_pb2.SearchRequest(
@@ -190,6 +217,7 @@ def search_request(
         request.filter.min_taste_score = min_taste_score
     if max_taste_score is not None:
         request.filter.max_taste_score = max_taste_score
+    set_angle_ranges(request.filter, yaw=yaw, pitch=pitch, roll=roll)
     if text is not None:
         request.text = text
     elif vector is not None:
@@ -276,10 +304,10 @@ class Requests:
         return Call("ListJobs", gateway_pb2.ListJobsRequest(limit=limit, state=state))
 
     @staticmethod
-    def list_items(job_id: str, state: str, limit: int, offset: int) -> Call:
-        return Call(
-            "ListItems", gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
-        )
+    def list_items(job_id: str, state: str, limit: int, offset: int, **poses: AngleBounds | None) -> Call:
+        request = gateway_pb2.ListItemsRequest(job_id=job_id, state=state, limit=limit, offset=offset)
+        set_angle_ranges(request, **poses)
+        return Call("ListItems", request)
 
     @staticmethod
     def get_item(job_id: str, item_id: str, image: bool, annotations: bool) -> Call:
@@ -496,9 +524,19 @@ class Client:
 
     # items
     def list_items(
-        self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0
+        self,
+        job_id: str,
+        state: str = "",
+        limit: int = 10000,
+        offset: int = 0,
+        *,
+        yaw: AngleBounds | None = None,
+        pitch: AngleBounds | None = None,
+        roll: AngleBounds | None = None,
     ) -> list[gateway_pb2.Item]:
-        return list(self._run(Requests.list_items(job_id, state, limit, offset)).items)
+        """A job's items; `yaw` / `pitch` / `roll` (min, max) keep written items of those head poses."""
+        call = Requests.list_items(job_id, state, limit, offset, yaw=yaw, pitch=pitch, roll=roll)
+        return list(self._run(call).items)
 
     def get_item(
         self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True
@@ -537,13 +575,20 @@ class Client:
         source: str = "",
         min_taste_score: float | None = None,
         max_taste_score: float | None = None,
+        yaw: AngleBounds | None = None,
+        pitch: AngleBounds | None = None,
+        roll: AngleBounds | None = None,
     ) -> search_pb2.SearchResponse:
+        """`yaw` / `pitch` / `roll`: (min, max) head pose ranges in degrees (None bounds are open)."""
         filters = dict(
             top_k=top_k,
             job_id=job_id,
             source=source,
             min_taste_score=min_taste_score,
             max_taste_score=max_taste_score,
+            yaw=yaw,
+            pitch=pitch,
+            roll=roll,
         )
         return self._run(Requests.search(text, image, vector, **filters))
 
@@ -728,9 +773,18 @@ class AsyncClient:
 
     # items
     async def list_items(
-        self, job_id: str, state: str = "", limit: int = 10000, offset: int = 0
+        self,
+        job_id: str,
+        state: str = "",
+        limit: int = 10000,
+        offset: int = 0,
+        *,
+        yaw: AngleBounds | None = None,
+        pitch: AngleBounds | None = None,
+        roll: AngleBounds | None = None,
     ) -> list[gateway_pb2.Item]:
-        return list((await self._run(Requests.list_items(job_id, state, limit, offset))).items)
+        call = Requests.list_items(job_id, state, limit, offset, yaw=yaw, pitch=pitch, roll=roll)
+        return list((await self._run(call)).items)
 
     async def get_item(
         self, job_id: str, item_id: str, *, image: bool = True, annotations: bool = True
@@ -770,13 +824,20 @@ class AsyncClient:
         source: str = "",
         min_taste_score: float | None = None,
         max_taste_score: float | None = None,
+        yaw: AngleBounds | None = None,
+        pitch: AngleBounds | None = None,
+        roll: AngleBounds | None = None,
     ) -> search_pb2.SearchResponse:
+        """`yaw` / `pitch` / `roll`: (min, max) head pose ranges in degrees (None bounds are open)."""
         filters = dict(
             top_k=top_k,
             job_id=job_id,
             source=source,
             min_taste_score=min_taste_score,
             max_taste_score=max_taste_score,
+            yaw=yaw,
+            pitch=pitch,
+            roll=roll,
         )
         return await self._run(Requests.search(text, image, vector, **filters))
 

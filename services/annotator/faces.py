@@ -18,9 +18,10 @@ import PIL.Image
 
 from services.annotator.align import AlignBackend, align_face, ffhq_transform, map_landmarks
 from services.annotator.detect import FaceLandmarker, FaceLandmarks
-from services.annotator.landmarks110 import compute_landmarks110, rescale_points
+from services.annotator.landmarks110 import DEFAULT_LANDMARK_CONVENTION, compute_landmarks110, rescale_points
 from services.annotator.overlay import render_overlay
 from services.annotator.parsing import FaceParser, upsample_labels
+from services.annotator.pose import HeadPose, estimate_head_pose
 from services.common.errors import InvalidInput, PermanentError
 from services.common.model_holder import LazyModel
 
@@ -73,6 +74,10 @@ class Annotation:
     face_count: int
     fallback_points: int  # extra points that used their geometric fallback
     overlay: PIL.Image.Image | None = None
+    pose: HeadPose | None = None  # from the 68 points (services.annotator.pose); None: PnP found none
+
+    def pose_record(self) -> dict[str, float] | None:
+        return self.pose.as_dict() if self.pose is not None else None
 
 
 @dataclass
@@ -126,6 +131,7 @@ class FaceAnnotator:
         working_size: int = DEFAULT_WORKING_SIZE,
         canonical_fallback: bool = False,
         with_overlay: bool = False,
+        landmark_convention: str = DEFAULT_LANDMARK_CONVENTION,
     ) -> list[Annotation | PermanentError]:
         """One result per image, or the error that image met (the others are unaffected)."""
         working_size = check_range(working_size, WORKING_SIZE_RANGE, "working_size")
@@ -155,16 +161,22 @@ class FaceAnnotator:
                 results.append(item.error)
                 continue
             try:
-                results.append(self._finish(item, working_size, with_overlay))
+                results.append(self._finish(item, working_size, with_overlay, landmark_convention))
             except PermanentError as error:
                 results.append(error)
         return results
 
     @staticmethod
-    def _finish(item: _Pending, working_size: int, with_overlay: bool) -> Annotation:
+    def _finish(item: _Pending, working_size: int, with_overlay: bool, convention: str) -> Annotation:
         assert item.face is not None and item.labels is not None
         extended = compute_landmarks110(item.face.landmarks68, item.labels)
-        points = rescale_points(extended.points, (working_size, working_size), item.image.size)
+        points = rescale_points(extended.points, (working_size, working_size), item.image.size, convention)
         label_map = upsample_labels(item.labels, item.image.size)
         overlay = render_overlay(item.image, label_map, points) if with_overlay else None
-        return Annotation(label_map, points, item.face.face_count, int(extended.fallback.sum()), overlay)
+        try:
+            pose: HeadPose | None = estimate_head_pose(item.face.landmarks68, item.small.size)
+        except InvalidInput:
+            pose = None
+        return Annotation(
+            label_map, points, item.face.face_count, int(extended.fallback.sum()), overlay, pose
+        )

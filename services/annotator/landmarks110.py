@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.errors import InvalidInput
 from sfhq.annotations import LANDMARK_GROUP_TABLE
 
 _GROUP_TABLE = LANDMARK_GROUP_TABLE  # sfhq/annotations.py: shared with the clients
@@ -328,14 +329,33 @@ def extend_landmarks(landmarks68, label_map: np.ndarray) -> np.ndarray:
     return compute_landmarks110(landmarks68, label_map).points
 
 
-def rescale_points(points: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """Map pixel coordinates between two resolutions of the same image, pixel centres aligned
-    ((width, height) sizes). SFHQ multiplied 256-px coordinates by 4; aligning pixel centres instead
-    removes the 1.5-px offset that introduces at 1024."""
+LANDMARK_CONVENTIONS = ("sfhq", "pixel_centres")
+DEFAULT_LANDMARK_CONVENTION = "sfhq"  # docs/landmarks.md, "Coordinate convention"
+
+
+def rescale_points(
+    points: np.ndarray,
+    from_size: tuple[int, int],
+    to_size: tuple[int, int],
+    convention: str = "pixel_centres",
+) -> np.ndarray:
+    """Map pixel coordinates between two resolutions of the same image ((width, height) sizes).
+
+    `pixel_centres`: centres aligned, `(x + 0.5) * s - 0.5` (geometrically exact). `sfhq`: `x * s`,
+    what SFHQ most likely did when it "upscaled" 256-px landmarks to 1024 (1.5 px up-left of the
+    exact mapping at 4x)."""
+    if convention not in LANDMARK_CONVENTIONS:
+        raise InvalidInput(
+            f"landmark_convention: {convention!r} is not one of {', '.join(LANDMARK_CONVENTIONS)}"
+        )
     pts = np.asarray(points, dtype=np.float64)
     sx = to_size[0] / from_size[0]
     sy = to_size[1] / from_size[1]
     out = np.empty_like(pts)
-    out[:, 0] = (pts[:, 0] + 0.5) * sx - 0.5
-    out[:, 1] = (pts[:, 1] + 0.5) * sy - 0.5
+    if convention == "sfhq":
+        out[:, 0] = pts[:, 0] * sx
+        out[:, 1] = pts[:, 1] * sy
+    else:
+        out[:, 0] = (pts[:, 0] + 0.5) * sx - 0.5
+        out[:, 1] = (pts[:, 1] + 0.5) * sy - 0.5
     return out.astype(np.float32)

@@ -43,6 +43,10 @@ def annotation(result: Annotation) -> annotator_pb2.Annotation:
         landmarks=numpy_to_tensor(result.landmarks),
         face_count=result.face_count,
     )
+    if result.pose is not None:
+        message.pose.CopyFrom(
+            common_pb2.HeadPose(yaw=result.pose.yaw, pitch=result.pose.pitch, roll=result.pose.roll)
+        )
     if result.overlay is not None:
         message.overlay.data = encode_image(result.overlay, "png")
     return message

@@ -5,9 +5,8 @@
 * `Detect`, `Align`, `Annotate`: see `FaceAnnotator`; `Align` can return another output size
   (the points and the affine map follow) and `Annotate` an overlay picture of both annotations.
 * `align` stage: `AlignPayload` -> `AlignOutput` (the aligned face, lossless: a QOI intermediate).
-* `annotate` stage: `AnnotatePayload` -> the item's SFHQ files (images/, segmentations/,
-  landmarks/, pretrained_features/, latents/) through `DatasetWriter`; `AnnotateOutput`. Tasks
-  that share `working_size`, `detect_faces` and `canonical_fallback` are parsed as one batch.
+* `annotate` stage: `AnnotatePayload` -> the item's SFHQ files through `DatasetWriter`;
+  `AnnotateOutput`. Tasks that share `AnnotatePayload.batch_key()` are parsed as one batch.
 """
 
 from __future__ import annotations
@@ -215,6 +214,7 @@ def annotate_stage(
                 detect_faces=first.detect_faces,
                 working_size=first.working_size,
                 canonical_fallback=first.canonical_fallback,
+                landmark_convention=first.landmark_convention,
             )
         )
 
@@ -234,11 +234,12 @@ def annotate_stage(
             files=files,
             face_count=annotation.face_count,
             fallback_points=annotation.fallback_points,
+            pose=annotation.pose_record(),
             provenance=provenance,
         )
 
-    def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool]:
-        return item.payload.working_size, item.payload.detect_faces, item.payload.canonical_fallback
+    def group(_task: Task, item: _ToAnnotate) -> tuple[int, bool, bool, str]:
+        return item.payload.batch_key()
 
     return batched_handler(parse, run, store, group_by=group, store_pool=store_pool)
 

@@ -12,7 +12,7 @@ Arrays travel as `.npy` blobs. docs/architecture.md has the same table in prose.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -219,12 +219,19 @@ class AnnotatePayload(Payload):
     detect_faces: bool = False  # False: StyleGAN output, the face is where FFHQ puts it
     canonical_fallback: bool = True  # no detection: use FFHQ's canonical face box
     latent: BlobKey | None = None  # written to latents/ when given
+    # 256 -> 1024 px landmark mapping: "sfhq" (x * 4, as SFHQ) or "pixel_centres" ((x + 0.5) * 4 - 0.5)
+    landmark_convention: Literal["sfhq", "pixel_centres"] = "sfhq"
+
+    def batch_key(self) -> tuple[int, bool, bool, str]:
+        """What annotate tasks parsed in one batch (one parser call) must share."""
+        return self.working_size, self.detect_faces, self.canonical_fallback, self.landmark_convention
 
 
 class AnnotateOutput(StageOutput):
     files: dict[str, str]  # kind -> path written in the dataset
     face_count: int
     fallback_points: int  # of the 110 points, how many used their geometric fallback
+    pose: dict[str, float] | None = None  # {yaw, pitch, roll} in degrees (docs/landmarks.md, "Head pose")
 
 
 PAYLOADS: dict[str, type[Payload]] = {

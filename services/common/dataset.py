@@ -93,10 +93,45 @@ def parse_jsonl(data: bytes, what: str) -> list[dict[str, Any]]:
     return rows
 
 
+_PurePickler: Any = pickle._Pickler  # the pure-Python pickler: its save_global can be overridden
+
+
+class _Numpy1Pickler(_PurePickler):
+    """Writes numpy's globals under their numpy 1.x names.
+
+    numpy 2 moved `numpy.core` to `numpy._core`, and pickles arrays with
+    `numpy._core.multiarray._reconstruct`: numpy 1.x (SFHQ's users' environments, VTA's scripts)
+    cannot import that and fails to load the file. numpy 2 still answers to the old names
+    (`numpy.core` is a shim that forwards to `numpy._core`), so writing the old ones gives files both
+    read. Only the module path of the global changes; the array bytes and the state are numpy's own.
+    """
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        module = getattr(obj, "__module__", None) or ""
+        if module == "numpy._core" or module.startswith("numpy._core."):
+            self.save("numpy.core" + module[len("numpy._core") :])
+            self.save(name or obj.__qualname__)
+            self.write(pickle.STACK_GLOBAL)
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def numpy1_pickle(value: Any, protocol: int = 4) -> bytes:
+    """`pickle.dumps` whose numpy references load on numpy 1.x as well as 2.x (protocol 4: Python
+    3.4+; what SFHQ's own files use is unknown, any of 2-4 loads alike)."""
+    if protocol < 4:
+        raise ValueError("numpy1_pickle writes protocol 4 or 5")
+    buffer = io.BytesIO()
+    _Numpy1Pickler(buffer, protocol=protocol).dump(value)
+    return buffer.getvalue()
+
+
 def features_pickle(features: dict[str, np.ndarray]) -> bytes:
-    """SFHQ's per-image feature pickle: a plain dict of (1, D) arrays (readable by SFHQ's own scripts)."""
-    rows = {key: np.asarray(value).reshape(1, -1) for key, value in features.items()}
-    return pickle.dumps(rows, protocol=4)
+    """SFHQ's per-image feature pickle: a plain dict of (1, D) arrays (readable by SFHQ's own scripts,
+    under numpy 1.x or 2.x)."""
+    rows = {key: np.ascontiguousarray(np.asarray(value).reshape(1, -1)) for key, value in features.items()}
+    return numpy1_pickle(rows)
 
 
 def landmarks_npz(landmarks: np.ndarray) -> bytes:

@@ -92,6 +92,16 @@ class CurationDesk:
             self.state.mark_dirty()
         return changed
 
+    def set_poses(self, item_ids: list[str], poses: np.ndarray) -> int:
+        """Head poses of indexed items (the annotate stage measures them after curate indexed them)."""
+        index = self.state.index
+        if index is None:
+            return 0
+        changed = index.set_poses(item_ids, poses)
+        if changed:
+            self.state.mark_dirty()
+        return changed
+
     def dedup_groups(
         self,
         dataset: SearchFilter,

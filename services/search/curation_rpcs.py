@@ -118,6 +118,20 @@ class CurationRpcs:
             updated=self.desk.set_decisions(list(request.item_ids), decision)
         )
 
+    def SetPoses(
+        self, request: search_pb2.SetPosesRequest, context: grpc.ServicerContext
+    ) -> search_pb2.SetPosesResponse:
+        check_count(request.item_ids, "item_ids", MAX_DECISIONS_PER_REQUEST)
+        if len(request.poses) != len(request.item_ids):
+            raise InvalidInput(f"poses: {len(request.poses)} poses for {len(request.item_ids)} item_ids")
+        poses = np.array([(p.yaw, p.pitch, p.roll) for p in request.poses], np.float32).reshape(-1, 3)
+        if not np.isfinite(poses).all() or (np.abs(poses) > 180).any():
+            raise InvalidInput("poses: every angle must be finite and in [-180, 180] degrees")
+        for n, item_id in enumerate(request.item_ids):
+            if not item_id or len(item_id) > messages.MAX_ITEM_ID_CHARS:
+                raise InvalidInput(f"item_ids[{n}]: empty or longer than {messages.MAX_ITEM_ID_CHARS}")
+        return search_pb2.SetPosesResponse(updated=self.desk.set_poses(list(request.item_ids), poses))
+
     def DedupGroups(
         self, request: search_pb2.DedupGroupsRequest, context: grpc.ServicerContext
     ) -> search_pb2.DedupGroupsResponse:

@@ -65,6 +65,7 @@ class ItemMeta:
     owner: str = ""  # the user whose item it is; "" = public (an imported SFHQ part)
     dataset_id: str = ""  # the dataset a job's candidate is for
     decision: str = ""  # the curate decision (DECISIONS); "" = none recorded (imported, or older items)
+    pose: tuple[float, float, float] | None = None  # head (yaw, pitch, roll) in degrees; None = unknown
 
 
 # Curate decisions as the index stores them (one byte per row). "" = no decision: imported items and
@@ -84,6 +85,9 @@ class SearchFilter:
     owner: str | None = None  # only this user's items and public ones
     dataset_id: str | None = None
     decisions: tuple[str, ...] | None = None  # only items with one of these decisions (None: any)
+    # head pose ranges in degrees ({"yaw": (min, max), ...}; None bounds are open): only items whose
+    # pose is known and inside every range
+    pose_ranges: tuple[tuple[str, float | None, float | None], ...] = ()
 
     def is_empty(self) -> bool:
         return (
@@ -94,6 +98,7 @@ class SearchFilter:
             and self.owner is None
             and not self.dataset_id
             and self.decisions is None
+            and not self.pose_ranges
         )
 
 
@@ -107,6 +112,10 @@ class Hit:
     taste_score: float | None
     decision: str = ""
     dataset_id: str = ""
+    pose: tuple[float, float, float] | None = None
+
+
+POSE_ANGLES = ("yaw", "pitch", "roll")  # the pose column's order
 
 
 @dataclass
@@ -461,6 +470,7 @@ class _Rows:
     taste: _Column = field(init=False)
     dataset: _Column = field(init=False)
     decision: _Column = field(init=False)
+    pose: _Column = field(init=False)
     item_ids: list[str] = field(default_factory=list)
     image_uris: list[str] = field(default_factory=list)
 
@@ -473,6 +483,7 @@ class _Rows:
         self.taste = _Column(np.float32, fill=np.nan)
         self.dataset = _Column(np.int32)
         self.decision = _Column(np.int8)
+        self.pose = _Column(np.float32, 3, fill=np.nan)
 
     def __len__(self) -> int:
         return self.alive.size
@@ -488,6 +499,7 @@ class _Rows:
             self.taste,
             self.dataset,
             self.decision,
+            self.pose,
         )
 
 
@@ -556,6 +568,7 @@ class VectorIndex:
 
     def _meta(self, row: int) -> ItemMeta:
         taste = float(self._rows.taste.view[row])
+        yaw, pitch, roll = (float(v) for v in self._rows.pose.view[row])
         return ItemMeta(
             job_id=self._jobs.words[self._rows.job.view[row]],
             source=self._sources.words[self._rows.source.view[row]],
@@ -564,6 +577,7 @@ class VectorIndex:
             owner=self._owners.words[self._rows.owner.view[row]],
             dataset_id=self._datasets.words[self._rows.dataset.view[row]],
             decision=DECISIONS[self._rows.decision.view[row]],
+            pose=None if math.isnan(yaw) else (yaw, pitch, roll),
         )
 
     # ---- mutation -----------------------------------------------------------------------------------
@@ -603,6 +617,11 @@ class VectorIndex:
             )
             rows.dataset.extend(np.array([self._datasets.code(m.dataset_id or "") for m in metas], np.int32))
             rows.decision.extend(np.array([DECISIONS.index(m.decision) for m in metas], np.int8))
+            rows.pose.extend(
+                np.array([(np.nan,) * 3 if m.pose is None else m.pose for m in metas], np.float32).reshape(
+                    -1, 3
+                )
+            )
             rows.item_ids.extend(item_ids)
             rows.image_uris.extend(m.image_uri or "" for m in metas)
             for offset, item_id in enumerate(item_ids):
@@ -624,6 +643,21 @@ class VectorIndex:
             rows = [self._row_of[i] for i in item_ids if i in self._row_of]
             self._rows.decision.view[rows] = code
             return len(rows)
+
+    def set_poses(self, item_ids: Sequence[str], poses: np.ndarray) -> int:
+        """Record head poses ([N, 3] yaw, pitch, roll in degrees; NaN = unknown) of indexed items
+        (unknown ids are ignored); returns how many changed."""
+        poses = np.asarray(poses, np.float32).reshape(-1, 3)
+        if len(poses) != len(item_ids):
+            raise IndexInputError(f"{len(item_ids)} item ids but {len(poses)} poses")
+        if np.isinf(poses).any() or (np.abs(np.nan_to_num(poses)) > 180).any():
+            raise IndexInputError("poses must be angles in [-180, 180] degrees (NaN = unknown)")
+        with self._lock:
+            found = [(self._row_of[i], n) for n, i in enumerate(item_ids) if i in self._row_of]
+            if found:
+                rows, which = zip(*found, strict=True)
+                self._rows.pose.view[list(rows)] = poses[list(which)]
+            return len(found)
 
     def items_where(self, filter: SearchFilter) -> list[tuple[str, ItemMeta]]:
         """Every item the filter selects, with its metadata (for review queues and dataset passes)."""
@@ -728,6 +762,7 @@ class VectorIndex:
         fresh.taste = _Column.of(rows.taste.view[keep], fill=np.nan)
         fresh.dataset = _Column.of(rows.dataset.view[keep])
         fresh.decision = _Column.of(rows.decision.view[keep])
+        fresh.pose = _Column.of(rows.pose.view[keep], fill=np.nan)
         fresh.item_ids = [rows.item_ids[r] for r in keep]
         fresh.image_uris = [rows.image_uris[r] for r in keep]
         self._rows = fresh
@@ -845,6 +880,14 @@ class VectorIndex:
             if filter.decisions is not None:
                 wanted = [DECISIONS.index(d) for d in filter.decisions if d in DECISIONS]
                 mask &= np.isin(rows.decision.view, wanted)
+            for angle, low, high in filter.pose_ranges:
+                values = rows.pose.view[:, POSE_ANGLES.index(angle)]
+                known = ~np.isnan(values)  # an unknown pose is in no range
+                mask &= known
+                if low is not None:
+                    mask &= np.where(known, values, np.inf) >= low
+                if high is not None:
+                    mask &= np.where(known, values, -np.inf) <= high
         return mask
 
     def _answer_exactly(self, selection: np.ndarray) -> bool:
@@ -888,6 +931,7 @@ class VectorIndex:
             taste_score=meta.taste_score,
             decision=meta.decision,
             dataset_id=meta.dataset_id,
+            pose=meta.pose,
         )
 
     # ---- persistence --------------------------------------------------------------------------------
@@ -916,6 +960,7 @@ class VectorIndex:
                 taste=rows.taste.view,
                 dataset=rows.dataset.view,
                 decision=rows.decision.view,
+                pose=rows.pose.view,
             )
             manifest = {
                 "format": FORMAT_VERSION,
@@ -993,6 +1038,10 @@ class VectorIndex:
         count = len(columns["alive"])
         rows.dataset = _Column.of(columns["dataset"] if "dataset" in columns else np.zeros(count, np.int32))
         rows.decision = _Column.of(columns["decision"] if "decision" in columns else np.zeros(count, np.int8))
+        # indexes saved before poses existed: every pose unknown
+        rows.pose = _Column.of(
+            columns["pose"] if "pose" in columns else np.full((count, 3), np.nan, np.float32), fill=np.nan
+        )
         rows.item_ids, rows.image_uris = manifest["item_ids"], manifest["image_uris"]
         index._rows = rows
         index._row_of = {rows.item_ids[r]: int(r) for r in np.flatnonzero(rows.alive.view)}

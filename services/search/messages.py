@@ -3,6 +3,7 @@ models). Bad values raise `InvalidInput` naming the field."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -10,7 +11,15 @@ import numpy as np
 from services.common.errors import InvalidInput, NotFound
 from services.common.rpc import read_vector
 from services.search.dedup import DedupResult, DuplicateGroup
-from services.search.index import DECISIONS, KEPT_DECISIONS, Hit, ItemMeta, SearchFilter, VectorIndex
+from services.search.index import (
+    DECISIONS,
+    KEPT_DECISIONS,
+    POSE_ANGLES,
+    Hit,
+    ItemMeta,
+    SearchFilter,
+    VectorIndex,
+)
 from services.search.labels import LabelRecord
 from services.search.taste import TasteModel
 from sfhq.v1 import common_pb2, search_pb2
@@ -44,7 +53,31 @@ def search_filter(
         owner=message.owner or None,
         dataset_id=message.dataset_id or None,
         decisions=decisions,
+        pose_ranges=pose_ranges(message),
     )
+
+
+def pose_ranges(message: search_pb2.SearchFilter) -> tuple[tuple[str, float | None, float | None], ...]:
+    """The filter's head-pose ranges; InvalidInput names a bound that is no angle or a reversed range."""
+    ranges = []
+    for angle in POSE_ANGLES:
+        if not message.HasField(angle):  # type: ignore[arg-type]
+            continue
+        bounds = getattr(message, angle)
+        low = bounds.min if bounds.HasField("min") else None
+        high = bounds.max if bounds.HasField("max") else None
+        for name, value in (("min", low), ("max", high)):
+            if value is not None and not (math.isfinite(value) and -180.0 <= value <= 180.0):
+                raise InvalidInput(f"filter.{angle}.{name}: {value} is not an angle in [-180, 180]")
+        if low is not None and high is not None and low > high:
+            raise InvalidInput(f"filter.{angle}: min {low} is above max {high}")
+        if low is not None or high is not None:
+            ranges.append((angle, low, high))
+    return tuple(ranges)
+
+
+def head_pose(pose: tuple[float, float, float] | None) -> common_pb2.HeadPose | None:
+    return None if pose is None else common_pb2.HeadPose(yaw=pose[0], pitch=pose[1], roll=pose[2])
 
 
 def search_response(hits: Iterable[Hit]) -> search_pb2.SearchResponse:
@@ -59,6 +92,7 @@ def search_response(hits: Iterable[Hit]) -> search_pb2.SearchResponse:
                 taste_score=hit.taste_score,
                 decision=hit.decision,
                 dataset_id=hit.dataset_id,
+                pose=head_pose(hit.pose),
             )
             for hit in hits
         ]
@@ -75,9 +109,19 @@ def item_metas(items: Sequence[search_pb2.IndexedItem]) -> list[ItemMeta]:
             owner=item.owner,
             dataset_id=item.dataset_id,
             decision=decision(item.decision, f"items[{n}].decision"),
+            pose=indexed_pose(item, n),
         )
         for n, item in enumerate(items)
     ]
+
+
+def indexed_pose(item: search_pb2.IndexedItem, n: int) -> tuple[float, float, float] | None:
+    if not item.HasField("pose"):
+        return None
+    pose = (item.pose.yaw, item.pose.pitch, item.pose.roll)
+    if not all(math.isfinite(v) and -180.0 <= v <= 180.0 for v in pose):
+        raise InvalidInput(f"items[{n}].pose: every angle must be finite and in [-180, 180] degrees")
+    return pose
 
 
 def vectors(messages: Sequence[common_pb2.Tensor], what: str = "vector") -> np.ndarray:

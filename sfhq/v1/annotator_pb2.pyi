@@ -86,16 +86,18 @@ class AnnotateRequest(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., detect_faces: _Optional[bool] = ..., working_size: _Optional[int] = ..., include_overlay: _Optional[bool] = ...) -> None: ...
 
 class Annotation(_message.Message):
-    __slots__ = ("segmentation", "landmarks", "overlay", "face_count")
+    __slots__ = ("segmentation", "landmarks", "overlay", "face_count", "pose")
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
     LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_FIELD_NUMBER: _ClassVar[int]
     FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    POSE_FIELD_NUMBER: _ClassVar[int]
     segmentation: _common_pb2.Image
     landmarks: _common_pb2.Tensor
     overlay: _common_pb2.Image
     face_count: int
-    def __init__(self, segmentation: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., landmarks: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., overlay: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., face_count: _Optional[int] = ...) -> None: ...
+    pose: _common_pb2.HeadPose
+    def __init__(self, segmentation: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., landmarks: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., overlay: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., face_count: _Optional[int] = ..., pose: _Optional[_Union[_common_pb2.HeadPose, _Mapping]] = ...) -> None: ...
 
 class AnnotateResponse(_message.Message):
     __slots__ = ("annotations",)

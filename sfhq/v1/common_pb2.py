@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sfhq/v1/common.proto\x12\x07sfhq.v1\">\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x04name\x18\x03 \x01(\tB\x08\n\x06source\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"p\n\rOutputOptions\x12$\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x14.sfhq.v1.ImageFormat\x12\x14\n\x0cjpeg_quality\x18\x02 \x01(\x05\x12\x15\n\rto_blob_store\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x05\"E\n\x05\x45rror\x12\x1d\n\x05stage\x18\x01 \x01(\x0e\x32\x0e.sfhq.v1.Stage\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x84\x01\n\x08Strategy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06params\x18\x02 \x03(\x0b\x32\x1d.sfhq.v1.Strategy.ParamsEntry\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*X\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02*\xa0\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_ALIGN\x10\x01\x12\x10\n\x0cSTAGE_ENCODE\x10\x02\x12\x10\n\x0cSTAGE_SAMPLE\x10\x03\x12\x14\n\x10STAGE_SYNTHESIZE\x10\x04\x12\x0f\n\x0bSTAGE_EMBED\x10\x05\x12\x10\n\x0cSTAGE_CURATE\x10\x06\x12\x12\n\x0eSTAGE_ANNOTATE\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sfhq/v1/common.proto\x12\x07sfhq.v1\">\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0c\n\x04name\x18\x03 \x01(\tB\x08\n\x06source\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"p\n\rOutputOptions\x12$\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x14.sfhq.v1.ImageFormat\x12\x14\n\x0cjpeg_quality\x18\x02 \x01(\x05\x12\x15\n\rto_blob_store\x18\x03 \x01(\x08\x12\x0c\n\x04size\x18\x04 \x01(\x05\"E\n\x05\x45rror\x12\x1d\n\x05stage\x18\x01 \x01(\x0e\x32\x0e.sfhq.v1.Stage\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"4\n\x08HeadPose\x12\x0b\n\x03yaw\x18\x01 \x01(\x02\x12\r\n\x05pitch\x18\x02 \x01(\x02\x12\x0c\n\x04roll\x18\x03 \x01(\x02\"@\n\nAngleRange\x12\x10\n\x03min\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x02H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\x84\x01\n\x08Strategy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06params\x18\x02 \x03(\x0b\x32\x1d.sfhq.v1.Strategy.ParamsEntry\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*X\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02*\xa0\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_ALIGN\x10\x01\x12\x10\n\x0cSTAGE_ENCODE\x10\x02\x12\x10\n\x0cSTAGE_SAMPLE\x10\x03\x12\x14\n\x10STAGE_SYNTHESIZE\x10\x04\x12\x0f\n\x0bSTAGE_EMBED\x10\x05\x12\x10\n\x0cSTAGE_CURATE\x10\x06\x12\x12\n\x0eSTAGE_ANNOTATE\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STRATEGY_PARAMSENTRY']._loaded_options = None
   _globals['_STRATEGY_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEFORMAT']._serialized_start=471
-  _globals['_IMAGEFORMAT']._serialized_end=559
-  _globals['_STAGE']._serialized_start=562
-  _globals['_STAGE']._serialized_end=722
+  _globals['_IMAGEFORMAT']._serialized_start=591
+  _globals['_IMAGEFORMAT']._serialized_end=679
+  _globals['_STAGE']._serialized_start=682
+  _globals['_STAGE']._serialized_end=842
   _globals['_IMAGE']._serialized_start=33
   _globals['_IMAGE']._serialized_end=95
   _globals['_TENSOR']._serialized_start=97
@@ -45,8 +45,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTOPTIONS']._serialized_end=263
   _globals['_ERROR']._serialized_start=265
   _globals['_ERROR']._serialized_end=334
-  _globals['_STRATEGY']._serialized_start=337
-  _globals['_STRATEGY']._serialized_end=469
-  _globals['_STRATEGY_PARAMSENTRY']._serialized_start=424
-  _globals['_STRATEGY_PARAMSENTRY']._serialized_end=469
+  _globals['_HEADPOSE']._serialized_start=336
+  _globals['_HEADPOSE']._serialized_end=388
+  _globals['_ANGLERANGE']._serialized_start=390
+  _globals['_ANGLERANGE']._serialized_end=454
+  _globals['_STRATEGY']._serialized_start=457
+  _globals['_STRATEGY']._serialized_end=589
+  _globals['_STRATEGY_PARAMSENTRY']._serialized_start=544
+  _globals['_STRATEGY_PARAMSENTRY']._serialized_end=589
 # @@protoc_insertion_point(module_scope)

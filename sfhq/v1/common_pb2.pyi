@@ -77,6 +77,24 @@ class Error(_message.Message):
     message: str
     def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
+class HeadPose(_message.Message):
+    __slots__ = ("yaw", "pitch", "roll")
+    YAW_FIELD_NUMBER: _ClassVar[int]
+    PITCH_FIELD_NUMBER: _ClassVar[int]
+    ROLL_FIELD_NUMBER: _ClassVar[int]
+    yaw: float
+    pitch: float
+    roll: float
+    def __init__(self, yaw: _Optional[float] = ..., pitch: _Optional[float] = ..., roll: _Optional[float] = ...) -> None: ...
+
+class AngleRange(_message.Message):
+    __slots__ = ("min", "max")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    min: float
+    max: float
+    def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
 class Strategy(_message.Message):
     __slots__ = ("name", "params", "seed")
     class ParamsEntry(_message.Message):

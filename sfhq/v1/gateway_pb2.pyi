@@ -47,18 +47,20 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 
 class SamplingSpec(_message.Message):
-    __slots__ = ("count", "first_seed", "psi_min", "psi_max", "correction")
+    __slots__ = ("count", "first_seed", "psi_min", "psi_max", "correction", "corrections")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEED_FIELD_NUMBER: _ClassVar[int]
     PSI_MIN_FIELD_NUMBER: _ClassVar[int]
     PSI_MAX_FIELD_NUMBER: _ClassVar[int]
     CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
     count: int
     first_seed: int
     psi_min: float
     psi_max: float
     correction: _common_pb2.Strategy
-    def __init__(self, count: _Optional[int] = ..., first_seed: _Optional[int] = ..., psi_min: _Optional[float] = ..., psi_max: _Optional[float] = ..., correction: _Optional[_Union[_common_pb2.Strategy, _Mapping]] = ...) -> None: ...
+    corrections: _containers.RepeatedCompositeFieldContainer[_common_pb2.Strategy]
+    def __init__(self, count: _Optional[int] = ..., first_seed: _Optional[int] = ..., psi_min: _Optional[float] = ..., psi_max: _Optional[float] = ..., correction: _Optional[_Union[_common_pb2.Strategy, _Mapping]] = ..., corrections: _Optional[_Iterable[_Union[_common_pb2.Strategy, _Mapping]]] = ...) -> None: ...
 
 class CurationSpec(_message.Message):
     __slots__ = ("taste_model", "accept_threshold", "dedup_threshold", "disable_dedup", "reject_threshold")
@@ -75,20 +77,22 @@ class CurationSpec(_message.Message):
     def __init__(self, taste_model: _Optional[str] = ..., accept_threshold: _Optional[float] = ..., dedup_threshold: _Optional[float] = ..., disable_dedup: _Optional[bool] = ..., reject_threshold: _Optional[float] = ...) -> None: ...
 
 class OutputSpec(_message.Message):
-    __slots__ = ("dataset_uri", "part", "image_size", "jpeg_quality", "annotation_size", "write_mode")
+    __slots__ = ("dataset_uri", "part", "image_size", "jpeg_quality", "annotation_size", "write_mode", "landmark_convention")
     DATASET_URI_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
     ANNOTATION_SIZE_FIELD_NUMBER: _ClassVar[int]
     WRITE_MODE_FIELD_NUMBER: _ClassVar[int]
+    LANDMARK_CONVENTION_FIELD_NUMBER: _ClassVar[int]
     dataset_uri: str
     part: int
     image_size: int
     jpeg_quality: int
     annotation_size: int
     write_mode: WriteMode
-    def __init__(self, dataset_uri: _Optional[str] = ..., part: _Optional[int] = ..., image_size: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., annotation_size: _Optional[int] = ..., write_mode: _Optional[_Union[WriteMode, str]] = ...) -> None: ...
+    landmark_convention: str
+    def __init__(self, dataset_uri: _Optional[str] = ..., part: _Optional[int] = ..., image_size: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., annotation_size: _Optional[int] = ..., write_mode: _Optional[_Union[WriteMode, str]] = ..., landmark_convention: _Optional[str] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("name", "mode", "inputs", "input_folder", "sampling", "strategies", "curation", "output", "seed", "labels")
@@ -251,19 +255,25 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
 
 class ListItemsRequest(_message.Message):
-    __slots__ = ("job_id", "state", "limit", "offset")
+    __slots__ = ("job_id", "state", "limit", "offset", "yaw", "pitch", "roll")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    YAW_FIELD_NUMBER: _ClassVar[int]
+    PITCH_FIELD_NUMBER: _ClassVar[int]
+    ROLL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     limit: int
     offset: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    yaw: _common_pb2.AngleRange
+    pitch: _common_pb2.AngleRange
+    roll: _common_pb2.AngleRange
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., yaw: _Optional[_Union[_common_pb2.AngleRange, _Mapping]] = ..., pitch: _Optional[_Union[_common_pb2.AngleRange, _Mapping]] = ..., roll: _Optional[_Union[_common_pb2.AngleRange, _Mapping]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("item_id", "job_id", "parent_id", "state", "stage", "stem", "image", "segmentation", "landmarks", "latent", "taste_score", "duplicate_of", "provenance_json", "error", "features", "dataset_id", "manifest_json")
+    __slots__ = ("item_id", "job_id", "parent_id", "state", "stage", "stem", "image", "segmentation", "landmarks", "latent", "taste_score", "duplicate_of", "provenance_json", "error", "features", "dataset_id", "manifest_json", "pose")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +298,7 @@ class Item(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    POSE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     job_id: str
     parent_id: str
@@ -305,7 +316,8 @@ class Item(_message.Message):
     features: _containers.MessageMap[str, _common_pb2.Tensor]
     dataset_id: str
     manifest_json: str
-    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., state: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., stem: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., segmentation: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., landmarks: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., latent: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., taste_score: _Optional[float] = ..., duplicate_of: _Optional[str] = ..., provenance_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., features: _Optional[_Mapping[str, _common_pb2.Tensor]] = ..., dataset_id: _Optional[str] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    pose: _common_pb2.HeadPose
+    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., state: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., stem: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., segmentation: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., landmarks: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., latent: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., taste_score: _Optional[float] = ..., duplicate_of: _Optional[str] = ..., provenance_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., features: _Optional[_Mapping[str, _common_pb2.Tensor]] = ..., dataset_id: _Optional[str] = ..., manifest_json: _Optional[str] = ..., pose: _Optional[_Union[_common_pb2.HeadPose, _Mapping]] = ...) -> None: ...
 
 class ListItemsResponse(_message.Message):
     __slots__ = ("items",)

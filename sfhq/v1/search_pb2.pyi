@@ -24,7 +24,7 @@ class EmbedResponse(_message.Message):
     def __init__(self, image_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., text_features: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ...) -> None: ...
 
 class SearchFilter(_message.Message):
-    __slots__ = ("job_id", "source", "min_taste_score", "max_taste_score", "owner", "dataset_id", "decisions")
+    __slots__ = ("job_id", "source", "min_taste_score", "max_taste_score", "owner", "dataset_id", "decisions", "yaw", "pitch", "roll")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MIN_TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,9 @@ class SearchFilter(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    YAW_FIELD_NUMBER: _ClassVar[int]
+    PITCH_FIELD_NUMBER: _ClassVar[int]
+    ROLL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     source: str
     min_taste_score: float
@@ -39,7 +42,10 @@ class SearchFilter(_message.Message):
     owner: str
     dataset_id: str
     decisions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., min_taste_score: _Optional[float] = ..., max_taste_score: _Optional[float] = ..., owner: _Optional[str] = ..., dataset_id: _Optional[str] = ..., decisions: _Optional[_Iterable[str]] = ...) -> None: ...
+    yaw: _common_pb2.AngleRange
+    pitch: _common_pb2.AngleRange
+    roll: _common_pb2.AngleRange
+    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., min_taste_score: _Optional[float] = ..., max_taste_score: _Optional[float] = ..., owner: _Optional[str] = ..., dataset_id: _Optional[str] = ..., decisions: _Optional[_Iterable[str]] = ..., yaw: _Optional[_Union[_common_pb2.AngleRange, _Mapping]] = ..., pitch: _Optional[_Union[_common_pb2.AngleRange, _Mapping]] = ..., roll: _Optional[_Union[_common_pb2.AngleRange, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("text", "image", "vector", "top_k", "filter")
@@ -56,7 +62,7 @@ class SearchRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[SearchFilter, _Mapping]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("item_id", "score", "image_uri", "job_id", "source", "taste_score", "decision", "dataset_id")
+    __slots__ = ("item_id", "score", "image_uri", "job_id", "source", "taste_score", "decision", "dataset_id", "pose")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +71,7 @@ class SearchHit(_message.Message):
     TASTE_SCORE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    POSE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     image_uri: str
@@ -73,7 +80,8 @@ class SearchHit(_message.Message):
     taste_score: float
     decision: str
     dataset_id: str
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., decision: _Optional[str] = ..., dataset_id: _Optional[str] = ...) -> None: ...
+    pose: _common_pb2.HeadPose
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., decision: _Optional[str] = ..., dataset_id: _Optional[str] = ..., pose: _Optional[_Union[_common_pb2.HeadPose, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -82,7 +90,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class IndexedItem(_message.Message):
-    __slots__ = ("item_id", "vector", "image_uri", "job_id", "source", "taste_score", "owner", "dataset_id", "decision")
+    __slots__ = ("item_id", "vector", "image_uri", "job_id", "source", "taste_score", "owner", "dataset_id", "decision", "pose")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +100,7 @@ class IndexedItem(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    POSE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     vector: _common_pb2.Tensor
     image_uri: str
@@ -101,7 +110,8 @@ class IndexedItem(_message.Message):
     owner: str
     dataset_id: str
     decision: str
-    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., owner: _Optional[str] = ..., dataset_id: _Optional[str] = ..., decision: _Optional[str] = ...) -> None: ...
+    pose: _common_pb2.HeadPose
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_uri: _Optional[str] = ..., job_id: _Optional[str] = ..., source: _Optional[str] = ..., taste_score: _Optional[float] = ..., owner: _Optional[str] = ..., dataset_id: _Optional[str] = ..., decision: _Optional[str] = ..., pose: _Optional[_Union[_common_pb2.HeadPose, _Mapping]] = ...) -> None: ...
 
 class AddRequest(_message.Message):
     __slots__ = ("items",)
@@ -340,6 +350,20 @@ class SetDecisionsRequest(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., decision: _Optional[str] = ...) -> None: ...
 
 class SetDecisionsResponse(_message.Message):
+    __slots__ = ("updated",)
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    updated: int
+    def __init__(self, updated: _Optional[int] = ...) -> None: ...
+
+class SetPosesRequest(_message.Message):
+    __slots__ = ("item_ids", "poses")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    POSES_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    poses: _containers.RepeatedCompositeFieldContainer[_common_pb2.HeadPose]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., poses: _Optional[_Iterable[_Union[_common_pb2.HeadPose, _Mapping]]] = ...) -> None: ...
+
+class SetPosesResponse(_message.Message):
     __slots__ = ("updated",)
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     updated: int

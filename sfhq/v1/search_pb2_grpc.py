@@ -94,6 +94,11 @@ class SearchStub:
                 request_serializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsRequest.SerializeToString,
                 response_deserializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsResponse.FromString,
                 _registered_method=True)
+        self.SetPoses = channel.unary_unary(
+                '/sfhq.v1.Search/SetPoses',
+                request_serializer=sfhq_dot_v1_dot_search__pb2.SetPosesRequest.SerializeToString,
+                response_deserializer=sfhq_dot_v1_dot_search__pb2.SetPosesResponse.FromString,
+                _registered_method=True)
         self.DedupGroups = channel.unary_unary(
                 '/sfhq.v1.Search/DedupGroups',
                 request_serializer=sfhq_dot_v1_dot_search__pb2.DedupGroupsRequest.SerializeToString,
@@ -178,6 +183,13 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPoses(self, request, context):
+        """Record head poses (after the annotate stage measured them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DedupGroups(self, request, context):
         """Near-duplicate groups among a dataset's kept items, the best-scored member of each kept.
         """
@@ -247,6 +259,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.SetDecisions,
                     request_deserializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsRequest.FromString,
                     response_serializer=sfhq_dot_v1_dot_search__pb2.SetDecisionsResponse.SerializeToString,
+            ),
+            'SetPoses': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPoses,
+                    request_deserializer=sfhq_dot_v1_dot_search__pb2.SetPosesRequest.FromString,
+                    response_serializer=sfhq_dot_v1_dot_search__pb2.SetPosesResponse.SerializeToString,
             ),
             'DedupGroups': grpc.unary_unary_rpc_method_handler(
                     servicer.DedupGroups,
@@ -578,6 +595,33 @@ class Search:
             '/sfhq.v1.Search/SetDecisions',
             sfhq_dot_v1_dot_search__pb2.SetDecisionsRequest.SerializeToString,
             sfhq_dot_v1_dot_search__pb2.SetDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPoses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sfhq.v1.Search/SetPoses',
+            sfhq_dot_v1_dot_search__pb2.SetPosesRequest.SerializeToString,
+            sfhq_dot_v1_dot_search__pb2.SetPosesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,7 @@ from PIL import Image, ImageEnhance
 from services.local_run import LocalCluster
 from sfhq.sdk import Client, SfhqError, build_spec
 from sfhq.v1 import gateway_pb2
+from tests.helpers import ONE_CORRECTION
 from tests.helpers.data import face_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,6 +103,7 @@ def trained(cluster, client, tmp_path_factory) -> str:
     spec = build_spec(
         mode="sampling",
         samples=24,
+        corrections=ONE_CORRECTION,
         annotation_size=64,
         image_size=64,
         disable_dedup=True,
@@ -145,6 +147,7 @@ def test_a_job_with_a_taste_model_has_a_review_band_and_verdicts_write_into_the_
     spec = build_spec(
         mode="sampling",
         samples=8,
+        corrections=ONE_CORRECTION,
         annotation_size=64,
         image_size=64,
         disable_dedup=True,

@@ -24,6 +24,7 @@ from PIL import Image
 from services.local_run import LocalCluster, wait_healthy
 from sfhq.sdk import Client, SfhqError, build_spec
 from sfhq.v1 import gateway_pb2
+from tests.helpers import ONE_CORRECTION
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SUCCEEDED, CANCELLED = gateway_pb2.JOB_STATE_SUCCEEDED, gateway_pb2.JOB_STATE_CANCELLED
@@ -71,6 +72,7 @@ def samples(count: int, out: Path, *, first_seed: int = 0, write_mode: str = "ne
         disable_dedup=True,
         output_uri=str(out),
         write_mode=write_mode,
+        corrections=ONE_CORRECTION,
         **options,
     )
 
@@ -165,7 +167,7 @@ def test_folders_that_are_not_our_datasets_are_refused_and_overwrite_keeps_forei
     again = wait(client, client.submit(samples(1, out, first_seed=9, write_mode="overwrite")).job_id)
     assert again.state == SUCCEEDED and again.dataset_id != job.dataset_id
     rows = check_merged(out, [again])
-    assert [r["stem"] for r in rows] == ["SFHQ_pt1_00000000"]
+    assert [r["stem"] for r in rows] == ["SFHQ_pt3_00000000"]
 
 
 def test_a_cancelled_job_still_writes_its_manifest_for_what_it_wrote(client, tmp_path):
@@ -246,13 +248,13 @@ def test_exports_of_several_datasets_never_collide_and_load_with_hugging_face_da
     ]
     assert all(job.state == SUCCEEDED for job in jobs)
     export = tmp_path / "export"
-    for job in jobs:  # both datasets number from SFHQ_pt1_00000000
+    for job in jobs:  # both datasets number from SFHQ_pt3_00000000
         assert len(client.download(job.job_id, export)) == 2
     client.download(jobs[0].job_id, export)  # again: the same items keep their stems
     rows = rows_of(export)
     assert len(rows) == 4 and len({r["stem"] for r in rows}) == 4
     assert {(r["job_id"], r["source_stem"]) for r in rows} == {
-        (job.job_id, f"SFHQ_pt1_{i:08d}") for job in jobs for i in range(2)
+        (job.job_id, f"SFHQ_pt3_{i:08d}") for job in jobs for i in range(2)
     }
     for folder, suffix in ITEM_FOLDERS.items():
         assert {p.name.removesuffix(suffix) for p in (export / folder).glob(f"*{suffix}")} == {

@@ -30,6 +30,7 @@ from services.local_run import LocalCluster
 from sfhq.sdk import AsyncClient, Client, SfhqError, build_spec
 from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import gateway_pb2, search_pb2, search_pb2_grpc
+from tests.helpers import ONE_CORRECTION
 from tests.helpers.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -105,7 +106,14 @@ def blobs(cluster: LocalCluster) -> BlobStore:
 
 
 def small_job(client_: Client, samples: int = 1) -> gateway_pb2.Job:
-    spec = build_spec(mode="sampling", samples=samples, annotation_size=64, disable_dedup=True, image_size=64)
+    spec = build_spec(
+        mode="sampling",
+        samples=samples,
+        corrections=ONE_CORRECTION,
+        annotation_size=64,
+        disable_dedup=True,
+        image_size=64,
+    )
     return client_.submit(spec)
 
 

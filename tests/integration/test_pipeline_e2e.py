@@ -19,6 +19,7 @@ from PIL import Image
 from services.local_run import LocalCluster
 from sfhq.sdk import Client, SfhqError, build_spec
 from sfhq.v1 import gateway_pb2
+from tests.helpers import ONE_CORRECTION
 from tests.helpers.data import face_path, inspiration_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,6 +103,17 @@ def test_inspiration_job_writes_a_complete_consistent_dataset(client, tmp_path):
     rows = check_dataset(out, job)
     assert sorted(row["strategy"]["name"] for row in rows) == ["e4e_strict_prior"] * 3 + ["low_prior"] * 3
     assert all(row["provenance"] for row in rows)
+    assert all(-90 <= row["yaw"] <= 90 and -90 <= row["pitch"] <= 90 for row in rows)  # head pose
+
+    # The gallery and search filter by head pose.
+    median_yaw = sorted(row["yaw"] for row in rows)[len(rows) // 2]
+    turned = client.list_items(job.job_id, yaw=(median_yaw, None))
+    assert {i.item_id for i in turned} == {r["item_id"] for r in rows if r["yaw"] >= median_yaw}
+    assert turned and all(i.pose.yaw >= median_yaw - 1e-3 for i in turned)
+    posed = client.search("a portrait photo", job_id=job.job_id, top_k=10, yaw=(median_yaw, None)).hits
+    assert {h.item_id for h in posed} == {
+        f"{job.job_id}/{r['item_id']}" for r in rows if r["yaw"] >= median_yaw
+    }
 
     # Items are reachable through the API, with annotations.
     item = client.get_item(job.job_id, rows[0]["item_id"])
@@ -189,7 +201,7 @@ def test_annotate_only_and_sampling_jobs(client, tmp_path):
             psi_max=1.8,
             output_uri=str(tmp_path / "p3"),
             disable_dedup=True,
-            part=3,
+            corrections=ONE_CORRECTION,
         ),
     )
     assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
@@ -231,3 +243,25 @@ def test_folder_input_and_cancel(client, tmp_path):
     assert final.state == gateway_pb2.JOB_STATE_CANCELLED
     assert final.counts.in_flight == 0
     assert final.counts.written < 3
+
+
+def test_a_written_dataset_reads_with_only_sfhqs_published_conventions(client, tmp_path):
+    from tests.helpers.sfhq_reader import read_sfhq_part
+
+    out = tmp_path / "sfhq_like"
+    spec = build_spec(
+        mode="sampling", samples=2, output_uri=str(out), disable_dedup=True, corrections=ONE_CORRECTION
+    )
+    job = run_job(client, spec)
+    assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
+    items = read_sfhq_part(out)  # numpy 1.x names only for the pickles
+    assert [item.stem for item in items] == ["SFHQ_pt3_00000000", "SFHQ_pt3_00000001"]
+    for item in items:
+        assert item.part == 3 and item.image.size == (1024, 1024)
+        assert item.segmentation.shape == (1024, 1024) and item.segmentation.max() <= 18
+        assert item.landmarks.shape == (110, 2) and np.isfinite(item.landmarks).all()
+        assert (item.landmarks[:68] >= 0).all() and (item.landmarks[:68] < 1024).all()  # x, y in image pixels
+        assert list(item.features) == ["CLIP_ViTL_14@336"]
+        assert item.features["CLIP_ViTL_14@336"].ndim == 2 and item.features["CLIP_ViTL_14@336"].shape[0] == 1
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {row["landmark_convention"] for row in rows} == {"sfhq"}  # the default, recorded per row

@@ -31,6 +31,7 @@ from services.common.server import client_channel
 from services.local_run import SERVICE_ORDER
 from sfhq.sdk import SfhqError, build_spec
 from sfhq.v1 import annotator_pb2, common_pb2, encoder_pb2, gateway_pb2
+from tests.helpers import ONE_CORRECTION
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -218,7 +219,9 @@ def test_size_limits_and_decompression_bombs_are_refused(cluster):
 def test_jobs_may_only_write_inside_the_data_roots(cluster):
     with cluster.client() as client:
         for where in ("/etc/sfhq-should-not-exist", "/tmp", f"{cluster.workdir}/../escape", "relative/out"):
-            spec = build_spec(mode="sampling", samples=1, output_uri=where, disable_dedup=True)
+            spec = build_spec(
+                mode="sampling", samples=1, output_uri=where, disable_dedup=True, corrections=ONE_CORRECTION
+            )
             with pytest.raises(SfhqError) as refused:
                 client.submit(spec)
             assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, where

@@ -163,6 +163,8 @@ def test_annotate_returns_segmentation_landmarks_and_overlay(server) -> None:
     overlay = PIL.Image.open(io.BytesIO(annotation.overlay.data))
     assert overlay.format == "PNG" and overlay.size == (256, 256)
     assert annotation.face_count == 0  # canonical box: no detection ran
+    pose = annotation.pose  # an FFHQ-aligned face looks roughly into the camera
+    assert annotation.HasField("pose") and abs(pose.yaw) < 30 and abs(pose.pitch) < 30 and abs(pose.roll) < 15
 
     without = stub.Annotate(annotator_pb2.AnnotateRequest(images=request.images, working_size=64))
     assert not without.annotations[0].HasField("overlay")
@@ -319,12 +321,23 @@ def test_annotate_stage_writes_the_sfhq_files(annotator, settings, tmp_path) -> 
         Task.make("j2", "c0", "annotate", payload),
         Task.make("j2", "c1", "annotate", {**payload, "features": "jobs/j2/missing.npy"}),
         Task.make("j2", "c2", "annotate", {**payload, "stem": ""}),
+        Task.make(
+            "j2",
+            "c3",
+            "annotate",
+            {**payload, "stem": "SFHQ_pt9_00000003", "landmark_convention": "pixel_centres"},
+        ),
+        Task.make(
+            "j2", "c4", "annotate", {**payload, "stem": "SFHQ_pt9_00000004", "landmark_convention": "x4"}
+        ),
     ]
     results = annotate_stage(annotator, blobs, settings)(tasks)
     assert [r.task_id for r in results] == [t.task_id for t in tasks]
     assert results[0].ok, results[0].error_message
     files = results[0].output["files"]
     assert set(files) == {"image", "segmentation", "landmarks", "features", "latent"}
+    pose = results[0].output["pose"]
+    assert set(pose) == {"yaw", "pitch", "roll"} and all(abs(v) < 45 for v in pose.values())
     stem = "SFHQ_pt9_00000001"
     image = PIL.Image.open(dataset / "images" / f"{stem}.jpg")
     assert image.format == "JPEG" and image.size == (256, 256)
@@ -341,6 +354,12 @@ def test_annotate_stage_writes_the_sfhq_files(annotator, settings, tmp_path) -> 
         provenance["parser"]["checkpoint"] == PARSER_CHECKPOINT
         and provenance["landmarks68"]["landmarks68"] == "dlib"
     )
+    # the default convention is SFHQ's (x * 4 from the 64-px working copy); pixel centres sit 1.5 px
+    # further down-right at 4x, point for point
+    centres = np.load(dataset / "landmarks" / "SFHQ_pt9_00000003.npz")["landmarks"]
+    np.testing.assert_allclose(centres - landmarks, 1.5, atol=1e-4)
+    assert (results[4].ok, results[4].error_code) == (False, "INVALID_ARGUMENT")
+    assert "landmark_convention" in results[4].error_message
     assert (results[1].ok, results[1].error_code) == (False, "NOT_FOUND")
     assert (
         not results[2].ok

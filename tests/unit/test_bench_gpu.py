@@ -31,7 +31,7 @@ def test_the_gpu_benchmark_dry_run_measures_every_part(tmp_path) -> None:
     )
     jobs = re.findall(r"^\| (inspiration|sampling), .* \| (\d+) \| [\d.]+ \| [\d.]+ \|$", report, re.M)
     assert [kind for kind, _ in jobs] == ["inspiration", "sampling"]
-    assert [int(written) for _, written in jobs] == [2, 1]  # 1 image x 2 strategies, 1 sample
+    assert [int(written) for _, written in jobs] == [2, 3]  # 1 image x 2 strategies, 1 sample x 3 corrections
 
 
 def test_the_gpu_benchmark_refuses_to_pretend_without_a_gpu() -> None:

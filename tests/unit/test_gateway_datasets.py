@@ -57,7 +57,7 @@ def test_jobs_get_disjoint_blocks_of_one_counter_and_a_retry_gets_the_same(redis
     retried, _ = attach(book, out, "j2", stems=4, write_mode="append")  # the same submission again
     assert retried.stem_base == 5
     assert int(redis_client.hget(dataset_key(record.dataset_id), "next_index")) == 11
-    assert stem_of(third, {"ordinal": 1}) == "SFHQ_pt1_00000010"
+    assert stem_of(third, {"ordinal": 1}) == "SFHQ_pt3_00000010"  # sampling jobs: part 3
     assert book.job_ids(record.dataset_id) == ["j1", "j2", "j3"]
 
 
@@ -81,7 +81,7 @@ def test_the_write_mode_rules(redis_client, tmp_path):
     (out / "images" / "SFHQ_pt3_00000000.jpg").write_bytes(b"old")
     (out / "notes.txt").write_text("mine")
     fresh, record = attach(book, out, "j4", write_mode="overwrite", caller=ADMIN)
-    assert fresh.stem_base == 0 and fresh.part == 1  # a new dataset: its own settings
+    assert fresh.stem_base == 0 and fresh.part == 3  # a new dataset: its own settings (sampling: part 3)
     assert not (out / "images" / "SFHQ_pt3_00000000.jpg").exists() and (out / "notes.txt").exists()
 
 
@@ -126,7 +126,7 @@ def test_a_dataset_redis_lost_is_adopted_from_its_folder_and_numbering_resumes(r
     spec, record = attach(book, out, "j1", stems=3)
     (out / "images").mkdir()
     for index in (0, 2):
-        (out / "images" / f"SFHQ_pt1_{index:08d}.jpg").write_bytes(b"x")
+        (out / "images" / f"SFHQ_pt3_{index:08d}.jpg").write_bytes(b"x")  # a sampling job: part 3
     redis_client.flushall()  # a Redis without persistence restarted
     adopted, again = attach(book, out, "j2", write_mode="append")
     assert again.dataset_id == record.dataset_id and adopted.stem_base == 3
@@ -172,7 +172,10 @@ def test_stems_needed_is_one_per_possible_candidate():
     )
     assert stems_needed(spec, 10) == 20
     assert stems_needed(replace(spec, mode="annotate_only"), 10) == 10
-    assert stems_needed(replace(spec, mode="sampling", sampling={"count": 7}), 0) == 7
+    three = {"count": 7, "corrections": [{"name": "encoder_truncation", "params": {}, "seed": 0}] * 3}
+    assert stems_needed(replace(spec, mode="sampling", sampling=three), 0) == 21  # one per correction
+    older = {"count": 7, "correction": three["corrections"][0]}  # a job from before corrections were a list
+    assert stems_needed(replace(spec, mode="sampling", sampling=older), 0) == 7
 
 
 def _item(job_id: str, item_id: str, stem: str) -> gateway_pb2.Item:

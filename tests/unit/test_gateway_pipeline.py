@@ -5,10 +5,19 @@ from __future__ import annotations
 import pytest
 
 from gateway import jobs
-from gateway.pipeline import advance, dedup_verdicts, first_tasks, review_verdict
+from gateway.messages import angle_ranges
+from gateway.pipeline import (
+    advance,
+    dedup_verdicts,
+    first_tasks,
+    manifest_row,
+    pose_in_ranges,
+    review_verdict,
+)
+from services.common.errors import InvalidInput
 from services.common.queue import TaskResult
-from sfhq.sdk import build_spec
-from sfhq.v1 import gateway_pb2
+from sfhq.sdk import build_spec, parse_strategy
+from sfhq.v1 import common_pb2, gateway_pb2
 
 
 def resolve(spec: gateway_pb2.JobSpec) -> jobs.ResolvedSpec:
@@ -115,7 +124,45 @@ def test_sampling_flow_goes_sample_encode_synthesize_with_the_sampled_w():
     assert stages.count("sample") == 3 and stages.count("encode") == 3
     assert all(p["sampled_w"].endswith("w.npy") and p["target"] is None for p in synth_payloads)
     assert all(p["strategies"][0]["name"] == "encoder_truncation" for p in synth_payloads)
-    assert counters["written"] == 3
+    # part 3 by default, and three corrections (strengths per layer group) per sample: 3 candidates each
+    assert spec.part == 3 and counters["written"] == 9 and counters["candidates"] == 9
+    assert all(len(p["strategies"]) == 3 for p in synth_payloads)
+    coarse = [s["params"]["coarse"] for s in synth_payloads[0]["strategies"]]
+    assert coarse == [0.1, 0.3, 0.5]
+    seeds = [s["seed"] for s in synth_payloads[0]["strategies"]]
+    assert len(set(seeds)) == 3
+    written = sorted(r["stem"] for r in records.values() if r["state"] == "written")
+    assert written == [f"SFHQ_pt3_{n:08d}" for n in range(9)]  # sample ordinal x correction index
+    assert {r["strategy"]["params"]["fine"] for r in records.values() if r["kind"] == "candidate"} == {
+        0.3,
+        0.5,
+    }
+
+
+def test_sampling_corrections_are_chosen_checked_and_old_specs_still_plan():
+    chosen = [
+        "encoder_truncation:coarse=0.2,middle=0.2,fine=0.2",
+        "encoder_truncation:coarse=0,middle=0.4,fine=0.8",
+    ]
+    spec = resolve(build_spec(mode="sampling", samples=2, corrections=chosen, part=7))
+    assert spec.part == 7 and [c["params"]["fine"] for c in spec.sampling["corrections"]] == [0.2, 0.8]
+    _, counters, _ = run_item(spec, first_tasks(spec, "job1", []), CANNED)
+    assert counters["written"] == 4
+    single = build_spec(mode="sampling", samples=2)
+    single.sampling.correction.CopyFrom(parse_strategy("encoder_truncation:coarse=0.3,middle=0.3,fine=0.3"))
+    assert len(resolve(single).sampling["corrections"]) == 1
+    both = build_spec(mode="sampling", samples=2, corrections=chosen)
+    both.sampling.correction.CopyFrom(parse_strategy("encoder_truncation"))
+    with pytest.raises(jobs.SpecError, match="sampling.corrections"):
+        resolve(both)
+    bad = build_spec(mode="sampling", samples=2, corrections=["encoder_truncation:coarse=7"])
+    with pytest.raises(jobs.SpecError, match=r"sampling.corrections\[0\]"):
+        resolve(bad)
+    # a job submitted before corrections were a list (its resolved spec in Redis has one correction)
+    old = dict(spec.__dict__, sampling={k: v for k, v in spec.sampling.items() if k != "corrections"})
+    old["sampling"]["correction"] = spec.sampling["corrections"][0]
+    _, counters, _ = run_item(jobs.ResolvedSpec(**old), first_tasks(spec, "job1", []), CANNED)
+    assert counters["written"] == 2
 
 
 def test_annotate_only_flow_aligns_at_output_size_and_skips_generation():
@@ -216,3 +263,25 @@ def test_sampling_spec_needs_a_count_and_ordered_psi():
         "psi_max"
     ] == pytest.approx(2.0)
     assert resolved.dedup_threshold == pytest.approx(0.92)
+
+
+def test_the_manifest_row_carries_the_head_pose_and_the_gallery_filters_by_it():
+    spec = resolve(build_spec(images=[b"a"]))
+    plan = first_tasks(spec, "job1", [{"uri": "in/a", "name": "a"}])
+    posed = dict(CANNED)
+    posed["annotate"] = lambda t: {**CANNED["annotate"](t), "pose": {"yaw": 12.5, "pitch": -3.0, "roll": 1.0}}
+    records, _, _ = run_item(spec, plan, posed)
+    written = [r for r in records.values() if r["state"] == "written"]
+    row = manifest_row(spec, "job1", written[0], {}, {})
+    assert (row["yaw"], row["pitch"], row["roll"]) == (12.5, -3.0, 1.0)
+    pose = written[0]["outputs"]["annotate"]["pose"]
+    assert pose_in_ranges(pose, {"yaw": (10.0, None)}) and not pose_in_ranges(pose, {"yaw": (-10.0, 10.0)})
+    assert not pose_in_ranges(None, {"yaw": (None, 90.0)}) and pose_in_ranges(None, {})
+    request = gateway_pb2.ListItemsRequest(
+        job_id="j", yaw=common_pb2.AngleRange(min=-10), roll=common_pb2.AngleRange()
+    )
+    assert angle_ranges(request) == {"yaw": (-10.0, None)}
+    with pytest.raises(InvalidInput, match="pitch"):
+        angle_ranges(gateway_pb2.ListItemsRequest(pitch=common_pb2.AngleRange(min=5, max=-5)), "")
+    with pytest.raises(InvalidInput, match="yaw.max"):
+        angle_ranges(gateway_pb2.ListItemsRequest(yaw=common_pb2.AngleRange(max=float("nan"))), "")
