@@ -621,6 +621,11 @@ def seed_requests(env: Environment) -> dict[str, list[Message]]:
         "/sfhq.v1.Search/SetDecisions": [
             search_pb2.SetDecisionsRequest(item_ids=["fuzz-item"], decision="review")
         ],
+        "/sfhq.v1.Search/SetPoses": [
+            search_pb2.SetPosesRequest(
+                item_ids=["fuzz-item"], poses=[common_pb2.HeadPose(yaw=10.0, pitch=-5.0, roll=1.0)]
+            )
+        ],
         "/sfhq.v1.Search/DedupGroups": [
             search_pb2.DedupGroupsRequest(filter=search_pb2.SearchFilter(dataset_id="fuzz"), threshold=0.95)
         ],

@@ -221,6 +221,8 @@ def list_items(
     max_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     duplicate_of: Annotated[str, Query(max_length=128)] = "",
     sort: Annotated[str, Query(pattern=r"^-?(time|score)$")] = "time",
+    max_abs_yaw: Annotated[float | None, Query(ge=0, le=180)] = None,
+    max_abs_pitch: Annotated[float | None, Query(ge=0, le=180)] = None,
 ) -> Any:
     """One page of a job's (or a dataset's) candidates, filtered and sorted; `total` for the scrollbar."""
     studio, client = _ctx(request, session)
@@ -228,13 +230,15 @@ def list_items(
     chosen = select(
         rows,
         Filters(
-            state,
-            strategy,
-            parent,
-            min_score,
-            max_score,
-            duplicate_of,
-            sort.lstrip("-") if sort == "-time" else sort,
+            state=state,
+            strategy=strategy,
+            parent=parent,
+            min_score=min_score,
+            max_score=max_score,
+            duplicate_of=duplicate_of,
+            sort="time" if sort == "-time" else sort,
+            max_abs_yaw=max_abs_yaw,
+            max_abs_pitch=max_abs_pitch,
         ),
     )
     strategies = sorted({r["strategy"] for r in rows if r["strategy"]})

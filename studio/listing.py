@@ -32,6 +32,9 @@ def item_summary(item: gateway_pb2.Item) -> dict[str, Any]:
         "strategy": strategy.get("name", "") if isinstance(strategy, dict) else str(strategy),
         "source": _source_name(provenance.get("source")),
         "error": item.error.message if item.HasField("error") else "",
+        # head pose in degrees once annotated (docs/landmarks.md, "Head pose")
+        "yaw": round(item.pose.yaw, 1) if item.HasField("pose") else None,
+        "pitch": round(item.pose.pitch, 1) if item.HasField("pose") else None,
     }
 
 
@@ -53,6 +56,8 @@ class Filters:
     max_score: float | None = None
     duplicate_of: str = ""  # "*" = any duplicate
     sort: str = "time"
+    max_abs_yaw: float | None = None  # |yaw| at most (frontal faces); items without a pose are left out
+    max_abs_pitch: float | None = None
 
     def keep(self, row: dict[str, Any]) -> bool:
         if self.state == "inputs":
@@ -71,6 +76,9 @@ class Filters:
             return False
         if self.max_score is not None and (score is None or score > self.max_score):
             return False
+        for limit, angle in ((self.max_abs_yaw, row.get("yaw")), (self.max_abs_pitch, row.get("pitch"))):
+            if limit is not None and (angle is None or abs(angle) > limit):
+                return False
         if self.duplicate_of == "*":
             return bool(row["duplicate_of"])
         return not self.duplicate_of or row["duplicate_of"] == self.duplicate_of

@@ -74,6 +74,8 @@ def rows():
         {"id": "i000000", "parent": "", "state": "done", "score": None, "strategy": "", "duplicate_of": ""},
         {
             "id": "i000000-c0",
+            "yaw": -12.0,
+            "pitch": 3.0,
             "parent": "i000000",
             "state": "written",
             "score": 0.9,
@@ -90,6 +92,8 @@ def rows():
         },
         {
             "id": "i000001-c0",
+            "yaw": 31.0,
+            "pitch": -4.0,
             "parent": "i000001",
             "state": "rejected_duplicate",
             "score": 0.2,
@@ -119,6 +123,8 @@ def rows():
         (Filters(duplicate_of="*"), ["i000001-c0"]),
         (Filters(sort="score"), ["i000000-c0", "i000000-c1", "i000001-c0", "i000001-c1"]),
         (Filters(sort="-score"), ["i000001-c0", "i000000-c1", "i000000-c0", "i000001-c1"]),
+        (Filters(max_abs_yaw=20), ["i000000-c0"]),  # posed items only, |yaw| within the limit
+        (Filters(max_abs_pitch=5), ["i000000-c0", "i000001-c0"]),
     ],
 )
 def test_gallery_filters_and_sorting(filters, expected):
