@@ -28,6 +28,7 @@ SCRIPTS = (
     "annotator",
     "search",
     "curation",
+    "webstudio",
     "pipeline",
     "pose",
     "gpu",

@@ -315,17 +315,69 @@ def _model_table(models) -> Table:  # models: search_pb2.TasteModelInfo
     return table
 
 
+LABEL_BATCH = 1000
+MAX_LABEL_FILE_BYTES = 64 << 20
+
+
+def _read_label_file(path: Path) -> dict[str, bool | None]:
+    """`ITEM_ID,good|bad` lines (CSV, a header allowed) or JSON lines with item_id and good."""
+    if not path.is_file():
+        _fail(f"--from-labels: {path} is not a file")
+    if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+        _fail(f"--from-labels: {path} is larger than {MAX_LABEL_FILE_BYTES >> 20} MiB")
+    labels: dict[str, bool | None] = {}
+    words = {"good": True, "1": True, "true": True, "bad": False, "0": False, "false": False}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+                item_id, value = str(record["item_id"]), record["good"]
+            except (ValueError, KeyError, TypeError):
+                _fail(f"--from-labels: {path}:{number}: a JSON line needs item_id and good")
+            if not isinstance(value, bool):
+                _fail(f"--from-labels: {path}:{number}: good must be true or false")
+        else:
+            item_id, _, word = (part.strip() for part in line.partition(","))
+            if number == 1 and word.lower() not in words:
+                continue  # a header
+            if word.lower() not in words:
+                _fail(f"--from-labels: {path}:{number}: {word!r} is not good or bad")
+            value = words[word.lower()]
+        labels[item_id] = value
+    return labels
+
+
 @taste_app.command("train")
 def taste_train(
     name: Annotated[str, typer.Argument()] = "default",
     family: Annotated[
         str, typer.Option(help="vta (lr + kNN + LightGBM, weights searched) | lr+knn | lr")
     ] = "",
+    from_labels: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from-labels",
+            help="first add the labels of a file: CSV lines `ITEM_ID,good|bad` or JSON lines "
+            '{"item_id": ..., "good": true} (ids as `sfhq search` prints them, or stems)',
+        ),
+    ] = None,
+    job: Annotated[str, typer.Option(help="the files' ids are this job's item ids or stems")] = "",
     address: AddressOpt = DEFAULT_ADDRESS,
     token: TokenOpt = "",
 ) -> None:
     """Train a new version of a taste model from your labels; prints its cross-validated metrics."""
+    labels: dict[str, bool | None] = {}
+    for path in from_labels or []:
+        labels.update(_read_label_file(path))
     with _client(address, token) as client, console.status(f"training {name} ..."):
+        if labels:
+            items = list(labels.items())
+            for start in range(0, len(items), LABEL_BATCH):  # the gateway caps one request
+                client.label(dict(items[start : start + LABEL_BATCH]), taste_model=name, job_id=job)
+            out.print(f"added {len(labels)} labels from {', '.join(map(str, from_labels or []))}")
         info = client.train_taste(name, family=family)
     out.print(_model_table([info]))
     out.print(

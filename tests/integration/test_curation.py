@@ -98,7 +98,7 @@ def sfhq_cli(cluster, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(cluster, client, tmp_path_factory) -> str:
-    """A taste model trained through the CLI from 24 labels given through the SDK."""
+    """A taste model trained through the CLI from 24 labels: 20 given through the SDK, 4 from a file."""
     out = tmp_path_factory.mktemp("labelled") / "ds"
     spec = build_spec(
         mode="sampling",
@@ -113,11 +113,19 @@ def trained(cluster, client, tmp_path_factory) -> str:
     items = [r["item_id"] for r in rows(out)]
     assert len(items) == 24
     reply = client.label(
-        {item: n % 2 == 0 for n, item in enumerate(items)}, taste_model="mine", job_id=job.job_id
+        {item: n % 2 == 0 for n, item in enumerate(items[:20])}, taste_model="mine", job_id=job.job_id
     )
-    assert (reply.positives, reply.negatives) == (12, 12)
-    trained = sfhq_cli(cluster, "taste", "train", "mine")
+    assert (reply.positives, reply.negatives) == (10, 10)
+    label_file = out.parent / "labels.csv"
+    label_file.write_text(
+        "item_id,label\n"
+        + "".join(f"{item},{'good' if n % 2 == 0 else 'bad'}\n" for n, item in enumerate(items[20:]))
+    )
+    trained = sfhq_cli(
+        cluster, "taste", "train", "mine", "--from-labels", str(label_file), "--job", job.job_id
+    )
     assert trained.returncode == 0, trained.stderr
+    assert "added 4 labels" in trained.stdout
     assert "mine" in trained.stdout and "CV AUC" in trained.stdout and "12/12" in trained.stdout
     listed = sfhq_cli(cluster, "taste", "list")
     assert listed.returncode == 0 and "mine" in listed.stdout
