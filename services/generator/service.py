@@ -7,12 +7,8 @@ stages. Wiring only: the work is `services.generator.engine`.
 * `sample` stage: `SamplePayload` → `SampleOutput`; `synthesize` stage: `SynthesizePayload` →
   `SynthesizeOutput` (K candidates per task). Both run a worker batch as one model batch (the
   `low_prior` refinements of all its tasks too), get uint8 pixels from the device and leave the
-  QOI encoding and writing to the store threads while the next batch runs.
-
-`low_prior`'s identity term runs here, in the process that holds the generator (docs/pipeline.md,
-"Identity-aware low_prior"): the e4e encoder is loaded with the encoder service's own loader from
-the registered `e4e-ffhq-encode` checkpoint (strict, `weights_only`); without that checkpoint
-`low_prior` is pixel + multi-scale only and its record says `identity_weight: 0`.
+  QOI encoding and writing to the store threads while the next batch runs (`low_prior`'s identity
+  term too: services.generator.identity).
 """
 
 from __future__ import annotations
@@ -44,12 +40,11 @@ from services.common.rpc import OutputFormat, check_count, read_array, read_blob
 from services.common.server import ServiceProcess, run_service
 from services.common.stage_handler import StageHandler, batched_handler
 from services.common.weights import WeightsRegistry
-from services.encoder.model import CHECKPOINT_NAME as E4E_CHECKPOINT
-from services.encoder.model import Encoder
-from services.encoder.service import EncoderModel, encoder_model
+from services.encoder.service import EncoderModel
 from services.generator import engine, messages
 from services.generator.checkpoint import load_generator
 from services.generator.engine import to_w_plus
+from services.generator.identity import identity_for, identity_model, identity_provenance
 from services.generator.manipulate import STRATEGIES, CandidateJob, LossFn, StrategySpec
 from services.generator.model import Generator
 from sfhq.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -81,31 +76,6 @@ def generator_model(settings: Settings, registry: WeightsRegistry | None = None)
     return LazyModel("generator", load)
 
 
-def identity_model(settings: Settings, registry: WeightsRegistry | None = None) -> EncoderModel | None:
-    """The e4e encoder whose IR-SE50 backbone gives `low_prior` its identity term, loaded as the
-    encoder service loads it; None (with a warning) when the e4e checkpoint is not registered."""
-    registry = registry or WeightsRegistry(settings.weights_dir)
-    if not registry.has(E4E_CHECKPOINT):
-        log.warning(
-            "generator: %s is not registered: low_prior runs without its identity term "
-            "(pixel + multi-scale only; `sfhq weights download %s` adds it)",
-            E4E_CHECKPOINT,
-            E4E_CHECKPOINT,
-        )
-        return None
-    return encoder_model(settings, registry)
-
-
-def _identity(identity: EncoderModel | None, jobs: list[CandidateJob]) -> Encoder | None:
-    """The loaded e4e encoder when some `low_prior` candidate of `jobs` uses it (else None)."""
-    return identity.get() if identity is not None and engine.wants_identity(jobs) else None
-
-
-def _provenance(model: GeneratorModel, identity: EncoderModel | None) -> dict[str, dict]:
-    record = model.provenance_record()
-    return {**record, **identity.provenance_record()} if identity is not None else record
-
-
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     """`sfhq.v1.Generator`: typed errors raised here become the call's status."""
 
@@ -121,7 +91,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         self.blobs = blobs
         self.settings = settings
         self.loss_fn = loss_fn  # low_prior's loss (None: pixel + multi-scale)
-        self.identity = identity  # the e4e encoder of low_prior's identity term (None: no such term)
+        self.identity = identity  # low_prior's identity term (None: pixel + multi-scale only)
 
     def _output(self, options: common_pb2.OutputOptions, count: int) -> OutputFormat:
         output = OutputFormat.from_proto(options)
@@ -171,10 +141,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             target = engine.tensor_from_image(read_image(request.target, self.blobs, self.settings, "target"))
         if request.HasField("sampled_w"):
             sampled_w = engine.as_w_plus(read_array(request.sampled_w, "sampled_w"), generator, "sampled_w")
-        encoder = _identity(self.identity, [CandidateJob(w_plus, specs, target, sampled_w)])
-        pairs = self.model.run(
-            lambda g: engine.candidates(g, w_plus, specs, target, sampled_w, self.loss_fn, encoder)
-        )
+        e4e, loss_fn = identity_for(self.identity, [CandidateJob(w_plus, specs)]), self.loss_fn
+        pairs = self.model.run(lambda g: engine.candidates(g, w_plus, specs, target, sampled_w, loss_fn, e4e))
         latents = torch.stack([latent for _, latent in pairs])
         images = self.model.run(lambda g: engine.synthesize_uint8(g, latents, self.settings.batch_size))
         return messages.candidates_response(pairs, self._images(images, output))
@@ -216,8 +184,7 @@ def synthesize_stage(
     identity: EncoderModel | None = None,
 ) -> StageHandler:
     """`synthesize`: K candidates per task; every candidate of the worker batch in one model batch,
-    the `low_prior` ones refined together (`engine.candidates_batch`), with the identity term of
-    `identity`'s e4e backbone (None: pixel + multi-scale only)."""
+    the `low_prior` ones refined together (`engine.candidates_batch`, identity term on `identity`)."""
     Pairs = list[tuple[StrategySpec, Tensor]]
 
     def parse(task: Task) -> CandidateJob:
@@ -237,7 +204,7 @@ def synthesize_stage(
 
     def run(jobs: list[CandidateJob]) -> list[tuple[Pairs, np.ndarray] | InvalidInput]:
         def work(g: Generator) -> list[tuple[Pairs, np.ndarray] | InvalidInput]:
-            encoder = _identity(identity, jobs)
+            encoder = identity_for(identity, jobs)
             outcomes = engine.candidates_batch(g, jobs, loss_fn, settings.batch_size, encoder)
             latents = [code for pairs in outcomes if isinstance(pairs, list) for _, code in pairs]
             pixels = iter(
@@ -257,7 +224,7 @@ def synthesize_stage(
             blobs.put(f"{key}{INTERMEDIATE_SUFFIX}", encode_intermediate(image), durable=False)
             blobs.put_npy(f"{key}.npy", code.numpy().astype(np.float32), durable=False)
             strategy = StrategyRecord.parse(spec.record())
-            provenance = _provenance(model, identity)
+            provenance = identity_provenance(model, identity)
             candidates.append(
                 Candidate(
                     image=f"{key}{INTERMEDIATE_SUFFIX}",
@@ -279,15 +246,12 @@ def build_process(
     loss_fn: LossFn | None = None,
     identity: EncoderModel | None = None,
 ) -> ServiceProcess:
-    """The generator process (gRPC servicer + `sample`/`synthesize` workers), not started.
-    `identity` defaults to `identity_model(settings)` when the generator is loaded here too."""
+    """The generator process (gRPC servicer + `sample`/`synthesize` workers), not started."""
     blobs = blobs or BlobStore(settings.blob_url)
     if model is None:
         model = generator_model(settings)
         model.preload()
-        identity = identity or identity_model(settings)
-        if identity is not None:
-            identity.preload()
+        identity = identity or identity_model(settings, preload=True)
     process = ServiceProcess("generator", settings)
     process.add_servicer(
         GeneratorServicer(model, blobs, settings, loss_fn, identity),
@@ -296,9 +260,8 @@ def build_process(
     )
     pool = process.store_pool
     process.add_worker("sample", sample_stage(model, blobs, settings, pool))
-    process.add_worker(
-        "synthesize", synthesize_stage(model, blobs, settings, loss_fn, pool, identity=identity)
-    )
+    synthesize = synthesize_stage(model, blobs, settings, loss_fn, pool, identity=identity)
+    process.add_worker("synthesize", synthesize)
     return process
 
 
