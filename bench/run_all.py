@@ -25,6 +25,7 @@ SCRIPTS = (
     "queue",
     "generator",
     "encoder",
+    "identity",
     "annotator",
     "search",
     "curation",

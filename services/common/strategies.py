@@ -65,13 +65,19 @@ SCHEMAS: dict[str, StrategySchema] = {
         ),
         StrategySchema(
             "low_prior",
-            "w' = argmin_v loss(G(v), target) + prior_weight * mean((v - w)^2), Adam from v = w",
+            "w' = argmin_v loss(G(v), target) + identity_weight * d_id(G(v), target) + prior_weight * mean((v - w)^2), Adam from v = w",
             {
                 "steps": ParamSpec(30, 0, 1000, integer=True, help="optimisation steps"),
                 "lr": ParamSpec(0.01, 1e-5, 1.0, help="Adam learning rate"),
                 "prior_weight": ParamSpec(0.1, 0.0, 1e4, help="weight of the pull toward the e4e code"),
                 "loss_size": ParamSpec(
                     256, 8, 1024, integer=True, help="pixels at which images are compared"
+                ),
+                "identity_weight": ParamSpec(
+                    1.0,
+                    0.0,
+                    100.0,
+                    help="weight of the identity term (e4e IR-SE50 backbone features); 0 = pixel + multi-scale only",
                 ),
             },
             needs_target=True,

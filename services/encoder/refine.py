@@ -92,6 +92,17 @@ def normalized_feature_distance(features_a: Sequence[Tensor], features_b: Sequen
     return torch.stack(distances).mean()
 
 
+def identity_similarity(features_a: Sequence[Tensor], features_b: Sequence[Tensor]) -> Tensor:
+    """Per-sample cosine similarity `[B]` of two images' backbone features: the cosine of each
+    location's channel vectors, averaged over space and the three levels. It is what the
+    perceptual term optimises (for one sample, `1 − normalized_feature_distance / 2`)."""
+    levels = [
+        F.cosine_similarity(a, b, dim=1, eps=1e-8).mean(dim=(1, 2))
+        for a, b in zip(features_a, features_b, strict=True)
+    ]
+    return torch.stack(levels).mean(dim=0)
+
+
 class ReconstructionLoss(nn.Module):
     """loss(image, target) -> scalar: how far a synthesized image is from the target face.
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from services.common.accel import configure_device, images_to_uint8, to_host
 from services.common.errors import InvalidInput
+from services.encoder.model import Encoder
 from services.generator.manipulate import (
     CandidateJob,
     LossFn,
@@ -123,11 +124,13 @@ def candidates(
     target: Tensor | None,
     sampled_w: Tensor | None,
     loss_fn: LossFn | None,
+    identity: Encoder | None = None,
 ) -> list[tuple[StrategySpec, Tensor]]:
-    """The W+ code of each candidate (on the CPU), with its resolved strategy."""
+    """The W+ code of each candidate (on the CPU), with its resolved strategy. `identity`: the e4e
+    encoder whose backbone gives `low_prior` its identity term (None: pixel + multi-scale only)."""
     try:
         with torch.no_grad():  # low_prior turns autograd back on for its own loop
-            pairs = candidate_latents(generator, w_plus, specs, target, sampled_w, loss_fn)
+            pairs = candidate_latents(generator, w_plus, specs, target, sampled_w, loss_fn, identity)
     except InvalidInput:
         raise
     except ValueError as error:  # a manipulation's ValueError is about its inputs (no target, bad shape)
@@ -136,12 +139,16 @@ def candidates(
 
 
 def candidates_batch(
-    generator: Generator, jobs: Sequence[CandidateJob], loss_fn: LossFn | None, max_batch: int
+    generator: Generator,
+    jobs: Sequence[CandidateJob],
+    loss_fn: LossFn | None,
+    max_batch: int,
+    identity: Encoder | None = None,
 ) -> list[list[tuple[StrategySpec, Tensor]] | InvalidInput]:
     """`candidates` of many candidate sets at once (their `low_prior` codes refined as batches of up
     to `max_batch`); a set with bad inputs gets its `InvalidInput` in its place."""
     with torch.no_grad():
-        outcomes = candidate_latents_batch(generator, jobs, loss_fn, max_batch)
+        outcomes = candidate_latents_batch(generator, jobs, loss_fn, max_batch, identity)
     results: list[list[tuple[StrategySpec, Tensor]] | InvalidInput] = []
     for outcome in outcomes:
         if isinstance(outcome, InvalidInput):
@@ -220,6 +227,16 @@ def check_seed(seed: Any, what: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise InvalidInput(f"{what} must be an integer in [0, 2**64), got {seed!r}")
     return seed
+
+
+def wants_identity(jobs: Sequence[CandidateJob]) -> bool:
+    """True if some `low_prior` candidate of `jobs` has an identity term (`identity_weight` > 0)."""
+    return any(
+        spec.name == "low_prior" and spec.resolved().params["identity_weight"] > 0
+        for job in jobs
+        for spec in job.strategies
+        if isinstance(spec, StrategySpec)
+    )
 
 
 def strategy_spec(name: Any, params: Any, seed: Any, what: str) -> StrategySpec:

@@ -14,7 +14,11 @@ layer group of layer `l` (`layer_groups`: coarse / middle / fine).
     `w' = argmin_v  loss(G(v), target) + λ·mean((v − w)²)`, by `steps` Adam steps (rate `lr`)
     from `v = w`; `λ` = `prior_weight` is the weak prior toward the e4e code. `loss` defaults to
     `pixel_multiscale_loss` at `loss_size` pixels (G rendered only up to that scale; finer
-    layers keep the e4e values); a perceptual loss can be passed in.
+    layers keep the e4e values); a perceptual loss can be passed in. With an e4e encoder given
+    (`identity`), `identity_weight`·d_id(G(v), target) is added: d_id is the perceptual term of
+    `services.encoder.refine.ReconstructionLoss.for_encoder` on the e4e IR-SE50 backbone's
+    features (initialised from ArcFace), the target's features computed once per optimisation.
+    `identity_weight` = 0, or no encoder, is the pixel + multi-scale loss alone.
 `style_mix` — fine layers from another sample, for variety:
     `w'_l = w_l + α·(d − w_l)` for `l ≥ start` (else `w_l`), `d = w̄ + ψ·(mapping(z_seed) − w̄)`,
     `z_seed` = NVlabs' seed → z (params `start` (default 8, the first fine layer; the last layer on
@@ -36,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from services.common.strategies import GROUP_NAMES, SCHEMAS, ParamSpec, StrategySchema, check_params
+from services.encoder.model import Encoder
+from services.encoder.refine import ReconstructionLoss
 from services.generator.model import Generator, z_from_seed
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "style_mix",
     "encoder_truncation",
     "pixel_multiscale_loss",
+    "identity_loss",
     "candidate_latents",
     "candidate_latents_batch",
     "CandidateJob",
@@ -200,6 +207,14 @@ def _target_batch(target: Tensor) -> Tensor:
     return target
 
 
+def identity_loss(encoder: Encoder) -> ReconstructionLoss:
+    """The identity term alone: `ReconstructionLoss.for_encoder` with its pixel and multi-scale
+    terms weighted 0. `loss(image, target)` is the mean over the batch of each sample's
+    normalised feature distance on the e4e backbone; the target's features are computed on the
+    first call and reused while the target tensor is the same (one optimisation)."""
+    return ReconstructionLoss.for_encoder(encoder, pixel_weight=0.0, multiscale_weight=0.0, levels=0)
+
+
 def low_prior(
     generator: Generator,
     w_init: Tensor,
@@ -210,6 +225,8 @@ def low_prior(
     loss_fn: LossFn | None = None,
     seed: int = 0,
     loss_size: int = 256,
+    identity: Encoder | None = None,
+    identity_weight: float = 1.0,
 ) -> Tensor:
     """Refine a W+ code toward `target` by latent optimisation (`steps` Adam steps, rate `lr`).
 
@@ -219,9 +236,11 @@ def low_prior(
     `[1, 3, H, W]` in [-1, 1] (any size: resized). `loss_fn(image, target) -> scalar` defaults to
     `pixel_multiscale_loss`. Returns the refined code with `w_init`'s shape. Deterministic:
     noise is the checkpoint's constant noise and `seed` seeds torch's RNG for any randomness in
-    `loss_fn`. The generator's weights are not touched.
+    `loss_fn`. The generator's weights are not touched. With `identity` (an e4e encoder on the
+    generator's device) and `identity_weight` > 0, `identity_weight · identity_loss` is added.
     """
     loss_fn = loss_fn or pixel_multiscale_loss
+    id_loss = identity_loss(identity) if identity is not None and identity_weight > 0 else None
     single = w_init.ndim == 2
     start = (w_init[None] if single else w_init).detach().to(generator.device, torch.float32)
     compare_size = min(int(loss_size), generator.size)
@@ -243,6 +262,8 @@ def low_prior(
             image = generator.synthesize(latent, noise_mode="const", max_resolution=render_size)
             image = _resize(image, compare_size)
             loss = loss_fn(image, goal.expand_as(image)) + prior_weight * (latent - start).square().mean()
+            if id_loss is not None:
+                loss = loss + identity_weight * id_loss(image, goal)
             loss.backward()
             optimizer.step()
         refined = latent.detach()
@@ -259,6 +280,8 @@ def low_prior_batch(
     loss_fn: LossFn | None = None,
     seed: int = 0,
     loss_size: int = 256,
+    identity: Encoder | None = None,
+    identity_weight: float = 1.0,
 ) -> Tensor:
     """`low_prior` for a batch of codes `[B, L, 512]` and their own targets, in one optimisation.
 
@@ -269,7 +292,10 @@ def low_prior_batch(
     of batched kernels). `loss_fn(image, target) -> scalar` is applied to each sample's `[1, ...]`
     slices; the default loss is computed per sample in one go. The RNG is seeded with `seed` (only
     a random `loss_fn` draws from it: callers batch codes of different seeds only with the default
-    loss).
+    loss). The identity term (with `identity` and `identity_weight` > 0) has one weight for the
+    whole batch (callers batch only codes of equal `identity_weight`); the batch mean it returns
+    is scaled by B, so it too is the sum of the per-sample terms, and the targets' features are
+    computed once for the whole optimisation.
     """
     if w_init.ndim != 3:
         raise ValueError(f"w_init must be a batch of W+ codes [B, L, 512], got {list(w_init.shape)}")
@@ -292,6 +318,7 @@ def low_prior_batch(
             ]
         )
         weights = weights.to(generator.device).expand(batch).clone()
+        id_loss = identity_loss(identity) if identity is not None and identity_weight > 0 else None
         latent = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([latent], lr=lr)
         for _ in range(int(steps)):
@@ -304,7 +331,10 @@ def low_prior_batch(
             else:
                 fit = torch.stack([loss_fn(image[i : i + 1], goal[i : i + 1]) for i in range(batch)])
             prior = (latent - start).square().mean(dim=(1, 2))
-            (fit + weights * prior).sum().backward()
+            total = (fit + weights * prior).sum()
+            if id_loss is not None:
+                total = total + identity_weight * batch * id_loss(image, goal)
+            total.backward()
             optimizer.step()
         return latent.detach()
 
@@ -349,6 +379,7 @@ class _Inputs:
     target: Tensor | None
     sampled_w: Tensor | None
     loss_fn: LossFn | None
+    identity: Encoder | None = None
 
 
 def _build_strict(inputs: _Inputs, params: Mapping[str, float], seed: int) -> Tensor:
@@ -367,6 +398,8 @@ def _build_low_prior(inputs: _Inputs, params: Mapping[str, float], seed: int) ->
         loss_fn=inputs.loss_fn,
         seed=seed,
         loss_size=int(params["loss_size"]),
+        identity=inputs.identity,
+        identity_weight=params["identity_weight"],
     )
 
 
@@ -474,6 +507,7 @@ def _prepare(
     target: Tensor | None,
     sampled_w: Tensor | None,
     loss_fn: LossFn | None,
+    identity: Encoder | None = None,
 ) -> tuple[_Inputs, list[StrategySpec]]:
     """Checked inputs and resolved specs of one candidate set (`ValueError` naming the problem)."""
     code = _w_plus_code(generator, w_plus, "w_plus")
@@ -490,8 +524,17 @@ def _prepare(
         target=_target_batch(target) if target is not None else None,
         sampled_w=_sampled_w(generator, sampled_w) if sampled_w is not None else None,
         loss_fn=loss_fn,
+        identity=identity,
     )
-    return inputs, [spec.resolved(generator.n_latent) for spec in specs]
+    resolved = [spec.resolved(generator.n_latent) for spec in specs]
+    if identity is None:  # no backbone: low_prior is pixel + multi-scale, and its record says so
+        resolved = [
+            StrategySpec(spec.name, {**spec.params, "identity_weight": 0.0}, spec.seed)
+            if spec.name == "low_prior"
+            else spec
+            for spec in resolved
+        ]
+    return inputs, resolved
 
 
 def candidate_latents(
@@ -501,13 +544,14 @@ def candidate_latents(
     target: Tensor | None = None,
     sampled_w: Tensor | None = None,
     loss_fn: LossFn | None = None,
+    identity: Encoder | None = None,
 ) -> list[tuple[StrategySpec, Tensor]]:
     """The W+ code `[L, 512]` of each candidate, with its resolved spec (no images yet).
 
     Split from `make_candidates` so that a worker can synthesize the candidates of many jobs
     in one batch. Arguments as there.
     """
-    inputs, resolved = _prepare(generator, w_plus, strategies, target, sampled_w, loss_fn)
+    inputs, resolved = _prepare(generator, w_plus, strategies, target, sampled_w, loss_fn, identity)
     return [(spec, STRATEGIES[spec.name].build(inputs, spec.params, spec.seed).detach()) for spec in resolved]
 
 
@@ -526,11 +570,12 @@ def candidate_latents_batch(
     jobs: Sequence[CandidateJob],
     loss_fn: LossFn | None = None,
     max_batch: int = 8,
+    identity: Encoder | None = None,
 ) -> list[list[tuple[StrategySpec, Tensor]] | ValueError]:
     """`candidate_latents` of many candidate sets, with their `low_prior` codes refined together.
 
-    The `low_prior` candidates of all jobs that share `steps`, `lr` and `loss_size` (and, with a
-    custom `loss_fn`, the seed) run as one `low_prior_batch` of up to `max_batch` codes; each gets
+    The `low_prior` candidates of all jobs that share `steps`, `lr`, `loss_size` and
+    `identity_weight` (and, with a custom `loss_fn`, the seed) run as one `low_prior_batch` of up to `max_batch` codes; each gets
     the code it would get alone (within float rounding). A job whose inputs are invalid gets its
     `ValueError` in its place; the others are unaffected.
     """
@@ -543,12 +588,13 @@ def candidate_latents_batch(
         now: dict[tuple[int, int], Tensor] = {}
         try:
             inputs, resolved = _prepare(
-                generator, job.w_plus, job.strategies, job.target, job.sampled_w, loss_fn
+                generator, job.w_plus, job.strategies, job.target, job.sampled_w, loss_fn, identity
             )
             for k, spec in enumerate(resolved):
                 if spec.name == "low_prior":
                     p = spec.params
-                    key = (p["steps"], p["lr"], p["loss_size"], spec.seed if loss_fn is not None else 0)
+                    seed = spec.seed if loss_fn is not None else 0
+                    key = (p["steps"], p["lr"], p["loss_size"], p["identity_weight"], seed)
                     later.append((key, (j, k, inputs, spec)))
                 else:
                     now[j, k] = STRATEGIES[spec.name].build(inputs, spec.params, spec.seed).detach()
@@ -574,6 +620,8 @@ def candidate_latents_batch(
                 loss_fn=loss_fn,
                 seed=spec.seed,
                 loss_size=int(spec.params["loss_size"]),
+                identity=identity,
+                identity_weight=spec.params["identity_weight"],
             )
             for (j, k, _, _), code in zip(chunk, refined, strict=True):
                 codes[j, k] = code
@@ -590,14 +638,16 @@ def make_candidates(
     sampled_w: Tensor | None = None,
     loss_fn: LossFn | None = None,
     batch_size: int = 8,
+    identity: Encoder | None = None,
 ) -> list[CandidateResult]:
     """One candidate per strategy, in order. `w_plus` is the e4e code `[L, 512]` (or `[1, L, 512]`);
     `target` (the aligned inspiration image `[3, H, W]` in [-1, 1], for `low_prior`) and
     `sampled_w` (the psi > 1 sample's w, `[512]` or W+, for `encoder_truncation`) are needed only
-    by those strategies; `loss_fn` replaces low_prior's default loss. Images are synthesized
+    by those strategies; `loss_fn` replaces low_prior's default loss; `identity` (the e4e encoder)
+    adds low_prior's identity term. Images are synthesized
     together in batches of `batch_size` with the checkpoint's constant noise.
     """
-    pairs = candidate_latents(generator, w_plus, strategies, target, sampled_w, loss_fn)
+    pairs = candidate_latents(generator, w_plus, strategies, target, sampled_w, loss_fn, identity)
     results: list[CandidateResult] = []
     with torch.no_grad():
         for first in range(0, len(pairs), batch_size):

@@ -7,7 +7,8 @@ stages. Wiring only: the work is `services.generator.engine`.
 * `sample` stage: `SamplePayload` → `SampleOutput`; `synthesize` stage: `SynthesizePayload` →
   `SynthesizeOutput` (K candidates per task). Both run a worker batch as one model batch (the
   `low_prior` refinements of all its tasks too), get uint8 pixels from the device and leave the
-  QOI encoding and writing to the store threads while the next batch runs.
+  QOI encoding and writing to the store threads while the next batch runs (`low_prior`'s identity
+  term too: services.generator.identity).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from services.common.rpc import OutputFormat, check_count, read_array, read_blob
 from services.common.server import ServiceProcess, run_service
 from services.common.stage_handler import StageHandler, batched_handler
 from services.common.weights import WeightsRegistry
+from services.encoder.service import EncoderModel
 from services.generator import engine, messages
 from services.generator.checkpoint import load_generator
 from services.generator.engine import to_w_plus
+from services.generator.identity import identity_for, identity_model, identity_provenance
 from services.generator.manipulate import STRATEGIES, CandidateJob, LossFn, StrategySpec
 from services.generator.model import Generator
 from sfhq.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -77,12 +80,18 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     """`sfhq.v1.Generator`: typed errors raised here become the call's status."""
 
     def __init__(
-        self, model: GeneratorModel, blobs: BlobStore, settings: Settings, loss_fn: LossFn | None
+        self,
+        model: GeneratorModel,
+        blobs: BlobStore,
+        settings: Settings,
+        loss_fn: LossFn | None,
+        identity: EncoderModel | None = None,
     ) -> None:
         self.model = model
         self.blobs = blobs
         self.settings = settings
         self.loss_fn = loss_fn  # low_prior's loss (None: pixel + multi-scale)
+        self.identity = identity  # low_prior's identity term (None: pixel + multi-scale only)
 
     def _output(self, options: common_pb2.OutputOptions, count: int) -> OutputFormat:
         output = OutputFormat.from_proto(options)
@@ -132,7 +141,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             target = engine.tensor_from_image(read_image(request.target, self.blobs, self.settings, "target"))
         if request.HasField("sampled_w"):
             sampled_w = engine.as_w_plus(read_array(request.sampled_w, "sampled_w"), generator, "sampled_w")
-        pairs = self.model.run(lambda g: engine.candidates(g, w_plus, specs, target, sampled_w, self.loss_fn))
+        e4e, loss_fn = identity_for(self.identity, [CandidateJob(w_plus, specs)]), self.loss_fn
+        pairs = self.model.run(lambda g: engine.candidates(g, w_plus, specs, target, sampled_w, loss_fn, e4e))
         latents = torch.stack([latent for _, latent in pairs])
         images = self.model.run(lambda g: engine.synthesize_uint8(g, latents, self.settings.batch_size))
         return messages.candidates_response(pairs, self._images(images, output))
@@ -170,9 +180,11 @@ def synthesize_stage(
     settings: Settings,
     loss_fn: LossFn | None,
     store_pool: Executor | None = None,
+    *,
+    identity: EncoderModel | None = None,
 ) -> StageHandler:
     """`synthesize`: K candidates per task; every candidate of the worker batch in one model batch,
-    the `low_prior` ones refined together (`engine.candidates_batch`)."""
+    the `low_prior` ones refined together (`engine.candidates_batch`, identity term on `identity`)."""
     Pairs = list[tuple[StrategySpec, Tensor]]
 
     def parse(task: Task) -> CandidateJob:
@@ -192,7 +204,8 @@ def synthesize_stage(
 
     def run(jobs: list[CandidateJob]) -> list[tuple[Pairs, np.ndarray] | InvalidInput]:
         def work(g: Generator) -> list[tuple[Pairs, np.ndarray] | InvalidInput]:
-            outcomes = engine.candidates_batch(g, jobs, loss_fn, settings.batch_size)
+            encoder = identity_for(identity, jobs)
+            outcomes = engine.candidates_batch(g, jobs, loss_fn, settings.batch_size, encoder)
             latents = [code for pairs in outcomes if isinstance(pairs, list) for _, code in pairs]
             pixels = iter(
                 engine.synthesize_uint8(g, torch.stack(latents), settings.batch_size) if latents else []
@@ -211,7 +224,7 @@ def synthesize_stage(
             blobs.put(f"{key}{INTERMEDIATE_SUFFIX}", encode_intermediate(image), durable=False)
             blobs.put_npy(f"{key}.npy", code.numpy().astype(np.float32), durable=False)
             strategy = StrategyRecord.parse(spec.record())
-            provenance = model.provenance_record()
+            provenance = identity_provenance(model, identity)
             candidates.append(
                 Candidate(
                     image=f"{key}{INTERMEDIATE_SUFFIX}",
@@ -231,21 +244,24 @@ def build_process(
     model: GeneratorModel | None = None,
     blobs: BlobStore | None = None,
     loss_fn: LossFn | None = None,
+    identity: EncoderModel | None = None,
 ) -> ServiceProcess:
     """The generator process (gRPC servicer + `sample`/`synthesize` workers), not started."""
     blobs = blobs or BlobStore(settings.blob_url)
     if model is None:
         model = generator_model(settings)
         model.preload()
+        identity = identity or identity_model(settings, preload=True)
     process = ServiceProcess("generator", settings)
     process.add_servicer(
-        GeneratorServicer(model, blobs, settings, loss_fn),
+        GeneratorServicer(model, blobs, settings, loss_fn, identity),
         generator_pb2_grpc.add_GeneratorServicer_to_server,
         generator_pb2,
     )
     pool = process.store_pool
     process.add_worker("sample", sample_stage(model, blobs, settings, pool))
-    process.add_worker("synthesize", synthesize_stage(model, blobs, settings, loss_fn, pool))
+    synthesize = synthesize_stage(model, blobs, settings, loss_fn, pool, identity=identity)
+    process.add_worker("synthesize", synthesize)
     return process
 
 
