@@ -13,6 +13,7 @@
 
     python bench/curation.py            # full sizes (~15 min on 2 free cores, ~6 GB RAM)
     python bench/curation.py --quick    # small sizes (< 2 min)
+    python bench/curation.py --dedup-only   # only the near-duplicate passes
 """
 
 from __future__ import annotations
@@ -173,10 +174,19 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "curation.md")
+    parser.add_argument("--dedup-only", action="store_true", help="only part 3 (near-duplicates)")
     args = parser.parse_args()
     sizes = [500, 2000] if args.quick else [2000, 20_000]
     n_index = 20_000 if args.quick else SFHQ_SIZE
     started = time.perf_counter()
+    if args.dedup_only:
+        lines = [
+            *dedup_table(n_index, job=500 if args.quick else 2000),
+            "",
+            f"Total {time.perf_counter() - started:.0f} s.",
+        ]
+        print("\n".join(lines))
+        return 0
     family_lines, model = families_table(sizes)
     lines = [
         "Taste models on CLIP-like vectors with a planted taste that is not linear (two good regions, 5 % "
