@@ -24,7 +24,7 @@ from sfhq.tensors import tensor_to_numpy
 from sfhq.v1 import gateway_pb2
 from studio.context import Studio, current_session, http_error, studio_of
 from studio.listing import Filters, select
-from studio.pages import job_view
+from studio.pages import counts_view, job_view
 from studio.session import CSRF_HEADER, Session
 
 router = APIRouter(prefix="/api")
@@ -140,18 +140,7 @@ def _event_json(event: gateway_pb2.JobEvent) -> str:
             "item": event.item_id,
             "state": gateway_pb2.JobState.Name(event.state).removeprefix("JOB_STATE_").lower(),
             "message": event.message or (event.error.message if event.HasField("error") else ""),
-            "counts": {
-                "inputs": counts.inputs,
-                "candidates": counts.candidates,
-                "accepted": counts.accepted,
-                "written": counts.written,
-                "review": counts.review,
-                "rejected_taste": counts.rejected_taste,
-                "rejected_duplicate": counts.rejected_duplicate,
-                "failed": counts.failed,
-                "in_flight": counts.in_flight,
-                "cancelled": counts.cancelled,
-            },
+            "counts": counts_view(counts),
             "stages": dict(sorted(counts.done_by_stage.items())),
         }
     )

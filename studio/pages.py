@@ -53,6 +53,25 @@ def _safe_next(target: str) -> str:
     return target
 
 
+COUNT_NAMES = (
+    "inputs",
+    "candidates",
+    "accepted",
+    "written",
+    "review",
+    "rejected_taste",
+    "rejected_duplicate",
+    "failed",
+    "in_flight",
+    "cancelled",
+)
+
+
+def counts_view(counts: gateway_pb2.JobCounts) -> dict[str, Any]:
+    """A job's counters and tasks done per stage, as the pages show them (and the events carry them)."""
+    return {name: getattr(counts, name) for name in COUNT_NAMES}
+
+
 def job_view(job: gateway_pb2.Job) -> dict[str, Any]:
     counts = job.counts
     return {
@@ -64,18 +83,7 @@ def job_view(job: gateway_pb2.Job) -> dict[str, Any]:
         "dataset_uri": job.dataset_uri,
         "dataset_id": job.dataset_id,
         "error": job.error,
-        "counts": {
-            "inputs": counts.inputs,
-            "candidates": counts.candidates,
-            "accepted": counts.accepted,
-            "written": counts.written,
-            "review": counts.review,
-            "rejected_taste": counts.rejected_taste,
-            "rejected_duplicate": counts.rejected_duplicate,
-            "failed": counts.failed,
-            "in_flight": counts.in_flight,
-            "cancelled": counts.cancelled,
-        },
+        "counts": counts_view(counts),
         "stages": dict(sorted(counts.done_by_stage.items())),
     }
 

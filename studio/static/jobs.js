@@ -38,3 +38,11 @@ async function refresh() {
   }
 }
 setInterval(refresh, 3000);
+
+// The sampling fields matter only in sampling mode; the image fields only outside it.
+function showModeFields() {
+  const sampling = new FormData(form).get("mode") === "sampling";
+  for (const row of form.querySelectorAll(".sampling")) row.hidden = !sampling;
+}
+for (const radio of form.querySelectorAll("input[name=mode]")) radio.addEventListener("change", showModeFields);
+showModeFields();
