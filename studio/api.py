@@ -30,6 +30,7 @@ from studio.session import CSRF_HEADER, Session
 router = APIRouter(prefix="/api")
 SessionDep = Annotated[Session, Depends(current_session)]
 MAX_PAGE = 2000
+MAX_STRATEGIES = 16
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/octet-stream")
 
@@ -97,24 +98,32 @@ async def submit_job(request: Request, session: WriteDep) -> Any:
     mode = str(form.get("mode") or "inspiration")
     folder = str(form.get("input_folder") or "").strip()
     strategies = [s.strip() for s in str(form.get("strategies") or "").split(",") if s.strip()]
+    for field, value, most in (
+        ("strategies", strategies, MAX_STRATEGIES),
+        ("taste_model", str(form.get("taste_model") or ""), 128),
+        ("name", str(form.get("name") or ""), 200),
+        ("input_folder", folder, 4096),
+    ):
+        if len(value) > most:
+            raise HTTPException(
+                400, f"{field}: at most {most} {'entries' if field == 'strategies' else 'characters'}"
+            )
+    if mode != "sampling" and not images and not folder:
+        raise HTTPException(400, "images: choose images to upload or a folder (input_folder)")
     try:
         spec = build_spec(
             mode=mode,
             images=images,
             input_folder=folder,
-            strategies=strategies[:16],
+            strategies=strategies,
             samples=int(_float(form, "samples", 0) or 0),
             psi_min=_float(form, "psi_min", 0.0) or 0.0,
             psi_max=_float(form, "psi_max", 0.0) or 0.0,
-            taste_model=str(form.get("taste_model") or "")[:128],
+            taste_model=str(form.get("taste_model") or ""),
             dedup_threshold=_float(form, "dedup_threshold"),
             output_uri="",  # the gateway's default: the user's own area of the blob store
-            name=str(form.get("name") or "")[:200],
+            name=str(form.get("name") or ""),
         )
-        if mode == "sampling" and not images and not folder:
-            pass
-        elif not images and not folder:
-            raise HTTPException(400, "images: choose images to upload or a folder (input_folder)")
         for name, upload in zip([f.filename or "" for f in files], spec.inputs, strict=False):
             upload.name = name[:255]
     except ValueError as error:

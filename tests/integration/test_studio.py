@@ -205,6 +205,15 @@ def test_uploads_have_size_and_count_limits(studio):
     assert text.status_code == 400 and "notes.txt" in text.json()["error"]
     nothing = http.post("/api/jobs", data={"mode": "inspiration"}, headers=headers)
     assert nothing.status_code == 400 and "images" in nothing.json()["error"]
+    named = http.post("/api/jobs", data={"mode": "sampling", "name": "n" * 201}, headers=headers)
+    assert named.status_code == 400 and "name: at most 200" in named.json()["error"]
+    strategy = http.post(
+        "/api/jobs",
+        data={"strategies": "no_such_strategy"},
+        files={"images": ("face.jpg", face_path(0).read_bytes(), "image/jpeg")},
+        headers=headers,
+    )
+    assert strategy.status_code == 400 and "no_such_strategy" in strategy.json()["error"]
     # a JSON body over the small-request limit (1 MiB) is refused before it is parsed
     huge = http.post("/api/label", content=b"{" + b" " * (2 << 20) + b"}", headers=headers)
     assert huge.status_code == 413
