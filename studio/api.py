@@ -23,7 +23,7 @@ from sfhq.sdk import SfhqError, build_spec
 from sfhq.tensors import tensor_to_numpy
 from sfhq.v1 import gateway_pb2
 from studio.context import Studio, current_session, http_error, studio_of
-from studio.listing import Filters, select
+from studio.listing import Filters, dataset_jobs, select
 from studio.pages import counts_view, job_view
 from studio.session import CSRF_HEADER, Session
 
@@ -194,11 +194,11 @@ def _rows(studio: Studio, client: Any, session: Session, scope: str, scope_id: s
     if scope == "job":
         return studio.listings.job_items(client, session.user_key, scope_id)
     if scope == "dataset":
-        jobs = [j for j in client.list_jobs(limit=1000) if j.dataset_id == scope_id]
+        jobs = dataset_jobs(client, scope_id)
         if not jobs:
             raise HTTPException(404, f"dataset_id: no dataset {scope_id!r} among your jobs")
         rows: list[dict[str, Any]] = []
-        for job in sorted(jobs, key=lambda j: j.created_at):
+        for job in jobs:
             rows.extend(studio.listings.job_items(client, session.user_key, job.job_id))
         return rows
     raise HTTPException(400, f"scope: {scope!r} must be job or dataset")

@@ -9,7 +9,7 @@ import grpc
 from fastapi import HTTPException, Request
 
 from sfhq.sdk import AsyncClient, Client, SfhqError
-from studio.imaging import ThumbnailCache
+from studio.imaging import Digests, ThumbnailCache
 from studio.listing import Listings
 from studio.session import COOKIE, Session, Sessions
 from studio.settings import StudioSettings
@@ -45,6 +45,7 @@ class Studio:
     sessions: Sessions
     thumbs: ThumbnailCache
     listings: Listings
+    digests: Digests = field(default_factory=Digests)
     _clients: dict[str, Client] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

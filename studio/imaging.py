@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -94,3 +95,26 @@ def parsing_overlay(segmentation_png: bytes, classes: list[int], size: int) -> b
     out = io.BytesIO()
     PIL.Image.fromarray(palette[labels], "RGBA").save(out, "PNG", compress_level=1)
     return out.getvalue()
+
+
+DIGEST_TTL_S = 300.0
+
+
+class Digests:
+    """(user, job, item) → the content hash of its image, so a repeated thumbnail request is answered
+    from the cache (or with 304) without fetching the image again."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> str | None:
+        with self._lock:
+            found = self._known.get(key)
+        return found[1] if found and time.monotonic() - found[0] < DIGEST_TTL_S else None
+
+    def put(self, key: tuple[str, str, str], digest: str) -> None:
+        with self._lock:
+            if len(self._known) > 200_000:
+                self._known.clear()
+            self._known[key] = (time.monotonic(), digest)

@@ -117,6 +117,12 @@ class Listings:
             self._cache.pop((user, job_id), None)
 
 
+def dataset_jobs(client: Client, dataset_id: str) -> list[gateway_pb2.Job]:
+    """The caller's jobs that wrote into a dataset, oldest first (a dataset's gallery is theirs together)."""
+    jobs = [j for j in client.list_jobs(limit=1000) if j.dataset_id == dataset_id]
+    return sorted(jobs, key=lambda j: j.created_at)
+
+
 def select(rows: list[dict[str, Any]], filters: Filters) -> list[dict[str, Any]]:
     chosen = [row for row in rows if filters.keep(row)]
     if filters.sort in ("score", "-score"):

@@ -4,8 +4,6 @@ WebP thumbnails cached by content hash, full images, parsing overlays, downloads
 from __future__ import annotations
 
 import io
-import threading
-import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -21,31 +19,7 @@ from studio.session import Session
 
 router = APIRouter()
 SessionDep = Annotated[Session, Depends(current_session)]
-DIGEST_TTL_S = 300.0
 DOWNLOADS = ("image", "segmentation", "landmarks", "latent", "features")
-
-
-class Digests:
-    """(user, job, item) → the content hash of its image, so a repeated thumbnail request is answered
-    from the cache (or with 304) without fetching the image again."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, str, str], tuple[float, str]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str, str]) -> str | None:
-        with self._lock:
-            found = self._known.get(key)
-        return found[1] if found and time.monotonic() - found[0] < DIGEST_TTL_S else None
-
-    def put(self, key: tuple[str, str, str], digest: str) -> None:
-        with self._lock:
-            if len(self._known) > 200_000:
-                self._known.clear()
-            self._known[key] = (time.monotonic(), digest)
-
-
-_digests = Digests()
 
 
 def _image_type(data: bytes) -> str:
@@ -70,7 +44,7 @@ def thumbnail(
         raise HTTPException(400, f"size: one of {', '.join(map(str, THUMB_SIZES))}")
     studio = studio_of(request)
     key = (session.user_key, job_id, item_id)
-    digest = _digests.get(key)
+    digest = studio.digests.get(key)
     headers = {"cache-control": "private, max-age=60"}
     if digest is not None:
         if request.headers.get("if-none-match") == f'"{digest}-{size}"':
@@ -84,7 +58,7 @@ def thumbnail(
     if not item.image.data:
         raise HTTPException(404, f"item {job_id}/{item_id} has no image (yet)")
     digest, webp = studio.thumbs.thumbnail(item.image.data, size)
-    _digests.put(key, digest)
+    studio.digests.put(key, digest)
     return Response(webp, media_type="image/webp", headers={**headers, "etag": f'"{digest}-{size}"'})
 
 
@@ -131,7 +105,7 @@ def download(request: Request, session: SessionDep, job_id: str, item_id: str, k
     item = _item(studio_of(request).client(session), job_id, item_id, image=kind == "image", annotations=True)
     name = item.stem or f"{job_id}_{item_id}"
     if kind == "image":
-        data, media, ext = item.image.data, _image_type(item.image.data), ""
+        data, media = item.image.data, _image_type(item.image.data)
         ext = ".jpg" if media == "image/jpeg" else ".png"
     elif kind == "segmentation":
         data, media, ext = item.segmentation.data, "image/png", ".png"

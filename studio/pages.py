@@ -8,14 +8,16 @@ import secrets
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
+import numpy as np
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sfhq.annotations import LANDMARK_GROUP_COLORS, LANDMARK_GROUP_TABLE, PARSING_CLASSES, PARSING_COLORS
 from sfhq.sdk import SfhqError
+from sfhq.tensors import tensor_to_numpy
 from sfhq.v1 import gateway_pb2
 from studio.context import Studio, current_session, http_error, studio_of
-from studio.listing import item_summary
+from studio.listing import dataset_jobs, item_summary
 from studio.session import COOKIE, CSRF_FIELD, LOGIN_CSRF_COOKIE, Session
 
 router = APIRouter()
@@ -199,7 +201,7 @@ def gallery_page(request: Request, session: SessionDep, job_id: str) -> Response
 
 @router.get("/datasets/{dataset_id}/gallery")
 def dataset_gallery_page(request: Request, session: SessionDep, dataset_id: str) -> Response:
-    jobs = [j for j in studio_of(request).client(session).list_jobs(limit=1000) if j.dataset_id == dataset_id]
+    jobs = dataset_jobs(studio_of(request).client(session), dataset_id)
     if not jobs:
         raise HTTPException(404, f"dataset_id: no dataset {dataset_id!r} among your jobs")
     return render(
@@ -236,6 +238,10 @@ def item_page(request: Request, session: SessionDep, job_id: str, item_id: str) 
         random_weights=random_weights,
         has_parsing=item.HasField("segmentation") and bool(item.segmentation.data),
         has_landmarks=item.HasField("landmarks") and bool(item.landmarks.shape),
+        # in the page, so its script needs no second GetItem for them
+        landmarks_json=json.dumps(
+            np.round(tensor_to_numpy(item.landmarks), 2).tolist() if item.landmarks.shape else []
+        ),
         has_latent=item.HasField("latent") and bool(item.latent.shape),
         classes=[(i, n, _hex(PARSING_COLORS[i])) for i, n in enumerate(PARSING_CLASSES)][1:],
         groups=[(n, a, b, _hex(LANDMARK_GROUP_COLORS[n])) for n, a, b in LANDMARK_GROUP_TABLE],

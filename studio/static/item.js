@@ -1,5 +1,5 @@
 // The item on a canvas: the image, then (toggled) the parsing map per class and the landmarks per group.
-import { api, typing } from "/static/common.js";
+import { typing } from "/static/common.js";
 
 const canvas = document.getElementById("item-canvas");
 const ctx = canvas.getContext("2d");
@@ -9,7 +9,7 @@ const landmarksToggle = document.getElementById("toggle-landmarks");
 let image = null;
 let overlay = null;
 let overlayKey = "";
-let landmarks = [];
+const landmarks = JSON.parse(canvas.dataset.landmarks || "[]"); // image pixels, 110 x 2
 
 const load = (src) => new Promise((resolve, reject) => {
   const img = new Image();
@@ -64,9 +64,7 @@ document.addEventListener("keydown", (event) => {
 });
 
 (async () => {
-  const [img, info] = await Promise.all([load(`/media/${job}/${item}/image`), api(`/api/items/${job}/${item}`)]);
-  image = img;
-  landmarks = info.landmarks;
+  image = await load(`/media/${job}/${item}/image`);
   await draw();
   canvas.dataset.ready = "1";
 })();

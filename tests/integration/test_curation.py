@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageEnhance
 
-from services.local_run import LocalCluster
 from sfhq.sdk import Client, SfhqError, build_spec
 from sfhq.v1 import gateway_pb2
 from tests.helpers import ONE_CORRECTION
+from tests.helpers.cluster import random_cluster
 from tests.helpers.data import face_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,19 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def cluster(redis_server, tmp_path_factory):
-    from services.random_weights import write_random_weights
-
-    weights = tmp_path_factory.mktemp("weights")
-    write_random_weights(weights)
-    with LocalCluster(
-        tmp_path_factory.mktemp("cluster"),
-        redis_server,
-        weights,
-        extra_env={"SFHQ_VISIBILITY_TIMEOUT_S": "5", "SFHQ_BATCH_WAIT_MS": "20"},
-        data_roots=(tmp_path_factory.getbasetemp(),),
-    ) as c:
-        c.start_all(timeout_s=240)
-        yield c
+    with random_cluster(redis_server, tmp_path_factory) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

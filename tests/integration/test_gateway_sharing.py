@@ -31,6 +31,7 @@ from sfhq.sdk import AsyncClient, Client, SfhqError, build_spec
 from sfhq.tensors import numpy_to_tensor
 from sfhq.v1 import gateway_pb2, search_pb2, search_pb2_grpc
 from tests.helpers import ONE_CORRECTION
+from tests.helpers.cluster import random_cluster
 from tests.helpers.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -71,23 +72,18 @@ def collector():
 
 @pytest.fixture(scope="module")
 def cluster(redis_server, tmp_path_factory, collector):
-    from services.random_weights import write_random_weights
-
-    weights = tmp_path_factory.mktemp("weights")
-    write_random_weights(weights)
-    workdir = tmp_path_factory.mktemp("shared-gateway")
     env = {
         "SFHQ_AUTH_TOKENS": ",".join(f"{name}={token}" for name, token in TOKENS.items()),
         "SFHQ_SERVICE_TOKENS": SERVICE_TOKEN,
         "SFHQ_MAX_STREAMS_PER_USER": str(STREAM_CAP),
-        "SFHQ_VISIBILITY_TIMEOUT_S": "5",
-        "SFHQ_BATCH_WAIT_MS": "20",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    with LocalCluster(workdir, redis_server, weights, extra_env=env) as running:  # no data roots
-        running.start_all(timeout_s=240)
+    # no data roots: these users may write only to their own areas of the blob store
+    with random_cluster(
+        redis_server, tmp_path_factory, env=env, data_roots=(), name="shared-gateway"
+    ) as running:
         yield running
 
 

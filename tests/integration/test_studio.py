@@ -26,9 +26,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.local_run import LocalCluster, free_port
+from services.local_run import free_port
 from sfhq.sdk import Client, build_spec
 from sfhq.v1 import gateway_pb2
+from tests.helpers.cluster import random_cluster
 from tests.helpers.data import face_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,19 +44,12 @@ COPY_THRESHOLD = (
 
 @pytest.fixture(scope="module")
 def cluster(redis_server, tmp_path_factory):
-    from services.random_weights import write_random_weights
-
-    weights = tmp_path_factory.mktemp("weights")
-    write_random_weights(weights)
     env = {
         "SFHQ_AUTH_TOKENS": ",".join(f"{name}={token}" for name, token in TOKENS.items()),
         "SFHQ_SERVICE_TOKENS": SERVICE_TOKEN,
-        "SFHQ_VISIBILITY_TIMEOUT_S": "5",
-        "SFHQ_BATCH_WAIT_MS": "20",
     }
-    with LocalCluster(tmp_path_factory.mktemp("cluster"), redis_server, weights, extra_env=env) as c:
-        c.start_all(timeout_s=240)
-        yield c
+    with random_cluster(redis_server, tmp_path_factory, env=env, data_roots=()) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
