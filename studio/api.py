@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -534,8 +536,6 @@ async def export(request: Request, session: WriteDep) -> Any:
     info = await asyncio.to_thread(_export_into, client, pairs, tmp / "export")
     archive = await asyncio.to_thread(_zip, tmp / "export", tmp / "export.zip")
     name = (body.name if NAME.match(body.name) else "sfhq-export") + ".zip"
-    import shutil
-
     return FileResponse(
         archive,
         media_type="application/zip",
@@ -561,8 +561,6 @@ def _export_into(client: Any, pairs: list[tuple[str, str]], dest: Path) -> dict[
 
 
 def _zip(folder: Path, archive: Path) -> Path:
-    import zipfile
-
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as out:  # JPEG/PNG do not compress further
         for path in sorted(folder.rglob("*")):
             if path.is_file():

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -164,6 +164,3 @@ def serve(settings: StudioSettings | None = None) -> None:
         access_log=False,
         proxy_headers=False,
     )
-
-
-__all__ = ["HTMLResponse", "asgi_app", "create_app", "serve"]
