@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU wheel, so that nothing later pulls a CUDA build or torchvision
 	$(PY) -m pip install -q $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0)
 	$(PY) -m pip install -q -e '.[services,dev]'
-	$(PY) -c "import torch, grpc, redis, faiss, dlib, transformers, onnxruntime; print('setup ok: torch', torch.__version__)"
+	$(PY) -c "import torch, grpc, redis, faiss, dlib, transformers, diffusers, onnxruntime; print('setup ok: torch', torch.__version__)"
 	touch $(STAMP)
 
 protos: setup

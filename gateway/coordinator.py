@@ -384,7 +384,13 @@ class Coordinator:
                 "failures_total": len(failures),
                 "removed_unlisted": removed,
                 "provenance": self.provenance | self._checkpoints(rows),
-                "random_weights": any(_is_random(row["provenance"]) for row in rows),
+                # failed items count too: a job whose every image failed was still made by random models
+                "random_weights": any(_is_random(row["provenance"]) for row in rows)
+                or any(
+                    _is_random(out.get("provenance", {}))
+                    for item in items
+                    for out in item["outputs"].values()
+                ),
             }
             writer.write_job_part(job_id, rows, info)
             self._merge(spec, writer)
@@ -493,7 +499,10 @@ class Coordinator:
         for item in items:
             if item["state"] == ItemState.FAILED and item["error"]:
                 source = item.get("source") or {}
-                failures.append({"item_id": item["id"], "source": source.get("name", ""), **item["error"]})
+                recipe = {k: source[k] for k in ("prompt", "seed") if "prompt" in source}
+                failures.append(
+                    {"item_id": item["id"], "source": source.get("name", ""), **recipe, **item["error"]}
+                )
         return failures
 
     @staticmethod

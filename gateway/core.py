@@ -124,9 +124,10 @@ class GatewayCore:
             spec = self.curation.check_model(spec)  # the model exists; the job records its version
         folder = self._list_folder(request.spec, owner)
         # Refuse before staging or planning: a full stage would only make us copy and plan for nothing.
-        first_stage, count = ("sample", spec.sampling["count"]) if spec.mode == "sampling" else ("align", 0)
-        if first_stage == "align":
-            count = len(request.spec.inputs) + len(folder)
+        first_stage, count = {
+            "sampling": ("sample", spec.sampling.get("count", 0)),
+            "prompts": ("diffuse", spec.prompts.get("count", 0)),
+        }.get(spec.mode, ("align", len(request.spec.inputs) + len(folder)))
         if not self.store.job(job_id) and not self.queue.has_room(first_stage, count):
             raise ResourceExhausted(
                 f"stage {first_stage!r} is full ({self.queue.backlog(first_stage)} tasks waiting); "
@@ -171,7 +172,7 @@ class GatewayCore:
     ) -> list[dict[str, Any]]:
         """Inline images and folder files go into the blob store (workers read only the blob store);
         blob keys must be the caller's own. Returns [{uri, name}] in input order."""
-        if spec.mode == "sampling":
+        if spec.mode in ("sampling", "prompts"):
             return []
         inputs = []
         for n, image in enumerate(spec_msg.inputs):
@@ -326,8 +327,10 @@ class GatewayCore:
                     message.image.data = dataset.get(written["image"])
                 else:
                     outputs = record["outputs"]
-                    key = (outputs.get("synthesize") or {}).get("image") or (outputs.get("align") or {}).get(
-                        "aligned"
+                    key = (  # the furthest image it has: a candidate, an aligned face, an SD image
+                        (outputs.get("synthesize") or {}).get("image")
+                        or (outputs.get("align") or {}).get("aligned")
+                        or (outputs.get("diffuse") or {}).get("image")
                     )
                     if key:  # an intermediate (QOI) becomes PNG: clients need no QOI reader
                         message.image.data = portable_image_bytes(

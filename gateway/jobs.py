@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
 
+from gateway.prompts import PIPELINE_PARTS, resolve_prompts
 from services.common.errors import InvalidInput
 from services.common.strategies import SCHEMAS, check_params
 from sfhq.v1 import common_pb2, gateway_pb2
@@ -128,7 +129,7 @@ def derive_seed(*parts: Any) -> int:
 class ResolvedSpec:
     """A validated job spec with every default filled in (what the coordinator reads)."""
 
-    mode: str  # "inspiration" | "sampling" | "annotate_only"
+    mode: str  # "inspiration" | "sampling" | "annotate_only" | "prompts"
     strategies: list[dict[str, Any]]
     sampling: dict[str, Any]
     taste_model: str  # "name@version" once submitted (the version the job uses), "" = none
@@ -146,6 +147,7 @@ class ResolvedSpec:
     dataset_id: str = ""  # set when the job attaches to its dataset
     stem_base: int = 0  # the first stem index of the job's block in the dataset's numbering
     landmark_convention: str = "sfhq"  # "sfhq" (x * 4) or "pixel_centres" (docs/landmarks.md)
+    prompts: dict[str, Any] = field(default_factory=dict)  # prompts jobs: gateway.prompts.resolve_prompts
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -186,11 +188,21 @@ def validate_spec(
         gateway_pb2.JOB_MODE_INSPIRATION: "inspiration",
         gateway_pb2.JOB_MODE_SAMPLING: "sampling",
         gateway_pb2.JOB_MODE_ANNOTATE_ONLY: "annotate_only",
+        gateway_pb2.JOB_MODE_PROMPTS: "prompts",
     }
     if spec.mode not in modes:
-        raise SpecError(f"mode: must be one of INSPIRATION, SAMPLING, ANNOTATE_ONLY (got {spec.mode})")
+        raise SpecError(
+            f"mode: must be one of INSPIRATION, SAMPLING, ANNOTATE_ONLY, PROMPTS (got {spec.mode})"
+        )
     mode = modes[spec.mode]
-    if mode == "sampling":
+    if mode != "prompts" and spec.HasField("prompts"):
+        raise SpecError(f"prompts: only a PROMPTS job takes prompts (this is {mode.upper()})")
+    prompts: dict[str, Any] = {}
+    if mode == "prompts":
+        if spec.inputs or spec.input_folder:
+            raise SpecError("inputs: a PROMPTS job takes no input images (its images come from its prompts)")
+        prompts = resolve_prompts(spec.prompts, MAX_SAMPLES)
+    elif mode == "sampling":
         if spec.inputs or spec.input_folder:
             raise SpecError("inputs: a SAMPLING job takes no input images")
         if not 1 <= spec.sampling.count <= MAX_SAMPLES:
@@ -276,7 +288,9 @@ def validate_spec(
     out = spec.output
     if len(out.dataset_uri) > 4096 or ".." in out.dataset_uri.split("/"):
         raise SpecError("output.dataset_uri: invalid")
-    part = out.part or (SAMPLING_PART if mode == "sampling" else 1)
+    part = out.part or (
+        SAMPLING_PART if mode == "sampling" else PIPELINE_PARTS[prompts["pipeline"]] if prompts else 1
+    )
     if not 0 <= part <= 9999:
         raise SpecError("output.part: must be in [0, 9999]")
     image_size = out.image_size or 1024
@@ -317,6 +331,7 @@ def validate_spec(
         reject_threshold=reject,
         write_mode=write_modes[out.write_mode],
         landmark_convention=convention,
+        prompts=prompts,
     )
 
 

@@ -23,6 +23,7 @@ STATE_TO_PROTO: dict[str, gateway_pb2.JobState] = {
 }
 PROTO_TO_STATE = {v: k for k, v in STATE_TO_PROTO.items() if k != jobs.FINALIZING}
 STAGE_TO_PROTO: dict[str, common_pb2.Stage] = {
+    "diffuse": common_pb2.STAGE_DIFFUSE,
     "align": common_pb2.STAGE_ALIGN,
     "encode": common_pb2.STAGE_ENCODE,
     "sample": common_pb2.STAGE_SAMPLE,
@@ -35,6 +36,7 @@ MODE_TO_PROTO = {
     "inspiration": gateway_pb2.JOB_MODE_INSPIRATION,
     "sampling": gateway_pb2.JOB_MODE_SAMPLING,
     "annotate_only": gateway_pb2.JOB_MODE_ANNOTATE_ONLY,
+    "prompts": gateway_pb2.JOB_MODE_PROMPTS,
 }
 
 

@@ -9,6 +9,7 @@ Flows (docs/pipeline.md):
   inspiration   input:  align(256) -> encode -> synthesize K strategies -> K candidates
   sampling      sample: sample(seed, psi) -> encode -> synthesize(corrections) -> one candidate per correction
   annotate_only input:  align(image_size) -> (the item itself is the candidate)
+  prompts       prompt: diffuse(prompt, seed) -> then as inspiration: align(256) -> encode -> synthesize
   every candidate:      embed -> curate -> annotate (writes the SFHQ files) -> written
 
 Planning is linear in a job's items: each item's first task is made with the item.
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from gateway.jobs import ResolvedSpec, derive_seed
+from gateway.prompts import image_sources
 from services.common.contracts import (
     FEATURE_KEY,
     AlignOutput,
@@ -30,6 +32,8 @@ from services.common.contracts import (
     CurateOutput,
     CuratePayload,
     Decision,
+    DiffuseOutput,
+    DiffusePayload,
     EmbedOutput,
     EmbedPayload,
     EncodeOutput,
@@ -105,6 +109,10 @@ def sample_item_id(ordinal: int) -> str:
     return f"s{ordinal:07d}"
 
 
+def prompt_item_id(ordinal: int) -> str:
+    return f"p{ordinal:07d}"
+
+
 def sampling_corrections(spec: ResolvedSpec) -> list[dict[str, Any]]:
     """A sampling job's corrections, one candidate each (jobs submitted before corrections were a
     list carry one `correction`)."""
@@ -120,6 +128,8 @@ def stems_needed(spec: ResolvedSpec, inputs: int) -> int:
     """How many stems a job may use: one per possible candidate (its block in the dataset's numbering)."""
     if spec.mode == "sampling":
         return int(spec.sampling["count"]) * candidates_per_parent(spec)
+    if spec.mode == "prompts":
+        return int(spec.prompts["count"]) * candidates_per_parent(spec)
     return inputs * (1 if spec.mode == "annotate_only" else len(spec.strategies))
 
 
@@ -140,7 +150,7 @@ def first_plans(
     """A new job's items and first tasks, in plans of at most `chunk_size` items (each with the
     counters of its own items), so that the gateway can enqueue a huge job in atomic steps.
 
-    `inputs` are {"uri": ..., "name": ...} for image jobs; ignored for sampling jobs. The payloads
+    `inputs` are {"uri": ..., "name": ...} for image jobs; ignored for sampling and prompts jobs. The payloads
     are checked against their contract in one pass; every step is linear in the job's size.
     """
     if spec.mode == "sampling":
@@ -152,6 +162,14 @@ def first_plans(
         ]
         stage = "sample"
         payloads = SamplePayload.validate_many([item["source"] for item in items], stage)
+    elif spec.mode == "prompts":
+        items = [
+            new_item(prompt_item_id(n), "prompt", n, source=source)
+            for n, source in enumerate(image_sources(spec.prompts))
+        ]
+        stage = "diffuse"
+        rows = [{k: v for k, v in item["source"].items() if k != "prompt_index"} for item in items]
+        payloads = DiffusePayload.validate_many(rows, stage)
     else:
         size = E4E_ALIGN_SIZE if spec.mode == "inspiration" else spec.image_size
         transform = (
@@ -227,6 +245,9 @@ def source_name(item: ItemRecord) -> str:
     source = item.get("source") or {}
     if source.get("name"):
         return str(source["name"])
+    if "prompt" in source:
+        prompt = str(source["prompt"])
+        return f"prompt {source.get('prompt_index', '?')} seed {source['seed']} ({prompt[:60]}{'...' if len(prompt) > 60 else ''})"
     return f"sample seed {source['seed']}" if "seed" in source else ""
 
 
@@ -286,7 +307,12 @@ def advance(
 
 def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult, plan: Plan) -> None:
     stage, output = result.stage, result.output
-    if stage == "align" and spec.mode == "inspiration":
+    if stage == "diffuse":  # the image's real size goes with its recipe (0 asked for the pipeline's own)
+        made = DiffuseOutput.parse(output, stage)
+        item["source"] = {**item["source"], "width": made.width, "height": made.height}
+        align = AlignPayload(input=made.image, output_size=E4E_ALIGN_SIZE, transform_size=E4E_ALIGN_SIZE)
+        plan.enqueue(job_id, item, "align", align)
+    elif stage == "align" and spec.mode in ("inspiration", "prompts"):
         plan.enqueue(job_id, item, "encode", EncodePayload(image=AlignOutput.parse(output, stage).aligned))
     elif stage == "align":  # annotate_only: the aligned input is the candidate
         plan.bump("candidates")

@@ -22,7 +22,7 @@ console = Console(stderr=True, soft_wrap=True)  # one error, one line
 out = Console()
 
 # What `pip install 'sfhq-factory[services]'` brings that the light client lacks.
-SERVICES_EXTRA_MODULES = ("torch", "redis", "faiss", "dlib", "transformers", "onnxruntime")
+SERVICES_EXTRA_MODULES = ("torch", "redis", "faiss", "dlib", "transformers", "diffusers", "onnxruntime")
 
 
 def missing_services_extra() -> list[str]:
@@ -95,6 +95,15 @@ def run(
     data: Annotated[
         Path | None, typer.Option(help="the local cluster's data folder (default: OUTPUT.work)")
     ] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option(help="--mode prompts: a file of prompts, one per line")
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help='--mode prompts: JSON {"template": ..., "slots": {...}} (examples/prompts)'),
+    ] = None,
+    images_per_prompt: int = 0,
+    steps: Annotated[int, typer.Option(help="--mode prompts: denoising steps (default 30)")] = 0,
 ) -> None:
     """The main job on one machine: up (Redis + every service), submit, watch, down; writes the dataset."""
     require_services_extra()
@@ -102,6 +111,7 @@ def run(
         console.print("[bold red]error:[/] --append and --overwrite exclude each other")
         raise typer.Exit(2)
     from services.local_job import LocalRunOptions, run_local
+    from sfhq.prompts import cli_prompt_spec
 
     options = LocalRunOptions(
         inputs=inputs,
@@ -116,6 +126,11 @@ def run(
         image_size=image_size,
         write_mode="append" if append else "overwrite" if overwrite else "new",
         data_dir=data,
+        prompts=cli_prompt_spec(
+            prompts_file=prompts_file, recipe=recipe, images_per_prompt=images_per_prompt, steps=steps
+        )
+        if mode == "prompts"
+        else None,
     )
     sys.exit(run_local(options, console=console))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -34,6 +35,7 @@ class LocalRunOptions:
     startup_timeout_s: float = 180.0
     write_mode: str = "new"  # "append" continues the dataset in `output`, "overwrite" replaces it
     data_dir: Path | None = None  # the cluster's data (default: <output>.work)
+    prompts: Any = None  # prompts mode: a gateway_pb2.PromptSpec (sfhq.prompts)
 
 
 def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
@@ -53,7 +55,7 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
 
     # Everything a user can get wrong is checked before anything is written (random weights are 374 MB).
     images: list[Path] = []
-    if options.mode != "sampling":
+    if options.mode not in ("sampling", "prompts"):
         try:
             images = image_files([options.inputs])
         except FileNotFoundError as exc:
@@ -71,6 +73,7 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
             seed=options.seed,
             name="sfhq run",
             write_mode=options.write_mode,
+            prompts=options.prompts if options.mode == "prompts" else None,
         )
     except ValueError as exc:
         console.print(f"[bold red]error:[/] {exc}")
@@ -118,7 +121,7 @@ def run_local(options: LocalRunOptions, console: Console | None = None) -> int:
         with Client(state.gateway_addr, timeout=60) as client:
             try:
                 job = client.submit(spec)
-                console.print(f"job {job.job_id}: {len(images) or options.samples} inputs -> {output}")
+                console.print(f"job {job.job_id}: {job.counts.inputs} inputs -> {output}")
                 job = follow(client, job.job_id, console)
             except SfhqError as exc:
                 console.print(f"[bold red]error:[/] {exc.details}")

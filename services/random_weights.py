@@ -7,10 +7,12 @@ RANDOM_WEIGHTS marker, so every service logs loudly and provenance says "random"
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
+from services.common.contracts import DIFFUSION_PIPELINES
 from services.common.weights import WeightsRegistry
 
 # Small enough for two CPU cores: a 64-px generator with 64 channels, a 4-unit IR-SE encoder on 64-px
@@ -22,9 +24,11 @@ DEMO_ENCODER_INPUT = 64
 
 
 def write_random_weights(folder: str | Path, *, seed: int = 0) -> dict[str, Path]:
-    """Writes e4e (+ its decoder), the same StyleGAN2 as a rosinality file, BiSeNet and a tiny CLIP."""
+    """Writes e4e (+ its decoder), the same StyleGAN2 as a rosinality file, BiSeNet, a tiny CLIP and
+    a tiny Stable Diffusion pipeline (under both pipeline names)."""
     from services.annotator.random_weights import write_random_bisenet_checkpoint
     from services.encoder.random_weights import write_random_e4e_checkpoint
+    from services.generator.random_diffusion import write_random_diffusion_folder
     from services.search.random_weights import write_random_clip_folder
 
     registry = WeightsRegistry(folder)
@@ -50,5 +54,10 @@ def write_random_weights(folder: str | Path, *, seed: int = 0) -> dict[str, Path
     written["clip-vit-l-14-336"] = write_random_clip_folder(
         registry.expected_path("clip-vit-l-14-336"), tiny=True, seed=seed
     )
+    first, *others = DIFFUSION_PIPELINES
+    written[first] = write_random_diffusion_folder(registry.expected_path(first), seed=seed)
+    for name in others:  # the same tiny pipeline: both names work in a demo
+        shutil.copytree(written[first], registry.expected_path(name), dirs_exist_ok=True)
+        written[name] = registry.expected_path(name)
     registry.mark_random(f"random demo weights (seed {seed}); generator {DEMO_GENERATOR_SIZE} px")
     return written

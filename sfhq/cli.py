@@ -21,6 +21,7 @@ from rich.table import Table
 from sfhq import __version__
 from sfhq.localenv import apply_cluster_env, env_file, read_env
 from sfhq.progress import follow, job_line
+from sfhq.prompts import cli_prompt_spec
 from sfhq.sdk import DEFAULT_ADDRESS, SHOWN_MODES, Client, SfhqError, build_spec, image_files
 
 app = typer.Typer(
@@ -83,6 +84,31 @@ def submit(
             help="sampling: encoder_truncation:coarse=A,middle=B,fine=C; repeat for several candidates per sample",
         ),
     ] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help="prompts mode: a prompt; repeat for several")
+    ] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option(help="prompts mode: a file of prompts, one per line (# comments)")
+    ] = None,
+    template: Annotated[
+        str, typer.Option(help='prompts mode: "A portrait photo of a {age} {person}", with --slot')
+    ] = "",
+    recipe: Annotated[
+        Path | None, typer.Option(help='prompts mode: JSON {"template": ..., "slots": {...}}')
+    ] = None,
+    slot: Annotated[
+        list[str] | None,
+        typer.Option("--slot", help="prompts mode: NAME=value|value|... or NAME=@file; repeat per slot"),
+    ] = None,
+    negative_prompt: str = "",
+    images_per_prompt: Annotated[int, typer.Option(help="prompts mode: images (seeds) per prompt")] = 0,
+    guidance: Annotated[float | None, typer.Option(help="prompts mode: guidance scale (default 7.5)")] = None,
+    steps: Annotated[int, typer.Option(help="prompts mode: denoising steps (default 30)")] = 0,
+    width: int = 0,
+    height: int = 0,
+    pipeline: Annotated[
+        str, typer.Option(help="prompts mode: stable-diffusion-2-1 (default) | stable-diffusion-v1-4")
+    ] = "",
     taste_model: Annotated[str, typer.Option(help="taste model name (empty: no taste filter)")] = "",
     dedup: Annotated[float, typer.Option(help="near-duplicate cosine threshold; 0 disables")] = 0.92,
     accept_threshold: Annotated[
@@ -132,6 +158,23 @@ def submit(
         seed=seed,
         name=name,
         write_mode="append" if append else "overwrite" if overwrite else "new",
+        prompts=cli_prompt_spec(
+            prompt=prompt or [],
+            prompts_file=prompts_file,
+            template=template,
+            recipe=recipe,
+            slot=slot or [],
+            negative_prompt=negative_prompt,
+            images_per_prompt=images_per_prompt,
+            first_seed=first_seed,
+            guidance_scale=guidance,
+            steps=steps,
+            width=width,
+            height=height,
+            pipeline=pipeline,
+        )
+        if mode == "prompts"
+        else None,
     )
     with _client(address, token) as client:
         job = client.submit(spec)

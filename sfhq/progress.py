@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from sfhq.sdk import TERMINAL_STATES, Client
 from sfhq.v1 import gateway_pb2
 
-STAGE_ORDER = ("align", "sample", "encode", "synthesize", "embed", "curate", "annotate")
+STAGE_ORDER = ("diffuse", "align", "sample", "encode", "synthesize", "embed", "curate", "annotate")
 
 
 def job_line(job: gateway_pb2.Job) -> str:
@@ -36,6 +36,7 @@ def follow(client: Client, job_id: str, console: Console, *, quiet: bool = False
         for event in client.watch(job_id):
             counts = event.counts
             expected = {
+                "diffuse": counts.inputs,
                 "align": counts.inputs,
                 "sample": counts.inputs,
                 "encode": counts.inputs,

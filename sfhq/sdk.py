@@ -41,6 +41,7 @@ MODES = {
     "sampling": gateway_pb2.JOB_MODE_SAMPLING,
     "annotate": gateway_pb2.JOB_MODE_ANNOTATE_ONLY,
     "annotate_only": gateway_pb2.JOB_MODE_ANNOTATE_ONLY,
+    "prompts": gateway_pb2.JOB_MODE_PROMPTS,
 }
 
 
@@ -61,7 +62,7 @@ WRITE_MODES = {
     "append": gateway_pb2.WRITE_MODE_APPEND,
     "overwrite": gateway_pb2.WRITE_MODE_OVERWRITE,
 }
-SHOWN_MODES = ("inspiration", "sampling", "annotate")  # "annotate_only" is accepted as an alias
+SHOWN_MODES = ("inspiration", "sampling", "annotate", "prompts")  # "annotate_only" is accepted as an alias
 
 
 def parse_strategy(text: str) -> common_pb2.Strategy:
@@ -130,12 +131,14 @@ def build_spec(
     name: str = "",
     write_mode: str = "new",
     landmark_convention: str = "",
+    prompts: gateway_pb2.PromptSpec | None = None,
 ) -> gateway_pb2.JobSpec:
     """A JobSpec from plain arguments; local image files are sent inline.
 
     `write_mode`: "new" (refuse a folder that holds anything), "append" (add to the dataset there),
     "overwrite" (replace it). `corrections` (sampling): several corrections, one candidate each,
-    e.g. `["encoder_truncation:coarse=0.2,middle=0.3,fine=0.4", ...]`. A relative local `output_uri` is made absolute here, against the
+    e.g. `["encoder_truncation:coarse=0.2,middle=0.3,fine=0.4", ...]`. `prompts` (prompts mode): a
+    PromptSpec, e.g. from `sfhq.prompts.prompt_spec`. A relative local `output_uri` is made absolute here, against the
     caller's working directory (the services would otherwise each resolve it against theirs)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: must be one of {', '.join(SHOWN_MODES)}")
@@ -159,6 +162,10 @@ def build_spec(
         spec.sampling.psi_max = psi_max
         for c in corrections:
             spec.sampling.corrections.append(parse_strategy(c) if isinstance(c, str) else c)
+    if mode == "prompts":
+        spec.prompts.CopyFrom(prompts or gateway_pb2.PromptSpec())
+    elif prompts is not None:
+        raise ValueError(f"prompts: only the prompts mode takes prompts (mode is {mode!r})")
     spec.curation.taste_model = taste_model
     if accept_threshold is not None:
         spec.curation.accept_threshold = accept_threshold
@@ -482,6 +489,10 @@ class Client:
         """Uploads local images (files or folders) as an inspiration (or `mode=`) job."""
         return self.submit(build_spec(images=image_files(paths), **options))
 
+    def submit_prompts(self, prompts: gateway_pb2.PromptSpec, **options: Any) -> gateway_pb2.Job:
+        """A prompts job (Stable Diffusion inspirations); `prompts` from `sfhq.prompts.prompt_spec`."""
+        return self.submit(build_spec(mode="prompts", prompts=prompts, **options))
+
     def get_job(self, job_id: str) -> gateway_pb2.Job:
         return self._run(Requests.get_job(job_id))
 
@@ -730,6 +741,10 @@ class AsyncClient:
     async def submit_images(self, paths: Iterable[str | os.PathLike], **options: Any) -> gateway_pb2.Job:
         """Uploads local images (files or folders) as an inspiration (or `mode=`) job."""
         return await self.submit(build_spec(images=image_files(paths), **options))
+
+    async def submit_prompts(self, prompts: gateway_pb2.PromptSpec, **options: Any) -> gateway_pb2.Job:
+        """A prompts job (Stable Diffusion inspirations); `prompts` from `sfhq.prompts.prompt_spec`."""
+        return await self.submit(build_spec(mode="prompts", prompts=prompts, **options))
 
     async def get_job(self, job_id: str) -> gateway_pb2.Job:
         return await self._run(Requests.get_job(job_id))

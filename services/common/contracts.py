@@ -100,6 +100,34 @@ class StageOutput(_Contract):
 BlobKey = str
 
 
+# ---- diffuse (generator) ------------------------------------------------------------------------
+
+MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; a longer prompt is a mistake, not a richer one
+DIFFUSION_PIPELINES = (
+    "stable-diffusion-2-1",
+    "stable-diffusion-v1-4",
+)  # registry names; the first is the default
+
+
+class DiffusePayload(Payload):
+    """One Stable Diffusion image: everything needed to make it again."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(ge=0, lt=2**64)
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0, allow_inf_nan=False)
+    steps: int = Field(30, ge=1, le=500)
+    width: int = Field(0, ge=0, le=2048, multiple_of=8)  # 0: the pipeline's own size
+    height: int = Field(0, ge=0, le=2048, multiple_of=8)
+    pipeline: Literal["stable-diffusion-2-1", "stable-diffusion-v1-4"] = "stable-diffusion-2-1"
+
+
+class DiffuseOutput(StageOutput):
+    image: BlobKey  # the generated image (lossless); the align stage finds its face
+    width: int
+    height: int
+
+
 # ---- align (annotator) --------------------------------------------------------------------------
 
 
@@ -235,6 +263,7 @@ class AnnotateOutput(StageOutput):
 
 
 PAYLOADS: dict[str, type[Payload]] = {
+    "diffuse": DiffusePayload,
     "align": AlignPayload,
     "encode": EncodePayload,
     "sample": SamplePayload,
@@ -244,6 +273,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "annotate": AnnotatePayload,
 }
 OUTPUTS: dict[str, type[StageOutput]] = {
+    "diffuse": DiffuseOutput,
     "align": AlignOutput,
     "encode": EncodeOutput,
     "sample": SampleOutput,

@@ -7,13 +7,22 @@ importing Redis.
 from __future__ import annotations
 
 # Order follows the pipeline; one Redis stream per stage (sfhq:stage:<name>).
-STAGES: tuple[str, ...] = ("align", "encode", "sample", "synthesize", "embed", "curate", "annotate")
+STAGES: tuple[str, ...] = (
+    "diffuse",
+    "align",
+    "encode",
+    "sample",
+    "synthesize",
+    "embed",
+    "curate",
+    "annotate",
+)
 
 # The service whose workers consume each stage (docs/architecture.md, "Stage handlers").
 SERVICE_STAGES: dict[str, tuple[str, ...]] = {
     "annotator": ("align", "annotate"),
     "encoder": ("encode",),
-    "generator": ("sample", "synthesize"),
+    "generator": ("diffuse", "sample", "synthesize"),
     "search": ("embed", "curate"),
     "gateway": (),
 }

@@ -80,6 +80,26 @@ def _gdrive(file_id: str) -> str:
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
 
 
+# A diffusers Stable Diffusion folder: the pipeline's index and each component's config and
+# safetensors weights (a `.bin`-only folder is refused: it would be unpickled).
+_DIFFUSERS_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/tokenizer_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+_DIFFUSERS_OPTIONAL = (
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer.json",
+)
+
 KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
     spec.name: spec
     for spec in (
@@ -131,6 +151,24 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
                 "preprocessor_config.json",
             ),
             page_url="https://huggingface.co/openai/clip-vit-large-patch14-336",
+        ),
+        *(
+            CheckpointSpec(
+                name=name,
+                filename=name,
+                url=f"https://huggingface.co/{repo}/resolve/main",
+                format="diffusers-stable-diffusion",
+                description=f"Stable Diffusion {version}, diffusers folder (safetensors; the prompts job mode, SFHQ part {part})",
+                is_dir=True,
+                files=_DIFFUSERS_FILES,
+                optional_files=_DIFFUSERS_OPTIONAL,
+                page_url=f"https://huggingface.co/{repo}",
+                optional=True,
+            )
+            for name, repo, version, part in (
+                ("stable-diffusion-2-1", "stabilityai/stable-diffusion-2-1", "v2.1", 4),
+                ("stable-diffusion-v1-4", "CompVis/stable-diffusion-v1-4", "v1.4", 2),
+            )
         ),
         CheckpointSpec(
             name="fan-2d",

@@ -1,14 +1,12 @@
-"""Generator service: StyleGAN2 behind gRPC (`sfhq.v1.Generator`) and the `sample` / `synthesize`
-stages. Wiring only: the work is `services.generator.engine`.
+"""Generator service: StyleGAN2 behind gRPC (`sfhq.v1.Generator`), the `sample` / `synthesize` stages
+and Stable Diffusion's `diffuse` (services.generator.prompts_stage). Wiring only: see engine, diffusion.
 
 * `Synthesize`: W `[512]` or W+ `[n_latent, 512]` latents → images (optional truncation, noise mode).
 * `Sample`: seeds → z → w with truncation psi (psi > 1 allowed) → images and w.
 * `Candidates`: one W+ code + strategies → photoreal candidates (services.generator.manipulate).
-* `sample` stage: `SamplePayload` → `SampleOutput`; `synthesize` stage: `SynthesizePayload` →
-  `SynthesizeOutput` (K candidates per task). Both run a worker batch as one model batch (the
-  `low_prior` refinements of all its tasks too), get uint8 pixels from the device and leave the
-  QOI encoding and writing to the store threads while the next batch runs (`low_prior`'s identity
-  term too: services.generator.identity).
+* `sample`: `SamplePayload` → `SampleOutput`; `synthesize`: `SynthesizePayload` → `SynthesizeOutput`
+  (K candidates per task). Both run a worker batch as one model batch (`low_prior` refinements,
+  with their identity term, too), leaving QOI encoding and writing to the store threads.
 """
 
 from __future__ import annotations
@@ -47,6 +45,7 @@ from services.generator.engine import to_w_plus
 from services.generator.identity import identity_for, identity_model, identity_provenance
 from services.generator.manipulate import STRATEGIES, CandidateJob, LossFn, StrategySpec
 from services.generator.model import Generator
+from services.generator.prompts_stage import DiffusionModels, diffuse_stage, diffusion_models
 from sfhq.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAMES: tuple[str, ...] = ("stylegan2-ffhq-config-f", "stylegan2-ada-ffhq", "e4e-ffhq-encode")
 MAX_ITEMS_PER_REQUEST = 64  # latents or seeds per call: each is a full-size image in the response
 MAX_STRATEGIES_PER_REQUEST = 16
-# Pixels one call may return in all: 64 images of 1024 px (64 at 4096 px once took 5 min and 1.5 GB).
-MAX_OUTPUT_PIXELS = MAX_ITEMS_PER_REQUEST * 1024 * 1024
+MAX_OUTPUT_PIXELS = MAX_ITEMS_PER_REQUEST * 1024 * 1024  # 64 at 4096 px once took 5 min and 1.5 GB
 
 GeneratorModel = LazyModel[Generator]
 
@@ -245,8 +243,9 @@ def build_process(
     blobs: BlobStore | None = None,
     loss_fn: LossFn | None = None,
     identity: EncoderModel | None = None,
+    diffusion: DiffusionModels | None = None,
 ) -> ServiceProcess:
-    """The generator process (gRPC servicer + `sample`/`synthesize` workers), not started."""
+    """The generator process (gRPC servicer + `diffuse`/`sample`/`synthesize` workers), not started."""
     blobs = blobs or BlobStore(settings.blob_url)
     if model is None:
         model = generator_model(settings)
@@ -258,7 +257,8 @@ def build_process(
         generator_pb2_grpc.add_GeneratorServicer_to_server,
         generator_pb2,
     )
-    pool = process.store_pool
+    pool, diffusion = process.store_pool, diffusion or diffusion_models(settings)
+    process.add_worker("diffuse", diffuse_stage(diffusion, blobs, settings, pool))
     process.add_worker("sample", sample_stage(model, blobs, settings, pool))
     synthesize = synthesize_stage(model, blobs, settings, loss_fn, pool, identity=identity)
     process.add_worker("synthesize", synthesize)

@@ -23,6 +23,7 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_EMBED: _ClassVar[Stage]
     STAGE_CURATE: _ClassVar[Stage]
     STAGE_ANNOTATE: _ClassVar[Stage]
+    STAGE_DIFFUSE: _ClassVar[Stage]
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_JPEG: ImageFormat
@@ -34,6 +35,7 @@ STAGE_SYNTHESIZE: Stage
 STAGE_EMBED: Stage
 STAGE_CURATE: Stage
 STAGE_ANNOTATE: Stage
+STAGE_DIFFUSE: Stage
 
 class Image(_message.Message):
     __slots__ = ("data", "uri", "name")

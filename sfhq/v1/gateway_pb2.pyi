@@ -15,6 +15,7 @@ class JobMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_MODE_INSPIRATION: _ClassVar[JobMode]
     JOB_MODE_SAMPLING: _ClassVar[JobMode]
     JOB_MODE_ANNOTATE_ONLY: _ClassVar[JobMode]
+    JOB_MODE_PROMPTS: _ClassVar[JobMode]
 
 class WriteMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,7 @@ JOB_MODE_UNSPECIFIED: JobMode
 JOB_MODE_INSPIRATION: JobMode
 JOB_MODE_SAMPLING: JobMode
 JOB_MODE_ANNOTATE_ONLY: JobMode
+JOB_MODE_PROMPTS: JobMode
 WRITE_MODE_NEW: WriteMode
 WRITE_MODE_APPEND: WriteMode
 WRITE_MODE_OVERWRITE: WriteMode
@@ -45,6 +47,45 @@ JOB_STATE_CANCELLING: JobState
 JOB_STATE_CANCELLED: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
+
+class SlotValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PromptSpec(_message.Message):
+    __slots__ = ("prompts", "template", "slots", "negative_prompt", "images_per_prompt", "first_seed", "guidance_scale", "steps", "width", "height", "pipeline")
+    class SlotsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SlotValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SlotValues, _Mapping]] = ...) -> None: ...
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEED_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    template: str
+    slots: _containers.MessageMap[str, SlotValues]
+    negative_prompt: str
+    images_per_prompt: int
+    first_seed: int
+    guidance_scale: float
+    steps: int
+    width: int
+    height: int
+    pipeline: str
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., template: _Optional[str] = ..., slots: _Optional[_Mapping[str, SlotValues]] = ..., negative_prompt: _Optional[str] = ..., images_per_prompt: _Optional[int] = ..., first_seed: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., steps: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pipeline: _Optional[str] = ...) -> None: ...
 
 class SamplingSpec(_message.Message):
     __slots__ = ("count", "first_seed", "psi_min", "psi_max", "correction", "corrections")
@@ -95,7 +136,7 @@ class OutputSpec(_message.Message):
     def __init__(self, dataset_uri: _Optional[str] = ..., part: _Optional[int] = ..., image_size: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., annotation_size: _Optional[int] = ..., write_mode: _Optional[_Union[WriteMode, str]] = ..., landmark_convention: _Optional[str] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "mode", "inputs", "input_folder", "sampling", "strategies", "curation", "output", "seed", "labels")
+    __slots__ = ("name", "mode", "inputs", "input_folder", "sampling", "strategies", "curation", "output", "seed", "labels", "prompts")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +154,7 @@ class JobSpec(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     mode: JobMode
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
@@ -123,7 +165,8 @@ class JobSpec(_message.Message):
     output: OutputSpec
     seed: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., mode: _Optional[_Union[JobMode, str]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., input_folder: _Optional[str] = ..., sampling: _Optional[_Union[SamplingSpec, _Mapping]] = ..., strategies: _Optional[_Iterable[_Union[_common_pb2.Strategy, _Mapping]]] = ..., curation: _Optional[_Union[CurationSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    prompts: PromptSpec
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[_Union[JobMode, str]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., input_folder: _Optional[str] = ..., sampling: _Optional[_Union[SamplingSpec, _Mapping]] = ..., strategies: _Optional[_Iterable[_Union[_common_pb2.Strategy, _Mapping]]] = ..., curation: _Optional[_Union[CurationSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., prompts: _Optional[_Union[PromptSpec, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "request_id")

@@ -87,6 +87,15 @@ def test_run_then_its_hint_then_up_again_keeps_job_dataset_and_search(tmp_path):
         assert "written 1" in lenient.stderr and "failed 1" in lenient.stderr
         strict = sfhq(*args, "--strict", state=state)
         assert strict.returncode == 1 and "1 items failed (--strict)" in strict.stderr
+        # the prompts mode from the bundled prompt file: the tiny random SD makes no faces, so every
+        # item fails at align with that reason (and the job, all of whose items failed, with them)
+        prompted = sfhq(
+            "submit", "--mode", "prompts", "--prompts-file", str(REPO / "examples/prompts/portraits.txt"),
+            "--steps", "2", "--watch", state=state,
+        )  # fmt: skip
+        assert prompted.returncode == 1, prompted.stderr[-2000:]
+        assert "FAILED" in prompted.stderr and "failed 4" in prompted.stderr, prompted.stderr[-2000:]
+        assert "no face found" in prompted.stderr
         address = read_env(state / "cluster.env")["SFHQ_GATEWAY_ADDR"]
         # `up` started the web studio too; `sfhq studio` knows where it is
         studio_url = read_env(state / "cluster.env")["SFHQ_STUDIO_URL"]
@@ -149,6 +158,10 @@ def test_user_errors_are_one_line_with_a_non_zero_exit(tmp_path):
     assert "'steps' is not key=value" in bad
     mode = _one_line_error(sfhq("submit", "--mode", "samplng", state=state))
     assert "inspiration, sampling, annotate" in mode and "annotate_only" not in mode
+    slot = _one_line_error(
+        sfhq("submit", "--mode", "prompts", "--template", "a {x}", "--slot", "x", state=state)
+    )
+    assert "slot 'x': write NAME=value|value|... or NAME=@file" in slot
     both = _one_line_error(sfhq("submit", "--append", "--overwrite", state=state))
     assert "exclude each other" in both
     serve = _one_line_error(sfhq("serve", "gateway", state=state, env={"SFHQ_PORT": "0"}))

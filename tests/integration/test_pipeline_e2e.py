@@ -265,3 +265,43 @@ def test_a_written_dataset_reads_with_only_sfhqs_published_conventions(client, t
         assert item.features["CLIP_ViTL_14@336"].ndim == 2 and item.features["CLIP_ViTL_14@336"].shape[0] == 1
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {row["landmark_convention"] for row in rows} == {"sfhq"}  # the default, recorded per row
+
+
+def test_a_prompts_job_runs_stable_diffusion_and_fails_faceless_images_with_that_reason(client, tmp_path):
+    """The whole prompts mode on the tiny random pipeline of the random weights: every image is made
+    (its recipe recorded), none has a face (noise), so each item fails at align saying so; the job
+    runs to its end (FAILED, as any job all of whose items failed) with a failure list naming
+    prompt and seed."""
+    from sfhq.prompts import prompt_spec
+
+    prompts = prompt_spec(
+        template="A portrait photo of a {age} {person}",
+        slots={"age": ["20 year old", "70 year old"], "person": ["man", "woman"]},
+        negative_prompt="blurry",
+        images_per_prompt=2,
+        first_seed=500,
+        steps=3,
+    )
+    out = tmp_path / "pt4"
+    job = run_job(client, build_spec(mode="prompts", prompts=prompts, output_uri=str(out)))
+    assert job.state == gateway_pb2.JOB_STATE_FAILED
+    assert job.error.startswith("all 8 items failed; first: prompt ") and job.error.endswith("no face found")
+    assert (job.counts.inputs, job.counts.failed, job.counts.written, job.counts.in_flight) == (8, 8, 0, 0)
+    assert job.counts.done_by_stage["diffuse"] == 8 and job.counts.done_by_stage["align"] == 8
+    items = client.list_items(job.job_id, state="failed")
+    assert len(items) == 8
+    item = client.get_item(job.job_id, items[0].item_id)
+    recipe = json.loads(item.provenance_json)["source"]
+    assert recipe["prompt"] == "A portrait photo of a 20 year old man" and recipe["seed"] == 500
+    assert (recipe["negative_prompt"], recipe["steps"], recipe["guidance_scale"]) == ("blurry", 3, 7.5)
+    assert (recipe["width"], recipe["height"]) == (64, 64)  # the tiny pipeline's own size
+    assert Image.open(io.BytesIO(item.image.data)).size == (64, 64)  # what SD made, to look at
+    info = json.loads((out / "jobs" / job.job_id / "info.json").read_text())
+    failures = sorted(info["failures"], key=lambda f: f["seed"])
+    assert [f["seed"] for f in failures] == list(range(500, 508))
+    assert all(f["stage"] == "align" and f["message"].endswith("no face found") for f in failures)
+    assert failures[7]["prompt"] == "A portrait photo of a 70 year old woman"
+    assert info["random_weights"] is True
+    again = run_job(client, build_spec(mode="prompts", prompts=prompts, output_uri=str(tmp_path / "again")))
+    first_image = client.get_item(again.job_id, items[0].item_id).image.data
+    assert first_image == item.image.data  # same prompt and seed, same image

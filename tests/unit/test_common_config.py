@@ -51,7 +51,7 @@ def test_stages_none_means_grpc_only(monkeypatch):
     monkeypatch.setenv("SFHQ_STAGES", "none")
     assert get_settings().stages == [] and get_settings().stages_for("generator") == []
     monkeypatch.setenv("SFHQ_STAGES", "all")
-    assert get_settings().stages_for("generator") == ["sample", "synthesize"]
+    assert get_settings().stages_for("generator") == ["diffuse", "sample", "synthesize"]
 
 
 def test_toml_settings_file_below_env(monkeypatch, tmp_path):

@@ -404,7 +404,7 @@ def test_shared_gpu_overlay_runs_three_models_in_one_gpu_process(
     }
     assert stages == {
         "encoder": ["encode", "embed", "annotate"],
-        "generator": ["sample", "synthesize"],
+        "generator": ["diffuse", "sample", "synthesize"],
         "annotator": ["align"],
         "search": ["curate"],
     }
