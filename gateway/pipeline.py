@@ -236,6 +236,7 @@ def _annotate_payload(spec: ResolvedSpec, item: ItemRecord) -> AnnotatePayload:
         working_size=spec.annotation_size,
         detect_faces=False,
         latent=latent,
+        extra_features=embed.extra_features,
         landmark_convention="pixel_centres" if spec.landmark_convention == "pixel_centres" else "sfhq",
     )
 

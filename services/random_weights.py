@@ -29,7 +29,7 @@ def write_random_weights(folder: str | Path, *, seed: int = 0) -> dict[str, Path
     from services.annotator.random_weights import write_random_bisenet_checkpoint
     from services.encoder.random_weights import write_random_e4e_checkpoint
     from services.generator.random_diffusion import write_random_diffusion_folder
-    from services.search.random_weights import write_random_clip_folder
+    from services.search.random_weights import write_random_clip_folder, write_random_convnext_folder
 
     registry = WeightsRegistry(folder)
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -53,6 +53,13 @@ def write_random_weights(folder: str | Path, *, seed: int = 0) -> dict[str, Path
     )
     written["clip-vit-l-14-336"] = write_random_clip_folder(
         registry.expected_path("clip-vit-l-14-336"), tiny=True, seed=seed
+    )
+    # the extra feature extractors (SFHQ_EXTRA_FEATURES): a second tiny CLIP and a tiny ConvNeXt
+    written["clip-vit-l-14"] = write_random_clip_folder(
+        registry.expected_path("clip-vit-l-14"), tiny=True, seed=seed + 1
+    )
+    written["convnext-xlarge-224-22k"] = write_random_convnext_folder(
+        registry.expected_path("convnext-xlarge-224-22k"), seed=seed
     )
     first, *others = DIFFUSION_PIPELINES
     written[first] = write_random_diffusion_folder(registry.expected_path(first), seed=seed)

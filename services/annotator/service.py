@@ -40,11 +40,11 @@ from services.common.blobs import BlobStore, item_key
 from services.common.config import Settings
 from services.common.contracts import AlignOutput, AlignPayload, AnnotateOutput, AnnotatePayload
 from services.common.dataset import DatasetWriter
-from services.common.errors import InvalidInput, naming
+from services.common.errors import naming
 from services.common.images import INTERMEDIATE_SUFFIX, encode_image, encode_intermediate
 from services.common.model_holder import LazyModel, Provenance
 from services.common.queue import Task
-from services.common.rpc import OutputFormat, check_count, read_blob_image, read_image
+from services.common.rpc import OutputFormat, check_count, read_blob_image, read_feature_vector, read_image
 from services.common.server import ServiceProcess, run_service
 from services.common.stage_handler import StageHandler, batched_handler, one_by_one
 from services.common.weights import WeightsRegistry
@@ -182,7 +182,7 @@ def align_stage(annotator: FaceAnnotator, blobs: BlobStore, settings: Settings) 
 class _ToAnnotate:
     payload: AnnotatePayload
     image: PIL.Image.Image
-    features: np.ndarray
+    features: dict[str, np.ndarray]  # pickle key -> vector
 
 
 def annotate_stage(
@@ -197,14 +197,10 @@ def annotate_stage(
         image = read_blob_image(payload.image, blobs, settings)
         if image.size != (payload.image_size, payload.image_size):
             image = image.resize((payload.image_size, payload.image_size), PIL.Image.Resampling.LANCZOS)
-        features = np.asarray(blobs.get_npy(payload.features))
-        if (
-            features.ndim != 1
-            or not np.issubdtype(features.dtype, np.number)
-            or not np.isfinite(features).all()
-        ):
-            raise InvalidInput(f"features must be a finite 1-D vector, got shape {features.shape}")
-        return _ToAnnotate(payload, image, features.astype(np.float32))
+        features = {payload.feature_key: read_feature_vector(payload.features, blobs, "features")}
+        for key, blob in payload.extra_features.items():  # SFHQ_EXTRA_FEATURES: more pickle keys
+            features[key] = read_feature_vector(blob, blobs, f"extra_features[{key!r}]")
+        return _ToAnnotate(payload, image, features)
 
     def run(items: list[_ToAnnotate]) -> list[Annotation | Exception]:
         first = items[0].payload  # a group shares these (group_by below)
@@ -226,7 +222,7 @@ def annotate_stage(
             image_jpeg=encode_image(item.image, "jpeg", payload.jpeg_quality),
             segmentation_png=segmentation_to_png(annotation.label_map),
             landmarks=annotation.landmarks,
-            features={payload.feature_key: item.features},
+            features=item.features,
             latent=blobs.get_npy(payload.latent) if payload.latent else None,
         )
         provenance = {**annotator.parser.provenance_record(), **annotator.landmarker.provenance_record()}

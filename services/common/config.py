@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     stages: Annotated[list[str] | None, NoDecode] = None
     parser_backend: Literal["torch", "onnx"] = "onnx"
     clip_backend: Literal["torch", "onnx"] = "torch"
+    # Feature extractors beyond CLIP ViT-L/14@336 whose features the pickles carry (and taste models
+    # may use): keys of services/search/extractors.py, e.g. "CLIP_ViTL_14,ConvNext_XL_Imagenet21k".
+    extra_features: Annotated[list[str], NoDecode] = Field(default_factory=list)
     align_backend: Literal["opencv", "exact"] = "opencv"
     # Threads that encode and write a batch's blobs while the worker runs the next batch (0: the
     # worker thread does it between batches, as before).
@@ -126,7 +129,7 @@ class Settings(BaseSettings):
 
     # ---- validation -------------------------------------------------------------------------
 
-    @field_validator("auth_tokens", "service_tokens", "data_roots", mode="before")
+    @field_validator("auth_tokens", "service_tokens", "data_roots", "extra_features", mode="before")
     @classmethod
     def _parse_tokens(cls, value: Any) -> Any:
         return _split_csv(value) if value is not None else []

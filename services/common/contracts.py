@@ -206,6 +206,8 @@ class EmbedOutput(StageOutput):
     features: BlobKey  # float32 [dim], raw (not normalised), as SFHQ's pickles hold them
     feature_key: str = FEATURE_KEY
     dim: int
+    # SFHQ_EXTRA_FEATURES: pickle key (e.g. "ConvNext_XL_Imagenet21k") -> float32 [dim] blob
+    extra_features: dict[str, BlobKey] = Field(default_factory=dict, max_length=16)
 
 
 class CuratePayload(Payload):
@@ -247,6 +249,7 @@ class AnnotatePayload(Payload):
     detect_faces: bool = False  # False: StyleGAN output, the face is where FFHQ puts it
     canonical_fallback: bool = True  # no detection: use FFHQ's canonical face box
     latent: BlobKey | None = None  # written to latents/ when given
+    extra_features: dict[str, BlobKey] = Field(default_factory=dict, max_length=16)  # key -> [dim] blob
     # 256 -> 1024 px landmark mapping: "sfhq" (x * 4, as SFHQ) or "pixel_centres" ((x + 0.5) * 4 - 0.5)
     landmark_convention: Literal["sfhq", "pixel_centres"] = "sfhq"
 

@@ -44,6 +44,14 @@ def read_image(message: common_pb2.Image, blobs: BlobStore, settings: Settings, 
         raise InvalidInput(f"{what}: {error.message}") from None
 
 
+def read_feature_vector(key: str, blobs: BlobStore, what: str) -> np.ndarray:
+    """A stage payload's feature blob -> a finite float32 [dim] vector (InvalidInput naming `what`)."""
+    vector = np.asarray(blobs.get_npy(key))
+    if vector.ndim != 1 or not np.issubdtype(vector.dtype, np.number) or not np.isfinite(vector).all():
+        raise InvalidInput(f"{what} must be a finite 1-D vector, got shape {vector.shape}")
+    return vector.astype(np.float32)
+
+
 def read_blob_image(key: str, blobs: BlobStore, settings: Settings) -> Image.Image:
     """A stage payload's image blob -> a decoded RGB image."""
     return decode_image(

@@ -152,6 +152,31 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
             ),
             page_url="https://huggingface.co/openai/clip-vit-large-patch14-336",
         ),
+        CheckpointSpec(
+            name="clip-vit-l-14",
+            filename="clip-vit-large-patch14",
+            url="https://huggingface.co/openai/clip-vit-large-patch14/resolve/main",
+            format="hf-clip-folder",
+            description="OpenAI CLIP ViT-L/14 (224 px), Hugging Face folder: the CLIP_ViTL_14 features of SFHQ's pickles",
+            is_dir=True,
+            files=("config.json", "model.safetensors", "vocab.json", "merges.txt"),
+            optional_files=("tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"),
+            page_url="https://huggingface.co/openai/clip-vit-large-patch14",
+            optional=True,
+        ),
+        CheckpointSpec(
+            name="convnext-xlarge-224-22k",
+            filename="convnext-xlarge-224-22k",
+            url="https://huggingface.co/facebook/convnext-xlarge-224-22k/resolve/main",
+            format="hf-convnext-folder",
+            description="ConvNeXt-XL ImageNet-22k, Hugging Face folder: the ConvNext_XL_Imagenet21k features of SFHQ's pickles",
+            is_dir=True,
+            files=("config.json",),
+            # transformers reads a .bin with torch.load(weights_only=True): tensors only, no code
+            optional_files=("model.safetensors", "pytorch_model.bin", "preprocessor_config.json"),
+            page_url="https://huggingface.co/facebook/convnext-xlarge-224-22k",
+            optional=True,
+        ),
         *(
             CheckpointSpec(
                 name=name,

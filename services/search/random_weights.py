@@ -215,3 +215,19 @@ def _pad_vocab_to_full_size(vocab: dict[str, int], size: int) -> dict[str, int]:
     fillers = [f"<|unused{i}|>" for i in range(size - 2 - len(ordinary))]
     tokens = ordinary + fillers + [START_TOKEN, END_TOKEN]
     return {tok: i for i, tok in enumerate(tokens)}
+
+
+def write_random_convnext_folder(path: str | Path, *, seed: int = 0) -> Path:
+    """A tiny random ConvNeXt in the `facebook/convnext-xlarge-224-22k` folder layout (config.json +
+    model.safetensors, with the ImageNet-22k classifier head the published folder has)."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], image_size=64, num_labels=10)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConvNextForImageClassification(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / RANDOM_MARKER).write_text("random demo weights: features are meaningless\n")
+    return folder

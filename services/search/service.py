@@ -4,7 +4,8 @@
 * RPCs: Embed, Search (text / image / vector, with filters), Add, Remove, Dedup; and from
   `curation_rpcs.py`: Label, TrainTaste, Score, ListTasteModels, GetTasteModel, NextReview,
   SetDecisions, DedupGroups.
-* `embed` stage: `EmbedPayload` -> `EmbedOutput` (raw float32 CLIP features), one CLIP batch per worker batch.
+* `embed` stage: `EmbedPayload` -> `EmbedOutput` (raw float32 CLIP features, and the configured extra
+  extractors'), wired in services/search/embed_stage.py.
 * `curate` stage: `CuratePayload` -> `CurateOutput` (services.search.curate; one job's tasks in order
   under that job's lock).
 
@@ -21,15 +22,14 @@ import threading
 import grpc
 import numpy as np
 import redis
-from PIL import Image
 
-from services.common.blobs import BlobStore, item_key
+from services.common.blobs import BlobStore
 from services.common.config import Settings
-from services.common.contracts import FEATURE_KEY, CurateOutput, CuratePayload, EmbedOutput, EmbedPayload
+from services.common.contracts import CurateOutput, CuratePayload
 from services.common.errors import InvalidInput, PermanentError
 from services.common.model_holder import LazyModel, Provenance
 from services.common.queue import Task
-from services.common.rpc import check_count, read_blob_image, read_image, read_vector
+from services.common.rpc import check_count, read_image, read_vector
 from services.common.server import ServiceProcess, run_service
 from services.common.stage_handler import StageHandler, batched_handler
 from services.common.weights import WeightsRegistry
@@ -39,6 +39,7 @@ from services.search.curate import CurateRequest, Curator
 from services.search.curation import CurationDesk
 from services.search.curation_rpcs import CurationRpcs
 from services.search.dedup import SFHQ_THRESHOLD, near_duplicates
+from services.search.embed_stage import embed_stage, extractor_models
 from services.search.labels import LabelStore
 from services.search.state import INDEX_KEY, IndexState
 from services.search.taste import TasteCache, TasteStore
@@ -171,22 +172,6 @@ class SearchServicer(CurationRpcs, search_pb2_grpc.SearchServicer):
         return messages.dedup_response(result)
 
 
-def embed_stage(clip: ClipModel, blobs: BlobStore, settings: Settings) -> StageHandler:
-    """`embed`: one CLIP batch for every readable image of a worker batch."""
-
-    def parse(task: Task) -> Image.Image:
-        return read_blob_image(EmbedPayload.parse(task.payload, "embed").image, blobs, settings)
-
-    def store(task: Task, _image: Image.Image, vector: np.ndarray) -> EmbedOutput:
-        key = item_key(task.job_id, task.item_id, "embed", "features.npy")
-        blobs.put_npy(key, vector.astype(np.float32), durable=False)
-        return EmbedOutput(
-            features=key, feature_key=FEATURE_KEY, dim=int(vector.size), provenance=clip.provenance_record()
-        )
-
-    return batched_handler(parse, lambda images: list(clip.run(lambda c: c.embed_images(images))), store)
-
-
 def curate_stage(curator: Curator) -> StageHandler:
     """`curate`: the tasks of one job are decided in order under that job's lock."""
 
@@ -231,7 +216,7 @@ def build_process(
         curator.catch_up_all()
     servicer = SearchServicer(clip, state, blobs, settings, tastes, LabelStore(blobs), curator)
     process.add_servicer(servicer, search_pb2_grpc.add_SearchServicer_to_server, search_pb2)
-    process.add_worker("embed", embed_stage(clip, blobs, settings))
+    process.add_worker("embed", embed_stage(clip, blobs, settings, extractor_models(settings)))
     if curator is not None:
         process.add_worker("curate", curate_stage(curator))
     state.start_saver()

@@ -24,6 +24,7 @@ from tests.helpers.data import face_path, inspiration_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 INSPIRATION = [inspiration_path(f"sd_0{i}") for i in range(3)]
+EXTRA_KEYS = ("CLIP_ViTL_14", "ConvNext_XL_Imagenet21k")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,11 @@ def cluster(redis_server, random_weights_dir, tmp_path_factory):
         workdir,
         redis_server,
         random_weights_dir,
-        extra_env={"SFHQ_VISIBILITY_TIMEOUT_S": "5", "SFHQ_BATCH_WAIT_MS": "20"},
+        extra_env={
+            "SFHQ_VISIBILITY_TIMEOUT_S": "5",
+            "SFHQ_BATCH_WAIT_MS": "20",
+            "SFHQ_EXTRA_FEATURES": ",".join(EXTRA_KEYS),  # SFHQ's other pickle keys, tiny random models
+        },
         data_roots=(tmp_path_factory.getbasetemp(),),
     ) as c:
         c.start_all(timeout_s=240)
@@ -81,7 +86,7 @@ def check_dataset(root: Path, job: gateway_pb2.Job) -> list[dict]:
         assert np.isfinite(landmarks).all()
         with open(root / "pretrained_features" / f"{stem}.pickle", "rb") as f:
             features = pickle.load(f)  # our own file, written by this test's job
-        assert list(features) == ["CLIP_ViTL_14@336"] and features["CLIP_ViTL_14@336"].shape[0] == 1
+        assert list(features) == ["CLIP_ViTL_14@336", *EXTRA_KEYS] and features["CLIP_ViTL_14@336"].shape[0] == 1
     assert (root / "manifest.parquet").exists() and (root / "dataset_info.json").exists()
     return rows
 
@@ -261,8 +266,8 @@ def test_a_written_dataset_reads_with_only_sfhqs_published_conventions(client, t
         assert item.segmentation.shape == (1024, 1024) and item.segmentation.max() <= 18
         assert item.landmarks.shape == (110, 2) and np.isfinite(item.landmarks).all()
         assert (item.landmarks[:68] >= 0).all() and (item.landmarks[:68] < 1024).all()  # x, y in image pixels
-        assert list(item.features) == ["CLIP_ViTL_14@336"]
-        assert item.features["CLIP_ViTL_14@336"].ndim == 2 and item.features["CLIP_ViTL_14@336"].shape[0] == 1
+        assert list(item.features) == ["CLIP_ViTL_14@336", *EXTRA_KEYS]  # SFHQ's keys, as configured
+        assert all(value.ndim == 2 and value.shape[0] == 1 for value in item.features.values())
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {row["landmark_convention"] for row in rows} == {"sfhq"}  # the default, recorded per row
 

@@ -22,7 +22,8 @@ from services.search.curate import CurateRequest, Curator, JobLock, LockUnavaila
 from services.search.dedup import dataset_groups
 from services.search.index import KEPT_DECISIONS, ItemMeta, SearchFilter, VectorIndex
 from services.search.random_weights import write_random_clip_folder
-from services.search.service import build_process, clip_provenance, curate_stage, embed_stage
+from services.search.embed_stage import embed_stage
+from services.search.service import build_process, clip_provenance, curate_stage
 from services.search.sfhq_import import import_sfhq
 from services.search.state import IndexState
 from services.search.taste import TasteCache, TasteModel, TasteStore
@@ -234,6 +235,7 @@ def test_embed_stage_writes_raw_features(tmp_path: Path, clip_folder: Path) -> N
         "features": item_key("job1", "i1", "embed", "features.npy"),
         "feature_key": "CLIP_ViTL_14@336",
         "dim": DIM,
+        "extra_features": {},  # none configured
     }
     assert provenance["clip"]["random_weights"] is True and len(provenance["clip"]["sha256"]) == 64
     expected = embedder.embed_images([Image.open(io.BytesIO(jpeg(1))).convert("RGB")])[0]
