@@ -86,7 +86,9 @@ def check_dataset(root: Path, job: gateway_pb2.Job) -> list[dict]:
         assert np.isfinite(landmarks).all()
         with open(root / "pretrained_features" / f"{stem}.pickle", "rb") as f:
             features = pickle.load(f)  # our own file, written by this test's job
-        assert list(features) == ["CLIP_ViTL_14@336", *EXTRA_KEYS] and features["CLIP_ViTL_14@336"].shape[0] == 1
+        assert (
+            list(features) == ["CLIP_ViTL_14@336", *EXTRA_KEYS] and features["CLIP_ViTL_14@336"].shape[0] == 1
+        )
     assert (root / "manifest.parquet").exists() and (root / "dataset_info.json").exists()
     return rows
 

@@ -20,9 +20,9 @@ from services.common.weights import WeightsRegistry
 from services.search.clip_model import load_clip
 from services.search.curate import CurateRequest, Curator, JobLock, LockUnavailable, decisions_key
 from services.search.dedup import dataset_groups
+from services.search.embed_stage import embed_stage
 from services.search.index import KEPT_DECISIONS, ItemMeta, SearchFilter, VectorIndex
 from services.search.random_weights import write_random_clip_folder
-from services.search.embed_stage import embed_stage
 from services.search.service import build_process, clip_provenance, curate_stage
 from services.search.sfhq_import import import_sfhq
 from services.search.state import IndexState
