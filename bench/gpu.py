@@ -9,6 +9,8 @@ bench/results/gpu.md, which `bench/run_all.py --assemble-only` puts into BENCHMA
   at 256 and 512) at useful batch sizes, fp16 and fp32, and the fraction of peak that is, from the
   model's FLOPs per image counted on the meta device;
 * `low_prior` steps/s (one Adam step of one code each) batched across 8 codes vs one code at a time;
+* Stable Diffusion (the prompts mode's `diffuse` stage): images/s of an SD v1.x-sized random
+  pipeline (bench/diffusion.py's `sd1_pipeline`) at 512x512, fp16, 20 DDIM steps, batch 1 and 8;
 * end-to-end candidates/s of one inspiration job (default strategies) and one sampling job through
   the real services (gateway, Redis, the four model services on this GPU), full-size random weights.
 
@@ -72,10 +74,20 @@ class Sizes:
     e2e_samples: int
     e2e_low_prior_steps: int
     matmul: int
+    sd_size: int  # Stable Diffusion image side
+    sd_tiny: bool  # SD v1.x architecture at tiny widths
+    sd_steps: int
+    sd_batches: tuple[int, ...]
 
 
-FULL = Sizes(1024, None, (3, 4, 14, 3), 256, True, (256, 512), (1, 8, 32), 3, 8, 256, 24, 48, 30, 8192)
-DRY = Sizes(32, 16, (1, 1, 1, 1), 64, False, (64,), (1, 2), 2, 2, 16, 1, 1, 2, 256)
+FULL = Sizes(
+    1024, None, (3, 4, 14, 3), 256, True, (256, 512), (1, 8, 32), 3, 8, 256, 24, 48, 30, 8192,
+    sd_size=512, sd_tiny=False, sd_steps=20, sd_batches=(1, 8),
+)  # fmt: skip
+DRY = Sizes(
+    32, 16, (1, 1, 1, 1), 64, False, (64,), (1, 2), 2, 2, 16, 1, 1, 2, 256,
+    sd_size=64, sd_tiny=True, sd_steps=2, sd_batches=(1, 2),
+)  # fmt: skip
 
 
 def synchronize(device: torch.device) -> None:
@@ -295,6 +307,80 @@ def bench_low_prior(sizes: Sizes, device: torch.device, fp16: bool) -> list[str]
     return lines
 
 
+# ---- Stable Diffusion ----------------------------------------------------------------------------
+
+
+def _diffusion_bench():  # -> the bench/diffusion.py module (its SD v1.x-shaped pipeline builder)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_diffusion", BENCH / "diffusion.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)  # registered first: its dataclasses look themselves up there
+    return module
+
+
+def sd_flops_per_image(build: Callable[[], object], size: int, steps: int) -> float:
+    """FLOPs of one image, counted on the meta device: `steps` UNet calls on 2 rows (classifier-free
+    guidance: prompt and negative prompt), the text encoder on those 2 prompts, one VAE decode."""
+    with torch.device("meta"):
+        pipeline = build()
+    latent, hidden = size // 8, pipeline.text_encoder.config.hidden_size
+
+    def count(forward: Callable[[], object]) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad(), torch.device("meta"):
+            forward()
+        return counter.get_total_flops()
+
+    unet = count(
+        lambda: pipeline.unet(
+            torch.randn(2, 4, latent, latent),
+            torch.tensor(1),
+            encoder_hidden_states=torch.randn(2, 77, hidden),
+        )
+    )
+    text = count(lambda: pipeline.text_encoder(torch.zeros(2, 77, dtype=torch.long)))
+    vae = count(lambda: pipeline.vae.decode(torch.randn(1, 4, latent, latent)))
+    return steps * unet + text + vae
+
+
+def bench_diffusion(sizes: Sizes, device: torch.device, peaks: dict[str, float]) -> list[str]:
+    """Images/s of diffusers' pipeline called directly (prompt + negative prompt, guidance 7.5, one
+    CPU generator per image, output as numpy): the model's throughput; the `diffuse` stage's overhead
+    over it is bench/diffusion.py's."""
+    sd = _diffusion_bench()
+    size, steps = sizes.sd_size, sizes.sd_steps
+    label, dtype = dtypes(device)[0]  # fp16 on CUDA (the service's setting), fp32 on the CPU
+    flops = sd_flops_per_image(lambda: sd.sd1_pipeline(size, tiny=sizes.sd_tiny), size, steps)
+    with torch.device(device):  # random init on the device
+        pipeline = sd.sd1_pipeline(size, tiny=sizes.sd_tiny)
+    if dtype != torch.float32:
+        pipeline = pipeline.to(device, dtype)
+    name = "SD v1.x architecture, tiny widths" if sizes.sd_tiny else "Stable Diffusion v1.x (random)"
+    calls = {str(batch): sd.naive_call(pipeline, batch, steps, size) for batch in sizes.sd_batches}
+    times = rounds(calls, sizes.rounds, device)
+    lines = [
+        f"Stable Diffusion ({sd.parameters(pipeline)}), {size}x{size}, {steps} DDIM steps, guidance 7.5 "
+        "(the UNet runs 2 rows per image), diffusers' pipeline called directly; GFLOP / image = the "
+        "UNet's 2 rows x steps + the text encoder + one VAE decode:",
+        "",
+        "| pipeline | GFLOP / image | dtype | batch | images/s (best) | images/s (median) | of peak |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for batch in sizes.sd_batches:
+        best, median = batch / min(times[str(batch)]), batch / statistics.median(times[str(batch)])
+        peak = peaks.get(label)
+        share = f"{100 * best * flops / peak:.1f}%" if peak else "-"
+        lines.append(
+            f"| {name}, {size} px | {flops / 1e9:,.2f} | {label} | {batch} | {best:,.2f} | {median:,.2f} | {share} |"
+        )
+    del pipeline
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return lines
+
+
 # ---- end to end ----------------------------------------------------------------------------------
 
 
@@ -422,6 +508,7 @@ def main() -> int:
     peaks = sheet or measured
     report += bench_models(sizes, device, peaks)
     report += ["", *bench_low_prior(sizes, device, fp16=device.type == "cuda")]
+    report += ["", *bench_diffusion(sizes, device, peaks)]
     if not args.skip_e2e:
         report += [
             "",

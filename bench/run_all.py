@@ -24,6 +24,7 @@ SCRIPTS = (
     "codecs",
     "queue",
     "generator",
+    "diffusion",
     "encoder",
     "identity",
     "annotator",

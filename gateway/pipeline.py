@@ -346,8 +346,10 @@ def _next(spec: ResolvedSpec, job_id: str, item: ItemRecord, result: TaskResult,
             plan.bump("items")
             plan.bump("candidates")
     elif stage == "embed":
+        embedded = EmbedOutput.parse(output, stage)
         curate = CuratePayload(
-            features=EmbedOutput.parse(output, stage).features,
+            features=embedded.features,
+            extra_features=embedded.extra_features,
             image=candidate_image(item),
             taste_model=spec.taste_model,
             accept_threshold=spec.accept_threshold,

@@ -408,6 +408,13 @@ def taste_train(
         ),
     ] = None,
     job: Annotated[str, typer.Option(help="the files' ids are this job's item ids or stems")] = "",
+    features: Annotated[
+        str,
+        typer.Option(
+            help="feature sets, comma-separated (default CLIP_ViTL_14@336), e.g. "
+            "CLIP_ViTL_14@336,ConvNext_XL_Imagenet21k (SFHQ_EXTRA_FEATURES must have made them)"
+        ),
+    ] = "",
     address: AddressOpt = DEFAULT_ADDRESS,
     token: TokenOpt = "",
 ) -> None:
@@ -421,7 +428,8 @@ def taste_train(
             for start in range(0, len(items), LABEL_BATCH):  # the gateway caps one request
                 client.label(dict(items[start : start + LABEL_BATCH]), taste_model=name, job_id=job)
             out.print(f"added {len(labels)} labels from {', '.join(map(str, from_labels or []))}")
-        info = client.train_taste(name, family=family)
+        keys = [key.strip() for key in features.split(",") if key.strip()]
+        info = client.train_taste(name, family=family, feature_keys=keys)
     out.print(_model_table([info]))
     out.print(
         f"trained in {info.train_seconds:.1f} s; below {info.low_threshold:.2f}: rejected, from "

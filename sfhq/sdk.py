@@ -342,10 +342,11 @@ class Requests:
 
     # curation
     @staticmethod
-    def train_taste(taste_model: str, family: str) -> Call:
-        return Call(
-            "TrainTaste", search_pb2.TrainTasteRequest(taste_model=taste_model, family=family), LONG_CALL_S
+    def train_taste(taste_model: str, family: str, feature_keys: Sequence[str] = ()) -> Call:
+        request = search_pb2.TrainTasteRequest(
+            taste_model=taste_model, family=family, feature_keys=list(feature_keys)
         )
+        return Call("TrainTaste", request, LONG_CALL_S)
 
     @staticmethod
     def list_taste_models() -> Call:
@@ -616,9 +617,12 @@ class Client:
         return self._run(Requests.label(labels, taste_model, labeler, job_id))
 
     # curation (docs/curation.md)
-    def train_taste(self, taste_model: str = "default", *, family: str = "") -> search_pb2.TasteModelInfo:
-        """Trains a new version from your labels; returns its cross-validated metrics and thresholds."""
-        return self._run(Requests.train_taste(taste_model, family))
+    def train_taste(
+        self, taste_model: str = "default", *, family: str = "", feature_keys: Sequence[str] = ()
+    ) -> search_pb2.TasteModelInfo:
+        """Trains a new version from your labels; returns its cross-validated metrics and thresholds.
+        `feature_keys`: train on these feature sets (default CLIP ViT-L/14@336 alone)."""
+        return self._run(Requests.train_taste(taste_model, family, feature_keys))
 
     def list_taste_models(self) -> list[search_pb2.TasteModelInfo]:
         return list((self._run(Requests.list_taste_models())).models)
@@ -870,10 +874,11 @@ class AsyncClient:
 
     # curation (docs/curation.md)
     async def train_taste(
-        self, taste_model: str = "default", *, family: str = ""
+        self, taste_model: str = "default", *, family: str = "", feature_keys: Sequence[str] = ()
     ) -> search_pb2.TasteModelInfo:
-        """Trains a new version from your labels; returns its cross-validated metrics and thresholds."""
-        return await self._run(Requests.train_taste(taste_model, family))
+        """Trains a new version from your labels; returns its cross-validated metrics and thresholds.
+        `feature_keys`: train on these feature sets (default CLIP ViT-L/14@336 alone)."""
+        return await self._run(Requests.train_taste(taste_model, family, feature_keys))
 
     async def list_taste_models(self) -> list[search_pb2.TasteModelInfo]:
         return list((await self._run(Requests.list_taste_models())).models)

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 
 from sfhq.annotations import CLIP_FEATURE_KEY
 from sfhq.export import Exporter
+from sfhq.prompts import parse_slot, prompt_spec
 from sfhq.sdk import SfhqError, build_spec
 from sfhq.tensors import tensor_to_numpy
 from sfhq.v1 import gateway_pb2
@@ -78,9 +79,31 @@ def _float(form: Any, name: str, default: float | None = None) -> float | None:
         raise HTTPException(400, f"{name}: {value[:40]!r} is not a number") from None
 
 
+def _prompt_spec(form: Any) -> gateway_pb2.PromptSpec:
+    """The prompt fields of the submit form (the gateway checks every limit and names the field)."""
+    lines = [line.strip() for line in str(form.get("prompts") or "").splitlines()]
+    slot_lines = [line.strip() for line in str(form.get("slots") or "").splitlines() if line.strip()]
+    slots: dict[str, list[str]] = {}
+    for line in slot_lines:
+        name, values = parse_slot(line)  # ValueError: 400 naming the line
+        slots[name] = values
+    guidance = _float(form, "guidance_scale")
+    return prompt_spec(
+        prompts=[line for line in lines if line and not line.startswith("#")],
+        template=str(form.get("template") or "").strip(),
+        slots=slots,
+        negative_prompt=str(form.get("negative_prompt") or ""),
+        images_per_prompt=int(_float(form, "images_per_prompt", 0) or 0),
+        steps=int(_float(form, "steps", 0) or 0),
+        guidance_scale=guidance,
+        pipeline=str(form.get("pipeline") or ""),
+    )
+
+
 @router.post("/jobs")
 async def submit_job(request: Request, session: WriteDep) -> Any:
-    """A job from the submit form: uploaded images, a folder in the allowed data roots, or sampling."""
+    """A job from the submit form: uploaded images, a folder in the allowed data roots, sampling, or
+    prompts (Stable Diffusion)."""
     studio = studio_of(request)
     limits = studio.settings
     form = await request.form(max_files=limits.max_upload_files + 1, max_fields=100, max_part_size=64 * 1024)
@@ -110,9 +133,10 @@ async def submit_job(request: Request, session: WriteDep) -> Any:
             raise HTTPException(
                 400, f"{field}: at most {most} {'entries' if field == 'strategies' else 'characters'}"
             )
-    if mode != "sampling" and not images and not folder:
+    if mode not in ("sampling", "prompts") and not images and not folder:
         raise HTTPException(400, "images: choose images to upload or a folder (input_folder)")
     try:
+        prompts = _prompt_spec(form) if mode == "prompts" else None
         spec = build_spec(
             mode=mode,
             images=images,
@@ -125,6 +149,7 @@ async def submit_job(request: Request, session: WriteDep) -> Any:
             dedup_threshold=_float(form, "dedup_threshold"),
             output_uri="",  # the gateway's default: the user's own area of the blob store
             name=str(form.get("name") or ""),
+            prompts=prompts,
         )
         for name, upload in zip([f.filename or "" for f in files], spec.inputs, strict=False):
             upload.name = name[:255]

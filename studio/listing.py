@@ -39,8 +39,11 @@ def item_summary(item: gateway_pb2.Item) -> dict[str, Any]:
 
 
 def _source_name(source: Any) -> str:
-    """The input file an item came from ({"name", "uri"} for uploads and folders, a seed for samples)."""
+    """The input file an item came from ({"name", "uri"} for uploads and folders, a seed for samples,
+    "seed N: prompt" for Stable Diffusion images)."""
     if isinstance(source, dict):
+        if source.get("prompt"):
+            return f"seed {source.get('seed')}: {source['prompt']}"
         return str(source.get("name") or source.get("uri") or source.get("seed") or "")
     return str(source or "")
 

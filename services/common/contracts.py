@@ -219,6 +219,8 @@ class CuratePayload(Payload):
     accept_threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     reject_threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     dataset_id: str = Field("", max_length=64)  # recorded with the item in the index (dataset-wide dedup)
+    # SFHQ_EXTRA_FEATURES: {pickle key: [dim] blob}, kept with the item for taste models trained on them
+    extra_features: dict[str, BlobKey] = Field(default_factory=dict, max_length=16)
     # None = SFHQ's 0.92; negative = no near-duplicate check (it runs dataset-wide, after curate)
     dedup_threshold: float | None = Field(None, lt=1.0, allow_inf_nan=False)
 

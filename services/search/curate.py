@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.contracts import CurateOutput, CuratePayload, Decision
+from services.common.contracts import FEATURE_KEY, CurateOutput, CuratePayload, Decision
 from services.common.errors import InvalidInput
+from services.search.feature_sets import FeatureSets, MissingFeatures
 from services.search.index import ItemMeta
 from services.search.state import IndexState
 from services.search.taste import TasteModel, qualified_name
@@ -164,6 +165,7 @@ class Curator:
         self.redis = redis
         self.state = state
         self.blobs = blobs
+        self.feature_sets = FeatureSets(blobs)
         self.taste_source = taste_source
         self.lock_ttl_ms = lock_ttl_ms
         self.lock_wait_s = lock_wait_s
@@ -183,13 +185,14 @@ class Curator:
             return CurateOutput.parse(_public(json.loads(recorded)))
         vector = self._features(request)
         payload = request.payload
+        extras = self._extra_features(request)
         with self._local:
             self._catch_up(request.job_id)
             score: float | None = None
             decision = Decision.ACCEPTED
             if payload.taste_model:
                 model = self.taste_source(qualified_name(payload.owner, payload.taste_model))
-                score = float(model.predict_proba(vector)[0])
+                score = float(model.predict_proba(_model_inputs(model, vector, extras))[0])
                 decision = taste_decision(score, model, payload.accept_threshold, payload.reject_threshold)
             output = _output(decision, score, None, None)
             entry = {
@@ -201,6 +204,8 @@ class Curator:
                 "dataset_id": payload.dataset_id,
                 "decision": decision.value,
             }
+            # kept before the decision is final: whatever later trains or scores on it finds them
+            self.feature_sets.put(index_item_id(request.job_id, request.item_id), extras)
             self._commit_decision(request, job_lock, output, entry)
             self._add(request.job_id, entry, vector)
             self._synced[request.job_id] = self._synced.get(request.job_id, 0) + 1
@@ -242,6 +247,15 @@ class Curator:
         if changed:
             self.state.mark_dirty()
         return changed
+
+    def _extra_features(self, request: CurateRequest) -> dict[str, np.ndarray]:
+        extras = {}
+        for key, blob in request.payload.extra_features.items():
+            vector = np.asarray(self.blobs.get_npy(blob), dtype=np.float32).reshape(-1)
+            if vector.size == 0 or not np.isfinite(vector).all():
+                raise CurateInputError(f"extra_features[{key!r}] are empty or not finite")
+            extras[key] = vector
+        return extras
 
     def _features(self, request: CurateRequest) -> np.ndarray:
         try:
@@ -338,3 +352,16 @@ def _output(
 
 def _public(recorded: dict) -> dict:
     return {key: recorded.get(key) for key in ("decision", "taste_score", "duplicate_of", "similarity")}
+
+
+def _model_inputs(model: TasteModel, vector: np.ndarray, extras: dict[str, np.ndarray]):  # -> Inputs
+    """One item's input to `model`: its CLIP vector, or its feature sets when the model uses more."""
+    if model.feature_keys == [FEATURE_KEY]:
+        return vector
+    missing = [key for key in model.feature_keys if key != FEATURE_KEY and key not in extras]
+    if missing:
+        raise MissingFeatures(
+            f"taste model {model.name!r} uses {', '.join(missing)}: set SFHQ_EXTRA_FEATURES on the "
+            "search service so that the embed stage makes them"
+        )
+    return {key: (vector if key == FEATURE_KEY else extras[key])[None] for key in model.feature_keys}

@@ -14,6 +14,7 @@ import numpy as np
 from services.common.errors import InvalidInput
 from services.search.curate import Curator
 from services.search.dedup import SFHQ_THRESHOLD, DuplicateGroup, dataset_groups
+from services.search.feature_sets import FeatureSets
 from services.search.index import SearchFilter, VectorIndex
 from services.search.state import IndexState
 from services.search.taste import TasteCache, TasteModel
@@ -37,6 +38,7 @@ class CurationDesk:
         self.state = state
         self.tastes = tastes
         self.curator = curator
+        self.feature_sets = FeatureSets(state.blobs)
 
     def _index(self) -> VectorIndex:
         index = self.state.index
@@ -48,7 +50,8 @@ class CurationDesk:
         """(scores, uncertainty) of indexed items by their stored features."""
         if len(item_ids) > MAX_SCORED_IDS:
             raise InvalidInput(f"item_ids: {len(item_ids)}; at most {MAX_SCORED_IDS} per call")
-        return model.predict_with_uncertainty(self._index().vectors_of(item_ids))
+        rows = self._index().vectors_of(item_ids)
+        return model.predict_with_uncertainty(self.feature_sets.inputs(model, item_ids, rows))
 
     def next_review(
         self, model_name: str | None, selection: SearchFilter, count: int

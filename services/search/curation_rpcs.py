@@ -11,17 +11,19 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from services.common.contracts import FEATURE_KEY
 from services.common.errors import InvalidInput
 from services.common.rpc import check_count
 from services.search import messages
 from services.search.curation import CurationDesk
 from services.search.labels import LabelStore
-from services.search.taste import TasteCache, TasteModel, qualified_name
+from services.search.taste import TasteCache, TasteModel, TooFewLabels, qualified_name
 from sfhq.v1 import search_pb2
 
 DEFAULT_TASTE_MODEL = "default"
 MAX_LABELS_PER_REQUEST = 10_000
 MAX_DECISIONS_PER_REQUEST = 100_000
+MAX_FEATURE_SETS = 8
 
 
 class CurationRpcs:
@@ -49,9 +51,21 @@ class CurationRpcs:
         self, request: search_pb2.TrainTasteRequest, context: grpc.ServicerContext
     ) -> search_pb2.TasteModelInfo:
         name = qualified_name(request.owner, request.taste_model or DEFAULT_TASTE_MODEL)
+        keys = list(request.feature_keys)
+        if len(keys) > MAX_FEATURE_SETS or len(set(keys)) != len(keys) or any(len(k) > 64 for k in keys):
+            raise InvalidInput(f"feature_keys: at most {MAX_FEATURE_SETS} distinct keys of 64 characters")
         with self._train_lock:
-            features, labels = self.labels.training_set(name)
-            model = TasteModel.train(features, labels, name=name, family=request.family or "vta")
+            features, labels, ids = self.labels.training_rows(name)
+            inputs: np.ndarray | dict[str, np.ndarray] = features
+            if keys and keys != [FEATURE_KEY]:  # feature sets: the labelled items embedded with them all
+                inputs, kept = self.desk.feature_sets.training_sets(keys, ids, features)
+                if not len(kept):
+                    raise TooFewLabels(
+                        f"feature_keys: none of the {len(ids)} labelled items of {name!r} has "
+                        f"{', '.join(keys)} (SFHQ_EXTRA_FEATURES makes them for new jobs)"
+                    )
+                labels = labels[kept]
+            model = TasteModel.train(inputs, labels, name=name, family=request.family or "vta")
             self.tastes.store.save(model)
             self.tastes.forget(name)
         return messages.taste_info(model)

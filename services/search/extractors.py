@@ -3,7 +3,8 @@
 SFHQ's `pretrained_features/*.pickle` carry more keys than the CLIP features the index uses:
 `CLIP_ViTL_14` (768) and `ConvNext_XL_Imagenet21k` (2048) among them (docs/sfhq-format.md). When
 `SFHQ_EXTRA_FEATURES` names extractors, the embed stage computes them for every candidate, the
-pickles carry them under those keys, and taste models can be trained on them next to CLIP
+pickles carry them under those keys, the curate stage keeps them beside the index
+(services/search/feature_sets.py), and taste models can be trained on them next to CLIP
 (`feature_keys`; docs/curation.md).
 
 Built in, through transformers from local Hugging Face folders (`sfhq weights add`):

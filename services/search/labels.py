@@ -165,13 +165,23 @@ class LabelStore:
 
     def training_set(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(features [N, D] float32, labels [N] bool): the latest label per item; item-less labels all count."""
-        chosen = self._state(name, refresh=True).chosen()
+        return self._stacked(name, self._state(name, refresh=True).chosen())
+
+    @staticmethod
+    def _stacked(name: str, chosen: list[LabelRecord]) -> tuple[np.ndarray, np.ndarray]:
         if not chosen:
             return np.zeros((0, 0), np.float32), np.zeros(0, bool)
         dims = {r.features.size for r in chosen}
         if len(dims) != 1:
             raise TasteInputError(f"labels of {name!r} mix feature dimensions {sorted(dims)}")
         return np.stack([r.features for r in chosen]), np.array([r.positive for r in chosen], bool)
+
+    def training_rows(self, name: str) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """`training_set` and the item id of each row (None for a label sent as a bare vector), from
+        one reading of the labels."""
+        chosen = self._state(name, refresh=True).chosen()
+        features, labels = self._stacked(name, chosen)
+        return features, labels, [r.item_id for r in chosen]
 
     def counts(self, name: str) -> tuple[int, int]:
         """(positives, negatives) in the training set (from memory once read)."""

@@ -204,14 +204,16 @@ class LabelResponse(_message.Message):
     def __init__(self, positives: _Optional[int] = ..., negatives: _Optional[int] = ...) -> None: ...
 
 class TrainTasteRequest(_message.Message):
-    __slots__ = ("taste_model", "owner", "family")
+    __slots__ = ("taste_model", "owner", "family", "feature_keys")
     TASTE_MODEL_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
     taste_model: str
     owner: str
     family: str
-    def __init__(self, taste_model: _Optional[str] = ..., owner: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
+    feature_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, taste_model: _Optional[str] = ..., owner: _Optional[str] = ..., family: _Optional[str] = ..., feature_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TasteModelInfo(_message.Message):
     __slots__ = ("name", "version", "positives", "negatives", "cv_accuracy", "cv_auc", "low_threshold", "high_threshold", "created_at", "owner", "family", "member_weights", "member_auc", "train_seconds", "feature_keys")

@@ -8,6 +8,9 @@ form.addEventListener("submit", async (event) => {
   error.hidden = true;
   const data = new FormData(form);
   if (data.get("mode") !== "sampling") { data.delete("samples"); data.delete("psi_min"); data.delete("psi_max"); }
+  if (data.get("mode") !== "prompts") {
+    for (const name of ["prompts", "template", "slots", "negative_prompt", "images_per_prompt", "steps", "guidance_scale", "pipeline"]) data.delete(name);
+  }
   try {
     const job = await api("/api/jobs", { method: "POST", form: data });
     toast(`job ${job.id} submitted`);
@@ -39,10 +42,13 @@ async function refresh() {
 }
 setInterval(refresh, 3000);
 
-// The sampling fields matter only in sampling mode; the image fields only outside it.
+// The sampling fields matter only in sampling mode, the prompt fields only in prompts mode, and the
+// image fields in the two modes that start from images.
 function showModeFields() {
-  const sampling = new FormData(form).get("mode") === "sampling";
-  for (const row of form.querySelectorAll(".sampling")) row.hidden = !sampling;
+  const mode = new FormData(form).get("mode");
+  for (const row of form.querySelectorAll(".sampling")) row.hidden = mode !== "sampling";
+  for (const row of form.querySelectorAll(".prompts-fields")) row.hidden = mode !== "prompts";
+  for (const row of form.querySelectorAll(".images-fields")) row.hidden = mode === "sampling" || mode === "prompts";
 }
 for (const radio of form.querySelectorAll("input[name=mode]")) radio.addEventListener("change", showModeFields);
 showModeFields();

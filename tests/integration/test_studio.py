@@ -213,6 +213,30 @@ def test_uploads_have_size_and_count_limits(studio):
     assert huge.status_code == 413
 
 
+def test_a_prompts_job_from_the_submit_form(studio):
+    http = login(studio["base"], TOKENS["alice"])
+    headers = {"x-csrf-token": csrf_of(http)}
+    form = {
+        "mode": "prompts",
+        "prompts": "# a comment\nA portrait photo of an old man\n",
+        "template": "A portrait photo of a {age} {person}",
+        "slots": "age=20 year old|70 year old\nperson=woman",
+        "negative_prompt": "blurry",
+        "images_per_prompt": "2",
+        "steps": "2",
+        "guidance_scale": "6",
+        "pipeline": "stable-diffusion-v1-4",
+    }
+    reply = http.post("/api/jobs", data=form, headers=headers)
+    assert reply.status_code == 201, reply.text
+    job = reply.json()
+    assert job["mode"] == "prompts" and job["counts"]["inputs"] == 6  # (1 + 2) prompts x 2 images
+    missing = http.post("/api/jobs", data={**form, "slots": "age=old"}, headers=headers)
+    assert missing.status_code == 400 and "no values for {person}" in missing.json()["error"]
+    malformed = http.post("/api/jobs", data={**form, "slots": "person"}, headers=headers)
+    assert malformed.status_code == 400 and "slot 'person'" in malformed.json()["error"]
+
+
 def test_thumbnails_are_webp_cached_by_content(studio, finished_job):
     http = login(studio["base"], TOKENS["alice"])
     url = f"/thumb/{finished_job['job']}/{finished_job['item']}?size=128"
@@ -260,6 +284,13 @@ def test_the_studio_end_to_end_in_a_browser(studio, cluster, tmp_path):
         page.fill("#token", TOKENS["alice"])
         page.press("#token", "Enter")
         page.wait_for_url(f"{base}/jobs")
+
+        # the form shows the fields of the chosen mode only
+        page.check("input[name=mode][value=prompts]")
+        expect(page.locator("#prompts")).to_be_visible()
+        expect(page.locator("#images")).to_be_hidden()
+        page.check("input[name=mode][value=inspiration]")
+        expect(page.locator("#prompts")).to_be_hidden()
 
         # submit a job from the page and watch it finish (Server-Sent Events)
         page.set_input_files("#images", [str(face_path(n)) for n in range(10)])

@@ -26,6 +26,8 @@ def test_the_gpu_benchmark_dry_run_measures_every_part(tmp_path) -> None:
         rows = [line for line in report.splitlines() if line.startswith(f"| {model} |")]
         assert len(rows) == 2, model  # batches 1 and 2, fp32 (fp16 only on CUDA)
         assert all(float(row.split("|")[5].replace(",", "")) > 0 for row in rows)
+    sd_rows = [line for line in report.splitlines() if line.startswith("| SD v1.x architecture, tiny widths")]
+    assert len(sd_rows) == 2 and all(float(row.split("|")[5].replace(",", "")) > 0 for row in sd_rows)
     assert re.search(r"\| batched \| [\d,.]+ \|", report) and re.search(
         r"\| one by one \| [\d,.]+ \|", report
     )
