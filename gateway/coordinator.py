@@ -40,6 +40,8 @@ EVENTS_MAXLEN = 200_000
 
 # KEYS: applied set, job hash, items hash, events stream, results stream, jobs-to-finalize set
 # ARGV: task id ("" = not a result, e.g. job creation), result entry id, group, plan JSON, now (ISO), job id
+FEED_CHUNK = 1000  # held tasks moved per job per coordinator round
+
 APPLY_LUA = """
 if ARGV[1] ~= '' then
   if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
@@ -54,6 +56,8 @@ local plan = cjson.decode(ARGV[4])
 for id, rec in pairs(plan.items) do redis.call('HSET', KEYS[3], id, rec) end
 for fieldname, n in pairs(plan.counters) do redis.call('HINCRBY', KEYS[2], fieldname, n) end
 for _, t in ipairs(plan.tasks) do redis.call('XADD', unpack(t)) end
+for _, h in ipairs(plan.held) do redis.call('RPUSH', KEYS[7], h) end
+if #plan.held > 0 then redis.call('HSET', KEYS[8], ARGV[6], plan.held_stage) end
 for _, e in ipairs(plan.events) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', plan.events_maxlen, '*', unpack(e))
 end
@@ -78,8 +82,26 @@ return 1
 """
 
 
+# Moves up to ARGV[1] held tasks of a job (KEYS[1]) into their stage, atomically: none is lost or
+# doubled if the gateway dies; returns {moved, left}. KEYS[2] is the FEEDING hash, ARGV[2] the job.
+FEED_LUA = """
+local n = tonumber(ARGV[1])
+local entries = redis.call('LRANGE', KEYS[1], 0, n - 1)
+for _, e in ipairs(entries) do redis.call('XADD', unpack(cjson.decode(e))) end
+redis.call('LTRIM', KEYS[1], #entries, -1)
+local left = redis.call('LLEN', KEYS[1])
+if left == 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+return {#entries, left}
+"""
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _task_entry(task: Any) -> str:  # task: services.common.queue.Task
+    """A held task as the XADD arguments FEED_LUA replays."""
+    return json.dumps([stage_stream(task.stage), "*", *[x for kv in task.to_fields().items() for x in kv]])
 
 
 def event_fields(event: dict[str, Any], time_ms: int) -> list[str]:
@@ -94,6 +116,7 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._apply = client.register_script(APPLY_LUA)
+        self._feed = client.register_script(FEED_LUA)
         self._first_epoch_ms: int | None = None  # the data set this process first saw (see state_lost)
 
     def apply(self, job_id: str, plan: Plan, *, task_id: str = "", result_entry: str = "") -> int:
@@ -107,6 +130,8 @@ class JobStore:
                 for t in plan.tasks
             ],
             "events": [event_fields(e, time_ms) for e in plan.events],
+            "held": [_task_entry(t) for t in plan.held],
+            "held_stage": plan.held[0].stage if plan.held else "",
             "events_maxlen": EVENTS_MAXLEN,
             "time_ms": time_ms,
         }
@@ -118,9 +143,16 @@ class JobStore:
             jobs.events_key(job_id),
             RESULTS_STREAM,
             jobs.TO_FINALIZE,
+            jobs.feed_key(job_id),
+            jobs.FEEDING,
         ]
         args = [task_id, result_entry, COORDINATOR_GROUP, json.dumps(payload), now_iso(), job_id]
         return int(self._apply(keys=keys, args=args))
+
+    def feed(self, job_id: str, count: int) -> tuple[int, int]:
+        """Move up to `count` held first tasks of a job into their stage: (moved, still held)."""
+        moved, left = self._feed(keys=[jobs.feed_key(job_id), jobs.FEEDING], args=[count, job_id])
+        return int(moved), int(left)
 
     def job(self, job_id: str) -> dict[str, str]:
         return self.redis.hgetall(jobs.job_key(job_id))
@@ -158,6 +190,7 @@ class JobStore:
             jobs.items_key(job_id),
             jobs.events_key(job_id),
             jobs.applied_key(job_id),
+            jobs.feed_key(job_id),
         ]
         keys += list(self.redis.scan_iter(match=f"sfhq:curate:{job_id}*", count=1000))
         with self.redis.pipeline() as pipe:
@@ -165,6 +198,7 @@ class JobStore:
             pipe.zrem(jobs.JOBS_INDEX, job_id)
             pipe.zrem(jobs.owner_jobs_key(owner), job_id)
             pipe.srem(CANCELLED_JOBS, job_id)
+            pipe.hdel(jobs.FEEDING, job_id)
             pipe.execute()
 
     def item(self, job_id: str, item_id: str) -> dict[str, Any] | None:
@@ -265,6 +299,7 @@ class Coordinator:
                 entries = self.queue.read_results(self.consumer, self.batch, self.block_ms)
                 for entry_id, result in entries:
                     self.handle(entry_id, result)
+                self.feed_jobs()
                 self.finalize_pending()  # jobs drained by a cancel or by another gateway's apply
                 if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + self.sweep_every_s
@@ -295,6 +330,16 @@ class Coordinator:
         outcome = self.store.apply(result.job_id, plan, task_id=result.task_id, result_entry=entry_id)
         if outcome == 2:
             self.finalize(result.job_id)
+
+    def feed_jobs(self) -> int:
+        """Top up the stages that big jobs wait for: each to half its cap (the other half is room
+        for smaller jobs), a chunk at a time; returns how many tasks moved."""
+        moved = 0
+        for job_id, stage in self.store.redis.hgetall(jobs.FEEDING).items():
+            room = self.queue.stream_maxlen // 2 - self.queue.backlog(stage)
+            if room > 0:
+                moved += self.store.feed(job_id, min(room, FEED_CHUNK))[0]
+        return moved
 
     def expire_finished_jobs(self, now: float | None = None) -> list[str]:
         """Forget jobs that finished more than `retention_s` ago: their Redis state and intermediate

@@ -24,7 +24,15 @@ from gateway.curation import Curation
 from gateway.datasets import DatasetBook, WriteMode
 from gateway.jobs import ResolvedSpec, SpecError
 from gateway.locations import FolderLimits, Locations, user_area
-from gateway.pipeline import Plan, first_plans, item_pose, pose_in_ranges, stems_needed, written_row
+from gateway.pipeline import (
+    Plan,
+    first_plans,
+    hold_beyond,
+    item_pose,
+    pose_in_ranges,
+    stems_needed,
+    written_row,
+)
 from gateway.search_client import SearchClient
 from services.common import tracing
 from services.common.auth import Principal
@@ -128,7 +136,10 @@ class GatewayCore:
             "sampling": ("sample", spec.sampling.get("count", 0)),
             "prompts": ("diffuse", spec.prompts.get("count", 0)),
         }.get(spec.mode, ("align", len(request.spec.inputs) + len(folder)))
-        if not self.store.job(job_id) and not self.queue.has_room(first_stage, count):
+        # A job larger than the stage's cap is fed to it as it drains (Coordinator.feed_jobs); a
+        # smaller one goes in at once, or is refused while the stage is full.
+        big = count > self.queue.stream_maxlen
+        if not big and not self.store.job(job_id) and not self.queue.has_room(first_stage, count):
             raise ResourceExhausted(
                 f"stage {first_stage!r} is full ({self.queue.backlog(first_stage)} tasks waiting); "
                 "retry in about 30 s or submit a smaller job"
@@ -148,9 +159,12 @@ class GatewayCore:
         )
         inputs = self._stage_inputs(job_id, request.spec, spec, folder, owner)
         plans = first_plans(spec, job_id, inputs, SUBMIT_CHUNK)
+        if big:
+            direct = max(0, min(self.queue.stream_maxlen // 2 - self.queue.backlog(first_stage), count))
+            hold_beyond(plans, direct)
         traceparent = tracing.inject()  # the job's trace: SubmitJob's span, carried by every task
         for plan in plans:
-            for task in plan.tasks:
+            for task in plan.tasks + plan.held:
                 task.trace = traceparent
         self._create(job_id, request.spec, spec, display, plans, traceparent)
         return messages.job(job_id, self.store.job(job_id))

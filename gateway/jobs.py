@@ -94,6 +94,12 @@ def owner_jobs_key(owner: str) -> str:
     return f"sfhq:jobs:owner:{owner}"
 
 
+def feed_key(job_id: str) -> str:
+    """list of the held first tasks of a job larger than a stage's cap (JSON: stream + fields)."""
+    return f"sfhq:job:{job_id}:feed"
+
+
+FEEDING = "sfhq:jobs:feeding"  # hash job_id -> the stage its held tasks go to
 TO_FINALIZE = "sfhq:jobs:finalizing"  # set of drained jobs whose manifest is still to be written
 EPOCH_KEY = "sfhq:epoch"  # set once per Redis dataset; its disappearance means Redis lost its data
 

@@ -61,6 +61,9 @@ class Plan:
     tasks: list[Task] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # First tasks of a job larger than a stage's cap: kept in the job's feed list and moved into the
+    # stage as its backlog drains (Coordinator.feed_jobs); they count as in flight already.
+    held: list[Task] = field(default_factory=list)
 
     def bump(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
@@ -192,6 +195,14 @@ def first_plans(
         plan.counters = {"inputs": len(plan.items), "items": len(plan.items), "in_flight": len(plan.tasks)}
         plans.append(plan)
     return plans
+
+
+def hold_beyond(plans: list[Plan], direct: int) -> None:
+    """Keep the first `direct` tasks of a new job's plans for the stage now, hold the rest (Plan.held)."""
+    for plan in plans:
+        keep = max(0, min(direct, len(plan.tasks)))
+        plan.tasks, plan.held = plan.tasks[:keep], plan.tasks[keep:]
+        direct -= keep
 
 
 def sample_psis(spec: ResolvedSpec) -> list[float]:

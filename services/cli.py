@@ -67,11 +67,17 @@ def serve(
     serve_service(service, get_settings())
 
 
+DEFAULT_RUN_INPUTS, DEFAULT_RUN_OUTPUT = Path("examples/inspiration"), Path("out/example")
+
+
 def run(
-    inputs: Annotated[Path, typer.Argument(help="folder of inspiration images")] = Path(
-        "examples/inspiration"
-    ),
-    output: Annotated[Path, typer.Argument(help="dataset folder to write")] = Path("out/example"),
+    inputs: Annotated[
+        Path,
+        typer.Argument(
+            help="folder of inspiration images (sampling and prompts take none: one argument is OUTPUT)"
+        ),
+    ] = DEFAULT_RUN_INPUTS,
+    output: Annotated[Path, typer.Argument(help="dataset folder to write")] = DEFAULT_RUN_OUTPUT,
     random_weights: Annotated[
         bool,
         typer.Option(
@@ -110,6 +116,8 @@ def run(
     if append and overwrite:
         console.print("[bold red]error:[/] --append and --overwrite exclude each other")
         raise typer.Exit(2)
+    if mode in ("sampling", "prompts") and output == DEFAULT_RUN_OUTPUT and inputs != DEFAULT_RUN_INPUTS:
+        inputs, output = DEFAULT_RUN_INPUTS, inputs  # `sfhq run --mode prompts out/pt4`: no inputs to read
     from services.local_job import LocalRunOptions, run_local
     from sfhq.prompts import cli_prompt_spec
 

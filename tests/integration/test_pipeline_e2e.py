@@ -10,6 +10,7 @@ import io
 import json
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from tests.helpers.data import face_path, inspiration_path
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 INSPIRATION = [inspiration_path(f"sd_0{i}") for i in range(3)]
 EXTRA_KEYS = ("CLIP_ViTL_14", "ConvNext_XL_Imagenet21k")
+STREAM_CAP = 16
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,7 @@ def cluster(redis_server, random_weights_dir, tmp_path_factory):
             "SFHQ_VISIBILITY_TIMEOUT_S": "5",
             "SFHQ_BATCH_WAIT_MS": "20",
             "SFHQ_EXTRA_FEATURES": ",".join(EXTRA_KEYS),  # SFHQ's other pickle keys, tiny random models
+            "SFHQ_STREAM_MAXLEN": str(STREAM_CAP),  # small, so that a job can be bigger than a stage
         },
         data_roots=(tmp_path_factory.getbasetemp(),),
     ) as c:
@@ -312,3 +315,33 @@ def test_a_prompts_job_runs_stable_diffusion_and_fails_faceless_images_with_that
     again = run_job(client, build_spec(mode="prompts", prompts=prompts, output_uri=str(tmp_path / "again")))
     first_image = client.get_item(again.job_id, items[0].item_id).image.data
     assert first_image == item.image.data  # same prompt and seed, same image
+
+
+def test_a_job_bigger_than_a_stage_is_fed_to_it_as_it_drains(client, redis_server, tmp_path):
+    """40 samples into a stage capped at 16: accepted at once, never more than the cap waiting, all written."""
+    from services.common.queue import connect_redis, stage_stream
+
+    redis = connect_redis(redis_server)
+    spec = build_spec(
+        mode="sampling",
+        samples=40,
+        output_uri=str(tmp_path / "big"),
+        disable_dedup=True,
+        corrections=ONE_CORRECTION,
+    )
+    job = client.submit(spec)
+    assert job.counts.inputs == 40
+    held = redis.llen(f"sfhq:job:{job.job_id}:feed")
+    assert held >= 40 - STREAM_CAP // 2  # at most half the cap went in directly
+    longest = 0
+    while (job := client.get_job(job.job_id)).state not in (
+        gateway_pb2.JOB_STATE_SUCCEEDED,
+        gateway_pb2.JOB_STATE_FAILED,
+    ):
+        longest = max(longest, redis.xlen(stage_stream("sample")))
+        time.sleep(0.05)
+    assert job.state == gateway_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.counts.written == 40 and longest <= STREAM_CAP
+    assert redis.llen(f"sfhq:job:{job.job_id}:feed") == 0 and not redis.hexists(
+        "sfhq:jobs:feeding", job.job_id
+    )
