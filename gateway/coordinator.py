@@ -38,10 +38,11 @@ from services.common.queue import (
 log = logging.getLogger("sfhq.coordinator")
 EVENTS_MAXLEN = 200_000
 
-# KEYS: applied set, job hash, items hash, events stream, results stream, jobs-to-finalize set
-# ARGV: task id ("" = not a result, e.g. job creation), result entry id, group, plan JSON, now (ISO), job id
 FEED_CHUNK = 1000  # held tasks moved per job per coordinator round
 
+# KEYS: applied set, job hash, items hash, events stream, results stream, jobs-to-finalize set,
+#       the job's feed list, the feeding hash
+# ARGV: task id ("" = not a result, e.g. job creation), result entry id, group, plan JSON, now (ISO), job id
 APPLY_LUA = """
 if ARGV[1] ~= '' then
   if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
@@ -99,9 +100,9 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _task_entry(task: Any) -> str:  # task: services.common.queue.Task
-    """A held task as the XADD arguments FEED_LUA replays."""
-    return json.dumps([stage_stream(task.stage), "*", *[x for kv in task.to_fields().items() for x in kv]])
+def _xadd_args(task: Any) -> list[str]:  # task: services.common.queue.Task
+    """The XADD arguments that put `task` into its stage stream (held tasks keep them as JSON)."""
+    return [stage_stream(task.stage), "*", *[x for kv in task.to_fields().items() for x in kv]]
 
 
 def event_fields(event: dict[str, Any], time_ms: int) -> list[str]:
@@ -125,12 +126,9 @@ class JobStore:
         payload = {
             "items": {item_id: json.dumps(rec, sort_keys=True) for item_id, rec in plan.items.items()},
             "counters": plan.counters,
-            "tasks": [
-                [stage_stream(t.stage), "*", *[x for kv in t.to_fields().items() for x in kv]]
-                for t in plan.tasks
-            ],
+            "tasks": [_xadd_args(t) for t in plan.tasks],
             "events": [event_fields(e, time_ms) for e in plan.events],
-            "held": [_task_entry(t) for t in plan.held],
+            "held": [json.dumps(_xadd_args(t)) for t in plan.held],
             "held_stage": plan.held[0].stage if plan.held else "",
             "events_maxlen": EVENTS_MAXLEN,
             "time_ms": time_ms,

@@ -118,7 +118,7 @@ class GatewayCore:
         if len(display) > self.settings.max_spec_bytes:
             raise InvalidInput(
                 f"spec: {len(display)} bytes without inline images; at most {self.settings.max_spec_bytes} "
-                "(SFHQ_MAX_SPEC_BYTES): use input_folder for many inputs"
+                "(SFHQ_MAX_SPEC_BYTES): use input_folder for many inputs, a template with slots for many prompts"
             )
         default_uri = self.blobs.uri(f"{user_area(owner)}/datasets/{job_id}")
         spec = jobs.validate_spec(
@@ -138,6 +138,11 @@ class GatewayCore:
         }.get(spec.mode, ("align", len(request.spec.inputs) + len(folder)))
         # A job larger than the stage's cap is fed to it as it drains (Coordinator.feed_jobs); a
         # smaller one goes in at once, or is refused while the stage is full.
+        if count > self.settings.max_job_items:  # refused before planning: items cost memory and time
+            raise ResourceExhausted(
+                f"the job has {count} first tasks ({first_stage}); at most {self.settings.max_job_items} "
+                "per job (SFHQ_MAX_JOB_ITEMS): split it into several jobs (append to one dataset), or raise it"
+            )
         big = count > self.queue.stream_maxlen
         if not big and not self.store.job(job_id) and not self.queue.has_room(first_stage, count):
             raise ResourceExhausted(

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # Longest a worker renews the lease of one batch; 0 = 10 visibility timeouts (worker.MAX_LEASE_FACTOR).
     max_lease_s: float = Field(default=0, ge=0)
     stream_maxlen: int = Field(default=10000, ge=1)
+    # First tasks (inputs, samples, prompt images) one job may have: its items are planned at submit
+    # (200k: about 12 s and 200 MB); a job above the stream cap is fed to its stage as it drains.
+    max_job_items: int = Field(default=200_000, ge=1)
     max_message_mb: float = Field(default=64, gt=0)
     max_image_bytes: int = Field(default=33554432, ge=1)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
