@@ -50,6 +50,7 @@ def cluster(redis_server, random_weights_dir, tmp_path_factory):
             "SFHQ_BATCH_WAIT_MS": "20",
             "SFHQ_EXTRA_FEATURES": ",".join(EXTRA_KEYS),  # SFHQ's other pickle keys, tiny random models
             "SFHQ_STREAM_MAXLEN": str(STREAM_CAP),  # small, so that a job can be bigger than a stage
+            "SFHQ_MAX_JOB_ITEMS": "100",
         },
         data_roots=(tmp_path_factory.getbasetemp(),),
     ) as c:
@@ -345,3 +346,6 @@ def test_a_job_bigger_than_a_stage_is_fed_to_it_as_it_drains(client, redis_serve
     assert redis.llen(f"sfhq:job:{job.job_id}:feed") == 0 and not redis.hexists(
         "sfhq:jobs:feeding", job.job_id
     )
+    with pytest.raises(SfhqError) as refused:  # over the per-job limit: refused before any planning
+        client.submit(build_spec(mode="sampling", samples=101, output_uri=str(tmp_path / "huge")))
+    assert refused.value.code.name == "RESOURCE_EXHAUSTED" and "SFHQ_MAX_JOB_ITEMS" in refused.value.details
