@@ -354,7 +354,9 @@ def _public(recorded: dict) -> dict:
     return {key: recorded.get(key) for key in ("decision", "taste_score", "duplicate_of", "similarity")}
 
 
-def _model_inputs(model: TasteModel, vector: np.ndarray, extras: dict[str, np.ndarray]):  # -> Inputs
+def _model_inputs(
+    model: TasteModel, vector: np.ndarray, extras: dict[str, np.ndarray]
+) -> np.ndarray | dict[str, np.ndarray]:
     """One item's input to `model`: its CLIP vector, or its feature sets when the model uses more."""
     if model.feature_keys == [FEATURE_KEY]:
         return vector
