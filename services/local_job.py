@@ -160,8 +160,15 @@ def _report(console: Console, client, job, output: Path, weights_dir: Path, rand
     )
     if job.error:
         console.print(f"[red]{job.error}[/]")
-    for item in client.list_items(job.job_id, state="failed")[:10]:
-        console.print(f"  failed {item.item_id} at {item.error.code}: {item.error.message}")
+    if c.failed:  # each was shown as it failed
+        console.print(f"{c.failed} items failed: listed above, and in {output}/jobs/{job.job_id}/info.json")
+        if random_weights and job.mode == gateway_pb2.JOB_MODE_PROMPTS:
+            console.print(
+                "(expected here: random Stable Diffusion weights draw noise, in which no face is found)"
+            )
+    if not c.written:
+        console.print(f"nothing was written to {output}")
+        return
     try:
         hits = client.search("a smiling person", job_id=job.job_id, top_k=3).hits
         if hits:

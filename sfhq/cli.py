@@ -74,7 +74,9 @@ def submit(
         typer.Option("--strategy", "-s", help="name[:k=v,...]; repeat for several candidates"),
     ] = None,
     samples: Annotated[int, typer.Option(help="sampling mode: number of samples")] = 0,
-    first_seed: int = 0,
+    first_seed: Annotated[
+        int, typer.Option(help="sampling / prompts: the first seed (image or sample n gets first_seed + n)")
+    ] = 0,
     psi_min: float = 0.0,
     psi_max: float = 0.0,
     correction: Annotated[
@@ -94,18 +96,29 @@ def submit(
         str, typer.Option(help='prompts mode: "A portrait photo of a {age} {person}", with --slot')
     ] = "",
     recipe: Annotated[
-        Path | None, typer.Option(help='prompts mode: JSON {"template": ..., "slots": {...}}')
+        Path | None,
+        typer.Option(help='prompts mode: JSON {"template": ..., "slots": {...}, "negative_prompt": ...}'),
     ] = None,
     slot: Annotated[
         list[str] | None,
         typer.Option("--slot", help="prompts mode: NAME=value|value|... or NAME=@file; repeat per slot"),
     ] = None,
-    negative_prompt: str = "",
-    images_per_prompt: Annotated[int, typer.Option(help="prompts mode: images (seeds) per prompt")] = 0,
-    guidance: Annotated[float | None, typer.Option(help="prompts mode: guidance scale (default 7.5)")] = None,
-    steps: Annotated[int, typer.Option(help="prompts mode: denoising steps (default 30)")] = 0,
-    width: int = 0,
-    height: int = 0,
+    negative_prompt: Annotated[str, typer.Option(help="prompts mode: what the images should not show")] = "",
+    images_per_prompt: Annotated[
+        int, typer.Option(help="prompts mode: images (seeds) per prompt (default 1)", show_default=False)
+    ] = 0,
+    guidance: Annotated[
+        float | None, typer.Option(help="prompts mode: guidance scale (default 7.5)", show_default=False)
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(help="prompts mode: denoising steps (default 30)", show_default=False)
+    ] = 0,
+    width: Annotated[
+        int, typer.Option(help="prompts mode: image width (default: the pipeline's)", show_default=False)
+    ] = 0,
+    height: Annotated[
+        int, typer.Option(help="prompts mode: image height (default: the pipeline's)", show_default=False)
+    ] = 0,
     pipeline: Annotated[
         str, typer.Option(help="prompts mode: stable-diffusion-2-1 (default) | stable-diffusion-v1-4")
     ] = "",
@@ -117,17 +130,28 @@ def submit(
     reject_threshold: Annotated[
         float | None, typer.Option(help="taste score below which it is rejected (between: review)")
     ] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="dataset folder or URL")] = "",
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="dataset folder or URL (default: your area of the blob store)",
+            show_default=False,
+        ),
+    ] = "",
     append: Annotated[bool, typer.Option("--append", help="add to the dataset in --output")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace the dataset (or SFHQ files) in --output")
     ] = False,
     part: Annotated[
         int,
-        typer.Option(help="SFHQ part number of the stems (default 1, sampling 3; appending: the dataset's)"),
+        typer.Option(
+            help="SFHQ part number of the stems (default 1, sampling 3, prompts 4 or 2 with v1.4; "
+            "appending: the dataset's)"
+        ),
     ] = 0,
-    seed: int = 0,
-    name: str = "",
+    seed: Annotated[int, typer.Option(help="the job seed: the candidates' strategy seeds come from it")] = 0,
+    name: Annotated[str, typer.Option(help="a name for the job (job lists, the studio)")] = "",
     watch_job: Annotated[bool, typer.Option("--watch/--no-watch")] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="with --watch: exit 1 when any item failed")
@@ -181,7 +205,7 @@ def submit(
         out.print(job.job_id)
         if watch_job:
             job = follow(client, job.job_id, console)
-            console.print(job_line(job))
+            console.print(job_line(job) + (f"\n[red]{job.error}[/]" if job.error else ""))
             _exit_for(job, strict)
 
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from sfhq.sdk import TERMINAL_STATES, Client
-from sfhq.v1 import gateway_pb2
+from sfhq.v1 import common_pb2, gateway_pb2
 
 STAGE_ORDER = ("diffuse", "align", "sample", "encode", "synthesize", "embed", "curate", "annotate")
 
@@ -18,6 +18,13 @@ def job_line(job: gateway_pb2.Job) -> str:
         f"inputs {c.inputs}  candidates {c.candidates}  accepted {c.accepted}  written {c.written}  "
         f"rejected {c.rejected_taste} by taste + {c.rejected_duplicate} duplicates  failed {c.failed}"
     )
+
+
+def failure_text(error: common_pb2.Error) -> str:
+    """'failed at align: <reason> (INVALID_ARGUMENT)': where, why, and the status code last."""
+    stage = common_pb2.Stage.Name(error.stage).removeprefix("STAGE_").lower()
+    where = f" at {stage}" if error.stage else ""
+    return f"failed{where}: {error.message}" + (f" ({error.code})" if error.code else "")
 
 
 def follow(client: Client, job_id: str, console: Console, *, quiet: bool = False) -> gateway_pb2.Job:
@@ -53,9 +60,7 @@ def follow(client: Client, job_id: str, console: Console, *, quiet: bool = False
                     bars[stage] = progress.add_task(stage, total=max(expected[stage], done))
                 progress.update(bars[stage], completed=done, total=max(expected[stage], done))
             if event.kind == "item_failed" and not quiet:
-                progress.console.print(
-                    f"[yellow]item {event.item_id} failed at {event.error.code}: {event.error.message}[/]"
-                )
+                progress.console.print(f"[yellow]item {event.item_id} {failure_text(event.error)}[/]")
     job = client.get_job(job_id)
     while job.state not in TERMINAL_STATES:
         job = client.wait(job_id)
