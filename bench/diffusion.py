@@ -96,10 +96,10 @@ def sd1_pipeline(size: int = 512, *, tiny: bool = False, seed: int = 0):  # -> S
     Not v1.x: the tokenizer (byte-level, ~500 tokens instead of CLIP's 49,408 BPE merges; the
     embedding table keeps v1.x's 49,408 rows; one lookup per token either way) and the scheduler (DDIM, as the project's tiny pipeline, instead of
     PNDM: exactly `steps` UNet calls; the scheduler's own arithmetic is negligible)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from services.generator.random_diffusion import _byte_vocab
+    from services.generator.random_diffusion import assemble_pipeline, byte_vocab
 
     torch.manual_seed(seed)
     unet_widths, vae_widths, groups = ((32, 32, 64, 64), (8, 8, 16, 16), 8) if tiny else (None, None, 32)
@@ -125,7 +125,7 @@ def sd1_pipeline(size: int = 512, *, tiny: bool = False, seed: int = 0):  # -> S
         norm_num_groups=groups,
         sample_size=size,
     )
-    vocab = _byte_vocab()
+    vocab = byte_vocab()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(vocab) if tiny else 49408,  # v1.x's table (ids above the byte vocab unused)
@@ -141,24 +141,7 @@ def sd1_pipeline(size: int = 512, *, tiny: bool = False, seed: int = 0):  # -> S
             pad_token_id=vocab["<|endoftext|>"],
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipeline = StableDiffusionPipeline(
-        unet=unet.eval(),
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipeline = assemble_pipeline(unet, vae, text_encoder, vocab)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

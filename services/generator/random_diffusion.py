@@ -15,7 +15,7 @@ import torch
 DEMO_LATENT_SIZE = 32  # latent side; the VAE doubles it: 64-px images
 
 
-def _byte_vocab() -> dict[str, int]:
+def byte_vocab() -> dict[str, int]:
     """A CLIP-style byte-level vocabulary with no merges: every prompt tokenizes, one token per byte."""
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -30,8 +30,8 @@ def _byte_vocab() -> dict[str, int]:
 def build_random_pipeline(seed: int = 0, latent_size: int = DEMO_LATENT_SIZE):  # -> StableDiffusionPipeline
     """A random pipeline: 2-level UNet (32/64 channels) with cross-attention, 2-level VAE, 2-layer
     CLIP text model, DDIM scheduler with SD's beta schedule."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -56,7 +56,7 @@ def build_random_pipeline(seed: int = 0, latent_size: int = DEMO_LATENT_SIZE):  
         norm_num_groups=8,
         sample_size=latent_size * 2,
     )
-    vocab = _byte_vocab()
+    vocab = byte_vocab()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(vocab),
@@ -70,7 +70,15 @@ def build_random_pipeline(seed: int = 0, latent_size: int = DEMO_LATENT_SIZE):  
             pad_token_id=vocab["<|endoftext|>"],
         )
     )
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    return assemble_pipeline(unet, vae, text_encoder, vocab)
+
+
+def assemble_pipeline(unet, vae, text_encoder, vocab: dict[str, int]):  # -> StableDiffusionPipeline
+    """A pipeline of the given networks with the byte-level tokenizer of `vocab` and a DDIM scheduler
+    on SD's beta schedule (bench/diffusion.py builds full-size random networks the same way)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -80,10 +88,10 @@ def build_random_pipeline(seed: int = 0, latent_size: int = DEMO_LATENT_SIZE):  
         steps_offset=1,
     )
     return StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
