@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sfhq.v1 import gateway_pb2
 
@@ -105,16 +106,10 @@ def cli_prompt_spec(
     recipe: str | os.PathLike[str] | None = None,
     slot: Sequence[str] = (),
     negative_prompt: str = "",
-    images_per_prompt: int = 0,
-    first_seed: int = 0,
-    guidance_scale: float | None = None,
-    steps: int = 0,
-    width: int = 0,
-    height: int = 0,
-    pipeline: str = "",
+    **settings: Any,
 ) -> gateway_pb2.PromptSpec:
     """What the CLI options say: listed prompts, a prompt file, a template or recipe with slots
-    (a --slot overrides the recipe's slot of the same name)."""
+    (a --slot overrides the recipe's slot of the same name); `settings` go to `prompt_spec`."""
     listed = list(prompt) + (read_lines(prompts_file) if prompts_file else [])
     slots: dict[str, list[str]] = {}
     if recipe:
@@ -128,15 +123,5 @@ def cli_prompt_spec(
         negative_prompt = negative_prompt or str(loaded.get("negative_prompt", ""))
     slots.update(dict(parse_slot(s) for s in slot))
     return prompt_spec(
-        prompts=listed,
-        template=template,
-        slots=slots,
-        negative_prompt=negative_prompt,
-        images_per_prompt=images_per_prompt,
-        first_seed=first_seed,
-        guidance_scale=guidance_scale,
-        steps=steps,
-        width=width,
-        height=height,
-        pipeline=pipeline,
+        prompts=listed, template=template, slots=slots, negative_prompt=negative_prompt, **settings
     )
