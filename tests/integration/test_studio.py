@@ -289,6 +289,7 @@ def test_the_studio_end_to_end_in_a_browser(studio, cluster, tmp_path):
         page.check("input[name=mode][value=prompts]")
         expect(page.locator("#prompts")).to_be_visible()
         expect(page.locator("#images")).to_be_hidden()
+        page.screenshot(path=shots / "jobs-prompts.png")
         page.check("input[name=mode][value=inspiration]")
         expect(page.locator("#prompts")).to_be_hidden()
 
