@@ -411,6 +411,28 @@ def test_the_studio_end_to_end_in_a_browser(studio, cluster, tmp_path):
         with page.expect_download() as download:
             page.click("#export")
         archive = zipfile.ZipFile(download.value.path())
+
+        # a prompts job with the keyboard only: arrow to the mode, type, Tab between fields, Enter
+        page.goto(f"{base}/jobs")
+        page.focus("input[name=mode][value=inspiration]")
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        expect(page.locator("input[name=mode][value=prompts]")).to_be_checked()
+        expect(page.locator("#prompts")).to_be_visible()
+        page.keyboard.press("Tab")  # the prompts textarea comes next in the form
+        page.keyboard.type("A portrait photo of an old man\nA portrait photo of a young woman")
+        page.keyboard.press("Tab")
+        page.keyboard.type("a {age} face")
+        page.keyboard.press("Tab")
+        page.keyboard.type("age=young|old")
+        page.focus("#job-name")
+        page.keyboard.type("prompts by keyboard")
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"/jobs/[^/]+$"), timeout=30_000)
+        expect(page.locator("body")).to_contain_text("mode prompts")
+        expect(page.locator("[data-count=inputs]")).to_have_text(
+            "4", timeout=30_000
+        )  # 2 listed + 2 from the template
         browser.close()
 
     folders = list(studio["exports"].glob("*/picked"))
