@@ -252,16 +252,20 @@ def bench_models(sizes: Sizes, device: torch.device, peaks: dict[str, float]) ->
                 )
             times = rounds(calls, sizes.rounds, device)
             for batch in sizes.batches:
-                best, median = batch / min(times[str(batch)]), batch / statistics.median(times[str(batch)])
-                peak = peaks.get(label)
-                share = f"{100 * best * flops / peak:.1f}%" if peak else "-"
-                lines.append(
-                    f"| {name} | {flops / 1e9:.2f} | {label} | {batch} | {best:,.1f} | {median:,.1f} | {share} |"
-                )
+                lines.append(_throughput_row(name, flops, label, batch, times[str(batch)], peaks.get(label)))
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return lines
+
+
+def _throughput_row(
+    name: str, flops: float, dtype: str, batch: int, seconds: list[float], peak: float | None, digits: int = 1
+) -> str:
+    """One table row: images/s of the best and the median round, and the best's share of the peak."""
+    best, median = batch / min(seconds), batch / statistics.median(seconds)
+    share = f"{100 * best * flops / peak:.1f}%" if peak else "-"
+    return f"| {name} | {flops / 1e9:,.2f} | {dtype} | {batch} | {best:,.{digits}f} | {median:,.{digits}f} | {share} |"
 
 
 def _inference(model: torch.nn.Module, forward: Callable, batch: int) -> object:
@@ -369,12 +373,10 @@ def bench_diffusion(sizes: Sizes, device: torch.device, peaks: dict[str, float])
         "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for batch in sizes.sd_batches:
-        best, median = batch / min(times[str(batch)]), batch / statistics.median(times[str(batch)])
-        peak = peaks.get(label)
-        share = f"{100 * best * flops / peak:.1f}%" if peak else "-"
-        lines.append(
-            f"| {name}, {size} px | {flops / 1e9:,.2f} | {label} | {batch} | {best:,.2f} | {median:,.2f} | {share} |"
+        row = _throughput_row(
+            f"{name}, {size} px", flops, label, batch, times[str(batch)], peaks.get(label), 2
         )
+        lines.append(row)
     del pipeline
     if device.type == "cuda":
         torch.cuda.empty_cache()
